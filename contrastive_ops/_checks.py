@@ -1,0 +1,128 @@
+"""Argument validation shared by the functional API, the modules and the compat classes.
+
+Every check runs before any computation and raises ``TypeError`` (wrong kind of object or dtype)
+or ``ValueError`` (wrong shape or value) with a message naming the argument and showing the value.
+No check reads tensor values (that would be a host sync), except where noted.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"Tensor(shape={tuple(x.shape)}, dtype={x.dtype}, device={x.device})"
+    return repr(x)
+
+
+def check_features(name: str, x, *, ndim: int = 2) -> torch.Tensor:
+    """A floating tensor of ``ndim`` dims with at least one row and one feature."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}: {x!r}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D [rows, features], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {tuple(x.shape)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has no features: shape {tuple(x.shape)}")
+    return x
+
+
+def check_same_kind(names: Sequence[str], tensors: Sequence[Optional[torch.Tensor]]) -> None:
+    """Same feature dim, device and dtype for every given (non-None) tensor."""
+    pairs = [(n, t) for n, t in zip(names, tensors) if t is not None]
+    n0, t0 = pairs[0]
+    for n, t in pairs[1:]:
+        if t.shape[-1] != t0.shape[-1]:
+            raise ValueError(
+                f"feature dims differ: {n0} has {t0.shape[-1]} (shape {tuple(t0.shape)}), "
+                f"{n} has {t.shape[-1]} (shape {tuple(t.shape)})"
+            )
+        if t.device != t0.device:
+            raise ValueError(f"tensors on different devices: {n0} on {t0.device}, {n} on {t.device}")
+        if t.dtype != t0.dtype:
+            raise TypeError(f"dtypes differ: {n0} is {t0.dtype}, {n} is {t.dtype}")
+
+
+def check_same_rows(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: {name_a} has {a.shape[0]} rows (shape {tuple(a.shape)}), "
+            f"{name_b} has {b.shape[0]} rows (shape {tuple(b.shape)})"
+        )
+
+
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """A finite positive real number (a Python or NumPy scalar, not a tensor)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number, got {_describe(temperature)}")
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {temperature!r}")
+    return t
+
+
+def check_scale(scale, ref: torch.Tensor, name: str = "logit_scale"):
+    """A finite positive float, or a one-element floating tensor on ``ref``'s device.
+
+    A tensor is returned as a 0-d tensor (its value is not read: no host sync); it may require grad.
+    """
+    if isinstance(scale, torch.Tensor):
+        if scale.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor, got dtype {scale.dtype}")
+        if scale.numel() != 1:
+            raise ValueError(f"{name} must hold one value, got shape {tuple(scale.shape)}")
+        if scale.device != ref.device:
+            raise ValueError(f"{name} is on {scale.device} but the features are on {ref.device}")
+        return scale.reshape(())
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{name} must be a float or a 0-d tensor, got {_describe(scale)}")
+    s = float(scale)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {scale!r}")
+    return s
+
+
+def check_labels(name: str, labels, n: int, ref: torch.Tensor) -> torch.Tensor:
+    """An integer (or bool) 1-D tensor of length ``n`` on ``ref``'s device."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the features, got {tuple(labels.shape)}")
+    if labels.device != ref.device:
+        raise ValueError(f"{name} is on {labels.device} but the features are on {ref.device}")
+    return labels
+
+
+def check_fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {_describe(value)}")
+    v = float(value)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return value

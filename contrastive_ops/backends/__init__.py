@@ -1,0 +1,96 @@
+"""Backend registry and dispatch of the generic core.
+
+=========  =============================================================  ==================
+backend    what it is                                                       memory
+=========  =============================================================  ==================
+naive      materialized logits, autograd backward (oracle and baseline)    O(N·M)
+chunked    pure PyTorch tiles, custom exact backward, any device           O((N+M)·D + tile)
+triton     fused Triton kernels (``contrastive_ops.kernels``), CUDA only    O((N+M)·D)
+cuda       CUDA C++ extension (``csrc/``), CUDA only                        O((N+M)·D)
+=========  =============================================================  ==================
+
+``"auto"`` picks a fused backend for CUDA tensors when one can run, else ``chunked``; it never
+picks ``naive``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+BACKENDS = ("naive", "chunked", "triton", "cuda")
+AUTO_ORDER_CUDA = ("cuda", "triton", "chunked")
+
+
+class BackendUnavailableError(ValueError):
+    """The requested backend cannot run here; the message says why and what would fix it."""
+
+
+def _triton_status() -> Tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "Triton is not installed (pip install triton)"
+    from contrastive_ops import kernels
+
+    if not kernels.KERNELS_PRESENT:
+        return False, "this build ships no Triton kernels of the core yet"
+    return True, "ok"
+
+
+def _cuda_status() -> Tuple[bool, str]:
+    return False, "the CUDA extension sources (csrc/) are not part of this build"
+
+
+def backend_status(name: str, device: Optional[torch.device] = None) -> Tuple[bool, str]:
+    """``(can_run, reason)`` for backend ``name`` on ``device`` (default: CPU)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if name in ("naive", "chunked"):
+        return True, "ok"
+    ok, why = _triton_status() if name == "triton" else _cuda_status()
+    if not ok:
+        return False, why
+    if device.type != "cuda":
+        return False, f"it runs on CUDA tensors only, these are on {device}"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is available"
+    return True, "ok"
+
+
+def available_backends(device: Optional[torch.device] = None) -> List[str]:
+    """Backends that can run on ``device`` (default: the current CUDA device if any, else CPU)."""
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return [name for name in BACKENDS if backend_status(name, device)[0]]
+
+
+def _module(name: str):
+    return importlib.import_module(f"contrastive_ops.backends.{name}")
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend name for ``backend`` on ``device``; raises if it cannot run there."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}: {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            for name in AUTO_ORDER_CUDA:
+                if backend_status(name, device)[0]:
+                    return name
+        return "chunked"
+    ok, why = backend_status(backend, device)
+    if not ok:
+        raise BackendUnavailableError(f"backend={backend!r} cannot run here: {why}")
+    return backend
+
+
+def compute_fn(backend: str) -> Callable:
+    """The ``compute_terms(query, keys, extra, scale, spec)`` function of a concrete backend."""
+    return _module(backend).compute_terms
+
+
+def backend_table() -> Dict[str, Tuple[bool, str]]:
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return {name: backend_status(name, device) for name in BACKENDS}

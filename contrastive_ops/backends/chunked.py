@@ -1,0 +1,341 @@
+"""The chunked backend: pure PyTorch, row blocks × column blocks, exact custom backward.
+
+Forward walks the tiles once, keeping an online log-sum-exp per row and, for symmetric losses,
+per key column in the same pass. Backward recomputes each tile once and forms
+
+    dS_ij = g_lse_i · softmax_ij·[den] + g_pos_i·[pos]/|P_i|  (+ the same per column),
+
+then ``dQ̂ = s·dS·K̂``, ``dK̂ = s·dSᵀ·Q̂``, ``ds = Σ dS_ij·<q̂_i,k̂_j>`` and the L2-normalization
+backward. Only the inputs and O(N+M) fp32 vectors are saved; no tensor larger than a tile of
+``block_rows × block_cols`` logits is ever allocated. Tiles are visited in a fixed order, so the
+backward is deterministic. Works on any device and on fp16/bf16/fp32/fp64 inputs (fp32
+accumulation; fp64 stays fp64, for gradcheck).
+
+The Ring band (DESIGN §5) is found without materializing a row: a radix select over the order-
+preserving integer image of the logits' float bits, one 256-bin histogram pass per byte, each
+pass recomputing the tiles, exact on the same tile values the loss uses.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..core import (
+    ContrastiveTerms,
+    RoleSpec,
+    Scale,
+    accumulation_dtype,
+    as_scale_tensor,
+    denominator,
+    pair_roles,
+    ring_ranks,
+)
+
+_BLOCK = {"rows": 1024, "cols": 1024}
+
+
+@contextlib.contextmanager
+def block_size(rows: int, cols: int):
+    """Temporarily use ``rows × cols`` tiles (e.g. small tiles to exercise the tiling in tests)."""
+    if rows < 1 or cols < 1:
+        raise ValueError(f"block sizes must be >= 1, got rows={rows}, cols={cols}")
+    saved = dict(_BLOCK)
+    _BLOCK.update(rows=rows, cols=cols)
+    try:
+        yield
+    finally:
+        _BLOCK.update(saved)
+
+
+class _Columns:
+    """The column sources (keys, then extra negatives) cut into blocks that never straddle them."""
+
+    def __init__(self, keys: torch.Tensor, extra: Optional[torch.Tensor], block: int):
+        self.num_keys = keys.shape[0]
+        self.blocks: List[Tuple[int, int, torch.Tensor, int]] = []  # (global start, end, source, local start)
+        for source, offset in ((keys, 0), (extra, self.num_keys)):
+            if source is None:
+                continue
+            for c0 in range(0, source.shape[0], block):
+                c1 = min(c0 + block, source.shape[0])
+                self.blocks.append((offset + c0, offset + c1, source, c0))
+
+    def __iter__(self) -> Iterator[Tuple[int, int, torch.Tensor, bool]]:
+        for g0, g1, source, c0 in self.blocks:
+            yield g0, g1, source[c0 : c0 + (g1 - g0)], g0 < self.num_keys
+
+
+def _row_blocks(n: int, block: int) -> Iterator[Tuple[int, int]]:
+    for r0 in range(0, n, block):
+        yield r0, min(r0 + block, n)
+
+
+def _tile_cosines(q_blk: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
+    """``<q̂_i, k̂_j>`` of one tile, in the accumulation dtype. Every pass uses this one function,
+    so the Ring selection, the forward and the backward see bit-identical logits."""
+    return (q_blk @ c_blk.T).to(accumulation_dtype(q_blk.dtype))
+
+
+def _normalized(x: Optional[torch.Tensor], normalize: bool) -> Optional[torch.Tensor]:
+    if x is None or not normalize:
+        return x
+    return F.normalize(x, dim=-1)
+
+
+def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Gradient through ``F.normalize(x)``: ``(g - x̂<x̂,g>)/‖x‖``, and ``g/eps`` where ``‖x‖ < eps``."""
+    x = x.to(grad_unit.dtype)
+    norm = x.norm(dim=-1, keepdim=True)
+    denom = norm.clamp_min(eps)
+    unit = x / denom
+    radial = (unit * grad_unit).sum(dim=-1, keepdim=True) * (norm > eps)
+    return (grad_unit - unit * radial) / denom
+
+
+# ---------------------------------------------------------------------------------------------
+# Ring band: radix select over recomputed tiles
+# ---------------------------------------------------------------------------------------------
+
+
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """Map floats to integers (int32 for fp32, int64 for fp64) whose signed order is the float
+    order, with -0.0 and +0.0 mapped to the same integer (ties are selected by value)."""
+    int_dtype = torch.int64 if values.dtype == torch.float64 else torch.int32
+    bits = (values + 0.0).view(int_dtype)  # + 0.0 turns -0.0 into +0.0
+    min_int = torch.iinfo(int_dtype).min
+    return torch.where(bits >= 0, bits, min_int + torch.bitwise_not(bits)).to(torch.int64)
+
+
+def _keys_to_values(keys: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
+    int_dtype = torch.int64 if float_dtype == torch.float64 else torch.int32
+    min_int = torch.iinfo(int_dtype).min
+    bits = torch.where(keys >= 0, keys, min_int + torch.bitwise_not(keys)).to(int_dtype)
+    return bits.view(float_dtype)
+
+
+def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor):
+    """``(v_lo, v_hi)`` of the Ring for the rows of one block, exact on the tile values.
+
+    The integer keys are treated as unsigned (sign bit flipped) and selected one byte at a time,
+    from the most significant: each pass histograms, per row, the next byte of the candidates that
+    still match the prefix chosen so far, and picks the byte holding the wanted rank. Two ranks
+    are selected at once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``).
+    """
+    acc = accumulation_dtype(q_blk.dtype)
+    nbits = 64 if acc == torch.float64 else 32
+    sign_flip = -(2 ** (nbits - 1)) if nbits == 64 else 2 ** 31  # unsigned view of the signed key
+    n = rows.shape[0]
+    device = q_blk.device
+    ranks = None  # [2, n] descending ranks still to skip within the current prefix
+    prefix = torch.zeros(2, n, dtype=torch.int64, device=device)
+    nonempty = None
+    for shift in range(nbits - 8, -1, -8):
+        hist = torch.zeros(2, n, 256, dtype=torch.int64, device=device)
+        for g0, g1, c_blk, _ in columns:
+            cols = torch.arange(g0, g1, device=device)
+            logits = _tile_cosines(q_blk, c_blk) * scale
+            _, candidate = pair_roles(rows, cols, columns.num_keys, spec)
+            ukey = _order_keys(logits)
+            ukey = ukey ^ sign_flip if nbits == 64 else ukey + sign_flip
+            digit = (ukey >> shift) & 255
+            for t in range(2):
+                match = candidate
+                if shift < nbits - 8:  # a prefix has been fixed: compare the bytes above `shift`
+                    match = match & (((ukey ^ prefix[t][:, None]) >> (shift + 8)) == 0)
+                hist[t].scatter_add_(1, digit, match.to(torch.int64))
+        if ranks is None:  # first pass: the histogram's total is the row's candidate count
+            lo, hi = ring_ranks(hist[0].sum(dim=1), *spec.ring)
+            nonempty = hi > lo
+            ranks = torch.stack([lo, (hi - 1).clamp(min=0)]) * nonempty
+        from_top = hist.flip(-1).cumsum(-1)  # candidates at this byte value or above
+        taken = (from_top <= ranks[..., None]).sum(-1).clamp(max=255)  # bytes wholly above the rank
+        byte = 255 - taken
+        above = torch.where(taken > 0, from_top.gather(-1, (taken - 1).clamp(min=0)[..., None])[..., 0], 0)
+        ranks = ranks - above
+        prefix = prefix | (byte << shift)
+    keys = prefix ^ sign_flip if nbits == 64 else prefix - sign_flip
+    v_hi, v_lo = _keys_to_values(keys, acc).unbind(0)
+    inf = torch.full_like(v_hi, float("inf"))
+    return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
+
+
+def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec):
+    """The Ring band ``(v_lo [N], v_hi [N])`` of every row, by radix select over the tiles."""
+    with torch.no_grad():
+        qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+        scale_t = as_scale_tensor(scale.detach() if isinstance(scale, torch.Tensor) else scale, qh)
+        columns = _Columns(kh, eh, _BLOCK["cols"])
+        bands = []
+        for r0, r1 in _row_blocks(qh.shape[0], _BLOCK["rows"]):
+            rows = torch.arange(r0, r1, device=qh.device)
+            bands.append(_select_band(qh[r0:r1], columns, scale_t, spec, rows))
+        return torch.cat([b[0] for b in bands]), torch.cat([b[1] for b in bands])
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward and backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band):
+    acc = scale_t.dtype
+    n, m = qh.shape[0], kh.shape[0]
+    device = qh.device
+    neg_inf = float("-inf")
+    row_lse = torch.full((n,), neg_inf, dtype=acc, device=device)
+    row_pos = torch.zeros(n, dtype=acc, device=device)
+    row_den = torch.zeros(n, dtype=torch.int64, device=device)
+    row_pos_n = torch.zeros(n, dtype=torch.int64, device=device)
+    if spec.column_terms:
+        col_lse = torch.full((m,), neg_inf, dtype=acc, device=device)
+        col_pos = torch.zeros(m, dtype=acc, device=device)
+        col_den = torch.zeros(m, dtype=torch.int64, device=device)
+        col_pos_n = torch.zeros(m, dtype=torch.int64, device=device)
+    columns = _Columns(kh, eh, _BLOCK["cols"])
+    for r0, r1 in _row_blocks(n, _BLOCK["rows"]):
+        rows = torch.arange(r0, r1, device=device)
+        q_blk = qh[r0:r1]
+        row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
+        for g0, g1, c_blk, is_key in columns:
+            cols = torch.arange(g0, g1, device=device)
+            logits = _tile_cosines(q_blk, c_blk) * scale_t
+            positive, candidate = pair_roles(rows, cols, m, spec)
+            den = denominator(positive, candidate, logits, spec, row_band)
+            masked = logits.masked_fill(~den, neg_inf)
+            pos_logits = logits.masked_fill(~positive, 0.0)
+            row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], torch.logsumexp(masked, dim=1))
+            row_pos[r0:r1] += pos_logits.sum(dim=1)
+            row_den[r0:r1] += den.sum(dim=1)
+            row_pos_n[r0:r1] += positive.sum(dim=1)
+            if spec.column_terms and is_key:
+                col_lse[g0:g1] = torch.logaddexp(col_lse[g0:g1], torch.logsumexp(masked, dim=0))
+                col_pos[g0:g1] += pos_logits.sum(dim=0)
+                col_den[g0:g1] += den.sum(dim=0)
+                col_pos_n[g0:g1] += positive.sum(dim=0)
+
+    def finish(lse, pos, den_n, pos_n):
+        lse = torch.where(den_n > 0, lse, torch.zeros_like(lse))
+        return lse, pos / pos_n.clamp(min=1).to(acc)
+
+    row_lse, row_pos = finish(row_lse, row_pos, row_den, row_pos_n)
+    out = [row_lse, row_pos, row_den, row_pos_n]
+    if spec.column_terms:
+        col_lse, col_pos = finish(col_lse, col_pos, col_den, col_pos_n)
+        out += [col_lse, col_pos, col_den, col_pos_n]
+    return out
+
+
+def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, saved, grads):
+    """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32 and of the scale."""
+    acc = scale_t.dtype
+    n, m = qh.shape[0], kh.shape[0]
+    device = qh.device
+    row_lse, row_den, row_pos_n = saved[0], saved[1], saved[2]
+    g_row_lse, g_row_pos = grads[0], grads[1]
+    g_row_pos_w = g_row_pos / row_pos_n.clamp(min=1).to(acc)
+    if spec.column_terms:
+        col_lse, col_pos_n = saved[3], saved[4]
+        g_col_lse, g_col_pos = grads[2], grads[3]
+        g_col_pos_w = g_col_pos / col_pos_n.clamp(min=1).to(acc)
+    grad_q = torch.zeros(qh.shape, dtype=acc, device=device)
+    grad_k = torch.zeros(kh.shape, dtype=acc, device=device)
+    grad_e = None if eh is None else torch.zeros(eh.shape, dtype=acc, device=device)
+    grad_scale = torch.zeros((), dtype=acc, device=device)
+    columns = _Columns(kh, eh, _BLOCK["cols"])
+    for r0, r1 in _row_blocks(n, _BLOCK["rows"]):
+        rows = torch.arange(r0, r1, device=device)
+        q_blk = qh[r0:r1]
+        row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
+        for g0, g1, c_blk, is_key in columns:
+            cols = torch.arange(g0, g1, device=device)
+            cosines = _tile_cosines(q_blk, c_blk)
+            logits = cosines * scale_t
+            positive, candidate = pair_roles(rows, cols, m, spec)
+            den = denominator(positive, candidate, logits, spec, row_band)
+            zero = torch.zeros((), dtype=acc, device=device)
+            # where() rather than a product: exp() of a masked-out logit may overflow to inf.
+            d_logits = torch.where(den, torch.exp(logits - row_lse[r0:r1, None]), zero) * g_row_lse[r0:r1, None]
+            d_logits = d_logits + positive * g_row_pos_w[r0:r1, None]
+            if spec.column_terms and is_key:
+                d_logits = d_logits + torch.where(den, torch.exp(logits - col_lse[None, g0:g1]), zero) * g_col_lse[None, g0:g1]
+                d_logits = d_logits + positive * g_col_pos_w[None, g0:g1]
+            grad_scale += (d_logits * cosines).sum()
+            d_low = d_logits.to(qh.dtype)
+            grad_q[r0:r1] += (d_low @ c_blk).to(acc)
+            d_cols = (d_low.T @ q_blk).to(acc)
+            if g0 < m:
+                grad_k[g0:g1] += d_cols
+            else:
+                grad_e[g0 - m : g1 - m] += d_cols
+    return grad_q * scale_t, grad_k * scale_t, (None if grad_e is None else grad_e * scale_t), grad_scale
+
+
+class _ChunkedContrastive(torch.autograd.Function):
+    """Autograd of the tiled core. Saves inputs and O(N+M) vectors only."""
+
+    @staticmethod
+    def forward(ctx, query, keys, extra, scale_t, spec: RoleSpec, band):
+        qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+        out = _forward(qh, kh, eh, scale_t, spec, band)
+        ctx.spec = spec
+        ctx.has_extra = extra is not None
+        lse_and_counts = [out[0], out[2], out[3]] + ([out[4], out[7]] if spec.column_terms else [])
+        band_tensors = list(band) if band is not None else []
+        ctx.save_for_backward(query, keys, extra if extra is not None else torch.empty(0), scale_t, *lse_and_counts, *band_tensors)
+        counts = [out[2], out[3]] + ([out[6], out[7]] if spec.column_terms else [])
+        ctx.mark_non_differentiable(*counts)
+        if not spec.column_terms:
+            empty = query.new_empty(0, dtype=scale_t.dtype)
+            out += [empty, empty, empty.long(), empty.long()]
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, g_row_lse, g_row_pos, _g1, _g2, g_col_lse, g_col_pos, _g3, _g4):
+        spec: RoleSpec = ctx.spec
+        query, keys, extra, scale_t, *rest = ctx.saved_tensors
+        n_saved = 5 if spec.column_terms else 3
+        saved, band = rest[:n_saved], rest[n_saved:]
+        band = tuple(band) if band else None
+        extra = extra if ctx.has_extra else None
+        acc = scale_t.dtype
+
+        def grad_or_zero(g, like):
+            return torch.zeros_like(like) if g is None else g.to(acc)
+
+        grads = [grad_or_zero(g_row_lse, saved[0]), grad_or_zero(g_row_pos, saved[0])]
+        if spec.column_terms:
+            grads += [grad_or_zero(g_col_lse, saved[3]), grad_or_zero(g_col_pos, saved[3])]
+        with torch.no_grad():
+            qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+            dq, dk, de, dscale = _backward(qh, kh, eh, scale_t, spec, band, saved, grads)
+            if spec.normalize:
+                dq = _normalize_backward(query, dq)
+                dk = _normalize_backward(keys, dk)
+                de = None if de is None else _normalize_backward(extra, de)
+        need = ctx.needs_input_grad
+        return (
+            dq.to(query.dtype) if need[0] else None,
+            dk.to(keys.dtype) if need[1] else None,
+            de.to(extra.dtype) if (need[2] and de is not None) else None,
+            dscale if need[3] else None,
+            None,
+            None,
+        )
+
+
+def compute_terms(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    extra: Optional[torch.Tensor],
+    scale: Scale,
+    spec: RoleSpec,
+) -> ContrastiveTerms:
+    band = ring_band(query, keys, extra, scale, spec) if spec.ring is not None else None
+    scale_t = as_scale_tensor(scale, query)
+    out = _ChunkedContrastive.apply(query, keys, extra, scale_t, spec, band)
+    if spec.column_terms:
+        return ContrastiveTerms(*out)
+    return ContrastiveTerms(*out[:4], None, None, None, None)

@@ -1,0 +1,81 @@
+"""The naive backend: the whole N×(M+R) logit matrix, plain torch ops, autograd backward.
+
+It is the oracle the tiled backends are tested against and the baseline they are benchmarked
+against. Memory grows like N·M; ``backend="auto"`` never picks it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..core import ContrastiveTerms, RoleSpec, Scale, accumulation_dtype, denominator, pair_roles, ring_ranks
+
+
+def _logits(query, keys, extra, scale: Scale, spec: RoleSpec) -> torch.Tensor:
+    cols = keys if extra is None else torch.cat([keys, extra], dim=0)
+    if spec.normalize:
+        query, cols = F.normalize(query, dim=-1), F.normalize(cols, dim=-1)
+    acc = accumulation_dtype(query.dtype)
+    return (query @ cols.T).to(acc) * scale
+
+
+def _masked_lse(logits: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row log-sum-exp over ``mask``; 0 (with zero gradient, never NaN) for an empty row."""
+    count = mask.sum(dim=1)
+    nonempty = count > 0
+    # Empty rows reduce zeros instead of all -inf, whose logsumexp backward would be NaN.
+    safe = torch.where(mask, logits, torch.full_like(logits, float("-inf")))
+    safe = torch.where(nonempty[:, None], safe, torch.zeros_like(logits))
+    lse = torch.where(nonempty, torch.logsumexp(safe, dim=1), torch.zeros_like(count, dtype=logits.dtype))
+    return lse, count
+
+
+def _positive_mean(logits: torch.Tensor, positive: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    count = positive.sum(dim=1)
+    total = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1)
+    return total / count.clamp(min=1).to(logits.dtype), count
+
+
+def ring_band_sorted(logits: torch.Tensor, candidate: torch.Tensor, outer: float, inner: float):
+    """Per-row value band ``(v_lo, v_hi)`` of the Ring (DESIGN §5) by a full sort of each row.
+
+    Rows whose ring is empty get ``(+inf, -inf)``, a band that holds nothing.
+    """
+    values = torch.where(candidate, logits, torch.full_like(logits, float("-inf")))
+    ordered = values.sort(dim=1, descending=True).values
+    lo, hi = ring_ranks(candidate.sum(dim=1), outer, inner)
+    nonempty = hi > lo
+    v_hi = ordered.gather(1, lo.clamp(max=logits.shape[1] - 1)[:, None])[:, 0]
+    v_lo = ordered.gather(1, (hi - 1).clamp(min=0)[:, None])[:, 0]
+    inf = torch.full_like(v_hi, float("inf"))
+    return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
+
+
+def compute_terms(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    extra: Optional[torch.Tensor],
+    scale: Scale,
+    spec: RoleSpec,
+) -> ContrastiveTerms:
+    logits = _logits(query, keys, extra, scale, spec)
+    num_keys = keys.shape[0]
+    rows = torch.arange(query.shape[0], device=query.device)
+    cols = torch.arange(logits.shape[1], device=query.device)
+    positive, candidate = pair_roles(rows, cols, num_keys, spec)
+    band = None
+    if spec.ring is not None:
+        with torch.no_grad():
+            band = ring_band_sorted(logits.detach(), candidate, *spec.ring)
+    den = denominator(positive, candidate, logits, spec, band)
+    row_lse, row_den = _masked_lse(logits, den)
+    row_pos, row_pos_n = _positive_mean(logits, positive)
+    col = [None] * 4
+    if spec.column_terms:
+        key_logits, key_den, key_pos = logits[:, :num_keys].T, den[:, :num_keys].T, positive[:, :num_keys].T
+        col_lse, col_den = _masked_lse(key_logits, key_den)
+        col_pos, col_pos_n = _positive_mean(key_logits, key_pos)
+        col = [col_lse, col_pos, col_den, col_pos_n]
+    return ContrastiveTerms(row_lse, row_pos, row_den, row_pos_n, *col)

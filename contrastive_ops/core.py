@@ -1,0 +1,144 @@
+"""The generic masked contrastive core that every loss is a thin wrapper of.
+
+Given anchors ``Q [N, D]``, keys ``K [M, D]`` and optional extra negatives ``E [R, D]`` (a MoCo
+queue, logically appended to ``K`` as columns ``M .. M+R-1``), a scale ``s`` and optional L2
+normalization, the logits are ``S[i, j] = s * <q̂_i, k̂_j>``. Each pair ``(i, j)`` gets a role by
+cheap rules (never an N×M mask tensor):
+
+* **self** (excluded): ``j == self_index[i]``, an anchor never contrasts with itself;
+* **positive**: ``j == pos_index[i]`` (one positive per row) or ``row_labels[i] == col_labels[j]``
+  (several positives; extra negatives are never positives), self excluded;
+* **candidate negative**: neither of the above, and either an extra negative or an in-batch key
+  while ``key_negatives`` is on;
+* **denominator**: the candidate negatives (restricted to the row's band ``[lo_i, hi_i]`` of logit
+  values when a ring is asked for) plus the positives unless ``decoupled``.
+
+Per row the core returns, in fp32: ``lse`` = log-sum-exp of ``S`` over the denominator (0 where it
+is empty), ``pos`` = mean of ``S`` over the positives (0 where there are none), and the integer
+counts of both; with ``column_terms`` the same per key column (anchors = in-batch keys, denominator
+= the rows with the same role rule). ``lse`` and ``pos`` are differentiable with respect to Q, K,
+E and a tensor scale; every loss is a combination of them (e.g. InfoNCE row loss = lse - pos).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple, Union
+
+import torch
+
+Scale = Union[float, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """Which pairs are positives, excluded or negatives, and what to reduce.
+
+    Index and label tensors are O(N + M); the core never builds an N×M mask from them.
+    """
+
+    pos_index: Optional[torch.Tensor] = None  # [N] long: column of each row's single positive
+    row_labels: Optional[torch.Tensor] = None  # [N] int: positives share a label ...
+    col_labels: Optional[torch.Tensor] = None  # [M] int: ... with an in-batch key
+    self_index: Optional[torch.Tensor] = None  # [N] long: column excluded from row i (itself)
+    key_negatives: bool = True  # in-batch keys other than positives are negatives
+    decoupled: bool = False  # positives are left out of the denominator (DCL)
+    column_terms: bool = False  # also reduce every key column (symmetric losses)
+    ring: Optional[Tuple[float, float]] = None  # (outer, inner) of the restricted band, DESIGN §5
+    normalize: bool = True  # L2-normalize Q, K and E rows first (eps as F.normalize)
+
+
+class ContrastiveTerms(NamedTuple):
+    """Per-row and per-column reductions of the masked logits (fp32; counts are int64)."""
+
+    row_lse: torch.Tensor  # [N]
+    row_pos: torch.Tensor  # [N]
+    row_den_count: torch.Tensor  # [N]
+    row_pos_count: torch.Tensor  # [N]
+    col_lse: Optional[torch.Tensor]  # [M] with column_terms, else None
+    col_pos: Optional[torch.Tensor]
+    col_den_count: Optional[torch.Tensor]
+    col_pos_count: Optional[torch.Tensor]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/fp16/bf16 inputs; float64 stays float64 (for references and gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pair_roles(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    num_keys: int,
+    spec: RoleSpec,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Roles of the tile ``rows × cols`` (global indices): ``(positive, candidate_negative)``.
+
+    Both are bool ``[len(rows), len(cols)]``; the caller owns the band and the denominator rule.
+    """
+    is_key = cols < num_keys
+    shape = (rows.shape[0], cols.shape[0])
+    if spec.self_index is not None:
+        is_self = cols[None, :] == spec.self_index[rows][:, None]
+    else:
+        is_self = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    if spec.pos_index is not None:
+        positive = cols[None, :] == spec.pos_index[rows][:, None]
+    elif spec.row_labels is not None:
+        key_cols = cols.clamp(max=num_keys - 1)
+        positive = (spec.row_labels[rows][:, None] == spec.col_labels[key_cols][None, :]) & is_key[None, :]
+    else:
+        positive = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    positive = positive & ~is_self
+    negative_pool = ~is_key if not spec.key_negatives else torch.ones_like(is_key)
+    candidate = ~positive & ~is_self & negative_pool[None, :]
+    return positive, candidate
+
+
+def denominator(
+    positive: torch.Tensor,
+    candidate: torch.Tensor,
+    logits: torch.Tensor,
+    spec: RoleSpec,
+    band: Optional[Tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """The tile's denominator mask: candidates (within the rows' band, if any) plus positives."""
+    if band is not None:
+        lo, hi = band
+        candidate = candidate & (logits >= lo[:, None]) & (logits <= hi[:, None])
+    return candidate if spec.decoupled else candidate | positive
+
+
+def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Ring rank bounds per row, DESIGN §5: ``hi = floor(outer·M_i)``, ``lo = floor(inner·hi)``.
+
+    Ranks are 0-based in descending order of the logits; the ring is ``[lo, hi)``. Computed in
+    float64 so every backend and the references agree on the integer bounds.
+    """
+    hi = torch.floor(candidate_count.to(torch.float64) * outer).to(torch.int64)
+    lo = torch.floor(hi.to(torch.float64) * inner).to(torch.int64)
+    return lo, hi
+
+
+def inverse_temperature(temperature: float) -> float:
+    return 1.0 / temperature
+
+
+def scale_is_tensor(scale: Scale) -> bool:
+    return isinstance(scale, torch.Tensor)
+
+
+def as_scale_tensor(scale: Scale, ref: torch.Tensor) -> torch.Tensor:
+    """The scale as a 0-d tensor in the accumulation dtype on ``ref``'s device (no host sync)."""
+    acc = accumulation_dtype(ref.dtype)
+    if isinstance(scale, torch.Tensor):
+        return scale.reshape(()).to(acc)
+    return torch.tensor(scale, dtype=acc, device=ref.device)
+
+
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def log_count(n: int) -> float:
+    return math.log(n) if n > 0 else 0.0

@@ -1,0 +1,322 @@
+"""Public functional API: every loss is a thin wrapper that sets the generic core's roles.
+
+Common keyword arguments:
+
+* ``normalize`` — L2-normalize the feature rows first (fused; eps = 1e-12 as ``F.normalize``, so a
+  zero vector gives finite losses and gradients).
+* ``reduction`` — ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-anchor losses, shapes below).
+* ``backend`` — ``"auto"`` (default: a fused backend on CUDA when one can run, else ``"chunked"``),
+  ``"naive"``, ``"chunked"``, ``"triton"`` or ``"cuda"``.
+
+Losses are returned in fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs). Inputs are never
+modified. A row whose denominator set is empty contributes 0 loss and 0 gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks as C
+from .backends import compute_fn, resolve
+from .core import ContrastiveTerms, RoleSpec
+
+__all__ = ["info_nce", "nt_xent", "clip_loss", "supcon_loss", "dcl_loss", "ring_info_nce"]
+
+
+def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str) -> ContrastiveTerms:
+    name = resolve(backend, query.device)
+    return compute_fn(name)(query, keys, extra, scale, spec)
+
+
+def _anchor_loss(lse, pos, den_count, pos_count, pos_weight: Optional[torch.Tensor] = None):
+    """``lse - w·pos`` per anchor; 0 where the anchor has no positive or an empty denominator."""
+    if pos_weight is not None:
+        pos = pos * pos_weight
+    valid = (den_count > 0) & (pos_count > 0)
+    return torch.where(valid, lse - pos, torch.zeros_like(lse))
+
+
+def _reduce(per_anchor: torch.Tensor, reduction: str, count: Optional[torch.Tensor] = None):
+    if reduction == "none":
+        return per_anchor
+    if reduction == "sum":
+        return per_anchor.sum()
+    if count is None:
+        return per_anchor.mean()
+    return per_anchor.sum() / count.clamp(min=1).to(per_anchor.dtype)
+
+
+def _two_views(z1, z2, normalize, reduction):
+    C.check_features("z1", z1)
+    C.check_features("z2", z2)
+    C.check_same_kind(("z1", "z2"), (z1, z2))
+    C.check_same_rows("z1", z1, "z2", z2)
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+
+
+def _two_view_spec(n: int, device, *, decoupled: bool, normalize: bool) -> RoleSpec:
+    """Rows and columns are ``[z1; z2]``: the positive of view ``i`` is ``i ± n``, self excluded."""
+    idx = torch.arange(2 * n, device=device)
+    return RoleSpec(pos_index=(idx + n) % (2 * n), self_index=idx, decoupled=decoupled, normalize=normalize)
+
+
+def info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    negatives: Optional[torch.Tensor] = None,
+    *,
+    temperature: float = 0.07,
+    in_batch_negatives: bool = True,
+    symmetric: bool = False,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """InfoNCE with key ``i`` the positive of query ``i`` (MoCo, one direction of CLIP).
+
+    Row loss ``-s_ii + log(Σ_{j in den(i)} exp(s_ij))`` with ``s = <q̂, k̂>/temperature`` and
+    ``den(i)`` = key ``i``, the other keys (if ``in_batch_negatives``) and every ``negatives`` row.
+    Equivalent to ``F.cross_entropy(cat([q̂k̂ᵀ, q̂n̂ᵀ], 1)/τ, arange(N))``.
+
+    Args:
+        query: ``[N, D]`` floating.
+        key: ``[N, D]``, same dtype and device; row ``i`` is the positive of query ``i``.
+        negatives: optional ``[R, D]`` extra negatives (e.g. a MoCo queue), any ``R >= 1``.
+        temperature: finite, > 0.
+        in_batch_negatives: use the other keys as negatives; if False, ``negatives`` is required.
+        symmetric: average with the key→query direction, whose negatives are the in-batch
+            queries only (needs ``in_batch_negatives``).
+    Returns:
+        a scalar, or ``[N]`` per-query losses with ``reduction="none"`` (the average of both
+        directions per index when ``symmetric``).
+    """
+    C.check_features("query", query)
+    C.check_features("key", key)
+    if negatives is not None:
+        C.check_features("negatives", negatives)
+    C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
+    C.check_same_rows("query", query, "key", key)
+    t = C.check_temperature(temperature)
+    C.check_bool("in_batch_negatives", in_batch_negatives)
+    C.check_bool("symmetric", symmetric)
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    if not in_batch_negatives and negatives is None:
+        raise ValueError("in_batch_negatives=False needs negatives: otherwise the denominator holds only the positive")
+    if symmetric and not in_batch_negatives:
+        raise ValueError(
+            "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
+        )
+    n = query.shape[0]
+    spec = RoleSpec(
+        pos_index=torch.arange(n, device=query.device),
+        key_negatives=in_batch_negatives,
+        column_terms=symmetric,
+        normalize=normalize,
+    )
+    terms = _compute(query, key, negatives, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    if symmetric:
+        reverse = _anchor_loss(terms.col_lse, terms.col_pos, terms.col_den_count, terms.col_pos_count)
+        loss = 0.5 * (loss + reverse)
+    return _reduce(loss, reduction)
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """NT-Xent (SimCLR): each of the 2N views against the other 2N-1, the other view positive.
+
+    With ``z = [z1; z2]`` and ``s = ẑẑᵀ/τ`` (diagonal excluded), row ``i`` loss is
+    ``-s_{i,i±N} + log Σ_{j≠i} exp(s_ij)``; the mean is over all 2N rows (as lightly's
+    ``NTXentLoss``).
+
+    Args:
+        z1, z2: ``[N, D]`` the two views, same dtype and device. ``N = 1`` is allowed (the only
+            candidate is the positive: loss 0).
+    Returns:
+        a scalar, or ``[2N]`` per-view losses (z1's rows, then z2's) with ``reduction="none"``.
+    """
+    _two_views(z1, z2, normalize, reduction)
+    t = C.check_temperature(temperature)
+    z = torch.cat([z1, z2], dim=0)
+    spec = _two_view_spec(z1.shape[0], z1.device, decoupled=False, normalize=normalize)
+    terms = _compute(z, z, None, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    return _reduce(loss, reduction)
+
+
+def dcl_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    weight_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Decoupled contrastive loss (Yeh et al.): NT-Xent with the positive left out of the denominator.
+
+    Row ``i`` loss: ``-w_i·s_{i,i±N} + log Σ_{j ∉ {i, i±N}} exp(s_ij)``. ``weight_fn(a, b)``, if
+    given, is called as lightly's ``DCLLoss`` does — on the (normalized) views ``(ẑ1, ẑ2)`` for the
+    first N rows and ``(ẑ2, ẑ1)`` for the last N — and must return ``[N]`` weights. With ``N = 1``
+    the denominator is empty and the loss is 0.
+
+    Returns:
+        a scalar (mean over 2N rows), or ``[2N]`` per-view losses with ``reduction="none"``.
+    """
+    _two_views(z1, z2, normalize, reduction)
+    t = C.check_temperature(temperature)
+    if weight_fn is not None and not callable(weight_fn):
+        raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)
+    spec = _two_view_spec(n, z1.device, decoupled=True, normalize=normalize)
+    weights = None
+    if weight_fn is not None:
+        a, b = (F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)) if normalize else (z1, z2)
+        weights = torch.cat([_check_weights(weight_fn(a, b), n), _check_weights(weight_fn(b, a), n)])
+    terms = _compute(z, z, None, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, weights)
+    return _reduce(loss, reduction)
+
+
+def _check_weights(w, n: int) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor) or w.shape != (n,):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"weight_fn must return a tensor of shape ({n},), got {shape}")
+    return w
+
+
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    *,
+    normalize: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy (open_clip ``ClipLoss``), pair ``i`` positive.
+
+    ``L = logit_scale · image @ textᵀ``; loss ``= (CE(L, arange) + CE(Lᵀ, arange)) / 2``.
+
+    Args:
+        image_features, text_features: ``[N, D]``, same dtype and device; used as given unless
+            ``normalize=True`` (open_clip's models normalize before the loss).
+        logit_scale: the multiplier itself (already exponentiated): a float > 0 or a one-element
+            tensor, which receives a gradient.
+    Returns:
+        a scalar, or ``[N]`` with ``(image_loss_i + text_loss_i)/2`` for ``reduction="none"``.
+    """
+    C.check_features("image_features", image_features)
+    C.check_features("text_features", text_features)
+    C.check_same_kind(("image_features", "text_features"), (image_features, text_features))
+    C.check_same_rows("image_features", image_features, "text_features", text_features)
+    scale = C.check_scale(logit_scale, image_features, "logit_scale")
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    n = image_features.shape[0]
+    spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), column_terms=True, normalize=normalize)
+    terms = _compute(image_features, text_features, None, scale, spec, backend)
+    image_loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    text_loss = _anchor_loss(terms.col_lse, terms.col_pos, terms.col_den_count, terms.col_pos_count)
+    return _reduce(0.5 * (image_loss + text_loss), reduction)
+
+
+def supcon_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., the "L_out" form; pytorch-metric-learning).
+
+    Anchor ``i``'s positives ``P(i)`` are the other samples with its label; its denominator is
+    every other sample: ``loss_i = log Σ_{a≠i} exp(s_ia) - mean_{p∈P(i)} s_ip``.
+
+    Args:
+        features: ``[N, D]`` floating.
+        labels: ``[N]`` integer class ids on the same device.
+    Returns:
+        the mean over anchors with at least one positive (0 if there is none), the sum, or
+        ``[N]`` per-anchor losses (0 for anchors without a positive) with ``reduction="none"``.
+    """
+    C.check_features("features", features)
+    C.check_labels("labels", labels, features.shape[0], features)
+    t = C.check_temperature(temperature)
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    n = features.shape[0]
+    spec = RoleSpec(
+        row_labels=labels, col_labels=labels, self_index=torch.arange(n, device=features.device), normalize=normalize
+    )
+    terms = _compute(features, features, None, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    return _reduce(loss, reduction, count=(terms.row_pos_count > 0).sum())
+
+
+def ring_info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    negatives: Optional[torch.Tensor] = None,
+    *,
+    temperature: float = 0.07,
+    outer: float = 0.1,
+    inner: float = 0.1,
+    in_batch_negatives: bool = True,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """InfoNCE over a restricted "Ring" of negatives (Wu et al., CNCE; DESIGN §5).
+
+    For query ``i`` the candidates ``C_i`` are its negatives as in :func:`info_nce` (``M_i`` of
+    them). Sorted by logit in descending order, the ring is the ranks ``[lo, hi)`` with
+    ``hi = floor(outer·M_i)`` and ``lo = floor(inner·hi)``; ties at a boundary are all kept
+    (selection is by value: ``sorted[hi-1] ≤ s_ij ≤ sorted[lo]``). Loss
+    ``-s_ii + log(exp(s_ii) + Σ_{j∈ring} exp(s_ij))``; the selection carries no gradient.
+    ``inner=0`` is the "ball" (the closest ``outer`` fraction). An empty ring gives the row loss 0.
+
+    Args:
+        query, key: ``[N, D]``; negatives: optional ``[R, D]``.
+        outer, inner: fractions in ``[0, 1]`` (a schedule usually anneals ``outer`` from 1.0).
+    Returns:
+        a scalar (mean over all N queries), or ``[N]`` with ``reduction="none"``.
+    """
+    C.check_features("query", query)
+    C.check_features("key", key)
+    if negatives is not None:
+        C.check_features("negatives", negatives)
+    C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
+    C.check_same_rows("query", query, "key", key)
+    t = C.check_temperature(temperature)
+    outer = C.check_fraction("outer", outer)
+    inner = C.check_fraction("inner", inner)
+    C.check_bool("in_batch_negatives", in_batch_negatives)
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    if not in_batch_negatives and negatives is None:
+        raise ValueError("in_batch_negatives=False needs negatives: otherwise the ring has no candidates")
+    spec = RoleSpec(
+        pos_index=torch.arange(query.shape[0], device=query.device),
+        key_negatives=in_batch_negatives,
+        ring=(outer, inner),
+        normalize=normalize,
+    )
+    terms = _compute(query, key, negatives, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    return _reduce(loss, reduction)

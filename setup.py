@@ -1,0 +1,31 @@
+"""Build script for contrastive_ops.
+
+``kernels/`` (Triton sources) is installed as the subpackage ``contrastive_ops.kernels``;
+``csrc/`` holds the CUDA C++ extension sources (backend "cuda").
+"""
+from setuptools import setup
+
+setup(
+    name="contrastive_ops",
+    version="0.1.0",
+    description="Exact contrastive losses (InfoNCE, NT-Xent, CLIP, SupCon, DCL, Ring) computed in tiles",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=[
+        "contrastive_ops",
+        "contrastive_ops.backends",
+        "contrastive_ops.compat",
+        "contrastive_ops.kernels",
+    ],
+    package_dir={"contrastive_ops.kernels": "kernels"},
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-benchmark>=4",
+            "pytorch-metric-learning>=2.0",
+        ],
+        "triton": ["triton>=3.0"],
+    },
+)
