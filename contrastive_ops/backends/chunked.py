@@ -162,14 +162,17 @@ def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Te
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
 
-def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec):
-    """The Ring band ``(v_lo [N], v_hi [N])`` of every row, by radix select over the tiles."""
+def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: Tuple[int, int]):
+    """The Ring band ``(v_lo [N], v_hi [N])`` of every row, by radix select over the tiles.
+
+    ``blocks`` must be the tiling of the forward and backward passes: a tile's logits can differ in
+    the last bit with its shape, and the band is exact only on the values the loss itself uses."""
     with torch.no_grad():
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
         scale_t = as_scale_tensor(scale.detach() if isinstance(scale, torch.Tensor) else scale, qh)
-        columns = _Columns(kh, eh, _BLOCK["cols"])
+        columns = _Columns(kh, eh, blocks[1])
         bands = []
-        for r0, r1 in _row_blocks(qh.shape[0], _BLOCK["rows"]):
+        for r0, r1 in _row_blocks(qh.shape[0], blocks[0]):
             rows = torch.arange(r0, r1, device=qh.device)
             bands.append(_select_band(qh[r0:r1], columns, scale_t, spec, rows))
         return torch.cat([b[0] for b in bands]), torch.cat([b[1] for b in bands])
@@ -180,7 +183,7 @@ def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec):
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band):
+def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: Tuple[int, int]):
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
     device = qh.device
@@ -194,8 +197,8 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band):
         col_pos = torch.zeros(m, dtype=acc, device=device)
         col_den = torch.zeros(m, dtype=torch.int64, device=device)
         col_pos_n = torch.zeros(m, dtype=torch.int64, device=device)
-    columns = _Columns(kh, eh, _BLOCK["cols"])
-    for r0, r1 in _row_blocks(n, _BLOCK["rows"]):
+    columns = _Columns(kh, eh, blocks[1])
+    for r0, r1 in _row_blocks(n, blocks[0]):
         rows = torch.arange(r0, r1, device=device)
         q_blk = qh[r0:r1]
         row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
@@ -228,7 +231,7 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band):
     return out
 
 
-def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, saved, grads):
+def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: Tuple[int, int], saved, grads):
     """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32 and of the scale."""
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
@@ -244,8 +247,8 @@ def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, saved, grads):
     grad_k = torch.zeros(kh.shape, dtype=acc, device=device)
     grad_e = None if eh is None else torch.zeros(eh.shape, dtype=acc, device=device)
     grad_scale = torch.zeros((), dtype=acc, device=device)
-    columns = _Columns(kh, eh, _BLOCK["cols"])
-    for r0, r1 in _row_blocks(n, _BLOCK["rows"]):
+    columns = _Columns(kh, eh, blocks[1])
+    for r0, r1 in _row_blocks(n, blocks[0]):
         rows = torch.arange(r0, r1, device=device)
         q_blk = qh[r0:r1]
         row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
@@ -277,10 +280,11 @@ class _ChunkedContrastive(torch.autograd.Function):
     """Autograd of the tiled core. Saves inputs and O(N+M) vectors only."""
 
     @staticmethod
-    def forward(ctx, query, keys, extra, scale_t, spec: RoleSpec, band):
+    def forward(ctx, query, keys, extra, scale_t, spec: RoleSpec, band, blocks):
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
-        out = _forward(qh, kh, eh, scale_t, spec, band)
+        out = _forward(qh, kh, eh, scale_t, spec, band, blocks)
         ctx.spec = spec
+        ctx.blocks = blocks  # backward must recompute the very same tiles
         ctx.has_extra = extra is not None
         lse_and_counts = [out[0], out[2], out[3]] + ([out[4], out[7]] if spec.column_terms else [])
         band_tensors = list(band) if band is not None else []
@@ -310,7 +314,7 @@ class _ChunkedContrastive(torch.autograd.Function):
             grads += [grad_or_zero(g_col_lse, saved[3]), grad_or_zero(g_col_pos, saved[3])]
         with torch.no_grad():
             qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
-            dq, dk, de, dscale = _backward(qh, kh, eh, scale_t, spec, band, saved, grads)
+            dq, dk, de, dscale = _backward(qh, kh, eh, scale_t, spec, band, ctx.blocks, saved, grads)
             if spec.normalize:
                 dq = _normalize_backward(query, dq)
                 dk = _normalize_backward(keys, dk)
@@ -323,6 +327,7 @@ class _ChunkedContrastive(torch.autograd.Function):
             dscale if need[3] else None,
             None,
             None,
+            None,
         )
 
 
@@ -333,9 +338,10 @@ def compute_terms(
     scale: Scale,
     spec: RoleSpec,
 ) -> ContrastiveTerms:
-    band = ring_band(query, keys, extra, scale, spec) if spec.ring is not None else None
+    blocks = (_BLOCK["rows"], _BLOCK["cols"])
+    band = ring_band(query, keys, extra, scale, spec, blocks) if spec.ring is not None else None
     scale_t = as_scale_tensor(scale, query)
-    out = _ChunkedContrastive.apply(query, keys, extra, scale_t, spec, band)
+    out = _ChunkedContrastive.apply(query, keys, extra, scale_t, spec, band, blocks)
     if spec.column_terms:
         return ContrastiveTerms(*out)
     return ContrastiveTerms(*out[:4], None, None, None, None)

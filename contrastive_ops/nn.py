@@ -1,0 +1,122 @@
+"""``nn.Module`` wrappers of the functional API: constructor = the keyword arguments, forward = the
+tensors. Arguments are validated when the module is built, so a typo fails at construction."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import _checks as C
+from . import functional as Fn
+from .backends import BACKENDS
+
+__all__ = ["InfoNCELoss", "NTXentLoss", "ClipLoss", "SupConLoss", "DCLLoss", "RingInfoNCELoss"]
+
+
+def _check_backend(backend) -> str:
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    return backend
+
+
+class _ContrastiveLoss(nn.Module):
+    def __init__(self, *, normalize: bool, reduction: str, backend: str):
+        super().__init__()
+        self.normalize = C.check_bool("normalize", normalize)
+        self.reduction = C.check_reduction(reduction)
+        self.backend = _check_backend(backend)
+
+    def _common(self):
+        return dict(normalize=self.normalize, reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "training"}
+        return ", ".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+class InfoNCELoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.info_nce`; ``forward(query, key, negatives=None)``."""
+
+    def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = True, symmetric: bool = False,
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        self.temperature = C.check_temperature(temperature)
+        self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
+        self.symmetric = C.check_bool("symmetric", symmetric)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: Optional[torch.Tensor] = None):
+        return Fn.info_nce(query, key, negatives, temperature=self.temperature,
+                           in_batch_negatives=self.in_batch_negatives, symmetric=self.symmetric, **self._common())
+
+
+class NTXentLoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.nt_xent`; ``forward(z1, z2)``."""
+
+    def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        self.temperature = C.check_temperature(temperature)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor):
+        return Fn.nt_xent(z1, z2, temperature=self.temperature, **self._common())
+
+
+class DCLLoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.dcl_loss`; ``forward(z1, z2)``."""
+
+    def __init__(self, temperature: float = 0.1, weight_fn: Optional[Callable] = None, normalize: bool = True,
+                 reduction: str = "mean", backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        self.temperature = C.check_temperature(temperature)
+        if weight_fn is not None and not callable(weight_fn):
+            raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
+        self.weight_fn = weight_fn
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor):
+        return Fn.dcl_loss(z1, z2, temperature=self.temperature, weight_fn=self.weight_fn, **self._common())
+
+
+class ClipLoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.clip_loss`;
+    ``forward(image_features, text_features, logit_scale)``."""
+
+    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale):
+        return Fn.clip_loss(image_features, text_features, logit_scale, **self._common())
+
+
+class SupConLoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.supcon_loss`; ``forward(features, labels)``."""
+
+    def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        self.temperature = C.check_temperature(temperature)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor):
+        return Fn.supcon_loss(features, labels, temperature=self.temperature, **self._common())
+
+
+class RingInfoNCELoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.ring_info_nce`; ``forward(query, key, negatives=None)``.
+
+    ``outer`` may be changed between steps (e.g. annealed from 1.0 to its final value);
+    :meth:`set_outer` validates the new value.
+    """
+
+    def __init__(self, temperature: float = 0.07, outer: float = 0.1, inner: float = 0.1,
+                 in_batch_negatives: bool = True, normalize: bool = True, reduction: str = "mean",
+                 backend: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        self.temperature = C.check_temperature(temperature)
+        self.outer = C.check_fraction("outer", outer)
+        self.inner = C.check_fraction("inner", inner)
+        self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
+
+    def set_outer(self, outer: float) -> None:
+        self.outer = C.check_fraction("outer", outer)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: Optional[torch.Tensor] = None):
+        return Fn.ring_info_nce(query, key, negatives, temperature=self.temperature, outer=self.outer,
+                                inner=self.inner, in_batch_negatives=self.in_batch_negatives, **self._common())

@@ -1,0 +1,132 @@
+"""Every loss configuration under test, as (inputs, call into the package, float64 reference).
+
+Shapes are deliberately no block multiple (N=37, R=23, D=40 against 16×16 test tiles).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import contrastive_ops as co
+import reference as ref
+
+N, R, D = 37, 23, 40
+
+
+@dataclass
+class Case:
+    names: List[str]  # input names, in the order of the tensors
+    make: Callable[[torch.dtype], List[torch.Tensor]]
+    ours: Callable[..., torch.Tensor]  # (tensors, backend=, reduction=) -> loss
+    reference: Callable[..., torch.Tensor]  # (tensors in float64) -> per-anchor losses
+    mean_count: Optional[Callable[[List[torch.Tensor]], int]] = None  # divisor of the mean if not numel
+
+
+def _feats(*rows):
+    return lambda dtype: [torch.randn(r, D, dtype=dtype) for r in rows]
+
+
+def _labels(n, classes):
+    labels = torch.randint(0, classes, (n,))
+    labels[0] = 10_000  # a singleton label: an anchor without positives
+    return labels
+
+
+def _supcon_case(classes: int) -> Case:
+    # the labels ride along as the last (integer, gradient-free) tensor
+    return Case(
+        ["features"],
+        lambda dtype: [torch.randn(N, D, dtype=dtype), _labels(N, classes)],
+        lambda t, **kw: co.supcon_loss(t[0], t[1], temperature=0.1, **kw),
+        lambda t: ref.supcon(t[0], t[1], temperature=0.1)[0],
+        mean_count=lambda t: ref.supcon(t[0].detach(), t[1])[1],
+    )
+
+
+def _clip_case(tensor_scale: bool, normalize: bool) -> Case:
+    def make(dtype):
+        feats = [torch.randn(N, D, dtype=dtype) * 0.2 for _ in range(2)]
+        return feats + ([torch.tensor(14.3, dtype=dtype)] if tensor_scale else [])
+
+    def scale(t):
+        return t[2] if tensor_scale else 14.3
+
+    return Case(
+        ["image_features", "text_features"] + (["logit_scale"] if tensor_scale else []),
+        make,
+        lambda t, **kw: co.clip_loss(t[0], t[1], scale(t), normalize=normalize, **kw),
+        lambda t: ref.clip(t[0], t[1], scale(t), normalize=normalize),
+    )
+
+
+def _ring_case(outer, inner, with_queue=True, in_batch=True) -> Case:
+    rows = (N, N, R) if with_queue else (N, N)
+    names = ["query", "key"] + (["negatives"] if with_queue else [])
+
+    def neg(t):
+        return t[2] if with_queue else None
+
+    kwargs = dict(temperature=0.1, outer=outer, inner=inner, in_batch_negatives=in_batch)
+    return Case(
+        names,
+        _feats(*rows),
+        lambda t, **kw: co.ring_info_nce(t[0], t[1], neg(t), **kwargs, **kw),
+        lambda t: ref.ring_info_nce(t[0], t[1], neg(t), **kwargs),
+    )
+
+
+def _dcl_weights(a, b):
+    # any differentiable per-row weight; the package calls weight_fn as lightly does
+    return 1.0 + (a * b).sum(dim=1)
+
+
+def _dcl_weighted_reference(t):
+    a, b = torch.nn.functional.normalize(t[0].double(), dim=1), torch.nn.functional.normalize(t[1].double(), dim=1)
+    w = torch.cat([_dcl_weights(a, b), _dcl_weights(b, a)])
+    return ref.dcl(t[0], t[1], temperature=0.1, weights=w)
+
+
+CASES: Dict[str, Case] = {
+    "info_nce": Case(["query", "key"], _feats(N, N),
+                     lambda t, **kw: co.info_nce(t[0], t[1], temperature=0.07, **kw),
+                     lambda t: ref.info_nce(t[0], t[1], temperature=0.07)),
+    "info_nce_queue": Case(["query", "key", "negatives"], _feats(N, N, R),
+                           lambda t, **kw: co.info_nce(t[0], t[1], t[2], temperature=0.2, **kw),
+                           lambda t: ref.info_nce(t[0], t[1], t[2], temperature=0.2)),
+    "info_nce_queue_only": Case(["query", "key", "negatives"], _feats(N, N, R),
+                                lambda t, **kw: co.info_nce(t[0], t[1], t[2], in_batch_negatives=False, **kw),
+                                lambda t: ref.info_nce(t[0], t[1], t[2], in_batch_negatives=False)),
+    "info_nce_symmetric": Case(["query", "key"], _feats(N, N),
+                               lambda t, **kw: co.info_nce(t[0], t[1], symmetric=True, **kw),
+                               lambda t: ref.info_nce(t[0], t[1], symmetric=True)),
+    "info_nce_symmetric_queue": Case(["query", "key", "negatives"], _feats(N, N, R),
+                                     lambda t, **kw: co.info_nce(t[0], t[1], t[2], symmetric=True, **kw),
+                                     lambda t: ref.info_nce(t[0], t[1], t[2], symmetric=True)),
+    "info_nce_unnormalized": Case(["query", "key"], lambda dt: [torch.randn(N, D, dtype=dt) * 0.3 for _ in range(2)],
+                                  lambda t, **kw: co.info_nce(t[0], t[1], temperature=0.5, normalize=False, **kw),
+                                  lambda t: ref.info_nce(t[0], t[1], temperature=0.5, normalize=False)),
+    "nt_xent": Case(["z1", "z2"], _feats(N, N),
+                    lambda t, **kw: co.nt_xent(t[0], t[1], temperature=0.5, **kw),
+                    lambda t: ref.nt_xent(t[0], t[1], temperature=0.5)),
+    "dcl": Case(["z1", "z2"], _feats(N, N),
+                lambda t, **kw: co.dcl_loss(t[0], t[1], temperature=0.1, **kw),
+                lambda t: ref.dcl(t[0], t[1], temperature=0.1)),
+    "dcl_weighted": Case(["z1", "z2"], _feats(N, N),
+                         lambda t, **kw: co.dcl_loss(t[0], t[1], temperature=0.1, weight_fn=_dcl_weights, **kw),
+                         _dcl_weighted_reference),
+    "clip": _clip_case(tensor_scale=False, normalize=False),
+    "clip_tensor_scale": _clip_case(tensor_scale=True, normalize=False),
+    "clip_normalized": _clip_case(tensor_scale=True, normalize=True),
+    "supcon_few_classes": _supcon_case(classes=3),
+    "supcon_many_classes": _supcon_case(classes=15),
+    "ring": _ring_case(0.3, 0.1),
+    "ring_ball": _ring_case(0.5, 0.0),
+    "ring_full": _ring_case(1.0, 0.0),
+    "ring_in_batch_only": _ring_case(0.4, 0.25, with_queue=False),
+    "ring_queue_only": _ring_case(0.6, 0.3, in_batch=False),
+    "ring_single": _ring_case(0.03, 0.5),
+    "ring_empty": _ring_case(0.01, 0.0),
+    "ring_inner_one": _ring_case(0.5, 1.0),
+}

@@ -1,0 +1,97 @@
+"""Float64 references written straight from each loss's definition (DESIGN §4–§5), independent of
+the package's core: cross-entropies over explicit logit matrices and a per-row sort for the Ring."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _unit(x, normalize=True):
+    x = x.double()
+    return F.normalize(x, dim=1) if normalize else x
+
+
+def info_nce(q, k, neg=None, *, temperature=0.07, in_batch_negatives=True, symmetric=False, normalize=True):
+    q, k = _unit(q, normalize), _unit(k, normalize)
+    n = q.shape[0]
+    target = torch.arange(n)
+    qk = q @ k.T / temperature
+    parts = [qk] if in_batch_negatives else [qk.diagonal()[:, None]]
+    if neg is not None:
+        parts.append(q @ _unit(neg, normalize).T / temperature)
+    forward = F.cross_entropy(torch.cat(parts, 1), target if in_batch_negatives else torch.zeros_like(target),
+                              reduction="none")
+    if not symmetric:
+        return forward
+    return 0.5 * (forward + F.cross_entropy(qk.T, target, reduction="none"))
+
+
+def nt_xent(z1, z2, *, temperature=0.5, normalize=True):
+    z = torch.cat([_unit(z1, normalize), _unit(z2, normalize)])
+    n = z1.shape[0]
+    sim = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
+    return F.cross_entropy(sim, (torch.arange(2 * n) + n) % (2 * n), reduction="none")
+
+
+def dcl(z1, z2, *, temperature=0.1, normalize=True, weights=None):
+    z = torch.cat([_unit(z1, normalize), _unit(z2, normalize)])
+    n = z1.shape[0]
+    sim = z @ z.T / temperature
+    idx = torch.arange(2 * n)
+    pos = (idx + n) % (2 * n)
+    pos_logit = sim[idx, pos]
+    if weights is not None:
+        pos_logit = pos_logit * weights
+    neg = sim.clone()
+    neg[idx, idx] = float("-inf")
+    neg[idx, pos] = float("-inf")
+    if n == 1:
+        return torch.zeros(2, dtype=torch.float64) * pos_logit
+    return -pos_logit + torch.logsumexp(neg, dim=1)
+
+
+def clip(img, txt, scale, *, normalize=False):
+    img, txt = _unit(img, normalize), _unit(txt, normalize)
+    logits = scale * img @ txt.T
+    target = torch.arange(img.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none"))
+
+
+def supcon(x, labels, *, temperature=0.1, normalize=True):
+    """Returns (per-anchor losses with 0 for anchors without positives, number of such anchors)."""
+    x = _unit(x, normalize)
+    n = x.shape[0]
+    sim = x @ x.T / temperature
+    eye = torch.eye(n, dtype=torch.bool)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    count = pos.sum(1)
+    loss = -(log_prob * pos).sum(1) / count.clamp(min=1)
+    return torch.where(count > 0, loss, torch.zeros_like(loss)), int((count > 0).sum())
+
+
+def ring_info_nce(q, k, neg=None, *, temperature=0.07, outer=0.1, inner=0.1, in_batch_negatives=True, normalize=True):
+    """A loop over rows with a full sort of each row's candidates (DESIGN §5)."""
+    q, k = _unit(q, normalize), _unit(k, normalize)
+    n = q.shape[0]
+    qk = q @ k.T / temperature
+    qn = q @ _unit(neg, normalize).T / temperature if neg is not None else q.new_zeros(n, 0)
+    losses = []
+    for i in range(n):
+        candidates = [qn[i]]
+        if in_batch_negatives:
+            candidates.append(torch.cat([qk[i, :i], qk[i, i + 1 :]]))
+        cand = torch.cat(candidates)
+        hi = math.floor(outer * cand.numel())
+        lo = math.floor(inner * hi)
+        positive = qk[i, i]
+        if hi <= lo:
+            losses.append(positive * 0)
+            continue
+        ordered = cand.detach().sort(descending=True).values
+        v_hi, v_lo = ordered[lo], ordered[hi - 1]
+        ring = cand[(cand >= v_lo) & (cand <= v_hi)]
+        losses.append(-positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0))
+    return torch.stack(losses)

@@ -1,0 +1,158 @@
+"""Every loss × backend against its float64 reference: values, every reduction, every input's gradient."""
+import pytest
+import torch
+
+from cases import CASES
+from conftest import assert_close_rel
+from contrastive_ops.backends import chunked
+
+BACKENDS = ["naive", "chunked"]
+FP32_REL = 1e-5
+
+
+def _inputs(case, dtype, requires_grad=True):
+    tensors = case.make(dtype)
+    for t in tensors:
+        if t.dtype.is_floating_point:
+            t.requires_grad_(requires_grad)
+    return tensors
+
+
+def _grads(loss, tensors):
+    leaves = [t for t in tensors if t.requires_grad]
+    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+
+def _run(case, tensors, backend, reduction):
+    with chunked.block_size(16, 16):  # several partial tiles at these shapes
+        return case.ours(tensors, backend=backend, reduction=reduction)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_per_anchor_losses_and_gradients_fp32(name, backend, seed):
+    case = CASES[name]
+    tensors = _inputs(case, torch.float32)
+    ours = _run(case, tensors, backend, "none")
+    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
+                   for t in tensors]
+    expected = case.reference(ref_tensors)
+    assert_close_rel(ours, expected, FP32_REL, f"{name}/{backend} per-anchor loss")
+    # Random per-anchor weights check the gradient of every anchor's loss, not only of their sum.
+    weights = torch.rand(expected.shape, dtype=torch.float64)
+    ours_grads = _grads((ours.double() * weights).sum(), tensors)
+    ref_grads = _grads((expected * weights).sum(), ref_tensors)
+    for input_name, g, g_ref in zip(case.names, ours_grads, ref_grads):
+        assert_close_rel(g, g_ref, FP32_REL, f"{name}/{backend} d/d{input_name}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_reductions(name, backend, reduction, seed):
+    case = CASES[name]
+    tensors = _inputs(case, torch.float32)
+    ours = _run(case, tensors, backend, reduction)
+    assert ours.dim() == 0
+    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
+                   for t in tensors]
+    per_anchor = case.reference(ref_tensors)
+    if reduction == "sum":
+        expected = per_anchor.sum()
+    elif case.mean_count is not None:
+        expected = per_anchor.sum() / max(case.mean_count(ref_tensors), 1)
+    else:
+        expected = per_anchor.mean()
+    assert_close_rel(ours, expected, FP32_REL, f"{name}/{backend}/{reduction}")
+    for input_name, g, g_ref in zip(case.names, _grads(ours, tensors), _grads(expected, ref_tensors)):
+        assert_close_rel(g, g_ref, FP32_REL, f"{name}/{backend}/{reduction} d/d{input_name}")
+
+
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "clip_tensor_scale", "supcon_few_classes", "dcl", "ring"])
+def test_chunked_equals_naive_with_one_tile_and_many(name, seed):
+    """Tiling must not change the result: one big tile and 16×16 tiles agree with naive."""
+    case = CASES[name]
+    tensors = _inputs(case, torch.float64)
+    naive = case.ours(tensors, backend="naive", reduction="none")
+    with chunked.block_size(1024, 1024):
+        one_tile = case.ours(tensors, backend="chunked", reduction="none")
+    with chunked.block_size(5, 7):
+        many = case.ours(tensors, backend="chunked", reduction="none")
+    assert_close_rel(one_tile, naive, 1e-12, f"{name} one tile")
+    assert_close_rel(many, naive, 1e-12, f"{name} 5x7 tiles")
+
+
+@pytest.mark.parametrize("name", ["info_nce_queue", "info_nce_symmetric_queue", "nt_xent", "dcl_weighted",
+                                  "clip_tensor_scale", "supcon_few_classes", "ring", "ring_queue_only"])
+def test_gradcheck_chunked_float64(name, seed):
+    case = CASES[name]
+    small = {"query": 6, "key": 6, "negatives": 4, "z1": 5, "z2": 5, "image_features": 6, "text_features": 6,
+             "features": 7}
+    tensors = [t for t in _inputs(case, torch.float64)]
+    # shrink to a few rows and features so gradcheck's finite differences stay cheap
+    shrunk = []
+    for t, nm in zip(tensors, case.names + ["labels"] * (len(tensors) - len(case.names))):
+        if t.dim() == 2:
+            shrunk.append(t.detach()[: small[nm], :5].clone().requires_grad_(True))
+        elif t.dim() == 1:
+            shrunk.append(t[: small["features"]].clone())
+        else:
+            shrunk.append(t.detach().clone().requires_grad_(True))
+    floats = [t for t in shrunk if t.dtype.is_floating_point]
+
+    def fn(*args):
+        it = iter(args)
+        full = [next(it) if t.dtype.is_floating_point else t for t in shrunk]
+        with chunked.block_size(4, 3):
+            return case.ours(full, backend="chunked", reduction="none")
+
+    assert torch.autograd.gradcheck(fn, floats, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partial_requires_grad(backend, seed):
+    q, k, e = torch.randn(N := 21, 12), torch.randn(21, 12), torch.randn(9, 12)
+    k.requires_grad_(True)
+    import contrastive_ops as co
+    import reference as ref
+    with chunked.block_size(8, 8):
+        loss = co.info_nce(q, k, e, backend=backend)
+    (gk,) = torch.autograd.grad(loss, [k])
+    k64 = k.detach().double().requires_grad_(True)
+    expected = ref.info_nce(q, k64, e).mean()
+    (gk_ref,) = torch.autograd.grad(expected, [k64])
+    assert_close_rel(loss, expected, FP32_REL, "loss")
+    assert_close_rel(gk, gk_ref, FP32_REL, "d/dkey")
+    assert q.grad is None and e.grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_grad_inputs_give_plain_tensor(backend, seed):
+    import contrastive_ops as co
+    loss = co.nt_xent(torch.randn(5, 3), torch.randn(5, 3), backend=backend)
+    assert not loss.requires_grad and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent"])
+def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
+    """DESIGN §6: chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
+    case = CASES[name]
+    tensors = _inputs(case, dtype)
+    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
+                   for t in tensors]
+    expected = case.reference(ref_tensors)
+    torch_own = case.ours(tensors, backend="naive", reduction="none")
+    ours = _run(case, tensors, "chunked", "none")
+    assert ours.dtype == torch.float32
+    own_err = (torch_own.double() - expected).abs().max().item()
+    our_err = (ours.double() - expected).abs().max().item()
+    assert our_err <= 2 * own_err + 1e-3 * expected.abs().max().item(), (our_err, own_err)
+    g_own = _grads(torch_own.sum(), tensors)
+    g_ours = _grads(ours.sum(), tensors)
+    g_ref = _grads(expected.sum(), ref_tensors)
+    for nm, a, b, r in zip(case.names, g_ours, g_own, g_ref):
+        assert a.dtype == dtype
+        our_err = (a.double() - r).abs().max().item()
+        own_err = (b.double() - r).abs().max().item()
+        assert our_err <= 2 * own_err + 1e-3 * r.abs().max().item(), (nm, our_err, own_err)
