@@ -1,0 +1,75 @@
+"""The peers' own loss code, loaded from their installed packages.
+
+lightly and open_clip import torchvision at package level, which has no CPU build to install
+here; their loss modules themselves need only torch. So the loss files are loaded from the
+installed packages directly: parent packages are registered without running their ``__init__``,
+and the one torchvision-importing helper module lightly's memory bank pulls in (used there only
+for multi-GPU gathering) is replaced by an empty module.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+REQUIRE = os.environ.get("CONTRASTIVE_OPS_REQUIRE_PEERS") == "1"
+
+
+def _missing(name: str):
+    message = f"peer package {name} is not installed (pip install --no-deps {name})"
+    if REQUIRE:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _package_dir(name: str):
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _bare_package(qualname: str, path: str) -> None:
+    if qualname in sys.modules:
+        return
+    module = types.ModuleType(qualname)
+    module.__path__ = [path]
+    module.__spec__ = importlib.machinery.ModuleSpec(qualname, None, is_package=True)
+    module.__spec__.submodule_search_locations = [path]
+    sys.modules[qualname] = module
+
+
+def pytorch_metric_learning():
+    try:
+        return importlib.import_module("pytorch_metric_learning.losses")
+    except ImportError:
+        _missing("pytorch-metric-learning")
+
+
+@functools.lru_cache(maxsize=None)
+def open_clip_loss():
+    root = _package_dir("open_clip")
+    if root is None:
+        _missing("open_clip_torch")
+    spec = importlib.util.spec_from_file_location("_peer_open_clip_loss", os.path.join(root, "loss.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def lightly_losses():
+    """``(ntx_ent_loss module, dcl_loss module)`` of the installed lightly."""
+    root = _package_dir("lightly")
+    if root is None:
+        _missing("lightly")
+    for sub in ("", "models", "models/modules", "loss", "utils"):
+        _bare_package("lightly" + ("." + sub.replace("/", ".") if sub else ""), os.path.join(root, sub))
+    sys.modules.setdefault("lightly.models.utils", types.ModuleType("lightly.models.utils"))
+    return importlib.import_module("lightly.loss.ntx_ent_loss"), importlib.import_module("lightly.loss.dcl_loss")

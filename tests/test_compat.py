@@ -1,0 +1,163 @@
+"""Each compat class against the real peer's loss code: same loss and gradients to 1e-5."""
+import pytest
+import torch
+
+import peers
+from conftest import assert_close_rel
+from contrastive_ops.backends import chunked
+from contrastive_ops.compat import lightly as co_lightly
+from contrastive_ops.compat import open_clip as co_open_clip
+from contrastive_ops.compat import pytorch_metric_learning as co_pml
+
+REL = 1e-5
+BACKENDS = ["chunked", "naive"]
+
+
+def _compare(ours_fn, peer_fn, tensors, what, zero_grad_inputs=()):
+    """Loss and every input's gradient within REL; inputs in ``zero_grad_inputs`` have an exactly zero
+    gradient mathematically, where the peer returns rounding noise: compared in absolute terms."""
+    a = [t.detach().clone().requires_grad_(t.dtype.is_floating_point) for t in tensors]
+    b = [t.detach().clone().requires_grad_(t.dtype.is_floating_point) for t in tensors]
+    with chunked.block_size(16, 16):
+        ours = ours_fn(*a)
+        peer = peer_fn(*b)
+        assert_close_rel(ours, peer, REL, f"{what} loss")
+        float_a = [t for t in a if t.dtype.is_floating_point]
+        float_b = [t for t in b if t.dtype.is_floating_point]
+        g_ours = torch.autograd.grad(ours, float_a, allow_unused=True, materialize_grads=True)
+        g_peer = torch.autograd.grad(peer, float_b, allow_unused=True, materialize_grads=True)
+    for i, (x, y) in enumerate(zip(g_ours, g_peer)):
+        if i in zero_grad_inputs:
+            assert float(x) == 0.0 and abs(float(y)) < 1e-6, (what, i, x, y)
+        else:
+            assert_close_rel(x, y, REL, f"{what} grad of input {i}")
+    return ours, peer
+
+
+def _pair_labels(n):
+    """SimCLR-style labels: every sample appears twice."""
+    return torch.arange(n // 2).repeat(2)[torch.randperm(n)]
+
+
+LABELINGS = {
+    "pairs": lambda n: _pair_labels(n),
+    "few_classes": lambda n: torch.randint(0, 4, (n,)),
+    "with_singletons": lambda n: torch.cat([torch.randint(0, 3, (n - 3,)), torch.tensor([100, 101, 102])]),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("labeling", sorted(LABELINGS))
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_all_pairs(cls, labeling, backend, seed):
+    losses = peers.pytorch_metric_learning()
+    temperature = 0.07 if cls == "NTXentLoss" else 0.1
+    peer = getattr(losses, cls)(temperature=temperature)
+    ours = getattr(co_pml, cls)(temperature=temperature, backend=backend)
+    emb = torch.randn(38, 16)
+    labels = LABELINGS[labeling](38)
+    _compare(lambda e: ours(e, labels), lambda e: peer(e, labels), [emb], f"{cls}/{labeling}")
+
+
+@pytest.mark.parametrize("ref_labels_given", [True, False])
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_ref_emb(cls, ref_labels_given, seed):
+    losses = peers.pytorch_metric_learning()
+    peer, ours = getattr(losses, cls)(temperature=0.2), getattr(co_pml, cls)(temperature=0.2)
+    emb, ref = torch.randn(21, 12), torch.randn(21 if not ref_labels_given else 30, 12)
+    labels = torch.randint(0, 5, (21,))
+    ref_labels = torch.randint(0, 5, (30,)) if ref_labels_given else None
+    _compare(lambda e, r: ours(e, labels, ref_emb=r, ref_labels=ref_labels),
+             lambda e, r: peer(e, labels, ref_emb=r, ref_labels=ref_labels), [emb, ref], f"{cls}/ref_emb")
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(10, dtype=torch.long), torch.arange(10)])
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_degenerate_labels_give_zero_loss(cls, labels, seed):
+    losses = peers.pytorch_metric_learning()
+    peer, ours = getattr(losses, cls)(), getattr(co_pml, cls)()
+    emb = torch.randn(10, 6, requires_grad=True)
+    ours_loss, peer_loss = ours(emb, labels), peer(emb, labels)
+    assert float(ours_loss.detach()) == float(peer_loss.detach()) == 0.0
+    ours_loss.backward()
+    assert torch.equal(emb.grad, torch.zeros_like(emb))
+
+
+def test_pml_unsupported_options_are_named():
+    with pytest.raises(ValueError, match="indices_tuple"):
+        co_pml.NTXentLoss()(torch.randn(4, 3), torch.arange(4), indices_tuple=(torch.tensor([0]),) * 3)
+    with pytest.raises(ValueError, match="reducer"):
+        co_pml.SupConLoss(reducer=object())
+    with pytest.raises(ValueError, match="labels is required"):
+        co_pml.SupConLoss()(torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [0.5, 0.1])
+def test_lightly_ntxent_without_bank(temperature, backend, seed):
+    ntx, _ = peers.lightly_losses()
+    peer = ntx.NTXentLoss(temperature=temperature)
+    ours = co_lightly.NTXentLoss(temperature=temperature, backend=backend)
+    _compare(ours, peer, [torch.randn(27, 10), torch.randn(27, 10)], "lightly NTXent")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lightly_ntxent_memory_bank_fifo(backend, seed):
+    """Same bank initialization (same RNG state), then several steps that wrap the FIFO."""
+    ntx, _ = peers.lightly_losses()
+    state = torch.get_rng_state()
+    peer = ntx.NTXentLoss(temperature=0.2, memory_bank_size=(50, 8))
+    torch.set_rng_state(state)
+    ours = co_lightly.NTXentLoss(temperature=0.2, memory_bank_size=(50, 8), backend=backend)
+    assert torch.equal(ours.bank, peer.memory_bank.bank)
+    for step in range(5):
+        out0, out1 = torch.randn(17, 8), torch.randn(17, 8)
+        _compare(ours, peer, [out0, out1], f"lightly NTXent bank step {step}")
+        # _compare runs each module once with requires_grad inputs, so both banks advanced once
+        assert torch.equal(ours.bank, peer.memory_bank.bank), f"banks differ after step {step}"
+        assert int(ours.bank_ptr) == int(peer.memory_bank.bank_ptr)
+
+
+def test_lightly_memory_bank_size_rules():
+    with pytest.raises(ValueError, match="feature dimension"):
+        co_lightly.NTXentLoss(memory_bank_size=128)
+    with pytest.raises(ValueError, match="gather_distributed"):
+        co_lightly.NTXentLoss(gather_distributed=True)
+    with pytest.raises(ValueError, match="Illegal temperature"):
+        co_lightly.NTXentLoss(temperature=0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", ["plain", "weight_fn", "dclw"])
+def test_lightly_dcl(variant, backend, seed):
+    _, dcl = peers.lightly_losses()
+    if variant == "plain":
+        peer, ours = dcl.DCLLoss(temperature=0.1), co_lightly.DCLLoss(temperature=0.1, backend=backend)
+    elif variant == "weight_fn":
+        fn = lambda a, b: torch.sum((a - b) ** 2, dim=1)  # noqa: E731  (lightly's docstring example)
+        peer, ours = dcl.DCLLoss(weight_fn=fn), co_lightly.DCLLoss(weight_fn=fn, backend=backend)
+    else:
+        peer, ours = dcl.DCLWLoss(temperature=0.2, sigma=0.4), co_lightly.DCLWLoss(temperature=0.2, sigma=0.4, backend=backend)
+    _compare(ours, peer, [torch.randn(23, 9), torch.randn(23, 9)], f"lightly DCL {variant}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_open_clip_clip_loss(with_bias, backend, seed):
+    loss_module = peers.open_clip_loss()
+    peer, ours = loss_module.ClipLoss(), co_open_clip.ClipLoss(backend=backend)
+    img = torch.nn.functional.normalize(torch.randn(29, 24), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(29, 24), dim=1)
+    scale = torch.tensor(20.0)
+    tensors = [img, txt, scale] + ([torch.tensor(-3.0)] if with_bias else [])
+    # a bias added to every logit cancels in the softmax: its gradient is 0 (the peer's is ~1e-8 noise)
+    _compare(lambda *t: ours(*t), lambda *t: peer(*t), tensors, "open_clip ClipLoss", zero_grad_inputs=(3,))
+    out = ours(img, txt, scale, output_dict=True)
+    assert set(out) == {"contrastive_loss"}
+
+
+def test_open_clip_distributed_options_raise():
+    with pytest.raises(ValueError, match="world_size=2"):
+        co_open_clip.ClipLoss(world_size=2, rank=1)
+    with pytest.raises(ValueError, match="use_horovod"):
+        co_open_clip.ClipLoss(use_horovod=True)
