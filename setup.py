@@ -26,6 +26,7 @@ setup(
             "pytest-benchmark>=4",
             "pytorch-metric-learning>=2.0",
         ],
+        "train": ["tqdm", "scikit-learn", "matplotlib"],
         "triton": ["triton>=3.0"],
     },
 )
