@@ -5,6 +5,7 @@ Functional API: :func:`info_nce`, :func:`nt_xent`, :func:`clip_loss`, :func:`sup
 peers' loss classes in :mod:`contrastive_ops.compat`.
 """
 from .backends import BACKENDS, BackendUnavailableError, available_backends, backend_status
+from . import nn
 from .functional import clip_loss, dcl_loss, info_nce, nt_xent, ring_info_nce, supcon_loss
 
 __version__ = "0.1.0"

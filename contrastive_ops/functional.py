@@ -7,6 +7,12 @@ Common keyword arguments:
 * ``reduction`` — ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-anchor losses, shapes below).
 * ``backend`` — ``"auto"`` (default: a fused backend on CUDA when one can run, else ``"chunked"``),
   ``"naive"``, ``"chunked"``, ``"triton"`` or ``"cuda"``.
+* ``process_group`` — ``None`` (single process) or a ``torch.distributed`` group: every rank's
+  candidates (and, for symmetric losses, anchors) are gathered with their gradients, so each local
+  anchor sees the global negatives. With ``reduction="mean"`` the ranks' losses average to the
+  single-process loss on the concatenated batch (rank order), and each rank's gradients divided by
+  the world size (DDP's averaging) equal the single-process gradients of its slice;
+  ``"none"``/``"sum"`` give this rank's anchors' losses. All ranks pass the same batch size.
 
 Losses are returned in fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs). Inputs are never
 modified. A row whose denominator set is empty contributes 0 loss and 0 gradient.
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks as C
+from . import distributed as dist_
 from .backends import compute_fn, resolve
 from .core import ContrastiveTerms, RoleSpec
 
@@ -57,10 +64,24 @@ def _two_views(z1, z2, normalize, reduction):
     C.check_reduction(reduction)
 
 
-def _two_view_spec(n: int, device, *, decoupled: bool, normalize: bool) -> RoleSpec:
-    """Rows and columns are ``[z1; z2]``: the positive of view ``i`` is ``i ± n``, self excluded."""
-    idx = torch.arange(2 * n, device=device)
-    return RoleSpec(pos_index=(idx + n) % (2 * n), self_index=idx, decoupled=decoupled, normalize=normalize)
+def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
+                   pos_weight=None) -> torch.Tensor:
+    """Per-view losses of the rows ``[z1; z2]`` against the columns ``[Z1; Z2]``, where ``Zk`` is
+    ``zk`` gathered over the group (``zk`` itself without one). The positive of a view is the other
+    view of its sample; a view never contrasts with itself."""
+    n = z1.shape[0]
+    rows = torch.cat([z1, z2], dim=0)
+    if group is None:
+        cols, total, start = rows, n, 0
+    else:
+        cols_1, cols_2 = dist_.gather_rows(z1, group), dist_.gather_rows(z2, group)
+        cols, total, start = torch.cat([cols_1, cols_2], dim=0), cols_1.shape[0], dist_.offset(n, group)
+    local = torch.arange(n, device=z1.device) + start  # global sample index of each local row
+    self_index = torch.cat([local, local + total])
+    pos_index = torch.cat([local + total, local])
+    spec = RoleSpec(pos_index=pos_index, self_index=self_index, decoupled=decoupled, normalize=normalize)
+    terms = _compute(rows, cols, None, scale, spec, backend)
+    return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, pos_weight)
 
 
 def info_nce(
@@ -74,6 +95,7 @@ def info_nce(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """InfoNCE with key ``i`` the positive of query ``i`` (MoCo, one direction of CLIP).
 
@@ -111,6 +133,9 @@ def info_nce(
             "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
         )
     n = query.shape[0]
+    if process_group is not None:
+        return _info_nce_distributed(query, key, negatives, 1.0 / t, in_batch_negatives, symmetric, normalize,
+                                     reduction, backend, process_group)
     spec = RoleSpec(
         pos_index=torch.arange(n, device=query.device),
         key_negatives=in_batch_negatives,
@@ -125,6 +150,27 @@ def info_nce(
     return _reduce(loss, reduction)
 
 
+def _rows_against(anchors, candidates, extra, scale, spec: RoleSpec, backend: str) -> torch.Tensor:
+    terms = _compute(anchors, candidates, extra, scale, spec, backend)
+    return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+
+
+def _info_nce_distributed(query, key, negatives, scale, in_batch_negatives, symmetric, normalize, reduction,
+                          backend, group, *, gather=None):
+    """Local anchors against every rank's keys (and, if symmetric, local keys against every
+    rank's queries: the reverse direction as rows of a second pass)."""
+    gather = gather or (lambda x: dist_.gather_rows(x, group))
+    n = query.shape[0]
+    pos = torch.arange(n, device=query.device) + dist_.offset(n, group)
+    spec = RoleSpec(pos_index=pos, key_negatives=in_batch_negatives, normalize=normalize)
+    loss = _rows_against(query, gather(key), negatives, scale, spec, backend)
+    if symmetric:
+        reverse_spec = RoleSpec(pos_index=pos, normalize=normalize)
+        all_queries = gather(query)
+        loss = 0.5 * (loss + _rows_against(key, all_queries, None, scale, reverse_spec, backend))
+    return _reduce(loss, reduction)
+
+
 def nt_xent(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -133,6 +179,7 @@ def nt_xent(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """NT-Xent (SimCLR): each of the 2N views against the other 2N-1, the other view positive.
 
@@ -148,10 +195,7 @@ def nt_xent(
     """
     _two_views(z1, z2, normalize, reduction)
     t = C.check_temperature(temperature)
-    z = torch.cat([z1, z2], dim=0)
-    spec = _two_view_spec(z1.shape[0], z1.device, decoupled=False, normalize=normalize)
-    terms = _compute(z, z, None, 1.0 / t, spec, backend)
-    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=False, normalize=normalize, backend=backend, group=process_group)
     return _reduce(loss, reduction)
 
 
@@ -164,6 +208,7 @@ def dcl_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """Decoupled contrastive loss (Yeh et al.): NT-Xent with the positive left out of the denominator.
 
@@ -180,14 +225,12 @@ def dcl_loss(
     if weight_fn is not None and not callable(weight_fn):
         raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
     n = z1.shape[0]
-    z = torch.cat([z1, z2], dim=0)
-    spec = _two_view_spec(n, z1.device, decoupled=True, normalize=normalize)
     weights = None
     if weight_fn is not None:
         a, b = (F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)) if normalize else (z1, z2)
         weights = torch.cat([_check_weights(weight_fn(a, b), n), _check_weights(weight_fn(b, a), n)])
-    terms = _compute(z, z, None, 1.0 / t, spec, backend)
-    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, weights)
+    loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
+                          group=process_group, pos_weight=weights)
     return _reduce(loss, reduction)
 
 
@@ -198,6 +241,18 @@ def _check_weights(w, n: int) -> torch.Tensor:
     return w
 
 
+def check_clip_arguments(image_features, text_features, logit_scale, normalize, reduction):
+    """Validate :func:`clip_loss`'s arguments; returns the scale (a float or a 0-d tensor)."""
+    C.check_features("image_features", image_features)
+    C.check_features("text_features", text_features)
+    C.check_same_kind(("image_features", "text_features"), (image_features, text_features))
+    C.check_same_rows("image_features", image_features, "text_features", text_features)
+    scale = C.check_scale(logit_scale, image_features, "logit_scale")
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    return scale
+
+
 def clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -206,6 +261,7 @@ def clip_loss(
     normalize: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """CLIP's symmetric cross-entropy (open_clip ``ClipLoss``), pair ``i`` positive.
 
@@ -219,14 +275,11 @@ def clip_loss(
     Returns:
         a scalar, or ``[N]`` with ``(image_loss_i + text_loss_i)/2`` for ``reduction="none"``.
     """
-    C.check_features("image_features", image_features)
-    C.check_features("text_features", text_features)
-    C.check_same_kind(("image_features", "text_features"), (image_features, text_features))
-    C.check_same_rows("image_features", image_features, "text_features", text_features)
-    scale = C.check_scale(logit_scale, image_features, "logit_scale")
-    C.check_bool("normalize", normalize)
-    C.check_reduction(reduction)
+    scale = check_clip_arguments(image_features, text_features, logit_scale, normalize, reduction)
     n = image_features.shape[0]
+    if process_group is not None:
+        return _info_nce_distributed(image_features, text_features, None, scale, True, True, normalize, reduction,
+                                     backend, process_group)
     spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), column_terms=True, normalize=normalize)
     terms = _compute(image_features, text_features, None, scale, spec, backend)
     image_loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
@@ -242,6 +295,7 @@ def supcon_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., the "L_out" form; pytorch-metric-learning).
 
@@ -261,12 +315,20 @@ def supcon_loss(
     C.check_bool("normalize", normalize)
     C.check_reduction(reduction)
     n = features.shape[0]
-    spec = RoleSpec(
-        row_labels=labels, col_labels=labels, self_index=torch.arange(n, device=features.device), normalize=normalize
-    )
-    terms = _compute(features, features, None, 1.0 / t, spec, backend)
+    candidates, candidate_labels = features, labels
+    if process_group is not None:
+        candidates = dist_.gather_rows(features, process_group)
+        candidate_labels = dist_.gather_rows(labels, process_group, with_grad=False)
+    self_index = torch.arange(n, device=features.device) + dist_.offset(n, process_group)
+    spec = RoleSpec(row_labels=labels, col_labels=candidate_labels, self_index=self_index, normalize=normalize)
+    terms = _compute(features, candidates, None, 1.0 / t, spec, backend)
     loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
-    return _reduce(loss, reduction, count=(terms.row_pos_count > 0).sum())
+    count = (terms.row_pos_count > 0).sum()
+    if process_group is not None and reduction == "mean":
+        # global mean over anchors with a positive, scaled so that the ranks' losses average to it
+        _, size = dist_.world(process_group)
+        return loss.sum() * size / dist_.all_reduce_sum(count, process_group).clamp(min=1).to(loss.dtype)
+    return _reduce(loss, reduction, count=count)
 
 
 def ring_info_nce(
@@ -281,6 +343,7 @@ def ring_info_nce(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
 ) -> torch.Tensor:
     """InfoNCE over a restricted "Ring" of negatives (Wu et al., CNCE; DESIGN §5).
 
@@ -311,12 +374,12 @@ def ring_info_nce(
     C.check_reduction(reduction)
     if not in_batch_negatives and negatives is None:
         raise ValueError("in_batch_negatives=False needs negatives: otherwise the ring has no candidates")
+    n = query.shape[0]
+    keys = key if process_group is None else dist_.gather_rows(key, process_group)
     spec = RoleSpec(
-        pos_index=torch.arange(query.shape[0], device=query.device),
+        pos_index=torch.arange(n, device=query.device) + dist_.offset(n, process_group),
         key_negatives=in_batch_negatives,
         ring=(outer, inner),
         normalize=normalize,
     )
-    terms = _compute(query, key, negatives, 1.0 / t, spec, backend)
-    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
-    return _reduce(loss, reduction)
+    return _reduce(_rows_against(query, keys, negatives, 1.0 / t, spec, backend), reduction)

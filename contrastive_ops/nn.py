@@ -1,5 +1,6 @@
-"""``nn.Module`` wrappers of the functional API: constructor = the keyword arguments, forward = the
-tensors. Arguments are validated when the module is built, so a typo fails at construction."""
+"""``nn.Module`` wrappers of the functional API: constructor = the keyword arguments (including
+``process_group``), forward = the tensors. Arguments are validated when the module is built, so a
+typo fails at construction."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -21,14 +22,16 @@ def _check_backend(backend) -> str:
 
 
 class _ContrastiveLoss(nn.Module):
-    def __init__(self, *, normalize: bool, reduction: str, backend: str):
+    def __init__(self, *, normalize: bool, reduction: str, backend: str, process_group=None):
         super().__init__()
         self.normalize = C.check_bool("normalize", normalize)
         self.reduction = C.check_reduction(reduction)
         self.backend = _check_backend(backend)
+        self.process_group = process_group
 
     def _common(self):
-        return dict(normalize=self.normalize, reduction=self.reduction, backend=self.backend)
+        return dict(normalize=self.normalize, reduction=self.reduction, backend=self.backend,
+                    process_group=self.process_group)
 
     def extra_repr(self) -> str:
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "training"}
@@ -39,8 +42,8 @@ class InfoNCELoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.info_nce`; ``forward(query, key, negatives=None)``."""
 
     def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = True, symmetric: bool = False,
-                 normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
         self.symmetric = C.check_bool("symmetric", symmetric)
@@ -53,8 +56,8 @@ class InfoNCELoss(_ContrastiveLoss):
 class NTXentLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.nt_xent`; ``forward(z1, z2)``."""
 
-    def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+    def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor):
@@ -65,8 +68,8 @@ class DCLLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.dcl_loss`; ``forward(z1, z2)``."""
 
     def __init__(self, temperature: float = 0.1, weight_fn: Optional[Callable] = None, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+                 reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
         if weight_fn is not None and not callable(weight_fn):
             raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
@@ -80,8 +83,8 @@ class ClipLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.clip_loss`;
     ``forward(image_features, text_features, logit_scale)``."""
 
-    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale):
         return Fn.clip_loss(image_features, text_features, logit_scale, **self._common())
@@ -90,8 +93,8 @@ class ClipLoss(_ContrastiveLoss):
 class SupConLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.supcon_loss`; ``forward(features, labels)``."""
 
-    def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+    def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
@@ -107,8 +110,8 @@ class RingInfoNCELoss(_ContrastiveLoss):
 
     def __init__(self, temperature: float = 0.07, outer: float = 0.1, inner: float = 0.1,
                  in_batch_negatives: bool = True, normalize: bool = True, reduction: str = "mean",
-                 backend: str = "auto"):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+                 backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
         self.outer = C.check_fraction("outer", outer)
         self.inner = C.check_fraction("inner", inner)

@@ -5,8 +5,10 @@ from functools import partial
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from .. import distributed as dist_
 from ..functional import dcl_loss, info_nce, nt_xent
 
 _EPS = 1e-8
@@ -17,11 +19,16 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
 
 
-def _no_gather(gather_distributed: bool) -> None:
-    if gather_distributed:
-        raise ValueError(
-            "gather_distributed=True is not supported by contrastive_ops.compat.lightly yet; use gather_distributed=False"
-        )
+def _check_gather(gather_distributed: bool) -> None:
+    if gather_distributed and not dist.is_available():
+        raise ValueError("gather_distributed=True but torch.distributed is not available in this torch build")
+
+
+def _world_group(gather_distributed: bool):
+    """The default group when gathering is on and more than one process runs, else None (as lightly)."""
+    if gather_distributed and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
 
 
 def _bank_size(size: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -51,7 +58,7 @@ class NTXentLoss(nn.Module):
                  gather_distributed: bool = False, *, backend: str = "auto"):
         super().__init__()
         _check_temperature(temperature)
-        _no_gather(gather_distributed)
+        _check_gather(gather_distributed)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
         self.eps = _EPS
@@ -77,15 +84,19 @@ class NTXentLoss(nn.Module):
             self.bank_ptr[0] = ptr + n
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
+        group = _world_group(self.gather_distributed)
         if self.memory_bank_size == (0,):
-            return nt_xent(out0, out1, temperature=self.temperature, backend=self.backend)
+            return nt_xent(out0, out1, temperature=self.temperature, backend=self.backend, process_group=group)
         if self.bank.shape[1] != out1.shape[1]:
             raise ValueError(f"memory bank rows have dim {self.bank.shape[1]}, out1 has {out1.shape[1]}")
         negatives = self.bank.detach().clone().to(device=out0.device, dtype=out0.dtype)
         loss = info_nce(out0, out1, negatives, temperature=self.temperature, in_batch_negatives=False,
                         backend=self.backend)
         if out0.requires_grad:
-            self._enqueue(nn.functional.normalize(out1.detach(), dim=1))
+            keys = nn.functional.normalize(out1.detach(), dim=1)
+            if group is not None:  # every rank enqueues the keys of all ranks
+                keys = dist_.gather_rows(keys, group, with_grad=False)
+            self._enqueue(keys)
         return loss
 
 
@@ -95,14 +106,15 @@ class DCLLoss(nn.Module):
     def __init__(self, temperature: float = 0.1, weight_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
                  gather_distributed: bool = False, *, backend: str = "auto"):
         super().__init__()
-        _no_gather(gather_distributed)
+        _check_gather(gather_distributed)
         self.temperature = temperature
         self.weight_fn = weight_fn
         self.gather_distributed = gather_distributed
         self.backend = backend
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        return dcl_loss(out0, out1, temperature=self.temperature, weight_fn=self.weight_fn, backend=self.backend)
+        return dcl_loss(out0, out1, temperature=self.temperature, weight_fn=self.weight_fn, backend=self.backend,
+                        process_group=_world_group(self.gather_distributed))
 
 
 def negative_mises_fisher_weights(out0: Tensor, out1: Tensor, sigma: float = 0.5) -> Tensor:

@@ -1,0 +1,103 @@
+"""Worker for test_distributed.py, launched by torchrun with the gloo backend (2 processes).
+
+Every rank builds the same global batch, takes its slice, and checks the process-group losses:
+the mean over ranks of the ranks' losses equals the single-process loss on the whole batch, and
+each rank's gradients divided by the world size equal the single-process gradients of its slice.
+It also runs the distributed compat classes beside the peers' own code in the same setting.
+Writes the worst relative errors of each check to ``<out>/rank<r>.json``.
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import contrastive_ops as co  # noqa: E402
+import peers  # noqa: E402
+from contrastive_ops.compat import lightly as co_lightly  # noqa: E402
+from contrastive_ops.compat import open_clip as co_open_clip  # noqa: E402
+
+N_LOCAL, D, R = 7, 6, 5
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def main():
+    out_dir = sys.argv[1]
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.group.WORLD
+    torch.manual_seed(1234 + int(os.environ.get("TEST_SEED", "0")))  # the same data on every rank
+    n = N_LOCAL * world
+    a, b, queue = torch.randn(n, D, dtype=torch.float64), torch.randn(n, D, dtype=torch.float64), torch.randn(R, D, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,))
+    scale = torch.tensor(6.5, dtype=torch.float64)
+    mine = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+
+    losses = {
+        "info_nce_queue": lambda x, y, s, lab, pg: co.info_nce(x, y, queue, temperature=0.2, process_group=pg),
+        "info_nce_symmetric": lambda x, y, s, lab, pg: co.info_nce(x, y, symmetric=True, process_group=pg),
+        "clip": lambda x, y, s, lab, pg: co.clip_loss(x, y, s, process_group=pg),
+        "nt_xent": lambda x, y, s, lab, pg: co.nt_xent(x, y, process_group=pg),
+        "dcl": lambda x, y, s, lab, pg: co.dcl_loss(x, y, process_group=pg),
+        "supcon": lambda x, y, s, lab, pg: co.supcon_loss(x, lab, process_group=pg),
+        "ring": lambda x, y, s, lab, pg: co.ring_info_nce(x, y, queue, outer=0.5, inner=0.2, process_group=pg),
+        "module_nt_xent": lambda x, y, s, lab, pg: co.nn.NTXentLoss(process_group=pg)(x, y),
+    }
+    results = {}
+    for name, fn in losses.items():
+        full = [t.clone().requires_grad_(True) for t in (a, b, scale)]
+        single = fn(full[0], full[1], full[2], labels, None)
+        single_grads = torch.autograd.grad(single, full, allow_unused=True, materialize_grads=True)
+        local = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        loss = fn(local[0], local[1], local[2], labels[mine], group)
+        grads = torch.autograd.grad(loss, local, allow_unused=True, materialize_grads=True)
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        mean_loss /= world
+        scale_grad = grads[2].clone()
+        dist.all_reduce(scale_grad)  # DDP averages a replicated parameter's gradient over the ranks
+        results[name] = {
+            "loss": rel_err(mean_loss, single),
+            "grad_a": rel_err(grads[0] / world, single_grads[0][mine]),
+            "grad_b": rel_err(grads[1] / world, single_grads[1][mine]) if single_grads[1].abs().max() > 0 else 0.0,
+            "grad_scale": rel_err(scale_grad / world, single_grads[2]) if name == "clip" else 0.0,
+        }
+
+    # compat classes against the peers' code, both run distributed on the same slices
+    oc = peers.open_clip_loss()
+    for local_loss in (True, False):
+        for with_grad in (True, False):
+            key = f"open_clip_local{int(local_loss)}_grad{int(with_grad)}"
+            kw = dict(local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=world)
+            ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+            peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+            ours = co_open_clip.ClipLoss(**kw)(*ours_in)
+            peer = oc.ClipLoss(**kw)(*peer_in)
+            g_ours = torch.autograd.grad(ours, ours_in)
+            g_peer = torch.autograd.grad(peer, peer_in)
+            results[key] = {"loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
+    ntx, dcl = peers.lightly_losses()
+    for key, ours_mod, peer_mod in (
+        ("lightly_ntxent", co_lightly.NTXentLoss(gather_distributed=True), ntx.NTXentLoss(gather_distributed=True)),
+        ("lightly_dcl", co_lightly.DCLLoss(gather_distributed=True), dcl.DCLLoss(gather_distributed=True)),
+    ):
+        ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True)]
+        peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+        ours, peer = ours_mod(*ours_in), peer_mod(*peer_in)
+        g_ours, g_peer = torch.autograd.grad(ours, ours_in), torch.autograd.grad(peer, peer_in)
+        results[key] = {"loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
+
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
