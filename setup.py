@@ -17,9 +17,11 @@ setup(
         "contrastive_ops.backends",
         "contrastive_ops.compat",
         "contrastive_ops.kernels",
+        "contrastive_ops.train",
     ],
     package_dir={"contrastive_ops.kernels": "kernels"},
     install_requires=["torch>=2.4", "numpy"],
+    entry_points={"console_scripts": ["contrastive-ops-train = contrastive_ops.train.cli:main"]},
     extras_require={
         "test": [
             "pytest>=7",

@@ -1,0 +1,243 @@
+"""The training loop: epochs of two-view batches, atomic checkpoints, metrics, the linear probe, plots.
+
+Reproducibility: the model init, the split, each epoch's data order and the augmentations all come
+from seeded generators whose state is checkpointed, so ``--resume`` continues exactly where an
+uninterrupted run would be.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..backends import resolve
+from . import objectives
+from .cli import FINGERPRINT_KEYS
+from .data import DataError, Dataset, augment, load_digits, load_path
+from .model import ContrastiveModel
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed, with a one-line reason."""
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
+def _distributed(device: torch.device):
+    """``(group, rank, world)``; initializes torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None, 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.group.WORLD, dist.get_rank(), dist.get_world_size()
+
+
+def _save_atomic(obj, path: str) -> None:
+    """Write to a temporary file and rename: a checkpoint is either complete or absent."""
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_lines(path: str, rows) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, fingerprint: dict) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file is reported in one line
+        raise CheckpointError(f"--resume: {path} cannot be loaded ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"--resume: {path} is not a contrastive-ops-train checkpoint")
+    saved = ckpt["config"]
+    diff = [f"{k}={saved.get(k)!r} (now {fingerprint[k]!r})" for k in FINGERPRINT_KEYS if saved.get(k) != fingerprint[k]]
+    if diff:
+        raise CheckpointError(f"--resume: {path} comes from a different config: " + ", ".join(diff))
+    return ckpt
+
+
+def _features(encoder, images: torch.Tensor, device, batch: int = 512) -> np.ndarray:
+    encoder.eval()
+    with torch.no_grad():
+        out = [encoder(images[i : i + batch].to(device)).float().cpu() for i in range(0, images.shape[0], batch)]
+    return torch.cat(out).numpy()
+
+
+def linear_probe(encoder, train: Dataset, test: Dataset, device) -> float:
+    """Test accuracy of a logistic regression on the frozen encoder's standardized features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    probe.fit(_features(encoder, train.images, device), train.labels.numpy())
+    return float(probe.score(_features(encoder, test.images, device), test.labels.numpy()))
+
+
+def _plot(history, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
+    ax1.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax2.plot(epochs, [h["mi_lower_bound"] for h in history], marker="o", ms=3, color="tab:green")
+    ax2.set(xlabel="epoch", ylabel="nats", title="InfoNCE bound log K − loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def train(cfg: dict) -> Optional[dict]:
+    device = _device(cfg["device"])
+    backend = resolve(cfg["backend"], device)  # fails early, with the reason, if it cannot run here
+    dataset = load_digits() if cfg["data"] is None else load_path(cfg["data"])
+    needs_labels = objectives.OBJECTIVES[cfg["loss"]].needs_labels
+    if needs_labels and dataset.labels is None:
+        raise DataError(f"--loss {cfg['loss']} needs labels, and {dataset.name} has none")
+    train_set, test_set = dataset.split(cfg["probe_test_fraction"], cfg["seed"])
+    group, rank, world = _distributed(device)
+    if cfg["batch_size"] % world:
+        raise DataError(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
+    if cfg["batch_size"] > train_set.images.shape[0]:
+        raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {train_set.images.shape[0]} training images")
+
+    torch.manual_seed(cfg["seed"])
+    model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"])
+    objective = objectives.build(cfg["loss"], model, cfg, group).to(device)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad],
+                                  lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    aug_rng = torch.Generator().manual_seed(cfg["seed"] + 1)
+    fingerprint = {k: cfg[k] for k in FINGERPRINT_KEYS}
+    os.makedirs(cfg["out"], exist_ok=True)
+    ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
+    metrics_path = os.path.join(cfg["out"], "metrics.jsonl")
+    history, start_epoch = [], 0
+    if cfg["resume"]:
+        ckpt = _load_checkpoint(ckpt_path, fingerprint)
+        objective.load_state_dict(ckpt["objective"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        aug_rng.set_state(ckpt["aug_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    if rank == 0:
+        _write_lines(metrics_path, history)  # what the checkpoint holds; later epochs are appended
+
+    runner = objective
+    if group is not None:
+        runner = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    images, labels = train_set.images, train_set.labels
+    n, per_rank = images.shape[0], cfg["batch_size"] // world
+    steps = n // cfg["batch_size"]  # drop the last partial batch: every step has the same candidates
+    if cfg["max_steps_per_epoch"]:
+        steps = min(steps, cfg["max_steps_per_epoch"])
+    bar = None
+    if cfg["progress"] and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm
+    for epoch in range(start_epoch, cfg["epochs"]):
+        objective.train()
+        order = _epoch_order(n, cfg["seed"], epoch)
+        started, total, count = time.perf_counter(), 0.0, 0
+        iterator = range(steps)
+        if bar is not None:
+            iterator = bar(iterator, desc=f"epoch {epoch + 1}/{cfg['epochs']} [{cfg['loss']}/{backend}]", leave=False)
+        for step in iterator:
+            idx = order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]][rank * per_rank : (rank + 1) * per_rank]
+            batch = images[idx]
+            v1, v2 = augment(batch, aug_rng).to(device), augment(batch, aug_rng).to(device)
+            y = labels[idx].to(device) if labels is not None else None
+            objective.set_progress(epoch + step / steps)
+            loss = runner(v1, v2, y)
+            if not torch.isfinite(loss):
+                raise DataError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            objective.after_step()
+            total += loss.item()
+            count += 1
+            if bar is not None:
+                iterator.set_postfix(loss=f"{total / count:.4f}")
+        seconds = time.perf_counter() - started
+        mean_loss = total / max(count, 1)
+        row = {
+            "epoch": epoch + 1,
+            "loss": mean_loss,
+            "mi_lower_bound": objectives.mi_lower_bound(mean_loss, objective.candidates),
+            "candidates": objective.candidates,
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": count * cfg["batch_size"] / max(seconds, 1e-9),
+            "backend": backend,
+            "seconds": seconds,
+        }
+        if cfg["loss"] == "ring":
+            row["ring_outer"] = objective.outer
+        history.append(row)
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            _save_atomic({
+                "format": CHECKPOINT_FORMAT, "config": fingerprint, "epoch": epoch + 1,
+                "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                "aug_rng": aug_rng.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+            }, ckpt_path)
+            print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {mean_loss:.4f}, "
+                  f"{row['samples_per_s']:.0f} samples/s", flush=True)
+    if rank != 0:
+        return None
+    summary = {"loss": cfg["loss"], "backend": backend, "epochs": cfg["epochs"], "dataset": dataset.name,
+               "final_loss": history[-1]["loss"] if history else None,
+               "probe_accuracy": None, "random_init_probe_accuracy": None}
+    if dataset.labels is not None:
+        summary["probe_accuracy"] = linear_probe(model.encoder, train_set, test_set, device)
+        torch.manual_seed(cfg["seed"])
+        random_model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"])
+        summary["random_init_probe_accuracy"] = linear_probe(random_model.encoder.to(device), train_set, test_set, device)
+    else:
+        summary["note"] = "no labels: the linear probe was skipped"
+    if history:
+        _plot(history, os.path.join(cfg["out"], "curves.png"))
+    with open(os.path.join(cfg["out"], "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

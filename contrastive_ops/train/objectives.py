@@ -1,0 +1,160 @@
+"""The training objectives, each on top of the public functional API.
+
+Every objective maps two augmented views of a batch (and its labels) to a scalar loss, and says
+how many candidates each anchor's softmax holds (``K``), for the InfoNCE bound ``log K − loss``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import functional as cf
+
+LOSSES = ("nt_xent", "info_nce", "supcon", "dcl", "ring", "clip")
+
+
+class Objective(nn.Module):
+    """Base: holds the model(s) and any state (queue, logit scale) that must be checkpointed."""
+
+    needs_labels = False
+
+    def __init__(self, model: nn.Module, cfg: dict, group=None):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.group = group
+        self.candidates = 1.0  # K of the last step
+
+    def common(self):
+        return dict(backend=self.cfg["backend"], process_group=self.group)
+
+    def after_step(self) -> None:
+        """Called after the optimizer step (momentum updates)."""
+
+    def set_progress(self, epoch_float: float) -> None:
+        """Called before every step with the fractional epoch (for schedules)."""
+
+
+def _world(group) -> int:
+    return 1 if group is None else torch.distributed.get_world_size(group)
+
+
+class NTXent(Objective):
+    def forward(self, v1, v2, labels):
+        z1, z2 = self.model(v1), self.model(v2)
+        self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
+        return cf.nt_xent(z1, z2, temperature=self.cfg["temperature"], **self.common())
+
+
+class DCL(Objective):
+    def forward(self, v1, v2, labels):
+        z1, z2 = self.model(v1), self.model(v2)
+        self.candidates = 2 * z1.shape[0] * _world(self.group) - 2
+        return cf.dcl_loss(z1, z2, temperature=self.cfg["temperature"], **self.common())
+
+
+class SupCon(Objective):
+    needs_labels = True
+
+    def forward(self, v1, v2, labels):
+        z = torch.cat([self.model(v1), self.model(v2)])
+        self.candidates = z.shape[0] * _world(self.group) - 1
+        return cf.supcon_loss(z, torch.cat([labels, labels]), temperature=self.cfg["temperature"], **self.common())
+
+
+class Clip(Objective):
+    """The two views as two modalities, with CLIP's learnable logit scale (log-parametrized, capped at 100)."""
+
+    def __init__(self, model, cfg, group=None):
+        super().__init__(model, cfg, group)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["temperature"])))
+
+    def forward(self, v1, v2, labels):
+        image, text = self.model(v1), self.model(v2)
+        self.candidates = image.shape[0] * _world(self.group)
+        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+        return cf.clip_loss(image, text, scale, normalize=True, **self.common())
+
+
+class MoCo(Objective):
+    """MoCo: a momentum key encoder and a FIFO queue of its past keys as the negatives."""
+
+    def __init__(self, model, cfg, group=None):
+        super().__init__(model, cfg, group)
+        self.key_model = copy.deepcopy(model)
+        for p in self.key_model.parameters():
+            p.requires_grad_(False)
+        embed_dim = model.head[-1].out_features
+        self.register_buffer("queue", F.normalize(torch.randn(cfg["queue_size"], embed_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def after_step(self):
+        m = self.cfg["momentum"]
+        for pk, pq in zip(self.key_model.parameters(), self.model.parameters()):
+            pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+        for bk, bq in zip(self.key_model.buffers(), self.model.buffers()):
+            bk.copy_(bq)
+
+    @torch.no_grad()
+    def _enqueue(self, keys):
+        if self.group is not None:
+            from ..distributed import gather_rows
+
+            keys = gather_rows(keys, self.group, with_grad=False)
+        size = self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(keys.shape[0])) % size
+        self.queue[idx] = keys[-size:] if keys.shape[0] > size else keys
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+    def _keys(self, v2):
+        with torch.no_grad():
+            return F.normalize(self.key_model(v2), dim=1)
+
+    def forward(self, v1, v2, labels):
+        q, k = self.model(v1), self._keys(v2)
+        self.candidates = self.queue.shape[0] + 1
+        loss = cf.info_nce(q, k, self.queue.clone(), temperature=self.cfg["temperature"], in_batch_negatives=False,
+                           **self.common())
+        if self.training:
+            self._enqueue(k)
+        return loss
+
+
+class Ring(Objective):
+    """Ring (Wu et al.): in-batch negatives restricted to a band of the anchor's ranked candidates,
+    with ``outer`` annealed linearly from 1.0 to its final value over ``ring_anneal_epochs``."""
+
+    def __init__(self, model, cfg, group=None):
+        super().__init__(model, cfg, group)
+        self.outer = 1.0
+
+    def set_progress(self, epoch_float: float) -> None:
+        span = max(self.cfg["ring_anneal_epochs"], 1e-9)
+        t = min(epoch_float / span, 1.0)
+        self.outer = 1.0 + t * (self.cfg["ring_outer"] - 1.0)
+
+    def forward(self, v1, v2, labels):
+        q, k = self.model(v1), self.model(v2)
+        m = q.shape[0] * _world(self.group) - 1
+        hi = math.floor(self.outer * m)
+        self.candidates = 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
+        return cf.ring_info_nce(q, k, temperature=self.cfg["temperature"], outer=self.outer,
+                                inner=self.cfg["ring_inner"], **self.common())
+
+
+OBJECTIVES = {"nt_xent": NTXent, "info_nce": MoCo, "supcon": SupCon, "dcl": DCL, "ring": Ring, "clip": Clip}
+
+
+def build(name: str, model: nn.Module, cfg: dict, group=None) -> Objective:
+    return OBJECTIVES[name](model, cfg, group)
+
+
+def mi_lower_bound(loss: float, candidates: float) -> Optional[float]:
+    """The InfoNCE bound on mutual information, ``log K − loss`` (nats)."""
+    return math.log(candidates) - loss if candidates >= 1 else None

@@ -1,0 +1,144 @@
+"""The bundled trainer: every objective runs, resume equals an uninterrupted run, bad input fails
+in one line, and it runs under torchrun with two gloo processes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from contrastive_ops.train import cli, loop
+from contrastive_ops.train.objectives import LOSSES
+
+QUICK = ["--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "64", "--progress", "false"]
+
+
+def run_main(args):
+    """Run the CLI in-process; returns the exit code (0 when it returns normally)."""
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_objective_trains_and_writes_everything(loss, tmp_path, capsys):
+    out = tmp_path / loss
+    assert run_main(["--loss", loss, "--out", str(out), "--queue-size", "128"] + QUICK) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    row = rows[0]
+    assert set(row) >= {"epoch", "loss", "mi_lower_bound", "lr", "samples_per_s", "backend"}
+    assert row["backend"] == "chunked" and np.isfinite(row["loss"]) and row["samples_per_s"] > 0
+    assert abs(row["mi_lower_bound"] - (np.log(row["candidates"]) - row["loss"])) < 1e-9
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["probe_accuracy"] <= 1.0 and 0.0 <= summary["random_init_probe_accuracy"] <= 1.0
+    assert (out / "curves.png").stat().st_size > 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert "linear probe accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("loss", ["info_nce", "ring"])
+def test_resume_equals_uninterrupted(loss, tmp_path):
+    base = ["--loss", loss, "--queue-size", "128", "--max-steps-per-epoch", "2", "--batch-size", "64",
+            "--progress", "false", "--ring-anneal-epochs", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_main(base + ["--out", str(whole), "--epochs", "3"]) == 0
+    assert run_main(base + ["--out", str(parts), "--epochs", "1"]) == 0
+    assert run_main(base + ["--out", str(parts), "--epochs", "3", "--resume"]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(parts / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["objective"].keys() == b["objective"].keys()
+    for key in a["objective"]:
+        assert torch.equal(a["objective"][key], b["objective"][key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]  # noqa: E731
+    rows_a = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert strip(rows_a) == strip(rows_b) and len(rows_a) == 3
+    assert json.loads((whole / "summary.json").read_text())["probe_accuracy"] == \
+        json.loads((parts / "summary.json").read_text())["probe_accuracy"]
+
+
+def test_user_arrays_and_image_folders(tmp_path):
+    from PIL import Image
+
+    images = (np.random.rand(80, 10, 10) * 255).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    torch.save({"images": torch.tensor(images), "labels": torch.arange(80) % 4}, tmp_path / "x.pt")
+    for c in range(2):
+        (tmp_path / "folder" / f"class{c}").mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(images[c * 20 + i]).save(tmp_path / "folder" / f"class{c}" / f"{i}.png")
+    for data, loss in (("x.npy", "nt_xent"), ("x.pt", "supcon"), ("folder", "clip")):
+        out = tmp_path / f"out_{loss}"
+        code = run_main(["--data", str(tmp_path / data), "--loss", loss, "--out", str(out), "--epochs", "1",
+                         "--batch-size", "16", "--max-steps-per-epoch", "1", "--progress", "false"])
+        assert code == 0, data
+        summary = json.loads((out / "summary.json").read_text())
+        assert (summary["probe_accuracy"] is None) == (data == "x.npy")
+
+
+def _cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "contrastive_ops.train"] + args, capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing_data", "bad_shape", "unknown_loss", "unknown_backend",
+                                  "unavailable_backend", "labels_needed", "bad_config", "resume_other_config"])
+def test_bad_input_fails_in_one_line(case, tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros(10))
+    np.save(tmp_path / "imgs.npy", np.random.rand(40, 8, 8))
+    (tmp_path / "bad.json").write_text('{"learning_rate": 3}')
+    out = str(tmp_path / "run")
+    args = {
+        "missing_data": ["--data", str(tmp_path / "nope.npy")],
+        "bad_shape": ["--data", str(tmp_path / "flat.npy")],
+        "unknown_loss": ["--loss", "triplet"],
+        "unknown_backend": ["--backend", "fastest"],
+        "unavailable_backend": ["--backend", "cuda"],
+        "labels_needed": ["--data", str(tmp_path / "imgs.npy"), "--loss", "supcon", "--batch-size", "8"],
+        "bad_config": ["--config", str(tmp_path / "bad.json")],
+        "resume_other_config": ["--resume", "--temperature", "0.5"],
+    }[case]
+    if case == "resume_other_config":
+        assert run_main(["--out", out] + QUICK) == 0
+        before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    proc = _cli(args + ["--out", out, "--progress", "false"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines and "error" in lines[-1]
+    if case == "resume_other_config":
+        assert "temperature=0.2 (now 0.5)" in lines[-1]
+        assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    loop._save_atomic({"epoch": 1}, path)
+    with pytest.raises(Exception):
+        loop._save_atomic({"bad": lambda: None}, path)  # cannot be pickled: fails mid-write
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_config_file_sets_options_and_cli_wins(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"loss": "dcl", "batch-size": 32, "temperature": 0.3}))
+    cfg = cli.resolve_config(["--config", str(tmp_path / "c.json"), "--temperature", "0.4"])
+    assert (cfg["loss"], cfg["batch_size"], cfg["temperature"]) == ("dcl", 32, 0.4)
+
+
+def test_trainer_under_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "contrastive_ops.train", "--out", str(out), "--loss", "clip"] + QUICK
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / "summary.json").read_text())["probe_accuracy"] is not None
