@@ -15,7 +15,7 @@ DEFAULTS = {
     "loss": "nt_xent",
     "backend": "auto",
     "temperature": 0.2,
-    "epochs": 30,
+    "epochs": 150,
     "batch_size": 256,
     "lr": 2e-3,
     "weight_decay": 1e-4,
