@@ -3,13 +3,15 @@
 ``kernels/`` (Triton sources) is installed as the subpackage ``contrastive_ops.kernels``;
 ``csrc/`` holds the CUDA C++ extension sources (backend "cuda").
 """
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="contrastive_ops",
     version="0.1.0",
     description="Exact contrastive losses (InfoNCE, NT-Xent, CLIP, SupCon, DCL, Ring) computed in tiles",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=[

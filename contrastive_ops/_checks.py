@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ def check_features(name: str, x, *, ndim: int = 2) -> torch.Tensor:
     return x
 
 
-def check_same_kind(names: Sequence[str], tensors: Sequence[Optional[torch.Tensor]]) -> None:
+def check_same_kind(names: Sequence[str], tensors: Sequence[torch.Tensor | None]) -> None:
     """Same feature dim, device and dtype for every given (non-None) tensor."""
     pairs = [(n, t) for n, t in zip(names, tensors) if t is not None]
     n0, t0 = pairs[0]

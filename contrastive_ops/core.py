@@ -21,9 +21,8 @@ E and a tensor scale; every loss is a combination of them (e.g. InfoNCE row loss
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Union
 
 import torch
 
@@ -37,14 +36,14 @@ class RoleSpec:
     Index and label tensors are O(N + M); the core never builds an N×M mask from them.
     """
 
-    pos_index: Optional[torch.Tensor] = None  # [N] long: column of each row's single positive
-    row_labels: Optional[torch.Tensor] = None  # [N] int: positives share a label ...
-    col_labels: Optional[torch.Tensor] = None  # [M] int: ... with an in-batch key
-    self_index: Optional[torch.Tensor] = None  # [N] long: column excluded from row i (itself)
+    pos_index: torch.Tensor | None = None  # [N] long: column of each row's single positive
+    row_labels: torch.Tensor | None = None  # [N] int: positives share a label ...
+    col_labels: torch.Tensor | None = None  # [M] int: ... with an in-batch key
+    self_index: torch.Tensor | None = None  # [N] long: column excluded from row i (itself)
     key_negatives: bool = True  # in-batch keys other than positives are negatives
     decoupled: bool = False  # positives are left out of the denominator (DCL)
     column_terms: bool = False  # also reduce every key column (symmetric losses)
-    ring: Optional[Tuple[float, float]] = None  # (outer, inner) of the restricted band, DESIGN §5
+    ring: tuple[float, float] | None = None  # (outer, inner) of the restricted band, DESIGN §5
     normalize: bool = True  # L2-normalize Q, K and E rows first (eps as F.normalize)
 
 
@@ -55,10 +54,10 @@ class ContrastiveTerms(NamedTuple):
     row_pos: torch.Tensor  # [N]
     row_den_count: torch.Tensor  # [N]
     row_pos_count: torch.Tensor  # [N]
-    col_lse: Optional[torch.Tensor]  # [M] with column_terms, else None
-    col_pos: Optional[torch.Tensor]
-    col_den_count: Optional[torch.Tensor]
-    col_pos_count: Optional[torch.Tensor]
+    col_lse: torch.Tensor | None  # [M] with column_terms, else None
+    col_pos: torch.Tensor | None
+    col_den_count: torch.Tensor | None
+    col_pos_count: torch.Tensor | None
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -71,7 +70,7 @@ def pair_roles(
     cols: torch.Tensor,
     num_keys: int,
     spec: RoleSpec,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Roles of the tile ``rows × cols`` (global indices): ``(positive, candidate_negative)``.
 
     Both are bool ``[len(rows), len(cols)]``; the caller owns the band and the denominator rule.
@@ -100,7 +99,7 @@ def denominator(
     candidate: torch.Tensor,
     logits: torch.Tensor,
     spec: RoleSpec,
-    band: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    band: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     """The tile's denominator mask: candidates (within the rows' band, if any) plus positives."""
     if band is not None:
@@ -109,7 +108,7 @@ def denominator(
     return candidate if spec.decoupled else candidate | positive
 
 
-def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ring rank bounds per row, DESIGN §5: ``hi = floor(outer·M_i)``, ``lo = floor(inner·hi)``.
 
     Ranks are 0-based in descending order of the logits; the ring is ``[lo, hi)``. Computed in
@@ -120,25 +119,9 @@ def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> Tup
     return lo, hi
 
 
-def inverse_temperature(temperature: float) -> float:
-    return 1.0 / temperature
-
-
-def scale_is_tensor(scale: Scale) -> bool:
-    return isinstance(scale, torch.Tensor)
-
-
 def as_scale_tensor(scale: Scale, ref: torch.Tensor) -> torch.Tensor:
     """The scale as a 0-d tensor in the accumulation dtype on ``ref``'s device (no host sync)."""
     acc = accumulation_dtype(ref.dtype)
     if isinstance(scale, torch.Tensor):
         return scale.reshape(()).to(acc)
     return torch.tensor(scale, dtype=acc, device=ref.device)
-
-
-def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-def log_count(n: int) -> float:
-    return math.log(n) if n > 0 else 0.0

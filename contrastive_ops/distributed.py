@@ -8,13 +8,11 @@ batch size and feature dim.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.distributed as dist
 
 
-def world(group) -> Tuple[int, int]:
+def world(group) -> tuple[int, int]:
     """``(rank, world_size)`` in ``group``; raises a clear error if the group cannot be used."""
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(
@@ -68,7 +66,7 @@ def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
     return x
 
 
-def offset(n: int, group: Optional[object]) -> int:
+def offset(n: int, group: object | None) -> int:
     """Global index of this rank's first row."""
     if group is None:
         return 0

@@ -19,7 +19,7 @@ modified. A row whose denominator set is empty contributes 0 loss and 0 gradient
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from . import distributed as dist_
 from .backends import compute_fn, resolve
 from .core import ContrastiveTerms, RoleSpec
 
-__all__ = ["info_nce", "nt_xent", "clip_loss", "supcon_loss", "dcl_loss", "ring_info_nce"]
+__all__ = ["clip_loss", "dcl_loss", "info_nce", "nt_xent", "ring_info_nce", "supcon_loss"]
 
 
 def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str) -> ContrastiveTerms:
@@ -37,7 +37,7 @@ def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str) -> Contras
     return compute_fn(name)(query, keys, extra, scale, spec)
 
 
-def _anchor_loss(lse, pos, den_count, pos_count, pos_weight: Optional[torch.Tensor] = None):
+def _anchor_loss(lse, pos, den_count, pos_count, pos_weight: torch.Tensor | None = None):
     """``lse - w·pos`` per anchor; 0 where the anchor has no positive or an empty denominator."""
     if pos_weight is not None:
         pos = pos * pos_weight
@@ -45,7 +45,7 @@ def _anchor_loss(lse, pos, den_count, pos_count, pos_weight: Optional[torch.Tens
     return torch.where(valid, lse - pos, torch.zeros_like(lse))
 
 
-def _reduce(per_anchor: torch.Tensor, reduction: str, count: Optional[torch.Tensor] = None):
+def _reduce(per_anchor: torch.Tensor, reduction: str, count: torch.Tensor | None = None):
     if reduction == "none":
         return per_anchor
     if reduction == "sum":
@@ -87,7 +87,7 @@ def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: 
 def info_nce(
     query: torch.Tensor,
     key: torch.Tensor,
-    negatives: Optional[torch.Tensor] = None,
+    negatives: torch.Tensor | None = None,
     *,
     temperature: float = 0.07,
     in_batch_negatives: bool = True,
@@ -204,7 +204,7 @@ def dcl_loss(
     z2: torch.Tensor,
     *,
     temperature: float = 0.1,
-    weight_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    weight_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
@@ -334,7 +334,7 @@ def supcon_loss(
 def ring_info_nce(
     query: torch.Tensor,
     key: torch.Tensor,
-    negatives: Optional[torch.Tensor] = None,
+    negatives: torch.Tensor | None = None,
     *,
     temperature: float = 0.07,
     outer: float = 0.1,

@@ -16,7 +16,7 @@ def _version(module: str) -> str:
         return "not installed"
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception as exc:  # a broken install is worth reporting, not crashing on
+    except Exception as exc:  # noqa: BLE001  (a broken install is reported, not raised)
         return f"fails to import: {exc}"
 
 

@@ -3,7 +3,7 @@
 typo fails at construction."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from . import _checks as C
 from . import functional as Fn
 from .backends import BACKENDS
 
-__all__ = ["InfoNCELoss", "NTXentLoss", "ClipLoss", "SupConLoss", "DCLLoss", "RingInfoNCELoss"]
+__all__ = ["ClipLoss", "DCLLoss", "InfoNCELoss", "NTXentLoss", "RingInfoNCELoss", "SupConLoss"]
 
 
 def _check_backend(backend) -> str:
@@ -30,8 +30,8 @@ class _ContrastiveLoss(nn.Module):
         self.process_group = process_group
 
     def _common(self):
-        return dict(normalize=self.normalize, reduction=self.reduction, backend=self.backend,
-                    process_group=self.process_group)
+        return {"normalize": self.normalize, "reduction": self.reduction, "backend": self.backend,
+                    "process_group": self.process_group}
 
     def extra_repr(self) -> str:
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "training"}
@@ -48,7 +48,7 @@ class InfoNCELoss(_ContrastiveLoss):
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
         self.symmetric = C.check_bool("symmetric", symmetric)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: Optional[torch.Tensor] = None):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None):
         return Fn.info_nce(query, key, negatives, temperature=self.temperature,
                            in_batch_negatives=self.in_batch_negatives, symmetric=self.symmetric, **self._common())
 
@@ -67,7 +67,7 @@ class NTXentLoss(_ContrastiveLoss):
 class DCLLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.dcl_loss`; ``forward(z1, z2)``."""
 
-    def __init__(self, temperature: float = 0.1, weight_fn: Optional[Callable] = None, normalize: bool = True,
+    def __init__(self, temperature: float = 0.1, weight_fn: Callable | None = None, normalize: bool = True,
                  reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
         self.temperature = C.check_temperature(temperature)
@@ -120,6 +120,6 @@ class RingInfoNCELoss(_ContrastiveLoss):
     def set_outer(self, outer: float) -> None:
         self.outer = C.check_fraction("outer", outer)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: Optional[torch.Tensor] = None):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None):
         return Fn.ring_info_nce(query, key, negatives, temperature=self.temperature, outer=self.outer,
                                 inner=self.inner, in_batch_negatives=self.in_batch_negatives, **self._common())

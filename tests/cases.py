@@ -5,23 +5,23 @@ Shapes are deliberately no block multiple (N=37, R=23, D=40 against 16×16 test 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
+import reference as ref
 import torch
 
 import contrastive_ops as co
-import reference as ref
 
 N, R, D = 37, 23, 40
 
 
 @dataclass
 class Case:
-    names: List[str]  # input names, in the order of the tensors
-    make: Callable[[torch.dtype], List[torch.Tensor]]
+    names: list[str]  # input names, in the order of the tensors
+    make: Callable[[torch.dtype], list[torch.Tensor]]
     ours: Callable[..., torch.Tensor]  # (tensors, backend=, reduction=) -> loss
     reference: Callable[..., torch.Tensor]  # (tensors in float64) -> per-anchor losses
-    mean_count: Optional[Callable[[List[torch.Tensor]], int]] = None  # divisor of the mean if not numel
+    mean_count: Callable[[list[torch.Tensor]], int] | None = None  # divisor of the mean if not numel
 
 
 def _feats(*rows):
@@ -68,7 +68,7 @@ def _ring_case(outer, inner, with_queue=True, in_batch=True) -> Case:
     def neg(t):
         return t[2] if with_queue else None
 
-    kwargs = dict(temperature=0.1, outer=outer, inner=inner, in_batch_negatives=in_batch)
+    kwargs = {"temperature": 0.1, "outer": outer, "inner": inner, "in_batch_negatives": in_batch}
     return Case(
         names,
         _feats(*rows),
@@ -88,7 +88,7 @@ def _dcl_weighted_reference(t):
     return ref.dcl(t[0], t[1], temperature=0.1, weights=w)
 
 
-CASES: Dict[str, Case] = {
+CASES: dict[str, Case] = {
     "info_nce": Case(["query", "key"], _feats(N, N),
                      lambda t, **kw: co.info_nce(t[0], t[1], temperature=0.07, **kw),
                      lambda t: ref.info_nce(t[0], t[1], temperature=0.07)),

@@ -15,10 +15,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import contrastive_ops as co  # noqa: E402
-import peers  # noqa: E402
-from contrastive_ops.compat import lightly as co_lightly  # noqa: E402
-from contrastive_ops.compat import open_clip as co_open_clip  # noqa: E402
+import peers
+
+import contrastive_ops as co
+from contrastive_ops.compat import lightly as co_lightly
+from contrastive_ops.compat import open_clip as co_open_clip
 
 N_LOCAL, D, R = 7, 6, 5
 
@@ -75,7 +76,7 @@ def main():
     for local_loss in (True, False):
         for with_grad in (True, False):
             key = f"open_clip_local{int(local_loss)}_grad{int(with_grad)}"
-            kw = dict(local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=world)
+            kw = {"local_loss": local_loss, "gather_with_grad": with_grad, "rank": rank, "world_size": world}
             ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True), scale.clone().requires_grad_(True)]
             peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
             ours = co_open_clip.ClipLoss(**kw)(*ours_in)

@@ -32,7 +32,7 @@ def _package_dir(name: str):
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def _bare_package(qualname: str, path: str) -> None:
@@ -52,7 +52,7 @@ def pytorch_metric_learning():
         _missing("pytorch-metric-learning")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def open_clip_loss():
     root = _package_dir("open_clip")
     if root is None:
@@ -63,7 +63,7 @@ def open_clip_loss():
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lightly_losses():
     """``(ntx_ent_loss module, dcl_loss module)`` of the installed lightly."""
     root = _package_dir("lightly")

@@ -3,11 +3,11 @@ import subprocess
 import sys
 
 import pytest
+import reference as ref
 import torch
+from conftest import assert_close_rel
 
 import contrastive_ops as co
-import reference as ref
-from conftest import assert_close_rel
 from contrastive_ops import nn as con
 from contrastive_ops.backends import resolve
 

@@ -1,9 +1,9 @@
 """Each compat class against the real peer's loss code: same loss and gradients to 1e-5."""
+import peers
 import pytest
 import torch
-
-import peers
 from conftest import assert_close_rel
+
 from contrastive_ops.backends import chunked
 from contrastive_ops.compat import lightly as co_lightly
 from contrastive_ops.compat import open_clip as co_open_clip
@@ -132,7 +132,7 @@ def test_lightly_dcl(variant, backend, seed):
     if variant == "plain":
         peer, ours = dcl.DCLLoss(temperature=0.1), co_lightly.DCLLoss(temperature=0.1, backend=backend)
     elif variant == "weight_fn":
-        fn = lambda a, b: torch.sum((a - b) ** 2, dim=1)  # noqa: E731  (lightly's docstring example)
+        fn = lambda a, b: torch.sum((a - b) ** 2, dim=1)
         peer, ours = dcl.DCLLoss(weight_fn=fn), co_lightly.DCLLoss(weight_fn=fn, backend=backend)
     else:
         peer, ours = dcl.DCLWLoss(temperature=0.2, sigma=0.4), co_lightly.DCLWLoss(temperature=0.2, sigma=0.4, backend=backend)

@@ -1,9 +1,9 @@
 """Every loss × backend against its float64 reference: values, every reduction, every input's gradient."""
 import pytest
 import torch
-
 from cases import CASES
 from conftest import assert_close_rel
+
 from contrastive_ops.backends import chunked
 
 BACKENDS = ["naive", "chunked"]
@@ -111,10 +111,11 @@ def test_gradcheck_chunked_float64(name, seed):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_partial_requires_grad(backend, seed):
-    q, k, e = torch.randn(N := 21, 12), torch.randn(21, 12), torch.randn(9, 12)
+    q, k, e = torch.randn(21, 12), torch.randn(21, 12), torch.randn(9, 12)
     k.requires_grad_(True)
-    import contrastive_ops as co
     import reference as ref
+
+    import contrastive_ops as co
     with chunked.block_size(8, 8):
         loss = co.info_nce(q, k, e, backend=backend)
     (gk,) = torch.autograd.grad(loss, [k])

@@ -12,7 +12,7 @@ from contrastive_ops.core import RoleSpec
 
 def _radix_band(logits: torch.Tensor, outer: float, inner: float, blocks=(5, 7)):
     """Feed ``logits`` through the tiled path unchanged: ``I @ logits`` is exact."""
-    n, m = logits.shape
+    n = logits.shape[0]
     eye = torch.eye(n, dtype=logits.dtype)
     spec = RoleSpec(pos_index=torch.full((n,), -1), normalize=False, ring=(outer, inner))
     return chunked.ring_band(eye, logits.T.contiguous(), None, 1.0, spec, blocks)

@@ -2,6 +2,7 @@
 in one line, and it runs under torchrun with two gloo processes."""
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -56,7 +57,7 @@ def test_resume_equals_uninterrupted(loss, tmp_path):
     assert a["objective"].keys() == b["objective"].keys()
     for key in a["objective"]:
         assert torch.equal(a["objective"][key], b["objective"][key]), key
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
     rows_a = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (parts / "metrics.jsonl").read_text().splitlines()]
     assert strip(rows_a) == strip(rows_b) and len(rows_a) == 3
@@ -84,7 +85,7 @@ def test_user_arrays_and_image_folders(tmp_path):
 
 
 def _cli(args, cwd):
-    return subprocess.run([sys.executable, "-m", "contrastive_ops.train"] + args, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "contrastive_ops.train", *args], capture_output=True, text=True, check=False,
                           cwd=cwd, timeout=300)
 
 
@@ -121,7 +122,7 @@ def test_bad_input_fails_in_one_line(case, tmp_path):
 def test_checkpoint_write_is_atomic(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     loop._save_atomic({"epoch": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
         loop._save_atomic({"bad": lambda: None}, path)  # cannot be pickled: fails mid-write
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
     assert torch.load(path, weights_only=True) == {"epoch": 1}
@@ -137,7 +138,7 @@ def test_trainer_under_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "contrastive_ops.train", "--out", str(out), "--loss", "clip"] + QUICK
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable
 
 import torch
 
@@ -28,7 +28,7 @@ class BackendUnavailableError(ValueError):
     """The requested backend cannot run here; the message says why and what would fix it."""
 
 
-def _triton_status() -> Tuple[bool, str]:
+def _triton_status() -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "Triton is not installed (pip install triton)"
     from contrastive_ops import kernels
@@ -38,11 +38,11 @@ def _triton_status() -> Tuple[bool, str]:
     return True, "ok"
 
 
-def _cuda_status() -> Tuple[bool, str]:
+def _cuda_status() -> tuple[bool, str]:
     return False, "the CUDA extension sources (csrc/) are not part of this build"
 
 
-def backend_status(name: str, device: Optional[torch.device] = None) -> Tuple[bool, str]:
+def backend_status(name: str, device: torch.device | None = None) -> tuple[bool, str]:
     """``(can_run, reason)`` for backend ``name`` on ``device`` (default: CPU)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
@@ -59,7 +59,7 @@ def backend_status(name: str, device: Optional[torch.device] = None) -> Tuple[bo
     return True, "ok"
 
 
-def available_backends(device: Optional[torch.device] = None) -> List[str]:
+def available_backends(device: torch.device | None = None) -> list[str]:
     """Backends that can run on ``device`` (default: the current CUDA device if any, else CPU)."""
     if device is None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -91,6 +91,6 @@ def compute_fn(backend: str) -> Callable:
     return _module(backend).compute_terms
 
 
-def backend_table() -> Dict[str, Tuple[bool, str]]:
+def backend_table() -> dict[str, tuple[bool, str]]:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     return {name: backend_status(name, device) for name in BACKENDS}

@@ -18,7 +18,7 @@ pass recomputing the tiles, exact on the same tile values the loss uses.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,9 @@ def block_size(rows: int, cols: int):
 class _Columns:
     """The column sources (keys, then extra negatives) cut into blocks that never straddle them."""
 
-    def __init__(self, keys: torch.Tensor, extra: Optional[torch.Tensor], block: int):
+    def __init__(self, keys: torch.Tensor, extra: torch.Tensor | None, block: int):
         self.num_keys = keys.shape[0]
-        self.blocks: List[Tuple[int, int, torch.Tensor, int]] = []  # (global start, end, source, local start)
+        self.blocks: list[tuple[int, int, torch.Tensor, int]] = []  # (global start, end, source, local start)
         for source, offset in ((keys, 0), (extra, self.num_keys)):
             if source is None:
                 continue
@@ -63,12 +63,12 @@ class _Columns:
                 c1 = min(c0 + block, source.shape[0])
                 self.blocks.append((offset + c0, offset + c1, source, c0))
 
-    def __iter__(self) -> Iterator[Tuple[int, int, torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor, bool]]:
         for g0, g1, source, c0 in self.blocks:
             yield g0, g1, source[c0 : c0 + (g1 - g0)], g0 < self.num_keys
 
 
-def _row_blocks(n: int, block: int) -> Iterator[Tuple[int, int]]:
+def _row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
     for r0 in range(0, n, block):
         yield r0, min(r0 + block, n)
 
@@ -79,7 +79,7 @@ def _tile_cosines(q_blk: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
     return (q_blk @ c_blk.T).to(accumulation_dtype(q_blk.dtype))
 
 
-def _normalized(x: Optional[torch.Tensor], normalize: bool) -> Optional[torch.Tensor]:
+def _normalized(x: torch.Tensor | None, normalize: bool) -> torch.Tensor | None:
     if x is None or not normalize:
         return x
     return F.normalize(x, dim=-1)
@@ -162,7 +162,7 @@ def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Te
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
 
-def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: Tuple[int, int]):
+def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: tuple[int, int]):
     """The Ring band ``(v_lo [N], v_hi [N])`` of every row, by radix select over the tiles.
 
     ``blocks`` must be the tiling of the forward and backward passes: a tile's logits can differ in
@@ -183,7 +183,7 @@ def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: Tuple[in
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: Tuple[int, int]):
+def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]):
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
     device = qh.device
@@ -231,12 +231,12 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: Tuple[int, int])
     return out
 
 
-def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: Tuple[int, int], saved, grads):
+def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int], saved, grads):
     """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32 and of the scale."""
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
     device = qh.device
-    row_lse, row_den, row_pos_n = saved[0], saved[1], saved[2]
+    row_lse, row_pos_n = saved[0], saved[2]
     g_row_lse, g_row_pos = grads[0], grads[1]
     g_row_pos_w = g_row_pos / row_pos_n.clamp(min=1).to(acc)
     if spec.column_terms:
@@ -334,7 +334,7 @@ class _ChunkedContrastive(torch.autograd.Function):
 def compute_terms(
     query: torch.Tensor,
     keys: torch.Tensor,
-    extra: Optional[torch.Tensor],
+    extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
 ) -> ContrastiveTerms:

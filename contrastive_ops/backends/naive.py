@@ -5,8 +5,6 @@ against. Memory grows like N·M; ``backend="auto"`` never picks it.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +19,7 @@ def _logits(query, keys, extra, scale: Scale, spec: RoleSpec) -> torch.Tensor:
     return (query @ cols.T).to(acc) * scale
 
 
-def _masked_lse(logits: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _masked_lse(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row log-sum-exp over ``mask``; 0 (with zero gradient, never NaN) for an empty row."""
     count = mask.sum(dim=1)
     nonempty = count > 0
@@ -32,7 +30,7 @@ def _masked_lse(logits: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor,
     return lse, count
 
 
-def _positive_mean(logits: torch.Tensor, positive: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _positive_mean(logits: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     count = positive.sum(dim=1)
     total = torch.where(positive, logits, torch.zeros_like(logits)).sum(dim=1)
     return total / count.clamp(min=1).to(logits.dtype), count
@@ -56,7 +54,7 @@ def ring_band_sorted(logits: torch.Tensor, candidate: torch.Tensor, outer: float
 def compute_terms(
     query: torch.Tensor,
     keys: torch.Tensor,
-    extra: Optional[torch.Tensor],
+    extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
 ) -> ContrastiveTerms:

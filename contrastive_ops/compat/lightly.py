@@ -1,8 +1,9 @@
 """Drop-in ``NTXentLoss``, ``DCLLoss`` and ``DCLWLoss`` of lightly (``lightly.loss``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ def _world_group(gather_distributed: bool):
     return None
 
 
-def _bank_size(size: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+def _bank_size(size: int | Sequence[int]) -> tuple[int, ...]:
     """lightly's rules: 0 disables the bank, otherwise a ``(num_features, dim)`` tuple."""
     size_tuple = (size,) if isinstance(size, int) else tuple(size)
     if any(x < 0 for x in size_tuple):
@@ -54,7 +55,7 @@ class NTXentLoss(nn.Module):
     ``out1`` after each forward whose ``out0`` requires grad) holds the only negatives.
     """
 
-    def __init__(self, temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
+    def __init__(self, temperature: float = 0.5, memory_bank_size: int | Sequence[int] = 0,
                  gather_distributed: bool = False, *, backend: str = "auto"):
         super().__init__()
         _check_temperature(temperature)
@@ -103,7 +104,7 @@ class NTXentLoss(nn.Module):
 class DCLLoss(nn.Module):
     """lightly's ``DCLLoss`` (decoupled contrastive loss, optional ``weight_fn(out0, out1)``)."""
 
-    def __init__(self, temperature: float = 0.1, weight_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    def __init__(self, temperature: float = 0.1, weight_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                  gather_distributed: bool = False, *, backend: str = "auto"):
         super().__init__()
         _check_gather(gather_distributed)

@@ -6,8 +6,6 @@ of the losses that are > 0; a zero loss with zero gradient when there is none).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON or TOML file with any of the options below")
     for key, default in DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
-        kwargs = dict(default=None, help=f"{HELP[key]} (default: {default})")
+        kwargs = {"default": None, "help": f"{HELP[key]} (default: {default})"}
         if key == "loss":
             kwargs["choices"] = LOSSES
         elif key == "backend":
@@ -116,7 +116,7 @@ def _read_config(path: str) -> dict:
         else:
             with open(path) as f:
                 raw = json.load(f)
-    except Exception as exc:  # a malformed file is a config error, reported in one line
+    except Exception as exc:  # noqa: BLE001  (any parse failure is a one-line config error)
         raise ConfigError(f"--config {path}: cannot be parsed ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: expected a table of options, got {type(raw).__name__}")

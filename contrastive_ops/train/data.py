@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -25,15 +24,15 @@ class DataError(ValueError):
 @dataclass
 class Dataset:
     images: torch.Tensor  # [N, C, H, W] float32 in [0, 1]
-    labels: Optional[torch.Tensor]  # [N] int64, or None when unlabeled
+    labels: torch.Tensor | None  # [N] int64, or None when unlabeled
     name: str
 
     def split(self, test_fraction: float, seed: int):
         """A fixed, seeded train/test split (the test part is used by the probe only)."""
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(self.images.shape[0], generator=g)
-        n_test = int(round(test_fraction * len(order)))
-        pick = lambda idx: Dataset(self.images[idx], None if self.labels is None else self.labels[idx], self.name)  # noqa: E731
+        n_test = round(test_fraction * len(order))
+        pick = lambda idx: Dataset(self.images[idx], None if self.labels is None else self.labels[idx], self.name)
         return pick(order[n_test:]), pick(order[:n_test])
 
 
@@ -84,7 +83,7 @@ def load_path(path: str) -> Dataset:
     if path.endswith(".pt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unreadable file is a data error, reported in one line
+        except Exception as exc:  # noqa: BLE001  (any unreadable file is a one-line data error)
             raise DataError(f"--data {path}: cannot be read as a tensor file ({type(exc).__name__}: {exc})") from None
         if isinstance(obj, dict):
             if "images" not in obj:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
 import numpy as np
 import torch
@@ -65,8 +64,7 @@ def _save_atomic(obj, path: str) -> None:
 def _write_lines(path: str, rows) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(tmp, path)
 
 
@@ -75,7 +73,7 @@ def _load_checkpoint(path: str, fingerprint: dict) -> dict:
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file is reported in one line
+    except Exception as exc:  # noqa: BLE001  (a damaged file is a one-line error)
         raise CheckpointError(f"--resume: {path} cannot be loaded ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"--resume: {path} is not a contrastive-ops-train checkpoint")
@@ -127,7 +125,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def train(cfg: dict) -> Optional[dict]:
+def train(cfg: dict) -> dict | None:
     device = _device(cfg["device"])
     backend = resolve(cfg["backend"], device)  # fails early, with the reason, if it cannot run here
     dataset = load_digits() if cfg["data"] is None else load_path(cfg["data"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ class Objective(nn.Module):
         self.candidates = 1.0  # K of the last step
 
     def common(self):
-        return dict(backend=self.cfg["backend"], process_group=self.group)
+        return {"backend": self.cfg["backend"], "process_group": self.group}
 
     def after_step(self) -> None:
         """Called after the optimizer step (momentum updates)."""
@@ -155,6 +154,6 @@ def build(name: str, model: nn.Module, cfg: dict, group=None) -> Objective:
     return OBJECTIVES[name](model, cfg, group)
 
 
-def mi_lower_bound(loss: float, candidates: float) -> Optional[float]:
+def mi_lower_bound(loss: float, candidates: float) -> float | None:
     """The InfoNCE bound on mutual information, ``log K − loss`` (nats)."""
     return math.log(candidates) - loss if candidates >= 1 else None
