@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -183,6 +184,37 @@ def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: tuple[in
 # ---------------------------------------------------------------------------------------------
 
 
+class _Tile(NamedTuple):
+    r0: int
+    r1: int
+    g0: int  # global column range [g0, g1): keys first, then extra negatives
+    g1: int
+    q_blk: torch.Tensor
+    c_blk: torch.Tensor
+    is_key: bool
+    cosines: torch.Tensor  # <q̂_i, k̂_j>, accumulation dtype
+    logits: torch.Tensor  # scale · cosines
+    positive: torch.Tensor  # bool roles
+    den: torch.Tensor
+
+
+def _tiles(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]) -> Iterator[_Tile]:
+    """Every tile in a fixed order (row blocks outer), with its logits and roles recomputed."""
+    columns = _Columns(kh, eh, blocks[1])
+    device = qh.device
+    for r0, r1 in _row_blocks(qh.shape[0], blocks[0]):
+        rows = torch.arange(r0, r1, device=device)
+        q_blk = qh[r0:r1]
+        row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
+        for g0, g1, c_blk, is_key in columns:
+            cols = torch.arange(g0, g1, device=device)
+            cosines = _tile_cosines(q_blk, c_blk)
+            logits = cosines * scale_t
+            positive, candidate = pair_roles(rows, cols, columns.num_keys, spec)
+            den = denominator(positive, candidate, logits, spec, row_band)
+            yield _Tile(r0, r1, g0, g1, q_blk, c_blk, is_key, cosines, logits, positive, den)
+
+
 def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]):
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
@@ -197,27 +229,19 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int])
         col_pos = torch.zeros(m, dtype=acc, device=device)
         col_den = torch.zeros(m, dtype=torch.int64, device=device)
         col_pos_n = torch.zeros(m, dtype=torch.int64, device=device)
-    columns = _Columns(kh, eh, blocks[1])
-    for r0, r1 in _row_blocks(n, blocks[0]):
-        rows = torch.arange(r0, r1, device=device)
-        q_blk = qh[r0:r1]
-        row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
-        for g0, g1, c_blk, is_key in columns:
-            cols = torch.arange(g0, g1, device=device)
-            logits = _tile_cosines(q_blk, c_blk) * scale_t
-            positive, candidate = pair_roles(rows, cols, m, spec)
-            den = denominator(positive, candidate, logits, spec, row_band)
-            masked = logits.masked_fill(~den, neg_inf)
-            pos_logits = logits.masked_fill(~positive, 0.0)
-            row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], torch.logsumexp(masked, dim=1))
-            row_pos[r0:r1] += pos_logits.sum(dim=1)
-            row_den[r0:r1] += den.sum(dim=1)
-            row_pos_n[r0:r1] += positive.sum(dim=1)
-            if spec.column_terms and is_key:
-                col_lse[g0:g1] = torch.logaddexp(col_lse[g0:g1], torch.logsumexp(masked, dim=0))
-                col_pos[g0:g1] += pos_logits.sum(dim=0)
-                col_den[g0:g1] += den.sum(dim=0)
-                col_pos_n[g0:g1] += positive.sum(dim=0)
+    for t in _tiles(qh, kh, eh, scale_t, spec, band, blocks):
+        rs, cs = slice(t.r0, t.r1), slice(t.g0, t.g1)
+        masked = t.logits.masked_fill(~t.den, neg_inf)
+        pos_logits = t.logits.masked_fill(~t.positive, 0.0)
+        row_lse[rs] = torch.logaddexp(row_lse[rs], torch.logsumexp(masked, dim=1))
+        row_pos[rs] += pos_logits.sum(dim=1)
+        row_den[rs] += t.den.sum(dim=1)
+        row_pos_n[rs] += t.positive.sum(dim=1)
+        if spec.column_terms and t.is_key:
+            col_lse[cs] = torch.logaddexp(col_lse[cs], torch.logsumexp(masked, dim=0))
+            col_pos[cs] += pos_logits.sum(dim=0)
+            col_den[cs] += t.den.sum(dim=0)
+            col_pos_n[cs] += t.positive.sum(dim=0)
 
     def finish(lse, pos, den_n, pos_n):
         lse = torch.where(den_n > 0, lse, torch.zeros_like(lse))
@@ -234,7 +258,7 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int])
 def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int], saved, grads):
     """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32 and of the scale."""
     acc = scale_t.dtype
-    n, m = qh.shape[0], kh.shape[0]
+    m = kh.shape[0]
     device = qh.device
     row_lse, row_pos_n = saved[0], saved[2]
     g_row_lse, g_row_pos = grads[0], grads[1]
@@ -247,32 +271,23 @@ def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]
     grad_k = torch.zeros(kh.shape, dtype=acc, device=device)
     grad_e = None if eh is None else torch.zeros(eh.shape, dtype=acc, device=device)
     grad_scale = torch.zeros((), dtype=acc, device=device)
-    columns = _Columns(kh, eh, blocks[1])
-    for r0, r1 in _row_blocks(n, blocks[0]):
-        rows = torch.arange(r0, r1, device=device)
-        q_blk = qh[r0:r1]
-        row_band = None if band is None else (band[0][r0:r1], band[1][r0:r1])
-        for g0, g1, c_blk, is_key in columns:
-            cols = torch.arange(g0, g1, device=device)
-            cosines = _tile_cosines(q_blk, c_blk)
-            logits = cosines * scale_t
-            positive, candidate = pair_roles(rows, cols, m, spec)
-            den = denominator(positive, candidate, logits, spec, row_band)
-            zero = torch.zeros((), dtype=acc, device=device)
-            # where() rather than a product: exp() of a masked-out logit may overflow to inf.
-            d_logits = torch.where(den, torch.exp(logits - row_lse[r0:r1, None]), zero) * g_row_lse[r0:r1, None]
-            d_logits = d_logits + positive * g_row_pos_w[r0:r1, None]
-            if spec.column_terms and is_key:
-                d_logits = d_logits + torch.where(den, torch.exp(logits - col_lse[None, g0:g1]), zero) * g_col_lse[None, g0:g1]
-                d_logits = d_logits + positive * g_col_pos_w[None, g0:g1]
-            grad_scale += (d_logits * cosines).sum()
-            d_low = d_logits.to(qh.dtype)
-            grad_q[r0:r1] += (d_low @ c_blk).to(acc)
-            d_cols = (d_low.T @ q_blk).to(acc)
-            if g0 < m:
-                grad_k[g0:g1] += d_cols
-            else:
-                grad_e[g0 - m : g1 - m] += d_cols
+    zero = torch.zeros((), dtype=acc, device=device)
+    for t in _tiles(qh, kh, eh, scale_t, spec, band, blocks):
+        rs, cs = slice(t.r0, t.r1), slice(t.g0, t.g1)
+        # where() rather than a product: exp() of a masked-out logit may overflow to inf.
+        d_logits = torch.where(t.den, torch.exp(t.logits - row_lse[rs, None]), zero) * g_row_lse[rs, None]
+        d_logits = d_logits + t.positive * g_row_pos_w[rs, None]
+        if spec.column_terms and t.is_key:
+            d_logits = d_logits + torch.where(t.den, torch.exp(t.logits - col_lse[None, cs]), zero) * g_col_lse[None, cs]
+            d_logits = d_logits + t.positive * g_col_pos_w[None, cs]
+        grad_scale += (d_logits * t.cosines).sum()
+        d_low = d_logits.to(qh.dtype)
+        grad_q[rs] += (d_low @ t.c_blk).to(acc)
+        d_cols = (d_low.T @ t.q_blk).to(acc)
+        if t.is_key:
+            grad_k[cs] += d_cols
+        else:
+            grad_e[t.g0 - m : t.g1 - m] += d_cols
     return grad_q * scale_t, grad_k * scale_t, (None if grad_e is None else grad_e * scale_t), grad_scale
 
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _checks as C
-from ..backends import compute_fn, resolve
 from ..core import RoleSpec
+from ..functional import _compute
 
 _SUPPORTED_KWARGS = ("collect_stats",)
 
@@ -60,8 +60,7 @@ class _PairLoss(nn.Module):
 
     def _terms(self, embeddings, labels, ref_emb, ref_labels, self_index, decoupled: bool):
         spec = RoleSpec(row_labels=labels, col_labels=ref_labels, self_index=self_index, decoupled=decoupled)
-        name = resolve(self.backend, embeddings.device)
-        return compute_fn(name)(embeddings, ref_emb, None, 1.0 / self.temperature, spec)
+        return _compute(embeddings, ref_emb, None, 1.0 / self.temperature, spec, self.backend)
 
     @staticmethod
     def _avg_nonzero(losses: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
