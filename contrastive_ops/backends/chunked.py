@@ -101,53 +101,68 @@ def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor, eps: float = 1
 # ---------------------------------------------------------------------------------------------
 
 
-def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """Map floats to integers (int32 for fp32, int64 for fp64) whose signed order is the float
-    order, with -0.0 and +0.0 mapped to the same integer (ties are selected by value)."""
-    int_dtype = torch.int64 if values.dtype == torch.float64 else torch.int32
+def _int_dtype(float_dtype: torch.dtype) -> torch.dtype:
+    return torch.int64 if float_dtype == torch.float64 else torch.int32
+
+
+def _order_bits(values: torch.Tensor) -> torch.Tensor:
+    """Integers of the floats' width whose *unsigned* bit patterns sort like the floats, with -0.0
+    and +0.0 mapped alike (ties are selected by value). Self-inverse: see :func:`_bits_to_values`.
+
+    Negative floats get their magnitude bits flipped (larger magnitude, smaller key); then the sign
+    bit is flipped so that negatives come below positives in unsigned order.
+    """
+    int_dtype = _int_dtype(values.dtype)
+    info = torch.iinfo(int_dtype)
     bits = (values + 0.0).view(int_dtype)  # + 0.0 turns -0.0 into +0.0
-    min_int = torch.iinfo(int_dtype).min
-    return torch.where(bits >= 0, bits, min_int + torch.bitwise_not(bits)).to(torch.int64)
+    return torch.where(bits >= 0, bits, bits ^ info.max) ^ info.min
 
 
-def _keys_to_values(keys: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
-    int_dtype = torch.int64 if float_dtype == torch.float64 else torch.int32
-    min_int = torch.iinfo(int_dtype).min
-    bits = torch.where(keys >= 0, keys, min_int + torch.bitwise_not(keys)).to(int_dtype)
-    return bits.view(float_dtype)
+def _bits_to_values(keys: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
+    info = torch.iinfo(keys.dtype)
+    signed = keys ^ info.min
+    return torch.where(signed >= 0, signed, signed ^ info.max).view(float_dtype)
+
+
+def _as_pattern(prefix: torch.Tensor, int_dtype: torch.dtype) -> torch.Tensor:
+    """An int64 bit prefix (< 2**32 for 32-bit keys) as the same bit pattern in ``int_dtype``."""
+    if int_dtype == torch.int64:
+        return prefix
+    return torch.where(prefix >= 2**31, prefix - 2**32, prefix).to(torch.int32)
 
 
 def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor):
     """``(v_lo, v_hi)`` of the Ring for the rows of one block, exact on the tile values.
 
-    The integer keys are treated as unsigned (sign bit flipped) and selected one byte at a time,
-    from the most significant: each pass histograms, per row, the next byte of the candidates that
-    still match the prefix chosen so far, and picks the byte holding the wanted rank. Two ranks
-    are selected at once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``).
+    The order-preserving bit patterns of the logits are selected one byte at a time, from the most
+    significant: each pass histograms, per row, the next byte of the candidates that still match
+    the prefix chosen so far, and picks the byte holding the wanted rank. Two ranks are selected at
+    once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``).
     """
     acc = accumulation_dtype(q_blk.dtype)
-    nbits = 64 if acc == torch.float64 else 32
-    sign_flip = -(2 ** (nbits - 1)) if nbits == 64 else 2 ** 31  # unsigned view of the signed key
+    int_dtype = _int_dtype(acc)
+    nbits = 64 if int_dtype == torch.int64 else 32
     n = rows.shape[0]
     device = q_blk.device
     ranks = None  # [2, n] descending ranks still to skip within the current prefix
-    prefix = torch.zeros(2, n, dtype=torch.int64, device=device)
+    prefix = torch.zeros(2, n, dtype=torch.int64, device=device)  # chosen bytes, as an unsigned pattern
     nonempty = None
     for shift in range(nbits - 8, -1, -8):
         hist = torch.zeros(2, n, 256, dtype=torch.int64, device=device)
+        pattern = _as_pattern(prefix, int_dtype)
         for g0, g1, c_blk, _ in columns:
             cols = torch.arange(g0, g1, device=device)
-            logits = _tile_cosines(q_blk, c_blk) * scale
+            keys = _order_bits(_tile_cosines(q_blk, c_blk) * scale)
             _, candidate = pair_roles(rows, cols, columns.num_keys, spec)
-            ukey = _order_keys(logits)
-            ukey = ukey ^ sign_flip if nbits == 64 else ukey + sign_flip
-            digit = (ukey >> shift) & 255
-            for t in range(2):
-                match = candidate
-                if shift < nbits - 8:  # a prefix has been fixed: compare the bytes above `shift`
-                    match = match & (((ukey ^ prefix[t][:, None]) >> (shift + 8)) == 0)
-                hist[t].scatter_add_(1, digit, match.to(torch.int64))
+            digit = ((keys >> shift) & 255).long()
+            if shift == nbits - 8:  # no prefix yet: both ranks share one histogram
+                hist[0].scatter_add_(1, digit, candidate.long())
+                continue
+            for t in range(2):  # only candidates whose bytes above `shift` match the prefix
+                match = candidate & (((keys ^ pattern[t][:, None]) >> (shift + 8)) == 0)
+                hist[t].scatter_add_(1, digit, match.long())
         if ranks is None:  # first pass: the histogram's total is the row's candidate count
+            hist[1] = hist[0]
             lo, hi = ring_ranks(hist[0].sum(dim=1), *spec.ring)
             nonempty = hi > lo
             ranks = torch.stack([lo, (hi - 1).clamp(min=0)]) * nonempty
@@ -157,8 +172,7 @@ def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Te
         above = torch.where(taken > 0, from_top.gather(-1, (taken - 1).clamp(min=0)[..., None])[..., 0], 0)
         ranks = ranks - above
         prefix = prefix | (byte << shift)
-    keys = prefix ^ sign_flip if nbits == 64 else prefix - sign_flip
-    v_hi, v_lo = _keys_to_values(keys, acc).unbind(0)
+    v_hi, v_lo = _bits_to_values(_as_pattern(prefix, int_dtype), acc).unbind(0)
     inf = torch.full_like(v_hi, float("inf"))
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 

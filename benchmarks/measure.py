@@ -1,0 +1,145 @@
+"""Timing and peak-memory measurement of one (workload, implementation, size, mode) point.
+
+Timing: ``triton.testing.do_bench`` on CUDA when Triton is installed, CUDA events otherwise, and
+``time.perf_counter`` on the CPU; medians with the 20th/80th percentiles, warm-up excluded, the
+input sets rotated so that no single set stays in cache. Memory: on CUDA the peak of
+``torch.cuda.max_memory_allocated`` above what was allocated before the call (the inputs);
+on the CPU the kernel's resident high-water mark (``VmHWM``) above the resident size before the
+call, which is only clean in a fresh process (the suite runs CPU memory points in a child).
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_point(fn: Callable[[dict], torch.Tensor], input_sets: list, mode: str, device: torch.device,
+               reps: int, warmup: int = 2) -> dict:
+    """Median, p20 and p80 milliseconds of ``mode`` over ``reps`` runs, rotating ``input_sets``."""
+    leaves = lambda x: [t for t in x.values() if t.requires_grad]  # noqa: E731
+
+    def forward(x):
+        with torch.no_grad():
+            return fn(x)
+
+    def fwd_bwd(x):
+        loss = fn(x)
+        torch.autograd.grad(loss, leaves(x), allow_unused=True)
+
+    samples = []
+    for i in range(warmup + reps):
+        x = input_sets[i % len(input_sets)]
+        if mode == "bwd":
+            loss = fn(x)
+            _sync(device)
+            run = lambda: torch.autograd.grad(loss, leaves(x), allow_unused=True)  # noqa: E731
+        elif mode == "fwd":
+            run = lambda: forward(x)  # noqa: E731
+        else:
+            run = lambda: fwd_bwd(x)  # noqa: E731
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize(device)
+            ms = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            run()
+            ms = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            samples.append(ms)
+    q = statistics.quantiles(samples, n=5) if len(samples) >= 2 else samples * 4
+    return {"ms": statistics.median(samples), "ms_p20": q[0], "ms_p80": q[3]}
+
+
+def time_point_cuda_do_bench(fn, input_sets: list, mode: str, device: torch.device) -> dict:
+    """``triton.testing.do_bench`` (median and quantiles), rotating the input sets between calls."""
+    import triton.testing
+
+    counter = {"i": 0}
+    leaves = lambda x: [t for t in x.values() if t.requires_grad]  # noqa: E731
+
+    def next_inputs():
+        counter["i"] += 1
+        return input_sets[counter["i"] % len(input_sets)]
+
+    if mode == "fwd":
+        bench = lambda: fn(next_inputs())  # noqa: E731
+    elif mode == "fwd_bwd":
+        def bench():
+            x = next_inputs()
+            torch.autograd.grad(fn(x), leaves(x), allow_unused=True)
+    else:  # backward only: one forward, the backward replayed with retain_graph
+        x = input_sets[0]
+        loss = fn(x)
+        bench = lambda: torch.autograd.grad(loss, leaves(x), allow_unused=True, retain_graph=True)  # noqa: E731
+    ms, p20, p80 = triton.testing.do_bench(bench, quantiles=[0.5, 0.2, 0.8])
+    return {"ms": ms, "ms_p20": p20, "ms_p80": p80}
+
+
+def timing(fn, input_sets, mode, device, reps) -> dict:
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return time_point_cuda_do_bench(fn, input_sets, mode, device)
+    return time_point(fn, input_sets, mode, device, reps)
+
+
+def _kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mib(fn: Callable[[dict], torch.Tensor], inputs: dict, mode: str, device: torch.device) -> float:
+    """Peak memory of one run of ``mode`` above what existed before it (the inputs), in MiB."""
+    leaves = [t for t in inputs.values() if t.requires_grad]
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        before = _kib("VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current resident size
+    if mode == "fwd":
+        with torch.no_grad():
+            fn(inputs)
+    else:
+        torch.autograd.grad(fn(inputs), leaves, allow_unused=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = _kib("VmHWM") * 1024
+    return (peak - before) / 2**20
+
+
+def matmul_tflops(dtype: torch.dtype, device: torch.device, size: int, reps: int = 10) -> float:
+    """This device's ``torch.matmul`` rate (TFLOP/s) on ``size × size`` operands of ``dtype``."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    ms = timing(lambda x: x["a"] @ x["b"], [{"a": a, "b": b}], "fwd", device, reps)["ms"]
+    return 2.0 * size**3 / (ms * 1e-3) / 1e12
+
+
+def copy_gib_per_s(device: torch.device, mib: int = 256, reps: int = 10) -> float:
+    """Device memory copy bandwidth (read + write) in GiB/s."""
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    ms = timing(lambda x: dst.copy_(x["s"]), [{"s": src}], "fwd", device, reps)["ms"]
+    return 2 * mib / 1024 / (ms * 1e-3)

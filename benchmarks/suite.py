@@ -1,0 +1,193 @@
+"""The benchmark suite: every loss × implementation × size × mode, time and peak memory, with the
+device's matmul rate beside every row, then plots and a markdown table.
+
+    python -m benchmarks.suite                 # this device; small sizes on a CPU, the full grid on a GPU
+    python -m benchmarks.suite --sizes small   # a quick run anywhere
+    python -m benchmarks.report FILE.jsonl     # plots and table again from a results file
+
+In one process it prints the environment, measures this device's bf16 and fp32 (tf32 if enabled)
+``torch.matmul`` rates and copy bandwidth, runs the GPU tests (``pytest -m gpu``) when there is a
+GPU, then measures each point. Rows go to ``benchmarks/results/<date>-<device>-<commit>.jsonl``,
+one JSON object per line; a point that fails or runs out of memory is a row with its ``status``;
+one that would not fit or take too long is a ``skipped`` row with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+import torch
+
+from benchmarks import measure
+from benchmarks._env import environment
+from benchmarks.workloads import MODES, OUR_BACKENDS, WORKLOADS, implementations, make_inputs
+
+GRIDS = {
+    "small": {"n": [256, 512, 1024], "d": [64], "dtypes": ["float32"]},
+    "cpu": {"n": [1024, 2048, 4096, 8192], "d": [128], "dtypes": ["float32"]},
+    "full": {"n": [4096, 16384, 65536, 262144, 1048576], "d": [128, 512, 768, 1024], "dtypes": ["bfloat16", "float32"]},
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+def fits(name: str, rows: int, cols: int, d: int, itemsize: int, device: torch.device) -> tuple[bool, str]:
+    """Skip what would not fit: the naive matrix (about 6 fp32 copies of it for forward+backward)
+    and the inputs with their gradients, against this device's free memory."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    need = 4 * (rows + cols) * d * itemsize
+    if name in ("naive", "compiled_naive", "open_clip"):
+        need += 6 * 4 * rows * cols
+    if need > 0.8 * free:
+        return False, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    return True, "ok"
+
+
+def _cpu_memory_child(loss: str, impl: str, n: int, d: int, dtype: str, mode: str) -> float:
+    """Peak memory of one CPU point in a fresh process (a reused process's resident size hides peaks)."""
+    code = (
+        "import sys, torch; from benchmarks import measure, workloads as w;"
+        f"wl = w.WORKLOADS[{loss!r}]; dev = torch.device('cpu');"
+        f"fn = dict((name, f) for name, f, _ in w.implementations(wl, dev))[{impl!r}];"
+        f"x = w.make_inputs({n}, {d}, getattr(torch, {dtype!r}), dev, 0);"
+        "small = w.make_inputs(8, 4, torch.float32, dev, 1); fn(small);"
+        f"print(measure.peak_memory_mib(fn, x, {mode!r}, dev))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def run_gpu_tests() -> str:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], capture_output=True, text=True,
+                          check=False)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return f"exit {proc.returncode}: {tail}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", choices=sorted(GRIDS), default=None, help="grid (default: full on a GPU, cpu on a CPU)")
+    p.add_argument("--n", type=int, nargs="*", help="override the grid's N values")
+    p.add_argument("--d", type=int, nargs="*", help="override the grid's D values")
+    p.add_argument("--dtypes", nargs="*", choices=sorted(DTYPES), help="override the grid's dtypes")
+    p.add_argument("--losses", nargs="*", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
+    p.add_argument("--impls", nargs="*", default=None,
+                   help="backends and peers to run (default: every backend; peers on a GPU, open_clip on a CPU)")
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per point on the CPU")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="skip a point whose smaller-N time predicts more")
+    p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
+    p.add_argument("--no-gpu-tests", action="store_true")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
+    grid.update({k: v for k, v in (("n", args.n), ("d", args.d), ("dtypes", args.dtypes)) if v})
+    impls = args.impls or (list(OUR_BACKENDS) + (["compiled_naive", "open_clip", "inf_cl", "memeff"]
+                                                  if device.type == "cuda" else ["open_clip"]))
+    env = environment(device)
+    out = args.out or os.path.join("benchmarks", "results",
+                                   f"{env['timestamp'][:10]}-{_slug(env['device'])}-{env['commit']}.jsonl")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+
+    print(f"device {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
+    size = 4096 if device.type == "cuda" else 1024
+    rates = {"bfloat16": measure.matmul_tflops(torch.bfloat16, device, size),
+             "float32": measure.matmul_tflops(torch.float32, device, size)}
+    rates["float16"] = measure.matmul_tflops(torch.float16, device, size) if device.type == "cuda" else rates["bfloat16"]
+    bandwidth = measure.copy_gib_per_s(device)
+    print(f"matmul {size}^3: bf16 {rates['bfloat16']:.2f} TFLOP/s, fp32 ({torch.get_float32_matmul_precision()}) "
+          f"{rates['float32']:.2f} TFLOP/s; copy {bandwidth:.1f} GiB/s")
+    if device.type == "cuda" and not args.no_gpu_tests:
+        print("GPU tests:", run_gpu_tests())
+    else:
+        print("GPU tests: not run (no GPU)" if device.type != "cuda" else "GPU tests: not run (--no-gpu-tests)")
+
+    header = {**env, "matmul_tflops_bf16": rates["bfloat16"], "matmul_tflops_fp32": rates["float32"],
+              "copy_gib_per_s": bandwidth}
+    with open(out, "a") as f:
+        for loss in args.losses:
+            workload = WORKLOADS[loss]
+            for dtype_name in grid["dtypes"]:
+                dtype = DTYPES[dtype_name]
+                for d in grid["d"]:
+                    for name, fn, why in implementations(workload, device):
+                        if name not in impls:
+                            continue
+                        last_ms = {}
+                        for n in sorted(grid["n"]):
+                            rows, cols = workload.logits_shape(n)
+                            for mode in args.modes:
+                                row = {"loss": loss, "backend": name, "dtype": dtype_name, "n": rows, "m": cols, "d": d,
+                                       "mode": mode, "matmul_tflops": rates[dtype_name], **header}
+                                ok, reason = (False, why) if fn is None else fits(name, rows, cols, d, dtype.itemsize, device)
+                                previous = last_ms.get(mode)
+                                if ok and previous is not None and previous[1] * (n / previous[0]) ** 2 > args.max_seconds * 1e3:
+                                    ok, reason = False, f"predicted over {args.max_seconds:.0f} s from N={previous[0]}"
+                                if not ok:
+                                    row.update(status="skipped", reason=reason)
+                                else:
+                                    row.update(_measure(workload, name, fn, n, d, dtype, mode, device, args.reps))
+                                    if row["status"] == "ok":
+                                        last_ms[mode] = (n, row["ms"])
+                                        row["tflops"] = workload.flops(n, d, mode) / (row["ms"] * 1e-3) / 1e12
+                                        row["share_of_matmul"] = row["tflops"] / rates[dtype_name]
+                                f.write(json.dumps(row) + "\n")
+                                f.flush()
+                                _print_row(row)
+    print(f"results: {out}")
+    from benchmarks import report
+
+    report.main([out])
+
+
+_CPU_MEMORY = {}
+
+
+def _measure(workload, name, fn, n, d, dtype, mode, device, reps) -> dict:
+    try:
+        input_sets = [make_inputs(n, d, dtype, device, seed) for seed in range(2 if device.type == "cpu" else 3)]
+        result = {"status": "ok", **measure.timing(fn, input_sets, mode, device, reps)}
+        del input_sets
+        if device.type == "cuda":
+            result["peak_mem_mib"] = measure.peak_memory_mib(fn, make_inputs(n, d, dtype, device, 0), mode, device)
+        else:
+            # backward-only memory is that of forward+backward; one fresh process per (point, fwd | fwd_bwd)
+            key = (workload.loss, name, n, d, dtype, "fwd" if mode == "fwd" else "fwd_bwd")
+            if key not in _CPU_MEMORY:
+                _CPU_MEMORY[key] = _cpu_memory_child(workload.loss, name, n, d, str(dtype).split(".")[-1], key[-1])
+            result["peak_mem_mib"] = _CPU_MEMORY[key]
+        return result
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"status": "oom"}
+    except RuntimeError as exc:
+        status = "oom" if "out of memory" in str(exc).lower() else "error"
+        return {"status": status, "error": str(exc).splitlines()[0][:300]}
+
+
+def _print_row(row: dict) -> None:
+    key = f"{row['loss']:18s} {row['backend']:14s} {row['dtype']:8s} {row['n']:>8d}x{row['m']:<8d} d={row['d']:<5d} {row['mode']:8s}"
+    if row["status"] == "ok":
+        print(f"{key} {row['ms']:10.2f} ms {row['peak_mem_mib']:9.1f} MiB {row['share_of_matmul']:6.1%} of matmul")
+    else:
+        print(f"{key} {row['status']}: {row.get('reason') or row.get('error', '')}")
+
+
+if __name__ == "__main__":
+    main()

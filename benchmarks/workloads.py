@@ -1,0 +1,157 @@
+"""What the benchmarks run: every loss × implementation, its inputs and its useful work.
+
+An implementation is one of this package's backends (``naive``, ``chunked``, ``triton``, ``cuda``)
+or a peer (``compiled_naive`` = ``torch.compile`` of the naive backend, ``open_clip``, ``inf_cl``,
+``memeff``), each an optional import that reports why it is missing.
+
+Useful work counts ``2·R·C·D`` flops per matmul pass over the ``R × C`` logits that the loss
+needs: one pass forward, three backward (the recomputed logits, dQ, dK), so ``8·R·C·D`` for
+forward+backward. The Ring's selection passes are not counted: they show up as a lower share.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import contrastive_ops as co
+
+OUR_BACKENDS = ("naive", "chunked", "triton", "cuda")
+PEERS = ("compiled_naive", "open_clip", "inf_cl", "memeff")
+MODES = ("fwd", "bwd", "fwd_bwd")
+TEMPERATURE = 0.07
+
+
+@dataclass(frozen=True)
+class Workload:
+    loss: str
+    logits_shape: Callable[[int], tuple]  # n -> (rows, cols) of the logit matrix
+    call: Callable[[dict, str], torch.Tensor]  # (inputs, backend) -> loss
+    peers: tuple = ()  # peers that compute this loss
+
+    def flops(self, n: int, d: int, mode: str) -> float:
+        rows, cols = self.logits_shape(n)
+        passes = {"fwd": 1, "bwd": 3, "fwd_bwd": 4}[mode]
+        return 2.0 * rows * cols * d * passes
+
+
+def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
+    """Unit-norm features (as a model's normalized outputs), labels with ~8 samples per class."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def feats():
+        x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+        return x.to(device=device, dtype=dtype).requires_grad_(True)
+
+    return {"a": feats(), "b": feats(), "labels": torch.randint(0, max(n // 8, 1), (n,), generator=g).to(device),
+            "scale": torch.tensor(1.0 / TEMPERATURE, device=device, dtype=torch.float32, requires_grad=True)}
+
+
+WORKLOADS = {
+    "info_nce": Workload("info_nce", lambda n: (n, n),
+                         lambda x, be: co.info_nce(x["a"], x["b"], temperature=TEMPERATURE, backend=be),
+                         peers=("compiled_naive", "inf_cl")),
+    "info_nce_symmetric": Workload("info_nce_symmetric", lambda n: (n, n),
+                                   lambda x, be: co.info_nce(x["a"], x["b"], temperature=TEMPERATURE, symmetric=True,
+                                                             backend=be),
+                                   peers=("compiled_naive",)),
+    "clip": Workload("clip", lambda n: (n, n),
+                     lambda x, be: co.clip_loss(x["a"], x["b"], x["scale"], backend=be),
+                     peers=("compiled_naive", "open_clip", "inf_cl", "memeff")),
+    "nt_xent": Workload("nt_xent", lambda n: (2 * n, 2 * n),
+                        lambda x, be: co.nt_xent(x["a"], x["b"], temperature=TEMPERATURE, backend=be),
+                        peers=("compiled_naive",)),
+    "supcon": Workload("supcon", lambda n: (n, n),
+                       lambda x, be: co.supcon_loss(x["a"], x["labels"], temperature=TEMPERATURE, backend=be),
+                       peers=("compiled_naive",)),
+    "dcl": Workload("dcl", lambda n: (2 * n, 2 * n),
+                    lambda x, be: co.dcl_loss(x["a"], x["b"], temperature=TEMPERATURE, backend=be),
+                    peers=("compiled_naive",)),
+    "ring": Workload("ring", lambda n: (n, n),
+                     lambda x, be: co.ring_info_nce(x["a"], x["b"], temperature=TEMPERATURE, backend=be),
+                     peers=("compiled_naive",)),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers
+# ---------------------------------------------------------------------------------------------
+
+_compiled = {}
+
+
+def _compiled_naive(workload: Workload):
+    if workload.loss not in _compiled:
+        _compiled[workload.loss] = torch.compile(lambda x: workload.call(x, "naive"))
+    return _compiled[workload.loss]
+
+
+def _open_clip_loss_module():
+    try:
+        return importlib.import_module("open_clip.loss")
+    except Exception:  # noqa: BLE001  (open_clip's package import needs torchvision; load loss.py alone)
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        import os
+
+        path = os.path.join(next(iter(spec.submodule_search_locations)), "loss.py")
+        file_spec = importlib.util.spec_from_file_location("_bench_open_clip_loss", path)
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+        return module
+
+
+def peer_status(peer: str, device: torch.device) -> tuple[bool, str]:
+    """``(can_run, reason)`` of a peer on ``device``."""
+    if peer == "compiled_naive":
+        return True, "ok"
+    if peer == "open_clip":
+        ok = importlib.util.find_spec("open_clip") is not None
+        return ok, "ok" if ok else "open_clip_torch is not installed"
+    module = {"inf_cl": "inf_cl", "memeff": "memeff"}[peer]
+    if importlib.util.find_spec(module) is None:
+        return False, f"{module} is not installed"
+    if device.type != "cuda":
+        return False, f"{module} runs on CUDA only"
+    return True, "ok"
+
+
+def peer_call(peer: str, workload: Workload) -> Optional[Callable[[dict], torch.Tensor]]:
+    """A function of the inputs computing ``workload``'s loss with ``peer`` (None if it does not)."""
+    if peer not in workload.peers:
+        return None
+    if peer == "compiled_naive":
+        return _compiled_naive(workload)
+    if peer == "open_clip":
+        loss = _open_clip_loss_module().ClipLoss()
+        return lambda x: loss(x["a"], x["b"], x["scale"])
+    if peer == "inf_cl":
+        from inf_cl import cal_inf_loss
+
+        if workload.loss == "clip":
+            return lambda x: 0.5 * (cal_inf_loss(x["a"], x["b"], scale=x["scale"]) + cal_inf_loss(x["b"], x["a"], scale=x["scale"]))
+        return lambda x: cal_inf_loss(x["a"], x["b"], scale=1.0 / TEMPERATURE)
+    if peer == "memeff":
+        from memeff import MemoryEfficientCLIPLoss
+
+        loss = MemoryEfficientCLIPLoss(temperature=TEMPERATURE, normalized_inputs=True, stable=False)
+        return lambda x: loss(x["a"], x["b"])
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+def implementations(workload: Workload, device: torch.device):
+    """``(name, callable or None, reason)`` for every backend and peer of ``workload`` on ``device``."""
+    out = []
+    for backend in OUR_BACKENDS:
+        ok, why = co.backend_status(backend, device)
+        out.append((backend, (lambda x, be=backend: workload.call(x, be)) if ok else None, why))
+    for peer in PEERS:
+        if peer not in workload.peers:
+            continue
+        ok, why = peer_status(peer, device)
+        out.append((peer, peer_call(peer, workload) if ok else None, why))
+    return out
