@@ -58,7 +58,7 @@ def plots(rows, stem: str) -> list:
             ax_row[0].legend(fontsize=8)
         device = group[0]["device"]
         fig.suptitle(f"{device}, {dtype}, D = {d}, torch {group[0]['torch']}, commit {group[0]['commit']}")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.2 * len(losses))))
         path = f"{stem}-{dtype}-d{d}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)

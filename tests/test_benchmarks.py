@@ -1,0 +1,26 @@
+"""The benchmark suite runs end to end on this machine (tiny sizes) and writes what it promises."""
+import json
+import subprocess
+import sys
+
+REQUIRED = {"loss", "backend", "dtype", "n", "m", "d", "mode", "ms", "ms_p20", "ms_p80", "peak_mem_mib", "tflops",
+            "matmul_tflops", "device", "torch", "triton", "commit", "timestamp", "status"}
+
+
+def test_suite_writes_rows_plots_and_table(tmp_path):
+    out = tmp_path / "results.jsonl"
+    cmd = [sys.executable, "-m", "benchmarks.suite", "--n", "32", "64", "--d", "16", "--losses", "clip",
+           "--impls", "naive", "chunked", "triton", "--reps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2 * 2 * 3  # backends x sizes x modes
+    for r in ok:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["ms"] > 0 and r["ms_p20"] <= r["ms"] <= r["ms_p80"] and r["tflops"] > 0
+    skipped = [r for r in rows if r["backend"] == "triton"]
+    assert skipped and all(r["status"] == "skipped" and r["reason"] for r in skipped)
+    assert (tmp_path / "results-float32-d16.png").stat().st_size > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| clip | 64 × 64 |" in table and "matmul rate" in table
