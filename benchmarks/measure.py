@@ -23,30 +23,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _leaves(x: dict) -> list:
+    return [t for t in x.values() if t.requires_grad]
+
+
+def _prepare(fn: Callable[[dict], torch.Tensor], x: dict, mode: str) -> Callable[[], object]:
+    """The work one timed repetition does; for ``bwd`` the forward runs here, untimed."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(x)
+        return run
+    if mode == "bwd":
+        loss = fn(x)
+        return lambda: torch.autograd.grad(loss, _leaves(x), allow_unused=True)
+    return lambda: torch.autograd.grad(fn(x), _leaves(x), allow_unused=True)
+
+
 def time_point(fn: Callable[[dict], torch.Tensor], input_sets: list, mode: str, device: torch.device,
                reps: int, warmup: int = 2) -> dict:
     """Median, p20 and p80 milliseconds of ``mode`` over ``reps`` runs, rotating ``input_sets``."""
-    leaves = lambda x: [t for t in x.values() if t.requires_grad]  # noqa: E731
-
-    def forward(x):
-        with torch.no_grad():
-            return fn(x)
-
-    def fwd_bwd(x):
-        loss = fn(x)
-        torch.autograd.grad(loss, leaves(x), allow_unused=True)
-
     samples = []
     for i in range(warmup + reps):
-        x = input_sets[i % len(input_sets)]
-        if mode == "bwd":
-            loss = fn(x)
-            _sync(device)
-            run = lambda: torch.autograd.grad(loss, leaves(x), allow_unused=True)  # noqa: E731
-        elif mode == "fwd":
-            run = lambda: forward(x)  # noqa: E731
-        else:
-            run = lambda: fwd_bwd(x)  # noqa: E731
+        run = _prepare(fn, input_sets[i % len(input_sets)], mode)
+        _sync(device)
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -69,22 +69,25 @@ def time_point_cuda_do_bench(fn, input_sets: list, mode: str, device: torch.devi
     import triton.testing
 
     counter = {"i": 0}
-    leaves = lambda x: [t for t in x.values() if t.requires_grad]  # noqa: E731
 
     def next_inputs():
         counter["i"] += 1
         return input_sets[counter["i"] % len(input_sets)]
 
     if mode == "fwd":
-        bench = lambda: fn(next_inputs())  # noqa: E731
+        def bench():
+            with torch.no_grad():
+                return fn(next_inputs())
     elif mode == "fwd_bwd":
         def bench():
             x = next_inputs()
-            torch.autograd.grad(fn(x), leaves(x), allow_unused=True)
+            return torch.autograd.grad(fn(x), _leaves(x), allow_unused=True)
     else:  # backward only: one forward, the backward replayed with retain_graph
         x = input_sets[0]
         loss = fn(x)
-        bench = lambda: torch.autograd.grad(loss, leaves(x), allow_unused=True, retain_graph=True)  # noqa: E731
+
+        def bench():
+            return torch.autograd.grad(loss, _leaves(x), allow_unused=True, retain_graph=True)
     ms, p20, p80 = triton.testing.do_bench(bench, quantiles=[0.5, 0.2, 0.8])
     return {"ms": ms, "ms_p20": p20, "ms_p80": p80}
 
@@ -105,7 +108,7 @@ def _kib(field: str) -> int:
 
 def peak_memory_mib(fn: Callable[[dict], torch.Tensor], inputs: dict, mode: str, device: torch.device) -> float:
     """Peak memory of one run of ``mode`` above what existed before it (the inputs), in MiB."""
-    leaves = [t for t in inputs.values() if t.requires_grad]
+    leaves = _leaves(inputs)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

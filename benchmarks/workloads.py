@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -120,7 +120,7 @@ def peer_status(peer: str, device: torch.device) -> tuple[bool, str]:
     return True, "ok"
 
 
-def peer_call(peer: str, workload: Workload) -> Optional[Callable[[dict], torch.Tensor]]:
+def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] | None:
     """A function of the inputs computing ``workload``'s loss with ``peer`` (None if it does not)."""
     if peer not in workload.peers:
         return None
