@@ -84,6 +84,23 @@ def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: 
     return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, pos_weight)
 
 
+def _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction) -> float:
+    """Checks shared by the query/key losses; returns the temperature."""
+    C.check_features("query", query)
+    C.check_features("key", key)
+    if negatives is not None:
+        C.check_features("negatives", negatives)
+    C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
+    C.check_same_rows("query", query, "key", key)
+    t = C.check_temperature(temperature)
+    C.check_bool("in_batch_negatives", in_batch_negatives)
+    C.check_bool("normalize", normalize)
+    C.check_reduction(reduction)
+    if not in_batch_negatives and negatives is None:
+        raise ValueError("in_batch_negatives=False needs negatives: otherwise the only candidate is the positive")
+    return t
+
+
 def info_nce(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -115,19 +132,8 @@ def info_nce(
         a scalar, or ``[N]`` per-query losses with ``reduction="none"`` (the average of both
         directions per index when ``symmetric``).
     """
-    C.check_features("query", query)
-    C.check_features("key", key)
-    if negatives is not None:
-        C.check_features("negatives", negatives)
-    C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
-    C.check_same_rows("query", query, "key", key)
-    t = C.check_temperature(temperature)
-    C.check_bool("in_batch_negatives", in_batch_negatives)
+    t = _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction)
     C.check_bool("symmetric", symmetric)
-    C.check_bool("normalize", normalize)
-    C.check_reduction(reduction)
-    if not in_batch_negatives and negatives is None:
-        raise ValueError("in_batch_negatives=False needs negatives: otherwise the denominator holds only the positive")
     if symmetric and not in_batch_negatives:
         raise ValueError(
             "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
@@ -360,20 +366,9 @@ def ring_info_nce(
     Returns:
         a scalar (mean over all N queries), or ``[N]`` with ``reduction="none"``.
     """
-    C.check_features("query", query)
-    C.check_features("key", key)
-    if negatives is not None:
-        C.check_features("negatives", negatives)
-    C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
-    C.check_same_rows("query", query, "key", key)
-    t = C.check_temperature(temperature)
+    t = _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction)
     outer = C.check_fraction("outer", outer)
     inner = C.check_fraction("inner", inner)
-    C.check_bool("in_batch_negatives", in_batch_negatives)
-    C.check_bool("normalize", normalize)
-    C.check_reduction(reduction)
-    if not in_batch_negatives and negatives is None:
-        raise ValueError("in_batch_negatives=False needs negatives: otherwise the ring has no candidates")
     n = query.shape[0]
     keys = key if process_group is None else dist_.gather_rows(key, process_group)
     spec = RoleSpec(

@@ -89,8 +89,3 @@ def resolve(backend: str, device: torch.device) -> str:
 def compute_fn(backend: str) -> Callable:
     """The ``compute_terms(query, keys, extra, scale, spec)`` function of a concrete backend."""
     return _module(backend).compute_terms
-
-
-def backend_table() -> dict[str, tuple[bool, str]]:
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return {name: backend_status(name, device) for name in BACKENDS}

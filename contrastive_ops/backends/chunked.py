@@ -314,10 +314,9 @@ class _ChunkedContrastive(torch.autograd.Function):
         out = _forward(qh, kh, eh, scale_t, spec, band, blocks)
         ctx.spec = spec
         ctx.blocks = blocks  # backward must recompute the very same tiles
-        ctx.has_extra = extra is not None
         lse_and_counts = [out[0], out[2], out[3]] + ([out[4], out[7]] if spec.column_terms else [])
         band_tensors = list(band) if band is not None else []
-        ctx.save_for_backward(query, keys, extra if extra is not None else torch.empty(0), scale_t, *lse_and_counts, *band_tensors)
+        ctx.save_for_backward(query, keys, extra, scale_t, *lse_and_counts, *band_tensors)
         counts = [out[2], out[3]] + ([out[6], out[7]] if spec.column_terms else [])
         ctx.mark_non_differentiable(*counts)
         if not spec.column_terms:
@@ -332,7 +331,6 @@ class _ChunkedContrastive(torch.autograd.Function):
         n_saved = 5 if spec.column_terms else 3
         saved, band = rest[:n_saved], rest[n_saved:]
         band = tuple(band) if band else None
-        extra = extra if ctx.has_extra else None
         acc = scale_t.dtype
 
         def grad_or_zero(g, like):
