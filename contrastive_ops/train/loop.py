@@ -222,6 +222,11 @@ def train(cfg: dict) -> dict | None:
             }, ckpt_path)
             print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {mean_loss:.4f}, "
                   f"{row['samples_per_s']:.0f} samples/s", flush=True)
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     if rank != 0:
         return None
     summary = {"loss": cfg["loss"], "backend": backend, "epochs": cfg["epochs"], "dataset": dataset.name,
