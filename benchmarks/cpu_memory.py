@@ -19,18 +19,11 @@ import time
 LOSSES = ("info_nce_symmetric", "nt_xent", "clip", "supcon", "dcl", "ring")
 
 
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _child(loss: str, backend: str, n: int, d: int) -> None:
     import torch
 
     import contrastive_ops as co
+    from benchmarks.measure import _kib
 
     torch.manual_seed(0)
     a = torch.randn(n, d, requires_grad=True)

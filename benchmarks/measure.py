@@ -99,6 +99,7 @@ def timing(fn, input_sets, mode, device, reps) -> dict:
 
 
 def _kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
