@@ -45,9 +45,17 @@ def plots(rows, stem: str) -> list:
             for impl, pts in sorted(by_impl.items()):
                 pts.sort(key=lambda r: r["n"])
                 ns = [r["n"] for r in pts]
-                ax_row[0].plot(ns, [r["ms"] for r in pts], marker="o", label=impl)
+                line = ax_row[0].plot(ns, [r["ms"] for r in pts], marker="o", label=impl)[0]
                 ax_row[1].plot(ns, [max(r["peak_mem_mib"], 1e-3) for r in pts], marker="o", label=impl)
                 ax_row[2].plot(ns, [r["share_of_matmul"] for r in pts], marker="o", label=impl)
+                # the wall: the smallest N past the last measured one where this implementation ran out
+                # of memory or would not fit
+                walls = [r["n"] for r in group if r["loss"] == loss and r["backend"] == impl and r["n"] > ns[-1]
+                         and (r["status"] == "oom" or "GiB free" in r.get("reason", ""))]
+                if walls:
+                    ax_row[1].axvline(min(walls), color=line.get_color(), linestyle=":", linewidth=1.5)
+                    ax_row[1].annotate(f"{impl}: out of memory", (min(walls), 1), xycoords=("data", "axes fraction"),
+                                       rotation=90, va="top", ha="right", fontsize=7, color=line.get_color())
             for ax, title, ylabel in zip(ax_row, ("time", "peak extra memory", "share of matmul rate"),
                                          ("ms (fwd+bwd)", "MiB", "useful TFLOP/s ÷ matmul")):
                 ax.set_xscale("log", base=2)

@@ -365,6 +365,12 @@ def compute_terms(
     scale: Scale,
     spec: RoleSpec,
 ) -> ContrastiveTerms:
+    """The core's terms (see :mod:`contrastive_ops.core`) in tiles of the current :func:`block_size`.
+
+    ``query [N, D]``, ``keys [M, D]``, ``extra [R, D]`` or None, same dtype and device; ``scale`` a
+    float or a 0-d tensor (which receives a gradient). The Ring band, when asked for, is selected
+    first (no gradient) on the same tiling as the forward and backward.
+    """
     blocks = (_BLOCK["rows"], _BLOCK["cols"])
     band = ring_band(query, keys, extra, scale, spec, blocks) if spec.ring is not None else None
     scale_t = as_scale_tensor(scale, query)

@@ -58,6 +58,7 @@ def compute_terms(
     scale: Scale,
     spec: RoleSpec,
 ) -> ContrastiveTerms:
+    """The core's terms from the materialized ``N × (M + R)`` logits, with autograd's backward."""
     logits = _logits(query, keys, extra, scale, spec)
     num_keys = keys.shape[0]
     rows = torch.arange(query.shape[0], device=query.device)
