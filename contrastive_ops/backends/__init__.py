@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from . import chunked, naive
+
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 AUTO_ORDER_CUDA = ("cuda", "triton", "chunked")
 
@@ -66,8 +68,6 @@ def available_backends(device: torch.device | None = None) -> list[str]:
     return [name for name in BACKENDS if backend_status(name, device)[0]]
 
 
-def _module(name: str):
-    return importlib.import_module(f"contrastive_ops.backends.{name}")
 
 
 def resolve(backend: str, device: torch.device) -> str:
@@ -87,5 +87,14 @@ def resolve(backend: str, device: torch.device) -> str:
 
 
 def compute_fn(backend: str) -> Callable:
-    """The ``compute_terms(query, keys, extra, scale, spec)`` function of a concrete backend."""
-    return _module(backend).compute_terms
+    """The ``compute_terms(query, keys, extra, scale, spec)`` function of a concrete backend.
+
+    The pure-PyTorch backends are imported directly (traceable by ``torch.compile``); the fused
+    ones only when asked for, so that ``import contrastive_ops`` needs neither Triton nor the
+    extension.
+    """
+    if backend == "naive":
+        return naive.compute_terms
+    if backend == "chunked":
+        return chunked.compute_terms
+    return importlib.import_module(f"contrastive_ops.backends.{backend}").compute_terms

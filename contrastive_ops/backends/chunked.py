@@ -306,31 +306,35 @@ def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]
 
 
 class _ChunkedContrastive(torch.autograd.Function):
-    """Autograd of the tiled core. Saves inputs and O(N+M) vectors only."""
+    """Autograd of the tiled core. Saves inputs and O(N+M) vectors only.
+
+    ``keys=None`` means the keys are the queries themselves (NT-Xent, SupCon): the tensor is passed
+    once, as ``torch.compile`` cannot trace one tensor given twice, and its two gradients are summed.
+    The Ring band comes as two plain tensor arguments (or None).
+    """
 
     @staticmethod
-    def forward(ctx, query, keys, extra, scale_t, spec: RoleSpec, band, blocks):
+    def forward(ctx, query, keys, extra, scale_t, band_lo, band_hi, spec: RoleSpec, blocks):
+        band = None if band_lo is None else (band_lo, band_hi)
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+        kh = qh if keys is None else kh
         out = _forward(qh, kh, eh, scale_t, spec, band, blocks)
         ctx.spec = spec
         ctx.blocks = blocks  # backward must recompute the very same tiles
         lse_and_counts = [out[0], out[2], out[3]] + ([out[4], out[7]] if spec.column_terms else [])
-        band_tensors = list(band) if band is not None else []
-        ctx.save_for_backward(query, keys, extra, scale_t, *lse_and_counts, *band_tensors)
+        ctx.save_for_backward(query, keys, extra, scale_t, band_lo, band_hi, *lse_and_counts)
         counts = [out[2], out[3]] + ([out[6], out[7]] if spec.column_terms else [])
         ctx.mark_non_differentiable(*counts)
-        if not spec.column_terms:
-            empty = query.new_empty(0, dtype=scale_t.dtype)
-            out += [empty, empty, empty.long(), empty.long()]
+        if not spec.column_terms:  # fixed arity; distinct tensors (torch.compile rejects aliased outputs)
+            out += [query.new_empty(0, dtype=scale_t.dtype) for _ in range(2)]
+            out += [query.new_empty(0, dtype=torch.int64) for _ in range(2)]
         return tuple(out)
 
     @staticmethod
     def backward(ctx, g_row_lse, g_row_pos, _g1, _g2, g_col_lse, g_col_pos, _g3, _g4):
         spec: RoleSpec = ctx.spec
-        query, keys, extra, scale_t, *rest = ctx.saved_tensors
-        n_saved = 5 if spec.column_terms else 3
-        saved, band = rest[:n_saved], rest[n_saved:]
-        band = tuple(band) if band else None
+        query, keys, extra, scale_t, band_lo, band_hi, *saved = ctx.saved_tensors
+        band = None if band_lo is None else (band_lo, band_hi)
         acc = scale_t.dtype
 
         def grad_or_zero(g, like):
@@ -339,19 +343,24 @@ class _ChunkedContrastive(torch.autograd.Function):
         grads = [grad_or_zero(g_row_lse, saved[0]), grad_or_zero(g_row_pos, saved[0])]
         if spec.column_terms:
             grads += [grad_or_zero(g_col_lse, saved[3]), grad_or_zero(g_col_pos, saved[3])]
+        shared = keys is None
+        keys_in = query if shared else keys
         with torch.no_grad():
-            qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+            qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys_in, extra))
             dq, dk, de, dscale = _backward(qh, kh, eh, scale_t, spec, band, ctx.blocks, saved, grads)
+            if shared:
+                dq, dk = dq + dk, None
             if spec.normalize:
                 dq = _normalize_backward(query, dq)
-                dk = _normalize_backward(keys, dk)
+                dk = None if dk is None else _normalize_backward(keys, dk)
                 de = None if de is None else _normalize_backward(extra, de)
         need = ctx.needs_input_grad
         return (
             dq.to(query.dtype) if need[0] else None,
-            dk.to(keys.dtype) if need[1] else None,
+            dk.to(keys.dtype) if (need[1] and dk is not None) else None,
             de.to(extra.dtype) if (need[2] and de is not None) else None,
             dscale if need[3] else None,
+            None,
             None,
             None,
             None,
@@ -372,9 +381,12 @@ def compute_terms(
     first (no gradient) on the same tiling as the forward and backward.
     """
     blocks = (_BLOCK["rows"], _BLOCK["cols"])
-    band = ring_band(query, keys, extra, scale, spec, blocks) if spec.ring is not None else None
+    band_lo = band_hi = None
+    if spec.ring is not None:
+        band_lo, band_hi = ring_band(query, keys, extra, scale, spec, blocks)
     scale_t = as_scale_tensor(scale, query)
-    out = _ChunkedContrastive.apply(query, keys, extra, scale_t, spec, band, blocks)
+    shared_keys = None if keys is query else keys
+    out = _ChunkedContrastive.apply(query, shared_keys, extra, scale_t, band_lo, band_hi, spec, blocks)
     if spec.column_terms:
         return ContrastiveTerms(*out)
     return ContrastiveTerms(*out[:4], None, None, None, None)
