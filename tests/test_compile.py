@@ -2,9 +2,9 @@
 gives eager's loss and gradients."""
 import pytest
 import torch
+from conftest import assert_close_rel
 
 import contrastive_ops as co
-from conftest import assert_close_rel
 
 N, D, R = 24, 12, 7
 
