@@ -43,7 +43,7 @@ class RoleSpec:
     key_negatives: bool = True  # in-batch keys other than positives are negatives
     decoupled: bool = False  # positives are left out of the denominator (DCL)
     column_terms: bool = False  # also reduce every key column (symmetric losses)
-    ring: tuple[float, float] | None = None  # (outer, inner) of the restricted band, DESIGN §5
+    ring: tuple[float, float] | None = None  # (outer, inner) of the restricted band (ring_info_nce)
     normalize: bool = True  # L2-normalize Q, K and E rows first (eps as F.normalize)
 
 
@@ -109,7 +109,7 @@ def denominator(
 
 
 def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ring rank bounds per row, DESIGN §5: ``hi = floor(outer·M_i)``, ``lo = floor(inner·hi)``.
+    """Ring rank bounds per row: ``hi = floor(outer·M_i)``, ``lo = floor(inner·hi)``.
 
     Ranks are 0-based in descending order of the logits; the ring is ``[lo, hi)``. Computed in
     float64 so every backend and the references agree on the integer bounds.

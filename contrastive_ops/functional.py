@@ -351,7 +351,7 @@ def ring_info_nce(
     backend: str = "auto",
     process_group=None,
 ) -> torch.Tensor:
-    """InfoNCE over a restricted "Ring" of negatives (Wu et al., CNCE; DESIGN §5).
+    """InfoNCE over a restricted "Ring" of negatives (Wu et al., CNCE).
 
     For query ``i`` the candidates ``C_i`` are its negatives as in :func:`info_nce` (``M_i`` of
     them). Sorted by logit in descending order, the ring is the ranks ``[lo, hi)`` with

@@ -1,4 +1,4 @@
-"""Float64 references written straight from each loss's definition (DESIGN §4–§5), independent of
+"""Float64 references written straight from each loss's definition, independent of
 the package's core: cross-entropies over explicit logit matrices and a per-row sort for the Ring."""
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def supcon(x, labels, *, temperature=0.1, normalize=True):
 
 
 def ring_info_nce(q, k, neg=None, *, temperature=0.07, outer=0.1, inner=0.1, in_batch_negatives=True, normalize=True):
-    """A loop over rows with a full sort of each row's candidates (DESIGN §5)."""
+    """A loop over rows with a full sort of each row's candidates (see ``ring_info_nce``)."""
     q, k = _unit(q, normalize), _unit(k, normalize)
     n = q.shape[0]
     qk = q @ k.T / temperature

@@ -39,7 +39,7 @@ def _grads(loss, tensors):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_error_at_most_twice_pytorchs_own(name, backend, dtype, seed):
-    """DESIGN §6: error against float64 no worse than twice PyTorch's own (naive) in the same dtype."""
+    """Error against float64 no worse than twice PyTorch's own (naive) in the same dtype."""
     case = CASES[name]
     base = case.make(torch.float32)
     ref_in = _on(base, "cpu", torch.float64)

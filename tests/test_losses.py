@@ -137,7 +137,7 @@ def test_no_grad_inputs_give_plain_tensor(backend, seed):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent"])
 def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
-    """DESIGN §6: chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
+    """chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
     case = CASES[name]
     tensors = _inputs(case, dtype)
     ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t

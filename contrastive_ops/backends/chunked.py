@@ -11,7 +11,7 @@ backward. Only the inputs and O(N+M) fp32 vectors are saved; no tensor larger th
 backward is deterministic. Works on any device and on fp16/bf16/fp32/fp64 inputs (fp32
 accumulation; fp64 stays fp64, for gradcheck).
 
-The Ring band (DESIGN §5) is found without materializing a row: a radix select over the order-
+The Ring band (see ``ring_info_nce``) is found without materializing a row: a radix select over the order-
 preserving integer image of the logits' float bits, one 256-bin histogram pass per byte, each
 pass recomputing the tiles, exact on the same tile values the loss uses.
 """

@@ -37,7 +37,7 @@ def _positive_mean(logits: torch.Tensor, positive: torch.Tensor) -> tuple[torch.
 
 
 def ring_band_sorted(logits: torch.Tensor, candidate: torch.Tensor, outer: float, inner: float):
-    """Per-row value band ``(v_lo, v_hi)`` of the Ring (DESIGN §5) by a full sort of each row.
+    """Per-row value band ``(v_lo, v_hi)`` of the Ring (see ``ring_info_nce``) by a full sort of each row.
 
     Rows whose ring is empty get ``(+inf, -inf)``, a band that holds nothing.
     """
