@@ -63,6 +63,11 @@ class _PairLoss(nn.Module):
         return _compute(embeddings, ref_emb, None, 1.0 / self.temperature, spec, self.backend)
 
     @staticmethod
+    def _no_pairs(n_pos: torch.Tensor, n_neg: torch.Tensor) -> bool:
+        """The peer's early exits: no positive pair, no negative pair, or at most one of each."""
+        return bool(n_pos == 0 or n_neg == 0 or (n_pos <= 1 and n_neg <= 1))
+
+    @staticmethod
     def _avg_nonzero(losses: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         kept = losses[losses > 0]
         return kept.mean() if kept.numel() > 0 else (embeddings * 0).sum()
@@ -79,9 +84,7 @@ class SupConLoss(_PairLoss):
         embeddings, labels, ref_emb, ref_labels, self_index = self._inputs(
             embeddings, labels, indices_tuple, ref_emb, ref_labels)
         t = self._terms(embeddings, labels, ref_emb, ref_labels, self_index, decoupled=False)
-        n_pos = t.row_pos_count.sum()
-        n_neg = (t.row_den_count - t.row_pos_count).sum()
-        if n_pos == 0 or n_neg == 0 or (n_pos <= 1 and n_neg <= 1):
+        if self._no_pairs(t.row_pos_count.sum(), (t.row_den_count - t.row_pos_count).sum()):
             return (embeddings * 0).sum()
         losses = torch.where(t.row_pos_count > 0, t.row_lse - t.row_pos, torch.zeros_like(t.row_lse))
         return self._avg_nonzero(losses.to(embeddings.dtype), embeddings)
@@ -116,9 +119,7 @@ class NTXentLoss(_PairLoss):
             embeddings, labels, indices_tuple, ref_emb, ref_labels)
         # Per anchor: the log-sum-exp over its negatives only (positives decoupled), tiled.
         t = self._terms(embeddings, labels, ref_emb, ref_labels, self_index, decoupled=True)
-        n_pos = t.row_pos_count.sum()
-        n_neg = t.row_den_count.sum()
-        if n_pos == 0 or n_neg == 0 or (n_pos <= 1 and n_neg <= 1):
+        if self._no_pairs(t.row_pos_count.sum(), t.row_den_count.sum()):  # decoupled: den = negatives
             return (embeddings * 0).sum()
         anchors, positives = _positive_pairs(labels, ref_labels, exclude_self=self_index is not None)
         a_hat, r_hat = F.normalize(embeddings[anchors], dim=1), F.normalize(ref_emb[positives], dim=1)
