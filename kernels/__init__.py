@@ -1,10 +1,17 @@
 """Triton kernels of the generic tiled contrastive core (installed as ``contrastive_ops.kernels``).
 
-Only ``@triton.jit`` functions and their launchers live here; autograd and dispatch live in
-``contrastive_ops``. Nothing in the package imports this module unless the "triton" backend is
-requested, so ``import contrastive_ops`` works without Triton.
+Only ``@triton.jit`` functions and their launchers live here, one file per kernel family:
+
+* ``tiles`` — device functions every kernel shares (a tile's logits, roles, ``dL/dS``, order keys);
+* ``normalize`` — inverse row norms and the L2-normalization backward;
+* ``contrastive_fwd`` — one pass: row (and key-column) log-sum-exp, positive sums, counts;
+* ``contrastive_bwd`` — dQ over row blocks, dK over column blocks, d(scale); deterministic;
+* ``ring_select`` — the Ring's per-row thresholds by radix search over recomputed tiles;
+* ``problem``/``config`` — the prepared inputs and the tile configs (tuned or pinned).
+
+Autograd and dispatch live in ``contrastive_ops.backends.triton``. This file imports nothing, so
+the package can ask whether the kernels are present without importing Triton.
 """
 
-#: Whether this build ships the Triton kernels of the generic core. The "triton" backend reports
-#: itself unavailable, with this reason, until they are here.
-KERNELS_PRESENT = False
+#: Whether this build ships the Triton kernels of the generic core.
+KERNELS_PRESENT = True

@@ -1,7 +1,13 @@
+import os
 import random
 
 import pytest
 import torch
+
+# Without a GPU, the triton backend runs its kernels in Triton's interpreter (numpy, one program
+# at a time). Set before anything imports the kernels: Triton reads it when they are decorated.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Public surface: dispatch, modules, the info command, edge cases (zero vectors, empty denominators)."""
+import importlib.util
 import subprocess
 import sys
 
@@ -14,12 +15,22 @@ from contrastive_ops.backends import resolve
 BACKENDS = ["naive", "chunked"]
 
 
-def test_available_backends_on_cpu():
+def test_available_backends_on_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     names = co.available_backends(torch.device("cpu"))
     assert names[:2] == ["naive", "chunked"]
     assert "triton" not in names and "cuda" not in names  # CUDA-only backends
     ok, why = co.backend_status("triton", torch.device("cpu"))
     assert not ok and why
+    with pytest.raises(co.BackendUnavailableError, match="backend='triton' cannot run here: "):
+        co.info_nce(torch.randn(4, 3), torch.randn(4, 3), backend="triton")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_runs_on_cpu_tensors_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert co.backend_status("triton", torch.device("cpu")) == (True, "ok (Triton interpreter: TRITON_INTERPRET=1)")
+    assert resolve("auto", torch.device("cpu")) == "chunked"  # never picked for CPU tensors
 
 
 def test_auto_never_picks_naive():

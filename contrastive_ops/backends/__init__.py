@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from typing import Callable
 
 import torch
@@ -32,12 +33,16 @@ class BackendUnavailableError(ValueError):
 
 def _triton_status() -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
-        return False, "Triton is not installed (pip install triton)"
+        return False, "Triton is not installed (pip install 'contrastive_ops[triton]')"
     from contrastive_ops import kernels
 
     if not kernels.KERNELS_PRESENT:
-        return False, "this build ships no Triton kernels of the core yet"
+        return False, "this build ships no Triton kernels of the core"
     return True, "ok"
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _cuda_status() -> tuple[bool, str]:
@@ -54,6 +59,8 @@ def backend_status(name: str, device: torch.device | None = None) -> tuple[bool,
     ok, why = _triton_status() if name == "triton" else _cuda_status()
     if not ok:
         return False, why
+    if name == "triton" and device.type == "cpu" and _triton_interpreting():
+        return True, "ok (Triton interpreter: TRITON_INTERPRET=1)"
     if device.type != "cuda":
         return False, f"it runs on CUDA tensors only, these are on {device}"
     if not torch.cuda.is_available():

@@ -1,0 +1,115 @@
+"""Tile configurations: a short list tuned on first use per problem size, or one pinned config.
+
+Every kernel of one loss call (Ring selection, forward, both backward passes) runs with the same
+config, so all of them compute bit-identical tile logits. The choice is cached per
+(shape bucket, dtype, options) and is therefore the same for the forward and its backward.
+
+Pinning: ``with pin_config(TileConfig(...))`` or ``CONTRASTIVE_OPS_TRITON_CONFIG="BM,BN,BD[,warps,stages,radix_bits]"``.
+Under ``TRITON_INTERPRET=1`` the default is :data:`INTERPRETER_CONFIG` (small tiles, so that CPU
+tests cross several tile boundaries quickly).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import triton
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int  # rows of Q per tile
+    block_n: int  # columns (keys, then extra negatives) per tile
+    block_d: int  # feature chunk of the dot products (capped at D rounded up to a power of two)
+    num_warps: int = 4
+    num_stages: int = 2
+    radix_bits: int = 4  # Ring selection: bits decided per pass (32 / radix_bits passes over the tiles)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_d"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {value}")
+        if self.radix_bits not in (1, 2, 4, 8):
+            raise ValueError(f"radix_bits must be 1, 2, 4 or 8, got {self.radix_bits}")
+
+    def block_d_for(self, d: int) -> int:
+        return min(self.block_d, max(16, triton.next_power_of_2(d)))
+
+    def kernel_kwargs(self, d: int) -> dict:
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_D": self.block_d_for(d),
+                "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    def as_list(self) -> list[int]:
+        return [self.block_m, self.block_n, self.block_d, self.num_warps, self.num_stages, self.radix_bits]
+
+    @classmethod
+    def from_list(cls, values) -> TileConfig:
+        return cls(*[int(v) for v in values])
+
+
+#: Candidates for Hopper/Ampere-class GPUs (bf16/fp16 tensor cores; fp32 through tf32).
+GPU_CONFIGS = (
+    TileConfig(128, 128, 64, num_warps=8, num_stages=3),
+    TileConfig(128, 64, 64, num_warps=4, num_stages=3),
+    TileConfig(64, 128, 64, num_warps=4, num_stages=3),
+    TileConfig(64, 64, 128, num_warps=4, num_stages=2),
+    TileConfig(128, 128, 128, num_warps=8, num_stages=2),
+    TileConfig(64, 64, 256, num_warps=8, num_stages=2),
+)
+# Under the interpreter every numpy op costs the same whatever its size: 2-bit radix passes are
+# the cheapest there (on a GPU, 4 bits halve the tile recomputations).
+INTERPRETER_CONFIG = TileConfig(16, 16, 16, num_warps=1, num_stages=1, radix_bits=2)
+
+_pinned: list[TileConfig | None] = [None]
+_tuned: dict[tuple, TileConfig] = {}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def pin_config(config: TileConfig):
+    """Run every Triton kernel of the core with ``config`` inside the block (no tuning)."""
+    if not isinstance(config, TileConfig):
+        raise TypeError(f"config must be a TileConfig, got {type(config).__name__}")
+    saved = _pinned[0]
+    _pinned[0] = config
+    try:
+        yield config
+    finally:
+        _pinned[0] = saved
+
+
+def pinned_config() -> TileConfig | None:
+    """The pinned config (context manager first, then the environment variable), or None."""
+    if _pinned[0] is not None:
+        return _pinned[0]
+    spec = os.environ.get("CONTRASTIVE_OPS_TRITON_CONFIG")
+    if spec:
+        try:
+            return TileConfig.from_list(spec.split(","))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"CONTRASTIVE_OPS_TRITON_CONFIG must be 'BM,BN,BD[,warps,stages,radix_bits]', got {spec!r}: {exc}")
+    if interpreting():
+        return INTERPRETER_CONFIG
+    return None
+
+
+def tuned_config(key: tuple, run) -> TileConfig:
+    """The fastest of :data:`GPU_CONFIGS` for ``key``, timing ``run(config)`` once per key."""
+    if key not in _tuned:
+        from triton.testing import do_bench
+
+        timings = {}
+        for config in GPU_CONFIGS:
+            try:
+                timings[config] = do_bench(lambda c=config: run(c), warmup=5, rep=20)
+            except triton.runtime.errors.OutOfResources:
+                continue  # e.g. too much shared memory for this GPU
+        if not timings:
+            raise RuntimeError(f"no Triton tile config fits this GPU for problem {key}")
+        _tuned[key] = min(timings, key=timings.get)
+    return _tuned[key]

@@ -1,0 +1,123 @@
+"""Forward of the tiled core: per-row (and per-key-column) log-sum-exp, positive sums and counts.
+
+One pass over the tiles. Programs own row blocks (persistent: program ``p`` takes row blocks
+``p, p + P, ...``) and keep each row's online log-sum-exp in registers. For symmetric losses the
+same tiles also update per-column partial results that program ``p`` alone owns (row ``p`` of
+``[P, M]`` buffers: log-sum-exp, positive sum, two counts); they are combined in a fixed order
+afterwards, so the result does not depend on scheduling and no atomics are used.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .tiles import tile_cosines, tile_denominator, tile_roles
+
+
+@triton.jit
+def _contrastive_fwd_kernel(
+    Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N,
+    PART_LSE, PART_POS, PART_DEN, PART_POS_N,
+    N, M, M_TOTAL, D, stride_q, stride_c,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
+    DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    scale = tl.load(SCALE).to(tl.float32)
+    part_row = pid.to(tl.int64) * M
+    for row_block in range(pid, tl.cdiv(N, BLOCK_M), num_programs):
+        rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < N
+        run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        pos_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        den_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        pos_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        for c0 in range(0, M_TOTAL, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            col_mask = cols < M_TOTAL
+            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+            positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                             HAS_POS, HAS_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+            den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+            # online log-sum-exp per row; a row with nothing yet keeps max -inf and sum 0
+            new_max = tl.maximum(run_max, tl.max(tl.where(den, logits, float("-inf")), axis=1))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(den, tl.exp(logits - shift[:, None]), 0.0), axis=1)
+            run_max = new_max
+            pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
+            den_n += tl.sum(den.to(tl.int32), axis=1)
+            pos_n += tl.sum(positive.to(tl.int32), axis=1)
+            if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
+                if c0 < M:  # the block holds in-batch keys
+                    key_mask = col_mask & (cols < M)
+                    part = PART_LSE + part_row + cols
+                    old = tl.load(part, mask=key_mask, other=float("-inf"))
+                    col_max = tl.max(tl.where(den, logits, float("-inf")), axis=0)
+                    col_shift = tl.where(col_max == float("-inf"), 0.0, col_max)
+                    col_sum = tl.sum(tl.where(den, tl.exp(logits - col_shift[None, :]), 0.0), axis=0)
+                    tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)), float("-inf"))
+                    top = tl.maximum(old, tile_lse)
+                    top_shift = tl.where(top == float("-inf"), 0.0, top)
+                    total = tl.exp(old - top_shift) + tl.exp(tile_lse - top_shift)  # 0 only if both are -inf
+                    merged = top_shift + tl.log(tl.where(total > 0.0, total, 1.0))
+                    tl.store(part, tl.where(total > 0.0, merged, float("-inf")), mask=key_mask)
+                    p_pos = PART_POS + part_row + cols
+                    tl.store(p_pos, tl.load(p_pos, mask=key_mask, other=0.0)
+                             + tl.sum(tl.where(positive, logits, 0.0), axis=0), mask=key_mask)
+                    p_den = PART_DEN + part_row + cols
+                    tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + tl.sum(den.to(tl.int32), axis=0),
+                             mask=key_mask)
+                    p_pos_n = PART_POS_N + part_row + cols
+                    tl.store(p_pos_n, tl.load(p_pos_n, mask=key_mask, other=0)
+                             + tl.sum(positive.to(tl.int32), axis=0), mask=key_mask)
+        lse = tl.where(den_n > 0, run_max + tl.log(tl.where(den_n > 0, run_sum, 1.0)), 0.0)
+        tl.store(ROW_LSE + rows, lse, mask=row_mask)
+        tl.store(ROW_POS + rows, pos_sum / tl.maximum(pos_n, 1).to(tl.float32), mask=row_mask)
+        tl.store(ROW_DEN + rows, den_n, mask=row_mask)
+        tl.store(ROW_POS_N + rows, pos_n, mask=row_mask)
+
+
+def contrastive_forward(tiles, config, column_programs: int):
+    """Launch the forward over ``tiles`` (a :class:`~contrastive_ops.kernels.launch.TileProblem`).
+
+    Returns fp32 ``row_lse, row_pos`` and int32 ``row_den, row_pos_n`` ``[N]``, and with column
+    terms ``col_lse, col_pos`` (fp32) and ``col_den, col_pos_n`` (int32) ``[M]``, else ``None``s.
+    ``column_programs`` caps the programs (and the ``[P, M]`` partial buffers) of a symmetric loss.
+    """
+    t = tiles
+    device = t.query.device
+    n, m = t.n, t.m
+    row_lse = torch.empty(n, dtype=torch.float32, device=device)
+    row_pos = torch.empty_like(row_lse)
+    row_den = torch.empty(n, dtype=torch.int32, device=device)
+    row_pos_n = torch.empty_like(row_den)
+    row_blocks = triton.cdiv(n, config.block_m)
+    programs = min(row_blocks, column_programs) if t.column_terms else row_blocks
+    if t.column_terms:
+        part_lse = torch.full((programs, m), float("-inf"), dtype=torch.float32, device=device)
+        part_pos = torch.zeros((programs, m), dtype=torch.float32, device=device)
+        part_den = torch.zeros((programs, m), dtype=torch.int32, device=device)
+        part_pos_n = torch.zeros((programs, m), dtype=torch.int32, device=device)
+    else:
+        part_lse = part_pos = part_den = part_pos_n = row_lse  # never read
+    _contrastive_fwd_kernel[(programs,)](
+        t.query, t.columns, t.rq, t.rc, t.scale, t.pos_index, t.self_index, t.row_labels, t.col_labels,
+        t.band_lo, t.band_hi,
+        row_lse, row_pos, row_den, row_pos_n,
+        part_lse, part_pos, part_den, part_pos_n,
+        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0),
+        **t.constexprs(), **config.kernel_kwargs(t.d),
+    )
+    if not t.column_terms:
+        return row_lse, row_pos, row_den, row_pos_n, None, None, None, None
+    # fixed-order combination of the programs' partials (deterministic)
+    col_lse = torch.logsumexp(part_lse, dim=0)
+    col_den = part_den.sum(dim=0, dtype=torch.int32)
+    col_lse = torch.where(col_den > 0, col_lse, torch.zeros_like(col_lse))
+    col_pos_n = part_pos_n.sum(dim=0, dtype=torch.int32)
+    col_pos = part_pos.sum(dim=0) / col_pos_n.clamp(min=1).to(torch.float32)
+    return row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n

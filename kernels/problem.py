@@ -1,0 +1,101 @@
+"""One tiled problem as the kernels see it: prepared inputs, role vectors and constexpr switches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .normalize import inverse_norms
+
+
+def _rowwise(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+@dataclass
+class TileProblem:
+    """Rows ``query [N, D]`` against columns ``[keys; extra] [M_total, D]`` (keys are ``0 .. M-1``).
+
+    Absent optional vectors are replaced by a placeholder pointer that the kernels never read
+    (their ``HAS_*`` switch is off).
+    """
+
+    query: torch.Tensor
+    columns: torch.Tensor
+    rq: torch.Tensor  # fp32 [N] inverse norms (placeholder without normalization)
+    rc: torch.Tensor  # fp32 [M_total]
+    scale: torch.Tensor  # 0-d fp32
+    pos_index: torch.Tensor
+    self_index: torch.Tensor
+    row_labels: torch.Tensor
+    col_labels: torch.Tensor
+    band_lo: torch.Tensor
+    band_hi: torch.Tensor
+    n: int
+    m: int
+    m_total: int
+    d: int
+    flags: dict
+
+    @classmethod
+    def build(cls, query, keys, extra, scale, *, pos_index=None, self_index=None, row_labels=None, col_labels=None,
+              band=None, key_negatives=True, decoupled=False, column_terms=False, normalize=True):
+        """``keys=None``: the columns are the rows themselves. ``scale``: 0-d fp32 tensor."""
+        query = _rowwise(query)
+        m = query.shape[0] if keys is None else keys.shape[0]
+        if keys is None and extra is None:
+            columns = query
+        else:
+            parts = [query if keys is None else keys] + ([] if extra is None else [extra])
+            columns = _rowwise(parts[0]) if len(parts) == 1 else torch.cat(parts, dim=0)
+        placeholder = scale
+        if normalize:
+            rq = inverse_norms(query)
+            rc = rq if columns is query else inverse_norms(columns)
+        else:
+            rq = rc = placeholder
+        flags = {
+            "HAS_POS": pos_index is not None,
+            "HAS_LABELS": pos_index is None and row_labels is not None,
+            "HAS_SELF": self_index is not None,
+            "KEY_NEGATIVES": bool(key_negatives),
+            "DECOUPLED": bool(decoupled),
+            "HAS_BAND": band is not None,
+            "NORMALIZE": bool(normalize),
+            "COLUMN_TERMS": bool(column_terms),
+            "INPUT_PRECISION": _input_precision(query.dtype),
+        }
+        return cls(
+            query=query, columns=columns, rq=rq, rc=rc, scale=scale,
+            pos_index=placeholder if pos_index is None else pos_index,
+            self_index=placeholder if self_index is None else self_index,
+            row_labels=placeholder if row_labels is None else row_labels,
+            col_labels=placeholder if col_labels is None else col_labels,
+            band_lo=placeholder if band is None else band[0],
+            band_hi=placeholder if band is None else band[1],
+            n=query.shape[0], m=m, m_total=columns.shape[0], d=query.shape[1], flags=flags,
+        )
+
+    @property
+    def column_terms(self) -> bool:
+        return self.flags["COLUMN_TERMS"]
+
+    def constexprs(self) -> dict:
+        return dict(self.flags)
+
+    def tuning_key(self) -> tuple:
+        """Problems with equal keys share one tile config (so ring selection, forward and backward
+        of one call always do)."""
+        import triton
+
+        return (triton.next_power_of_2(self.n), triton.next_power_of_2(self.m_total), self.d, self.query.dtype,
+                self.flags["NORMALIZE"], self.flags["COLUMN_TERMS"], self.flags["INPUT_PRECISION"],
+                self.query.device.index)
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """fp32 dot products follow ``torch.get_float32_matmul_precision()``: ``"highest"`` → IEEE fp32,
+    otherwise tf32 tensor cores. (fp16/bf16 ignore it.)"""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"

@@ -1,0 +1,196 @@
+"""The triton backend against the float64 references, every loss, loss and every input's gradient.
+
+On a CPU machine these run the kernels under ``TRITON_INTERPRET=1`` (set by conftest.py): small
+shapes, fp32 and fp16 only (bf16 ``tl.dot`` is wrong in the interpreter; bf16 is covered by
+test_gpu.py on a GPU). Shapes are no multiple of the tiles (N=37, R=23, D=40 against 16-wide
+tiles); configs are pinned so that both the register and the sliced-D accumulation paths, several
+programs per column partial and both radix widths of the Ring selection run.
+"""
+import os
+
+import pytest
+import torch
+from cases import CASES
+from conftest import assert_close_rel
+
+import contrastive_ops as co
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_AVAILABLE, _WHY = co.backend_status("triton", DEVICE)
+if not _AVAILABLE and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") == "1":
+    raise RuntimeError(f"CONTRASTIVE_OPS_REQUIRE_TRITON=1 but the triton backend cannot run: {_WHY}")
+pytestmark = [pytest.mark.interpreter, pytest.mark.skipif(not _AVAILABLE, reason=f"triton backend: {_WHY}")]
+
+if _AVAILABLE:
+    from contrastive_ops.kernels.config import TileConfig, pin_config
+
+FP32_REL = 1e-5
+RING_CASES = {name for name in CASES if name.startswith("ring")}
+FP16_CASES = ["info_nce_queue", "info_nce_symmetric_queue", "nt_xent", "dcl", "clip_tensor_scale",
+              "supcon_few_classes", "ring"]
+
+
+def _inputs(case, dtype, requires_grad=True):
+    tensors = [t.to(DEVICE) for t in case.make(torch.float32)]
+    out = []
+    for t in tensors:
+        if t.dtype.is_floating_point:
+            t = t.to(dtype).requires_grad_(requires_grad)
+        out.append(t)
+    return out
+
+
+def _as_reference(tensors):
+    return [t.detach().cpu().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t.cpu()
+            for t in tensors]
+
+
+def _grads(loss, tensors):
+    leaves = [t for t in tensors if t.requires_grad]
+    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+
+def _check_against_reference(name, tensors, backend="triton", rel=FP32_REL):
+    case = CASES[name]
+    ours = case.ours(tensors, backend=backend, reduction="none")
+    ref_tensors = _as_reference(tensors)
+    expected = case.reference(ref_tensors)
+    assert ours.dtype == torch.float32
+    assert_close_rel(ours.cpu(), expected, rel, f"{name} per-anchor loss")
+    weights = torch.rand(expected.shape, dtype=torch.float64)
+    ours_grads = _grads((ours.double() * weights.to(ours.device)).sum(), tensors)
+    ref_grads = _grads((expected * weights).sum(), ref_tensors)
+    assert len(ours_grads) == len(ref_grads) > 0
+    for input_name, g, g_ref in zip(case.names, ours_grads, ref_grads):
+        assert g.dtype == tensors[case.names.index(input_name)].dtype
+        assert_close_rel(g.cpu(), g_ref, rel, f"{name} d/d{input_name}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_loss_and_gradient_fp32(name, seed):
+    _check_against_reference(name, _inputs(CASES[name], torch.float32))
+
+
+@pytest.mark.parametrize("name", FP16_CASES)
+def test_fp16_error_at_most_twice_pytorchs_own(name, seed):
+    """fp16 inputs: error against float64 no worse than twice the naive backend's in fp16."""
+    case = CASES[name]
+    tensors = _inputs(case, torch.float16)
+    ref_tensors = _as_reference(tensors)  # the fp16 values themselves, in float64
+    expected = case.reference(ref_tensors)
+    weights = torch.rand(expected.shape, dtype=torch.float64)
+    ref_grads = _grads((expected * weights).sum(), ref_tensors)
+    errors = {}
+    for backend in ("naive", "triton"):
+        inputs = [t.detach().clone().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
+                  for t in tensors]
+        out = case.ours(inputs, backend=backend, reduction="none")
+        grads = _grads((out.double() * weights.to(out.device)).sum(), inputs)
+        errors[backend] = [(out.double().cpu() - expected).abs().max().item()] + [
+            (g.double().cpu() - r).abs().max().item() for g, r in zip(grads, ref_grads)]
+    scales = [expected.abs().max().item()] + [r.abs().max().item() for r in ref_grads]
+    for what, ours, own, scale in zip(["loss"] + case.names, errors["triton"], errors["naive"], scales):
+        assert ours <= 2 * own + 1e-4 * scale, f"{name} {what}: triton error {ours:.3e}, naive fp16 {own:.3e}"
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param((16, 16, 64, 1, 1, 4), id="one-d-block-radix4"),
+    pytest.param((32, 16, 16, 1, 1, 1), id="sliced-d-radix1"),
+    pytest.param((16, 32, 32, 1, 1, 8), id="wide-columns-radix8"),
+])
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "clip_normalized", "supcon_many_classes", "ring",
+                                  "ring_queue_only"])
+def test_other_tile_configs(name, config, seed):
+    if name.startswith("ring") and config[-1] == 8 and DEVICE.type == "cpu":
+        pytest.skip("8-bit radix passes are too slow for the interpreter (255 thresholds per pass)")
+    with pin_config(TileConfig(*config)):
+        _check_against_reference(name, _inputs(CASES[name], torch.float32))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["info_nce_queue", "supcon_few_classes", "clip_tensor_scale"])
+def test_reductions(name, reduction, seed):
+    case = CASES[name]
+    tensors = _inputs(case, torch.float32)
+    ours = case.ours(tensors, backend="triton", reduction=reduction)
+    naive = case.ours(tensors, backend="naive", reduction=reduction)
+    assert ours.dim() == 0
+    assert_close_rel(ours.cpu(), naive.double().cpu(), FP32_REL, f"{name}/{reduction}")
+    for g, g_naive in zip(_grads(ours, tensors), _grads(naive, tensors)):
+        assert_close_rel(g.cpu(), g_naive.double().cpu(), FP32_REL, f"{name}/{reduction} gradient")
+
+
+def test_partial_requires_grad(seed):
+    """Only the key needs a gradient (a frozen query encoder); the queue needs none."""
+    q, k, e = (torch.randn(n, 24, device=DEVICE) for n in (20, 20, 9))
+    k.requires_grad_(True)
+    loss = co.info_nce(q, k, e, symmetric=True, backend="triton")
+    (g,) = torch.autograd.grad(loss, [k])
+    k_ref = k.detach().double().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(co.info_nce(q.double(), k_ref, e.double(), symmetric=True, backend="naive"), [k_ref])
+    assert_close_rel(g.cpu(), g_ref.cpu(), FP32_REL, "d/dkey")
+
+
+def test_ties_at_the_ring_boundaries_are_kept(seed):
+    """Keys repeated many times give exactly tied logits; the band keeps every tied candidate."""
+    distinct = torch.randn(5, 24)
+    q = torch.randn(19, 24, device=DEVICE, requires_grad=True)
+    k = distinct[torch.arange(19) % 5].to(DEVICE).requires_grad_(True)
+    e = distinct[torch.arange(30) % 5].to(DEVICE).requires_grad_(True)
+    for outer, inner in [(0.5, 0.3), (0.2, 0.0), (0.9, 0.5)]:
+        ours = co.ring_info_nce(q, k, e, outer=outer, inner=inner, backend="triton", reduction="none")
+        ref = co.ring_info_nce(q.double(), k.double(), e.double(), outer=outer, inner=inner, backend="naive",
+                               reduction="none")
+        assert_close_rel(ours.cpu(), ref.cpu(), FP32_REL, f"ring({outer}, {inner}) with ties")
+
+
+def test_zero_rows_and_a_single_pair(seed):
+    """A zero feature row (normalized with eps as F.normalize) and N = 1 give finite, exact results."""
+    q, k = torch.randn(5, 20, device=DEVICE), torch.randn(5, 20, device=DEVICE)
+    q[2] = 0.0
+    for a, b in [(q, k), (q[:1], k[:1])]:
+        a, b = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        ours = co.nt_xent(a, b, backend="triton", reduction="none")
+        ref_a, ref_b = (t.detach().double().requires_grad_(True) for t in (a, b))
+        ref = co.nt_xent(ref_a, ref_b, backend="naive", reduction="none")
+        assert_close_rel(ours.cpu(), ref.cpu(), FP32_REL, "loss")
+        for g, g_ref in zip(torch.autograd.grad(ours.sum(), [a, b]), torch.autograd.grad(ref.sum(), [ref_a, ref_b])):
+            assert_close_rel(g.cpu(), g_ref.cpu(), FP32_REL, "gradient")
+
+
+def test_backward_is_bitwise_deterministic(seed):
+    q, k, e = (torch.randn(n, 40, device=DEVICE, requires_grad=True) for n in (37, 37, 23))
+    runs = [torch.autograd.grad(co.info_nce(q, k, e, symmetric=True, backend="triton"), [q, k, e]) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_inputs_are_not_modified(seed):
+    q, k = torch.randn(21, 40, device=DEVICE), torch.randn(21, 40, device=DEVICE)[:, ::2]  # k: strided rows
+    before = (q.clone(), k.clone())
+    co.clip_loss(q[:, :20], k, 10.0, normalize=True, backend="triton")
+    co.info_nce(q[:, 20:], k, backend="triton")
+    co.nt_xent(q[:, :20], k, backend="triton")
+    assert torch.equal(q, before[0]) and torch.equal(k, before[1])
+
+
+def test_float64_is_refused_with_the_fix(seed):
+    x = torch.randn(4, 8, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match="backend='triton' takes float32, float16 or bfloat16.*backend='chunked'"):
+        co.info_nce(x, x.clone(), backend="triton")
+
+
+def test_no_tensor_grows_like_n_times_m(seed):
+    """The launchers allocate O(N + M) vectors, O((N + M)·D) gradients and O(P·M) column
+    partials, never anything N×M (the kernels themselves hold one tile at a time)."""
+    from test_memory import LargestTensor
+
+    n, d = 100, 4
+    a, b, c = (torch.randn(n, d, device=DEVICE, requires_grad=True) for _ in range(3))
+    with pin_config(TileConfig(32, 32, 16, 1, 1, 2)), LargestTensor() as probe:
+        for loss in (co.info_nce(a, b, c, symmetric=True, backend="triton"),
+                     co.supcon_loss(a, torch.arange(n) % 4, backend="triton"),
+                     co.ring_info_nce(a, b, c, outer=0.5, backend="triton")):
+            loss.backward()
+    bound = max(2 * n * d, 2 * 2 * n)  # inputs (shared q/k are concatenated once), two column partials
+    assert probe.largest <= bound, f"a tensor of {probe.largest} elements (N*M = {n * n})"
