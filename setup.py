@@ -31,6 +31,6 @@ setup(
             "pytorch-metric-learning>=2.0",
         ],
         "train": ["tqdm", "scikit-learn", "matplotlib"],
-        "triton": ["triton>=3.0"],
+        "triton": ["triton>=3.6"],
     },
 )

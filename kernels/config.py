@@ -14,7 +14,8 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import triton
+# No Triton import at module level: the backend reads the pinned config while torch.compile traces
+# it, and this module must import (and trace) without Triton.
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class TileConfig:
             raise ValueError(f"radix_bits must be 1, 2, 4 or 8, got {self.radix_bits}")
 
     def block_d_for(self, d: int) -> int:
-        return min(self.block_d, max(16, triton.next_power_of_2(d)))
+        return min(self.block_d, max(16, 1 << (d - 1).bit_length()))
 
     def kernel_kwargs(self, d: int) -> dict:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_D": self.block_d_for(d),
@@ -101,6 +102,7 @@ def pinned_config() -> TileConfig | None:
 def tuned_config(key: tuple, run) -> TileConfig:
     """The fastest of :data:`GPU_CONFIGS` for ``key``, timing ``run(config)`` once per key."""
     if key not in _tuned:
+        import triton
         from triton.testing import do_bench
 
         timings = {}

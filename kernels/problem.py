@@ -49,6 +49,11 @@ class TileProblem:
             parts = [query if keys is None else keys] + ([] if extra is None else [extra])
             columns = _rowwise(parts[0]) if len(parts) == 1 else torch.cat(parts, dim=0)
         placeholder = scale
+        # the kernels index vectors as ``V + i``: make every O(N + M) vector dense (labels may be a
+        # strided view, an incoming gradient an expanded scalar)
+        pos_index, self_index, row_labels, col_labels = (
+            None if v is None else v.contiguous() for v in (pos_index, self_index, row_labels, col_labels))
+        band = None if band is None else (band[0].contiguous(), band[1].contiguous())
         if normalize:
             rq = inverse_norms(query)
             rc = rq if columns is query else inverse_norms(columns)

@@ -9,25 +9,29 @@ import contrastive_ops as co
 N, D, R = 24, 12, 7
 
 LOSSES = {
-    "info_nce": lambda a, b, e, lab, s: co.info_nce(a, b),
-    "info_nce_symmetric_queue": lambda a, b, e, lab, s: co.info_nce(a, b, e, symmetric=True),
-    "nt_xent": lambda a, b, e, lab, s: co.nt_xent(a, b),
-    "dcl": lambda a, b, e, lab, s: co.dcl_loss(a, b),
-    "clip": lambda a, b, e, lab, s: co.clip_loss(a, b, s),
-    "supcon": lambda a, b, e, lab, s: co.supcon_loss(a, lab),
-    "ring": lambda a, b, e, lab, s: co.ring_info_nce(a, b, e, outer=0.5),
+    "info_nce": lambda a, b, e, lab, s, be: co.info_nce(a, b, backend=be),
+    "info_nce_symmetric_queue": lambda a, b, e, lab, s, be: co.info_nce(a, b, e, symmetric=True, backend=be),
+    "nt_xent": lambda a, b, e, lab, s, be: co.nt_xent(a, b, backend=be),
+    "dcl": lambda a, b, e, lab, s, be: co.dcl_loss(a, b, backend=be),
+    "clip": lambda a, b, e, lab, s, be: co.clip_loss(a, b, s, backend=be),
+    "supcon": lambda a, b, e, lab, s, be: co.supcon_loss(a, lab, backend=be),
+    "ring": lambda a, b, e, lab, s, be: co.ring_info_nce(a, b, e, outer=0.5, backend=be),
 }
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# the fused backend whenever it can run here (on CPU: under the Triton interpreter, see conftest.py)
+BACKENDS = ["chunked"] + (["triton"] if co.backend_status("triton", DEVICE)[0] else [])
 
 
 class Model(torch.nn.Module):
-    def __init__(self, loss):
+    def __init__(self, loss, backend):
         super().__init__()
+        self.backend = backend
         self.proj = torch.nn.Linear(D, D)
         self.log_scale = torch.nn.Parameter(torch.tensor(2.3))
         self.loss = loss
 
     def forward(self, x, y, e, labels):
-        return self.loss(self.proj(x), self.proj(y), e, labels, self.log_scale.exp())
+        return self.loss(self.proj(x), self.proj(y), e, labels, self.log_scale.exp(), self.backend)
 
 
 def _loss_and_grads(model, inputs):
@@ -36,11 +40,12 @@ def _loss_and_grads(model, inputs):
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_fullgraph_compile_matches_eager(name, compiler, seed):
+def test_fullgraph_compile_matches_eager(name, backend, compiler, seed):
     torch._dynamo.reset()
-    model = Model(LOSSES[name])
-    inputs = (torch.randn(N, D), torch.randn(N, D), torch.randn(R, D), torch.arange(N) % 5)
+    model = Model(LOSSES[name], backend).to(DEVICE)
+    inputs = tuple(t.to(DEVICE) for t in (torch.randn(N, D), torch.randn(N, D), torch.randn(R, D), torch.arange(N) % 5))
     compiled = torch.compile(model, fullgraph=True, backend=compiler)
     loss_c, grads_c = _loss_and_grads(compiled, inputs)
     loss_e, grads_e = _loss_and_grads(model, inputs)
@@ -49,11 +54,12 @@ def test_fullgraph_compile_matches_eager(name, compiler, seed):
         assert_close_rel(gc, ge, 1e-5, f"{name} d/d{pname}")
 
 
-def test_inductor_compiles_the_chunked_loss(seed):
-    """The default compiler (inductor, C++ codegen on CPU) on one loss end to end."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inductor_compiles_the_loss(backend, seed):
+    """The default compiler (inductor; C++ codegen on CPU) on one loss end to end."""
     torch._dynamo.reset()
-    model = Model(LOSSES["info_nce_symmetric_queue"])
-    inputs = (torch.randn(N, D), torch.randn(N, D), torch.randn(R, D), torch.arange(N) % 5)
+    model = Model(LOSSES["info_nce_symmetric_queue"], backend).to(DEVICE)
+    inputs = tuple(t.to(DEVICE) for t in (torch.randn(N, D), torch.randn(N, D), torch.randn(R, D), torch.arange(N) % 5))
     loss_c, grads_c = _loss_and_grads(torch.compile(model, fullgraph=True), inputs)
     loss_e, grads_e = _loss_and_grads(model, inputs)
     assert_close_rel(loss_c, loss_e, 1e-5, "loss")

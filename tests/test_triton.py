@@ -194,3 +194,41 @@ def test_no_tensor_grows_like_n_times_m(seed):
             loss.backward()
     bound = max(2 * n * d, 2 * 2 * n)  # inputs (shared q/k are concatenated once), two column partials
     assert probe.largest <= bound, f"a tensor of {probe.largest} elements (N*M = {n * n})"
+
+
+def test_custom_ops_pass_torch_library_opcheck(seed):
+    """Schemas, fake (meta) implementations and the autograd registration, checked by PyTorch."""
+    q, k, e = (torch.randn(n, 20, device=DEVICE, requires_grad=True) for n in (18, 18, 7))
+    scale = torch.tensor(10.0, device=DEVICE, requires_grad=True)
+    pos = torch.arange(18, device=DEVICE)
+    config = TileConfig(16, 16, 16, 1, 1, 2).as_list()
+    ops = torch.ops.contrastive_ops
+    band = ops.ring_band(q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None, True, True,
+                         0.5, 0.2, config)
+    torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
+                                          True, True, 0.5, 0.2, config))
+    for args in [
+        (q, k, e, scale, pos, None, None, None, None, None, True, False, True, True, config),  # symmetric + queue
+        (q, None, None, scale, pos, pos, None, None, None, None, True, True, False, False, config),  # shared, decoupled
+        (q, k, e, scale, pos, None, None, None, band[0], band[1], True, False, False, True, config),  # ring band
+    ]:
+        torch.library.opcheck(ops.tiled_forward, args)
+
+
+def test_strided_labels_and_expanded_incoming_gradients(seed):
+    """Vectors reach the kernels dense: labels given as a strided view, and the gradient of a plain
+    ``.sum()`` of the core's terms (an expanded scalar, stride 0)."""
+    from contrastive_ops.backends import chunked
+    from contrastive_ops.backends import triton as triton_backend
+    from contrastive_ops.core import RoleSpec
+
+    x = torch.randn(23, 20, device=DEVICE, requires_grad=True)
+    labels = (torch.arange(46, device=DEVICE) % 4)[::2]
+    spec = RoleSpec(row_labels=labels, col_labels=labels, self_index=torch.arange(23, device=DEVICE), column_terms=True)
+    grads = []
+    for backend in (triton_backend, chunked):
+        terms = backend.compute_terms(x, x, None, 5.0, spec)
+        total = terms.row_lse.sum() + terms.row_pos.sum() + terms.col_lse.sum() - terms.col_pos.sum()
+        grads.append(torch.autograd.grad(total, [x])[0])
+        assert torch.equal(terms.row_pos_count.cpu(), (labels[:, None] == labels[None, :]).sum(1).cpu() - 1)
+    assert_close_rel(grads[0].cpu(), grads[1].cpu(), FP32_REL, "d/dx")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh CPU machine: a virtual environment in .venv with the CPU build of torch, the
-# package (editable) with its test extras, and the peers the compat tests compare against.
+# package (editable) with its test extras and Triton (whose kernels the tests run in Triton's
+# interpreter), and the peers the compat tests compare against.
 # lightly and open_clip are installed without their dependencies: both pull torchvision, which
 # has no CPU build here, and the tests load only their torch-only loss modules (tests/peers.py).
 set -euo pipefail
@@ -10,6 +11,6 @@ PYTHON="${PYTHON:-python3}"
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install --quiet -e ".[test,train]"
+python -m pip install --quiet -e ".[test,train,triton]"
 python -m pip install --quiet --no-deps "lightly==1.6.0" "open_clip_torch==3.3.0"
 python -c "import torch, contrastive_ops; print('torch', torch.__version__, '| contrastive_ops', contrastive_ops.__version__)"

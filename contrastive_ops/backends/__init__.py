@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from . import chunked, naive
+from . import triton as triton_backend  # registers its torch.library ops; imports no Triton
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 AUTO_ORDER_CUDA = ("cuda", "triton", "chunked")
@@ -96,12 +97,14 @@ def resolve(backend: str, device: torch.device) -> str:
 def compute_fn(backend: str) -> Callable:
     """The ``compute_terms(query, keys, extra, scale, spec)`` function of a concrete backend.
 
-    The pure-PyTorch backends are imported directly (traceable by ``torch.compile``); the fused
-    ones only when asked for, so that ``import contrastive_ops`` needs neither Triton nor the
-    extension.
+    Every backend module is imported statically (so ``torch.compile`` traces the dispatch); the
+    Triton kernels and the extension themselves load on first use, so ``import contrastive_ops``
+    needs neither Triton nor the extension.
     """
     if backend == "naive":
         return naive.compute_terms
     if backend == "chunked":
         return chunked.compute_terms
+    if backend == "triton":
+        return triton_backend.compute_terms
     return importlib.import_module(f"contrastive_ops.backends.{backend}").compute_terms

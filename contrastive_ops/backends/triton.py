@@ -20,6 +20,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from contrastive_ops.kernels import config as tile_config
+
 from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, ring_ranks
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -27,9 +29,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _kernels():
     """The kernel modules, imported on first use (Triton is an optional dependency)."""
-    from contrastive_ops.kernels import config, contrastive_bwd, contrastive_fwd, problem, ring_select
+    from contrastive_ops.kernels import contrastive_bwd, contrastive_fwd, problem, ring_select
 
-    return config, contrastive_fwd, contrastive_bwd, ring_select, problem
+    return tile_config, contrastive_fwd, contrastive_bwd, ring_select, problem
 
 
 def _column_programs(device: torch.device) -> int:
@@ -144,6 +146,8 @@ def _backward_op(
     tiles = _problem(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
                      key_negatives, decoupled, column_terms, normalize)
     cfg = _config(tiles, config)
+    # incoming gradients may be expanded scalars (stride 0): the kernels need dense vectors
+    g_row_lse, g_row_pos, g_col_lse, g_col_pos = (g.contiguous() for g in (g_row_lse, g_row_pos, g_col_lse, g_col_pos))
     g_row_pos_w = g_row_pos / row_pos_n.clamp(min=1).to(torch.float32)
     g_col_pos_w = g_col_pos / col_pos_n.clamp(min=1).to(torch.float32) if column_terms else g_col_pos
     dq, dc, dscale = bwd.contrastive_backward(tiles, cfg, row_lse, g_row_lse, g_row_pos_w, col_lse, g_col_lse,
@@ -224,8 +228,8 @@ def compute_terms(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
         )
-    config = _kernels()[0].pinned_config()
-    config = [] if config is None else config.as_list()
+    pinned = tile_config.pinned_config()
+    config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
     shared = keys is query
     keys_arg = None if shared else keys
