@@ -19,26 +19,26 @@ from .tiles import tile_cosines, tile_denominator, tile_logit_grad, tile_roles
 
 @triton.jit
 def _contrastive_bwd_dq_kernel(
-    Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DQ, DSCALE_PART,
-    N, M, M_TOTAL, D, stride_q, stride_c, stride_dq,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
-    DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
+    DQ, DSCALE_PART, DBIAS_PART,
+    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
+    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_D_BLOCK: tl.constexpr,
 ):
     row_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     offs_d = tl.arange(0, BLOCK_D)
-    row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
-    g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
-    g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0)
     dq_rows = DQ + rows.to(tl.int64)[:, None] * stride_dq
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # used when one D block holds all of D
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
@@ -46,11 +46,15 @@ def _contrastive_bwd_dq_kernel(
                                NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         logits = scale * cosines
         positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                         HAS_POS, HAS_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+                                         HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
         den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-        grad = tile_logit_grad(logits, positive, den, cols, col_mask, M, row_lse, g_row_lse, g_row_pos_w,
-                               COL_LSE, G_COL_LSE, G_COL_POS_W, COLUMN_TERMS)
+        grad, pair_grad = tile_logit_grad(
+            logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
+            ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
         dscale += tl.sum(grad * cosines, axis=1)
+        if PAIRWISE_SIGMOID:
+            dbias += tl.sum(pair_grad, axis=1)
         if NORMALIZE:  # dQ̂ = s·dS·Ĉ with Ĉ = diag(rc)·C: fold rc into dS
             grad = grad * tl.load(RC + cols, mask=col_mask, other=0.0)[None, :]
         grad = grad.to(C.dtype.element_ty)
@@ -73,21 +77,24 @@ def _contrastive_bwd_dq_kernel(
             out_mask = row_mask[:, None] & ((d0 + offs_d) < D)[None, :]
             tl.store(out, tl.load(out, mask=out_mask, other=0.0) * scale, mask=out_mask)
     tl.store(DSCALE_PART + row_block, tl.sum(dscale, axis=0))
+    tl.store(DBIAS_PART + row_block, tl.sum(dbias, axis=0))
 
 
 @triton.jit
 def _contrastive_bwd_dc_kernel(
-    Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, COL_LSE, G_COL_LSE, G_COL_POS_W,
+    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
     DC,
-    N, M, M_TOTAL, D, stride_q, stride_c, stride_dc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
-    DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dc,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
+    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_D_BLOCK: tl.constexpr,
 ):
     col_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < M_TOTAL
     offs_d = tl.arange(0, BLOCK_D)
@@ -100,13 +107,12 @@ def _contrastive_bwd_dc_kernel(
         logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                       NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                         HAS_POS, HAS_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+                                         HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
         den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-        row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
-        g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
-        g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0)
-        grad = tile_logit_grad(logits, positive, den, cols, col_mask, M, row_lse, g_row_lse, g_row_pos_w,
-                               COL_LSE, G_COL_LSE, G_COL_POS_W, COLUMN_TERMS)
+        grad, _ = tile_logit_grad(
+            logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
+            ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
         if NORMALIZE:  # dĈ = s·dSᵀ·Q̂ with Q̂ = diag(rq)·Q: fold rq into dS
             grad = grad * tl.load(RQ + rows, mask=row_mask, other=0.0)[:, None]
         grad_t = tl.trans(grad.to(Q.dtype.element_ty))
@@ -130,10 +136,14 @@ def _contrastive_bwd_dc_kernel(
             tl.store(out, tl.load(out, mask=out_mask, other=0.0) * scale, mask=out_mask)
 
 
-def contrastive_backward(tiles, config, row_lse, g_row_lse, g_row_pos_w, col_lse, g_col_lse, g_col_pos_w):
-    """Gradients with respect to the unit rows: ``dQ̂ [N, D]``, ``dĈ [M_total, D]`` (fp32) and the
-    scale's gradient (0-d fp32). ``g_row_pos_w`` is the mean-positive gradient divided by the
-    row's positive count; the ``col_*`` arguments are used only for symmetric losses."""
+def contrastive_backward(tiles, config, row, col):
+    """Gradients with respect to the unit rows: ``dQ̂ [N, D]``, ``dĈ [M_total, D]`` (fp32), and the
+    scale's and the bias's gradients (0-d fp32).
+
+    ``row``: dict of ``[N]`` fp32 vectors ``lse``, ``g_lse``, ``g_pos_w`` (the mean-positive
+    gradient divided by the positive count) and, as the switches need them, ``lse_beta``,
+    ``g_lse_beta``, ``g_pair``; ``col``: ``lse``, ``g_lse``, ``g_pos_w`` ``[M]`` for symmetric losses.
+    """
     t = tiles
     device = t.query.device
     d = t.d
@@ -143,15 +153,15 @@ def contrastive_backward(tiles, config, row_lse, g_row_lse, g_row_pos_w, col_lse
     dc = alloc((t.m_total, d), dtype=torch.float32, device=device)
     row_blocks = triton.cdiv(t.n, config.block_m)
     dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
-    if not t.column_terms:
-        col_lse = g_col_lse = g_col_pos_w = row_lse  # never read
-    common = (t.query, t.columns, t.rq, t.rc, t.scale, t.pos_index, t.self_index, t.row_labels, t.col_labels,
-              t.band_lo, t.band_hi, row_lse, g_row_lse, g_row_pos_w, col_lse, g_col_lse, g_col_pos_w)
+    dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
+    unused = row["lse"]  # placeholder pointer for vectors a switch leaves out
+    vectors = [row["lse"], row["g_lse"], row["g_pos_w"]] + [
+        row.get(name, unused) for name in ("lse_beta", "g_lse_beta", "g_pair")] + [
+        col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
+    common = (t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels,
+              t.col_labels, t.band_lo, t.band_hi, *vectors)
+    sizes = (t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), t.beta)
     meta = {**t.constexprs(), **config.kernel_kwargs(d), "ONE_D_BLOCK": one_block}
-    _contrastive_bwd_dq_kernel[(row_blocks,)](
-        *common, dq, dscale_part, t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), dq.stride(0), **meta,
-    )
-    _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
-        *common, dc, t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), dc.stride(0), **meta,
-    )
-    return dq, dc, dscale_part.sum()
+    _contrastive_bwd_dq_kernel[(row_blocks,)](*common, dq, dscale_part, dbias_part, *sizes, dq.stride(0), **meta)
+    _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, dc, *sizes, dc.stride(0), **meta)
+    return dq, dc, dscale_part.sum(), dbias_part.sum()

@@ -10,28 +10,49 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import tile_cosines, tile_denominator, tile_roles
+from .tiles import softplus, tile_cosines, tile_denominator, tile_roles
+
+
+@triton.jit
+def _online_lse(run_max, run_sum, values, mask):
+    """One tile's update of per-row online log-sum-exps over ``values`` where ``mask``; a row with
+    nothing yet keeps max -inf and sum 0."""
+    new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=1))
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(mask, tl.exp(values - shift[:, None]), 0.0), axis=1)
+    return new_max, run_sum
+
+
+@triton.jit
+def _finish_lse(run_max, run_sum, count):
+    return tl.where(count > 0, run_max + tl.log(tl.where(count > 0, run_sum, 1.0)), 0.0)
 
 
 @triton.jit
 def _contrastive_fwd_kernel(
-    Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N,
+    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS,
     PART_LSE, PART_POS, PART_DEN, PART_POS_N,
-    N, M, M_TOTAL, D, stride_q, stride_c,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
-    DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+    N, M, M_TOTAL, D, stride_q, stride_c, beta,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
+    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     scale = tl.load(SCALE).to(tl.float32)
+    if PAIRWISE_SIGMOID:
+        bias = tl.load(BIAS).to(tl.float32)
     part_row = pid.to(tl.int64) * M
     for row_block in range(pid, tl.cdiv(N, BLOCK_M), num_programs):
         rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        beta_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        beta_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        pair_loss = tl.zeros((BLOCK_M,), dtype=tl.float32)
         pos_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         den_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
         pos_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
@@ -41,13 +62,17 @@ def _contrastive_fwd_kernel(
             logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
             positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                             HAS_POS, HAS_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+                                             HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M,
+                                             BLOCK_N)
             den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-            # online log-sum-exp per row; a row with nothing yet keeps max -inf and sum 0
-            new_max = tl.maximum(run_max, tl.max(tl.where(den, logits, float("-inf")), axis=1))
-            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-            run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(den, tl.exp(logits - shift[:, None]), 0.0), axis=1)
-            run_max = new_max
+            if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
+                run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den)
+                beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den)
+            else:
+                run_max, run_sum = _online_lse(run_max, run_sum, logits, den)
+            if PAIRWISE_SIGMOID:
+                sign = tl.where(positive, 1.0, -1.0)
+                pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
             pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
             den_n += tl.sum(den.to(tl.int32), axis=1)
             pos_n += tl.sum(positive.to(tl.int32), axis=1)
@@ -59,7 +84,8 @@ def _contrastive_fwd_kernel(
                     col_max = tl.max(tl.where(den, logits, float("-inf")), axis=0)
                     col_shift = tl.where(col_max == float("-inf"), 0.0, col_max)
                     col_sum = tl.sum(tl.where(den, tl.exp(logits - col_shift[None, :]), 0.0), axis=0)
-                    tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)), float("-inf"))
+                    tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)),
+                                        float("-inf"))
                     top = tl.maximum(old, tile_lse)
                     top_shift = tl.where(top == float("-inf"), 0.0, top)
                     total = tl.exp(old - top_shift) + tl.exp(tile_lse - top_shift)  # 0 only if both are -inf
@@ -74,50 +100,65 @@ def _contrastive_fwd_kernel(
                     p_pos_n = PART_POS_N + part_row + cols
                     tl.store(p_pos_n, tl.load(p_pos_n, mask=key_mask, other=0)
                              + tl.sum(positive.to(tl.int32), axis=0), mask=key_mask)
-        lse = tl.where(den_n > 0, run_max + tl.log(tl.where(den_n > 0, run_sum, 1.0)), 0.0)
-        tl.store(ROW_LSE + rows, lse, mask=row_mask)
+        tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
+        if HARD_NEGATIVES:
+            tl.store(ROW_LSE_BETA + rows, _finish_lse(beta_max, beta_sum, den_n), mask=row_mask)
+        if PAIRWISE_SIGMOID:
+            tl.store(ROW_PAIR_LOSS + rows, pair_loss, mask=row_mask)
         tl.store(ROW_POS + rows, pos_sum / tl.maximum(pos_n, 1).to(tl.float32), mask=row_mask)
         tl.store(ROW_DEN + rows, den_n, mask=row_mask)
         tl.store(ROW_POS_N + rows, pos_n, mask=row_mask)
 
 
 def contrastive_forward(tiles, config, column_programs: int):
-    """Launch the forward over ``tiles`` (a :class:`~contrastive_ops.kernels.launch.TileProblem`).
+    """Launch the forward over ``tiles`` (a :class:`~contrastive_ops.kernels.problem.TileProblem`).
 
-    Returns fp32 ``row_lse, row_pos`` and int32 ``row_den, row_pos_n`` ``[N]``, and with column
-    terms ``col_lse, col_pos`` (fp32) and ``col_den, col_pos_n`` (int32) ``[M]``, else ``None``s.
-    ``column_programs`` caps the programs (and the ``[P, M]`` partial buffers) of a symmetric loss.
+    Returns a dict of ``[N]`` row terms — fp32 ``row_lse``, ``row_pos``, int32 ``row_den``,
+    ``row_pos_n``, and ``row_lse_beta`` (hard negatives) / ``row_pair_loss`` (pairwise sigmoid) or
+    None — and, with column terms, ``[M]`` ``col_lse``, ``col_pos`` (fp32), ``col_den_count``,
+    ``col_pos_count`` (int32). ``column_programs`` caps the programs (and the ``[P, M]`` partial
+    buffers) of a symmetric loss.
     """
     t = tiles
     device = t.query.device
     n, m = t.n, t.m
-    row_lse = torch.empty(n, dtype=torch.float32, device=device)
-    row_pos = torch.empty_like(row_lse)
-    row_den = torch.empty(n, dtype=torch.int32, device=device)
-    row_pos_n = torch.empty_like(row_den)
+    f32, i32 = torch.float32, torch.int32
+    out = {
+        "row_lse": torch.empty(n, dtype=f32, device=device),
+        "row_pos": torch.empty(n, dtype=f32, device=device),
+        "row_den_count": torch.empty(n, dtype=i32, device=device),
+        "row_pos_count": torch.empty(n, dtype=i32, device=device),
+        "row_lse_beta": torch.empty(n, dtype=f32, device=device) if t.flags["HARD_NEGATIVES"] else None,
+        "row_pair_loss": torch.empty(n, dtype=f32, device=device) if t.flags["PAIRWISE_SIGMOID"] else None,
+    }
     row_blocks = triton.cdiv(n, config.block_m)
     programs = min(row_blocks, column_programs) if t.column_terms else row_blocks
     if t.column_terms:
-        part_lse = torch.full((programs, m), float("-inf"), dtype=torch.float32, device=device)
-        part_pos = torch.zeros((programs, m), dtype=torch.float32, device=device)
-        part_den = torch.zeros((programs, m), dtype=torch.int32, device=device)
-        part_pos_n = torch.zeros((programs, m), dtype=torch.int32, device=device)
+        part_lse = torch.full((programs, m), float("-inf"), dtype=f32, device=device)
+        part_pos = torch.zeros((programs, m), dtype=f32, device=device)
+        part_den = torch.zeros((programs, m), dtype=i32, device=device)
+        part_pos_n = torch.zeros((programs, m), dtype=i32, device=device)
     else:
-        part_lse = part_pos = part_den = part_pos_n = row_lse  # never read
+        part_lse = part_pos = part_den = part_pos_n = out["row_lse"]  # never read
+    unused = out["row_lse"]  # placeholder pointer for outputs a switch leaves out
     _contrastive_fwd_kernel[(programs,)](
-        t.query, t.columns, t.rq, t.rc, t.scale, t.pos_index, t.self_index, t.row_labels, t.col_labels,
+        t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels, t.col_labels,
         t.band_lo, t.band_hi,
-        row_lse, row_pos, row_den, row_pos_n,
+        out["row_lse"], out["row_pos"], out["row_den_count"], out["row_pos_count"],
+        unused if out["row_lse_beta"] is None else out["row_lse_beta"],
+        unused if out["row_pair_loss"] is None else out["row_pair_loss"],
         part_lse, part_pos, part_den, part_pos_n,
-        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0),
+        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0), t.beta,
         **t.constexprs(), **config.kernel_kwargs(t.d),
     )
-    if not t.column_terms:
-        return row_lse, row_pos, row_den, row_pos_n, None, None, None, None
-    # fixed-order combination of the programs' partials (deterministic)
-    col_lse = torch.logsumexp(part_lse, dim=0)
-    col_den = part_den.sum(dim=0, dtype=torch.int32)
-    col_lse = torch.where(col_den > 0, col_lse, torch.zeros_like(col_lse))
-    col_pos_n = part_pos_n.sum(dim=0, dtype=torch.int32)
-    col_pos = part_pos.sum(dim=0) / col_pos_n.clamp(min=1).to(torch.float32)
-    return row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n
+    if t.column_terms:  # fixed-order combination of the programs' partials (deterministic)
+        col_den = part_den.sum(dim=0, dtype=i32)
+        col_lse = torch.logsumexp(part_lse, dim=0)
+        col_pos_n = part_pos_n.sum(dim=0, dtype=i32)
+        out.update(
+            col_lse=torch.where(col_den > 0, col_lse, torch.zeros_like(col_lse)),
+            col_pos=part_pos.sum(dim=0) / col_pos_n.clamp(min=1).to(f32),
+            col_den_count=col_den,
+            col_pos_count=col_pos_n,
+        )
+    return out

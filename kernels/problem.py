@@ -25,6 +25,8 @@ class TileProblem:
     rq: torch.Tensor  # fp32 [N] inverse norms (placeholder without normalization)
     rc: torch.Tensor  # fp32 [M_total]
     scale: torch.Tensor  # 0-d fp32
+    bias: torch.Tensor  # 0-d fp32 (pairwise sigmoid) or placeholder
+    beta: float  # hard-negative exponent (0.0 when off)
     pos_index: torch.Tensor
     self_index: torch.Tensor
     row_labels: torch.Tensor
@@ -38,9 +40,14 @@ class TileProblem:
     flags: dict
 
     @classmethod
-    def build(cls, query, keys, extra, scale, *, pos_index=None, self_index=None, row_labels=None, col_labels=None,
-              band=None, key_negatives=True, decoupled=False, column_terms=False, normalize=True):
-        """``keys=None``: the columns are the rows themselves. ``scale``: 0-d fp32 tensor."""
+    def build(cls, query, keys, extra, scale, *, bias=None, pos_index=None, self_index=None, row_labels=None,
+              col_labels=None, band=None, key_negatives=True, decoupled=False, column_terms=False, normalize=True,
+              hard_beta=None, pairwise_sigmoid=False):
+        """``keys=None``: the columns are the rows themselves. ``scale``, ``bias``: 0-d fp32 tensors.
+
+        Options as ``core.RoleSpec``: labels together with ``pos_index`` mask false negatives;
+        ``hard_beta`` asks for the LSEs of ``(1+β)·S`` and ``β·S``; ``pairwise_sigmoid`` for the
+        per-row sums of ``softplus(-z·(S + bias))``."""
         query = _rowwise(query)
         m = query.shape[0] if keys is None else keys.shape[0]
         if keys is None and extra is None:
@@ -62,16 +69,20 @@ class TileProblem:
         flags = {
             "HAS_POS": pos_index is not None,
             "HAS_LABELS": pos_index is None and row_labels is not None,
+            "MASK_LABELS": pos_index is not None and row_labels is not None,
             "HAS_SELF": self_index is not None,
             "KEY_NEGATIVES": bool(key_negatives),
             "DECOUPLED": bool(decoupled),
             "HAS_BAND": band is not None,
             "NORMALIZE": bool(normalize),
             "COLUMN_TERMS": bool(column_terms),
+            "HARD_NEGATIVES": hard_beta is not None,
+            "PAIRWISE_SIGMOID": bool(pairwise_sigmoid),
             "INPUT_PRECISION": _input_precision(query.dtype),
         }
         return cls(
             query=query, columns=columns, rq=rq, rc=rc, scale=scale,
+            bias=placeholder if bias is None else bias, beta=0.0 if hard_beta is None else float(hard_beta),
             pos_index=placeholder if pos_index is None else pos_index,
             self_index=placeholder if self_index is None else self_index,
             row_labels=placeholder if row_labels is None else row_labels,

@@ -36,12 +36,14 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
 
 @triton.jit
 def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
                KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``(positive, candidate)`` bool ``[BLOCK_M, BLOCK_N]`` by the rules of ``core.pair_roles``.
 
-    Columns ``< M`` are in-batch keys, the others extra negatives. From O(N + M) index and label
-    vectors only; positions outside the masks are neither.
+    Columns ``< M`` are in-batch keys, the others extra negatives. Positives come from ``POS``
+    (one per row) or, without it, from equal labels (``HAS_LABELS``); with both (``MASK_LABELS``)
+    a key sharing the row's label other than its positive is a false negative, excluded from
+    everything. From O(N + M) index and label vectors only; positions outside the masks are neither.
     """
     valid = row_mask[:, None] & col_mask[None, :]
     is_key = (cols < M)[None, :]
@@ -64,6 +66,10 @@ def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LAB
         pool = valid
     else:
         pool = valid & (cols >= M)[None, :]
+    if MASK_LABELS:
+        row_label = tl.load(ROW_LABELS + rows, mask=row_mask, other=0)
+        col_label = tl.load(COL_LABELS + cols, mask=col_mask & (cols < M), other=0)
+        pool = pool & ((row_label[:, None] != col_label[None, :]) | (cols >= M)[None, :])
     candidate = pool & not_self & (positive == 0)
     return positive, candidate
 
@@ -85,16 +91,47 @@ def tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_
 
 
 @triton.jit
-def tile_logit_grad(logits, positive, den, cols, col_mask, M,
-                    row_lse, g_row_lse, g_row_pos_w,
-                    COL_LSE, G_COL_LSE, G_COL_POS_W, COLUMN_TERMS: tl.constexpr):
-    """``dL/dS`` of the tile: softmax over the denominator times the LSE's gradient, plus the
-    positives' share of the mean-positive gradient, per row and (symmetric losses) per key column.
+def softplus(x):
+    """``log(1 + e^x)`` without overflow, and accurate where ``e^-|x|`` is below fp32's epsilon
+    (``log1p(u) = log(w)·u/(w - 1)`` with ``w = 1 + u``)."""
+    u = tl.exp(-tl.abs(x))
+    w = 1.0 + u
+    log1p = tl.where(w == 1.0, u, tl.log(w) * (u / tl.where(w == 1.0, 1.0, w - 1.0)))
+    return tl.maximum(x, 0.0) + log1p
+
+
+@triton.jit
+def sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M,
+                    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta,
+                    COL_LSE, G_COL_LSE, G_COL_POS_W,
+                    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr):
+    """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile.
+
+    * softmax over the denominator times the LSE's gradient (with hard negatives: of ``(1+β)·S``
+      and of ``β·S``), per row and, for symmetric losses, per key column;
+    * the positives' share of the mean-positive gradient;
+    * pairwise sigmoid: ``-z·σ(-z·(S + b))`` times the row's gradient (``z = ±1``: positive or not).
 
     ``where`` rather than a product keeps an overflowing ``exp`` of a masked logit out of it.
     """
-    p = tl.where(den, tl.exp(logits - row_lse[:, None]), 0.0)
-    grad = p * g_row_lse[:, None] + tl.where(positive, g_row_pos_w[:, None], 0.0)
+    row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
+    g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
+    g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0)
+    if HARD_NEGATIVES:
+        lse_beta = tl.load(ROW_LSE_BETA + rows, mask=row_mask, other=0.0)
+        g_lse_beta = tl.load(G_ROW_LSE_BETA + rows, mask=row_mask, other=0.0)
+        p_main = tl.where(den, tl.exp((1.0 + beta) * logits - row_lse[:, None]), 0.0)
+        p_beta = tl.where(den, tl.exp(beta * logits - lse_beta[:, None]), 0.0)
+        grad = (1.0 + beta) * p_main * g_row_lse[:, None] + beta * p_beta * g_lse_beta[:, None]
+    else:
+        grad = tl.where(den, tl.exp(logits - row_lse[:, None]), 0.0) * g_row_lse[:, None]
+    grad += tl.where(positive, g_row_pos_w[:, None], 0.0)
     if COLUMN_TERMS:
         key_mask = col_mask & (cols < M)
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
@@ -103,7 +140,14 @@ def tile_logit_grad(logits, positive, den, cols, col_mask, M,
         in_key = key_mask[None, :]
         p_col = tl.where(den & in_key, tl.exp(logits - col_lse[None, :]), 0.0)
         grad += p_col * g_col_lse[None, :] + tl.where(positive & in_key, g_col_pos_w[None, :], 0.0)
-    return grad
+    if PAIRWISE_SIGMOID:
+        g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0)
+        sign = tl.where(positive, 1.0, -1.0)
+        pair_grad = tl.where(positive | candidate, -sign * sigmoid(-sign * (logits + bias)), 0.0) * g_pair[:, None]
+        grad += pair_grad
+    else:
+        pair_grad = 0.0
+    return grad, pair_grad
 
 
 @triton.jit

@@ -207,10 +207,17 @@ def test_custom_ops_pass_torch_library_opcheck(seed):
                          0.5, 0.2, config)
     torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
                                           True, True, 0.5, 0.2, config))
+    bias = torch.tensor(-2.0, device=DEVICE, requires_grad=True)
+    labels = torch.arange(18, device=DEVICE) % 4
     for args in [
-        (q, k, e, scale, pos, None, None, None, None, None, True, False, True, True, config),  # symmetric + queue
-        (q, None, None, scale, pos, pos, None, None, None, None, True, True, False, False, config),  # shared, decoupled
-        (q, k, e, scale, pos, None, None, None, band[0], band[1], True, False, False, True, config),  # ring band
+        # symmetric with a queue and false-negative masking by labels
+        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, True, True, None, False, config),
+        # keys shared with the queries, decoupled, hard negatives
+        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, 0.5, False, config),
+        # a Ring band
+        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], True, False, False, True, None, False, config),
+        # pairwise sigmoid with a bias
+        (q, k, None, scale, bias, pos, None, None, None, None, None, True, False, False, False, None, True, config),
     ]:
         torch.library.opcheck(ops.tiled_forward, args)
 

@@ -41,14 +41,14 @@ def _column_programs(device: torch.device) -> int:
     return 2  # interpreter: few, so that programs take several row blocks each
 
 
-def _problem(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-             key_negatives, decoupled, column_terms, normalize):
+def _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
+             key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid):
     problem = _kernels()[4]
     band = None if band_lo is None else (band_lo, band_hi)
     return problem.TileProblem.build(
-        query, keys, extra, scale, pos_index=pos_index, self_index=self_index, row_labels=row_labels,
+        query, keys, extra, scale, bias=bias, pos_index=pos_index, self_index=self_index, row_labels=row_labels,
         col_labels=col_labels, band=band, key_negatives=key_negatives, decoupled=decoupled,
-        column_terms=column_terms, normalize=normalize,
+        column_terms=column_terms, normalize=normalize, hard_beta=hard_beta, pairwise_sigmoid=pairwise_sigmoid,
     )
 
 
@@ -75,8 +75,8 @@ def _ring_band_op(
 ) -> Tuple[Tensor, Tensor]:
     """``(v_lo, v_hi)`` fp32 ``[N]``; ``(+inf, -inf)`` for a row whose ring is empty."""
     ring_select = _kernels()[3]
-    tiles = _problem(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, None, None,
-                     key_negatives, False, False, normalize)
+    tiles = _problem(query, keys, extra, scale, None, pos_index, self_index, row_labels, col_labels, None, None,
+                     key_negatives, False, False, normalize, None, False)
     cfg = _config(tiles, config)
     count = ring_select.candidate_counts(tiles, cfg)
     lo, hi = ring_ranks(count.to(torch.int64), outer, inner)
@@ -95,63 +95,78 @@ def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, 
     return query.new_empty(n, dtype=torch.float32), query.new_empty(n, dtype=torch.float32)
 
 
-_FORWARD_OUTPUTS = 8  # row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n
+#: The forward op's outputs, in order; those a loss does not ask for are empty ``[0]`` tensors.
+FORWARD_OUTPUTS = ("row_lse", "row_pos", "row_den_count", "row_pos_count", "col_lse", "col_pos", "col_den_count", "col_pos_count",
+                   "row_lse_beta", "row_pair_loss")
+_COUNTS = ("row_den_count", "row_pos_count", "col_den_count", "col_pos_count")
 
 
 @torch.library.custom_op("contrastive_ops::tiled_forward", mutates_args=())
 def _forward_op(
-    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor,
+    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
     col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
-    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, config: List[int],
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Row terms ``[N]`` and, with ``column_terms``, column terms ``[M]`` (else empty ``[0]``):
-    fp32 lse and positive mean, int64 denominator and positive counts."""
+    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
+    pairwise_sigmoid: bool, config: List[int],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The :data:`FORWARD_OUTPUTS`: fp32 LSEs, positive means and pair losses, int64 counts; row
+    terms ``[N]``, column terms ``[M]`` (with ``column_terms``)."""
     fwd = _kernels()[1]
-    tiles = _problem(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-                     key_negatives, decoupled, column_terms, normalize)
-    cfg = _config(tiles, config)
-    out = fwd.contrastive_forward(tiles, cfg, _column_programs(query.device))
-    if not column_terms:
-        out = out[:4] + (query.new_empty(0, dtype=torch.float32), query.new_empty(0, dtype=torch.float32),
-                         query.new_empty(0, dtype=torch.int32), query.new_empty(0, dtype=torch.int32))
-    return tuple(t.to(torch.int64) if t.dtype == torch.int32 else t for t in out)
+    tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
+                     band_hi, key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid)
+    out = fwd.contrastive_forward(tiles, _config(tiles, config), _column_programs(query.device))
+    result = []
+    for name in FORWARD_OUTPUTS:
+        t = out.get(name)
+        if t is None:
+            t = query.new_empty(0, dtype=torch.int64 if name in _COUNTS else torch.float32)
+        result.append(t.to(torch.int64) if name in _COUNTS else t)
+    return tuple(result)
 
 
 @_forward_op.register_fake
-def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi, key_negatives,
-      decoupled, column_terms, normalize, config):
+def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
+      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config):
     n = query.shape[0]
     m = (query if keys is None else keys).shape[0] if column_terms else 0
-    f32, i64 = torch.float32, torch.int64
-    return (query.new_empty(n, dtype=f32), query.new_empty(n, dtype=f32), query.new_empty(n, dtype=i64),
-            query.new_empty(n, dtype=i64), query.new_empty(m, dtype=f32), query.new_empty(m, dtype=f32),
-            query.new_empty(m, dtype=i64), query.new_empty(m, dtype=i64))
+    sizes = {"row": n, "col": m, "row_lse_beta": n if hard_beta is not None else 0,
+             "row_pair_loss": n if pairwise_sigmoid else 0}
+    return tuple(
+        query.new_empty(sizes.get(name, sizes[name[:3]]), dtype=torch.int64 if name in _COUNTS else torch.float32)
+        for name in FORWARD_OUTPUTS
+    )
 
 
 @torch.library.custom_op("contrastive_ops::tiled_backward", mutates_args=())
 def _backward_op(
-    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor,
+    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
     col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
-    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, config: List[int],
-    row_lse: Tensor, row_pos_n: Tensor, col_lse: Tensor, col_pos_n: Tensor,
-    g_row_lse: Tensor, g_row_pos: Tensor, g_col_lse: Tensor, g_col_pos: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(d query, d keys, d extra, d scale)``; d keys is empty ``[0]`` when the keys are the
-    queries (its share is in d query) and d extra is empty without extra negatives."""
+    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
+    pairwise_sigmoid: bool, config: List[int],
+    row_lse: Tensor, row_pos_n: Tensor, col_lse: Tensor, col_pos_n: Tensor, row_lse_beta: Tensor,
+    g_row_lse: Tensor, g_row_pos: Tensor, g_col_lse: Tensor, g_col_pos: Tensor, g_row_lse_beta: Tensor,
+    g_row_pair: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(d query, d keys, d extra, d scale, d bias)``; d keys is empty ``[0]`` when the keys are the
+    queries (its share is in d query), d extra without extra negatives, d bias without a bias."""
     bwd = _kernels()[2]
     from contrastive_ops.kernels.normalize import normalize_backward
 
-    tiles = _problem(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-                     key_negatives, decoupled, column_terms, normalize)
-    cfg = _config(tiles, config)
+    tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
+                     band_hi, key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid)
     # incoming gradients may be expanded scalars (stride 0): the kernels need dense vectors
-    g_row_lse, g_row_pos, g_col_lse, g_col_pos = (g.contiguous() for g in (g_row_lse, g_row_pos, g_col_lse, g_col_pos))
-    g_row_pos_w = g_row_pos / row_pos_n.clamp(min=1).to(torch.float32)
-    g_col_pos_w = g_col_pos / col_pos_n.clamp(min=1).to(torch.float32) if column_terms else g_col_pos
-    dq, dc, dscale = bwd.contrastive_backward(tiles, cfg, row_lse, g_row_lse, g_row_pos_w, col_lse, g_col_lse,
-                                              g_col_pos_w)
+    dense = [g.contiguous() for g in (g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair)]
+    g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair = dense
+    row = {"lse": row_lse, "g_lse": g_row_lse, "g_pos_w": g_row_pos / row_pos_n.clamp(min=1).to(torch.float32)}
+    if hard_beta is not None:
+        row.update(lse_beta=row_lse_beta, g_lse_beta=g_row_lse_beta)
+    if pairwise_sigmoid:
+        row.update(g_pair=g_row_pair)
+    col = {}
+    if column_terms:
+        col = {"lse": col_lse, "g_lse": g_col_lse, "g_pos_w": g_col_pos / col_pos_n.clamp(min=1).to(torch.float32)}
+    dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _config(tiles, config), row, col)
     n_keys = tiles.m
     if keys is None:
         dq = dq + dc[:n_keys]
@@ -163,43 +178,48 @@ def _backward_op(
             return query.new_empty(0)
         return normalize_backward(x, grad) if normalize else grad.to(x.dtype)
 
-    return finish(dq, tiles.query), finish(dk, keys), finish(de, extra), dscale.reshape(())
+    dbias = dbias.reshape(()) if bias is not None else query.new_empty(0, dtype=torch.float32)
+    return finish(dq, tiles.query), finish(dk, keys), finish(de, extra), dscale.reshape(()), dbias
 
 
 @_backward_op.register_fake
-def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi, key_negatives,
-      decoupled, column_terms, normalize, config, row_lse, row_pos_n, col_lse, col_pos_n, g_row_lse, g_row_pos,
-      g_col_lse, g_col_pos):
+def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
+      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config, *vectors):
     empty = query.new_empty(0)
     return (torch.empty_like(query), empty if keys is None else torch.empty_like(keys),
-            empty if extra is None else torch.empty_like(extra), scale.new_empty(()))
+            empty if extra is None else torch.empty_like(extra), scale.new_empty(()),
+            scale.new_empty(()) if bias is not None else query.new_empty(0, dtype=torch.float32))
+
+
+_INPUTS = 18  # arguments of the forward op
 
 
 def _setup_context(ctx, inputs, output):
-    (query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-     key_negatives, decoupled, column_terms, normalize, config) = inputs
-    ctx.options = (key_negatives, decoupled, column_terms, normalize, list(config))
-    ctx.has = (keys is not None, extra is not None)
-    row_lse, _, _, row_pos_n, col_lse, _, _, col_pos_n = output
-    ctx.save_for_backward(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo,
-                          band_hi, row_lse, row_pos_n, col_lse, col_pos_n)
+    tensors, options = inputs[:11], inputs[11:]
+    ctx.options = tuple(list(o) if isinstance(o, list) else o for o in options)
+    ctx.has = (tensors[1] is not None, tensors[2] is not None, tensors[4] is not None)
+    out = dict(zip(FORWARD_OUTPUTS, output))
+    ctx.save_for_backward(*tensors, out["row_lse"], out["row_pos_count"], out["col_lse"], out["col_pos_count"],
+                          out["row_lse_beta"])
 
 
-def _backward(ctx, g_row_lse, g_row_pos, _g_row_den, _g_row_pos_n, g_col_lse, g_col_pos, _g_col_den, _g_col_pos_n):
-    (query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi, row_lse,
-     row_pos_n, col_lse, col_pos_n) = ctx.saved_tensors
+def _backward(ctx, *grads):
+    saved = ctx.saved_tensors
+    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta) = saved[:11], saved[11:]
+    g = dict(zip(FORWARD_OUTPUTS, grads))
 
-    def grad_or_zero(g, like):
-        return torch.zeros_like(like) if g is None else g.to(torch.float32)
+    def grad_or_zero(name, like):
+        return torch.zeros_like(like) if g[name] is None else g[name].to(torch.float32)
 
-    dq, dk, de, dscale = _backward_op(
-        query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, band_lo, band_hi, *ctx.options,
-        row_lse, row_pos_n, col_lse, col_pos_n,
-        grad_or_zero(g_row_lse, row_lse), grad_or_zero(g_row_pos, row_lse),
-        grad_or_zero(g_col_lse, col_lse), grad_or_zero(g_col_pos, col_lse),
+    dq, dk, de, dscale, dbias = _backward_op(
+        *tensors, *ctx.options, row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta,
+        grad_or_zero("row_lse", row_lse), grad_or_zero("row_pos", row_lse), grad_or_zero("col_lse", col_lse),
+        grad_or_zero("col_pos", col_lse), grad_or_zero("row_lse_beta", row_lse_beta),
+        grad_or_zero("row_pair_loss", row_lse if ctx.options[5] else row_lse_beta),
     )
-    has_keys, has_extra = ctx.has
-    return (dq, dk if has_keys else None, de if has_extra else None, dscale) + (None,) * 11
+    has_keys, has_extra, has_bias = ctx.has
+    return ((dq, dk if has_keys else None, de if has_extra else None, dscale, dbias if has_bias else None)
+            + (None,) * (_INPUTS - 5))
 
 
 torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, setup_context=_setup_context)
@@ -216,21 +236,27 @@ def compute_terms(
     extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
+    bias: Scale | None = None,
 ) -> ContrastiveTerms:
     """The core's terms (see :mod:`contrastive_ops.core`) from the fused Triton kernels.
 
     ``query [N, D]``, ``keys [M, D]`` (may be ``query`` itself), ``extra [R, D]`` or None: fp32,
-    fp16 or bf16 on one CUDA device (CPU only under ``TRITON_INTERPRET=1``). ``scale``: float or
-    0-d tensor (receives a gradient).
+    fp16 or bf16 on one CUDA device (CPU only under ``TRITON_INTERPRET=1``). ``scale`` and
+    ``bias`` (pairwise sigmoid only): floats or 0-d tensors (which receive gradients).
     """
     if query.dtype not in _DTYPES:
         raise TypeError(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
         )
+    hard_beta = getattr(spec, "hard_beta", None)
+    pairwise_sigmoid = bool(getattr(spec, "pairwise_sigmoid", False))
+    if hard_beta is not None and spec.column_terms:
+        raise ValueError("hard-negative LSEs (hard_beta) are per row only: column_terms must be False")
     pinned = tile_config.pinned_config()
     config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
+    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if pairwise_sigmoid else None
     shared = keys is query
     keys_arg = None if shared else keys
     band_lo = band_hi = None
@@ -240,9 +266,15 @@ def compute_terms(
             scale_t.detach(), spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels, spec.key_negatives,
             spec.normalize, float(spec.ring[0]), float(spec.ring[1]), config,
         )
-    out = _forward_op(query, keys_arg, extra, scale_t, spec.pos_index, spec.self_index, spec.row_labels,
-                      spec.col_labels, band_lo, band_hi, spec.key_negatives, spec.decoupled, spec.column_terms,
-                      spec.normalize, config)
-    if spec.column_terms:
-        return ContrastiveTerms(*out)
-    return ContrastiveTerms(*out[:4], None, None, None, None)
+    out = dict(zip(FORWARD_OUTPUTS, _forward_op(
+        query, keys_arg, extra, scale_t, bias_t, spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels,
+        band_lo, band_hi, spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
+        None if hard_beta is None else float(hard_beta), pairwise_sigmoid, config,
+    )))
+    if not spec.column_terms:
+        out.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
+    if hard_beta is None:
+        out["row_lse_beta"] = None
+    if not pairwise_sigmoid:
+        out["row_pair_loss"] = None
+    return ContrastiveTerms(**{name: out[name] for name in ContrastiveTerms._fields})
