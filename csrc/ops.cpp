@@ -306,8 +306,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward(
   };
   Tensor grad_query = input_grad(in.query, grad_q);
   Tensor grad_keys = in.shared ? at::empty({0}, query.options()) : input_grad(in.keys, grad_c.narrow(0, 0, a.m));
-  Tensor grad_extra = a.r > 0 ? input_grad(in.extra, grad_c.narrow(0, a.m, a.r).contiguous())
-                              : at::empty({0}, query.options());
+  Tensor grad_extra = a.r > 0            ? input_grad(in.extra, grad_c.narrow(0, a.m, a.r).contiguous())
+                     : extra.has_value() ? at::zeros_like(*extra)  // zero rows
+                                         : at::empty({0}, query.options());
   return {grad_query, grad_keys, grad_extra, grad_scale};
 }
 

@@ -41,7 +41,9 @@ def _triton_status() -> tuple[bool, str]:
 
 
 def _cuda_status() -> tuple[bool, str]:
-    return False, "the CUDA extension sources (csrc/) are not part of this build"
+    from contrastive_ops import _ext  # the extension's own loader; never imported at module level
+
+    return _ext.status()
 
 
 def backend_status(name: str, device: torch.device | None = None) -> tuple[bool, str]:
