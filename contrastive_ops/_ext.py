@@ -70,7 +70,7 @@ def jit_build(directory: Path | None = None, archs: list[str] | None = None, ver
     return directory / f"{JIT_NAME}.so"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load() -> str:
     """Load the extension once; returns where it came from. Raises BackendUnavailableError."""
     from .backends import BackendUnavailableError
@@ -91,7 +91,7 @@ def load() -> str:
         raise BackendUnavailableError(f"the JIT build of the CUDA extension failed: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def status() -> tuple[bool, str]:
     """``(usable, reason)`` of the extension itself, device aside. Loads a prebuilt extension (cheap)
     but never starts a JIT build: that happens on first use."""

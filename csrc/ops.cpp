@@ -23,6 +23,7 @@
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -86,7 +87,8 @@ struct Inputs {
 Inputs check_inputs(const char* OP, const Tensor& query, const OptTensor& keys, const OptTensor& extra,
                     const Tensor& scale, const OptTensor& pos_index, const OptTensor& row_labels,
                     const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
-                    const OptTensor& band_hi, bool key_negatives, bool decoupled) {
+                    const OptTensor& band_hi, bool key_negatives, bool decoupled,
+                    const std::function<void(int64_t n, int64_t m)>& more_checks = nullptr) {
   Inputs in;
   in.dtype = kernel_dtype(OP, query);
   CHECK_2D("query", query);
@@ -135,6 +137,7 @@ Inputs check_inputs(const char* OP, const Tensor& query, const OptTensor& keys, 
     CHECK_DTYPE("band_hi", *band_hi, at::kFloat);
     CHECK_SHAPE("band_hi", *band_hi, n);
   }
+  if (more_checks) more_checks(n, m);
   // devices last: every tensor on query's device, and that device a GPU
   const std::pair<const char*, const OptTensor*> others[] = {
       {"keys", &keys},          {"extra", &extra},           {"pos_index", &pos_index}, {"row_labels", &row_labels},
@@ -244,28 +247,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward(
     const OptTensor& self_index, const OptTensor& band_lo, const OptTensor& band_hi, bool key_negatives,
     bool decoupled, bool normalize) {
   const char* OP = "contrastive_ops_cuda::backward";
-  Inputs in = check_inputs(OP, query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo,
-                           band_hi, key_negatives, decoupled);
-  cc::CoreArgs& a = in.args;
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_row_lse", &g_row_lse},
-                                {"g_row_pos", &g_row_pos}, {"row_lse", &row_lse}}) {
-    CHECK_DTYPE(name, *t, at::kFloat);
-    CHECK_SHAPE(name, *t, a.n);
-  }
-  CHECK_DTYPE("row_pos_count", row_pos_count, at::kLong);
-  CHECK_SHAPE("row_pos_count", row_pos_count, a.n);
   const bool column_terms = col_lse.has_value() && col_lse->numel() > 0;
-  if (column_terms) {
+  auto grad_checks = [&](int64_t n, int64_t m) {
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_row_lse", &g_row_lse},
+                                  {"g_row_pos", &g_row_pos}, {"row_lse", &row_lse}}) {
+      CHECK_DTYPE(name, *t, at::kFloat);
+      CHECK_SHAPE(name, *t, n);
+    }
+    CHECK_DTYPE("row_pos_count", row_pos_count, at::kLong);
+    CHECK_SHAPE("row_pos_count", row_pos_count, n);
+    if (!column_terms) return;
     TORCH_CHECK_VALUE(g_col_lse.has_value() && g_col_pos.has_value() && col_pos_count.has_value(), OP,
                       ": column terms need g_col_lse, g_col_pos and col_pos_count");
     for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_col_lse", &*g_col_lse},
                                   {"g_col_pos", &*g_col_pos}, {"col_lse", &*col_lse}}) {
       CHECK_DTYPE(name, *t, at::kFloat);
-      CHECK_SHAPE(name, *t, a.m);
+      CHECK_SHAPE(name, *t, m);
     }
     CHECK_DTYPE("col_pos_count", *col_pos_count, at::kLong);
-    CHECK_SHAPE("col_pos_count", *col_pos_count, a.m);
-  }
+    CHECK_SHAPE("col_pos_count", *col_pos_count, m);
+  };
+  Inputs in = check_inputs(OP, query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo,
+                           band_hi, key_negatives, decoupled, grad_checks);
+  cc::CoreArgs& a = in.args;
   c10::DeviceGuard guard(query.device());
   void* stream = current_stream(query);
   inverse_norms(OP, in, normalize, stream);

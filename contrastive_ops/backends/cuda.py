@@ -89,8 +89,8 @@ def _backward(ctx, g_row_lse, g_row_pos, _g_row_den, _g_row_pos_n, g_col_lse, g_
 
     cols = {}
     if column_terms:
-        cols = dict(g_col_lse=grad(g_col_lse, col_lse), g_col_pos=grad(g_col_pos, col_lse), col_lse=col_lse,
-                    col_pos_count=col_pos_count)
+        cols = {"g_col_lse": grad(g_col_lse, col_lse), "g_col_pos": grad(g_col_pos, col_lse), "col_lse": col_lse,
+                    "col_pos_count": col_pos_count}
     dq, dk, de, dscale = _OPS.backward(
         grad(g_row_lse, row_lse), grad(g_row_pos, row_lse), cols.get("g_col_lse"), cols.get("g_col_pos"),
         row_lse, row_pos_count, cols.get("col_lse"), cols.get("col_pos_count"),
