@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip setuptools wheel
-python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
+python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}" numpy
 # --no-build-isolation: setup.py builds the CUDA extension against this torch when nvcc is found
 # (CONTRASTIVE_OPS_BUILD_CUDA / CONTRASTIVE_OPS_CUDA_ARCHS steer it; see csrc/README.md)
 python -m pip install --quiet --no-build-isolation -e ".[test,train]"
