@@ -35,6 +35,12 @@ def report() -> str:
     else:
         lines.append("CUDA devices: none")
         device = torch.device("cpu")
+    from . import _ext
+
+    ext = _ext.describe()
+    if not torch.cuda.is_available():
+        ext += "; it cannot run here: no CUDA GPU"
+    lines.append(f"CUDA extension (backend 'cuda'): {ext}")
     lines.append(f"backends (for {device.type} tensors):")
     for name in BACKENDS:
         ok, why = backend_status(name, device)

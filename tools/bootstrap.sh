@@ -4,13 +4,17 @@
 # interpreter), and the peers the compat tests compare against.
 # lightly and open_clip are installed without their dependencies: both pull torchvision, which
 # has no CPU build here, and the tests load only their torch-only loss modules (tests/peers.py).
+# With nvcc on PATH the editable install also builds the CUDA extension (csrc/); without it, the
+# package installs without that backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install --quiet -e ".[test,train,triton]"
+python -m pip install --quiet --upgrade pip setuptools wheel
+python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}" numpy
+# --no-build-isolation: setup.py builds the CUDA extension against this torch when nvcc is found
+# (CONTRASTIVE_OPS_BUILD_CUDA / CONTRASTIVE_OPS_CUDA_ARCHS steer it; see csrc/README.md)
+python -m pip install --quiet --no-build-isolation -e ".[test,train,triton]"
 python -m pip install --quiet --no-deps "lightly==1.6.0" "open_clip_torch==3.3.0"
 python -c "import torch, contrastive_ops; print('torch', torch.__version__, '| contrastive_ops', contrastive_ops.__version__)"

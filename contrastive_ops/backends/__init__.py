@@ -47,7 +47,9 @@ def _triton_interpreting() -> bool:
 
 
 def _cuda_status() -> tuple[bool, str]:
-    return False, "the CUDA extension sources (csrc/) are not part of this build"
+    from contrastive_ops import _ext  # the extension's own loader; never imported at module level
+
+    return _ext.status()
 
 
 def backend_status(name: str, device: torch.device | None = None) -> tuple[bool, str]:
@@ -107,4 +109,10 @@ def compute_fn(backend: str) -> Callable:
         return chunked.compute_terms
     if backend == "triton":
         return triton_backend.compute_terms
-    return importlib.import_module(f"contrastive_ops.backends.{backend}").compute_terms
+    if backend == "cuda":
+        # imported here: importing it loads (or JIT-builds) the extension. A plain import
+        # statement, unlike importlib, is traced by torch.compile.
+        from . import cuda
+
+        return cuda.compute_terms
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

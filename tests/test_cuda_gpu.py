@@ -1,0 +1,140 @@
+"""Correctness of backend="cuda" on a GPU (marked ``gpu``; skipped without a CUDA device or
+without the built extension). The same checks as the Triton backend's: every loss configuration
+of tests/cases.py against the float64 reference in fp32/fp16/bf16, odd shapes, every input's
+gradient, bitwise-deterministic backward, torch.compile, and the error targets of DESIGN.md §6.
+"""
+import pytest
+import reference as ref
+import torch
+from cases import CASES
+from conftest import assert_close_rel
+
+import contrastive_ops as co
+
+DEVICE = torch.device("cuda")
+_CAN_RUN = torch.cuda.is_available() and co.backend_status("cuda", DEVICE)[0]
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _CAN_RUN, reason="needs a CUDA GPU and the CUDA extension"),
+]
+
+
+def _on(tensors, dtype, grad=True):
+    out = []
+    for t in tensors:
+        t = t.detach().to(DEVICE)
+        if t.dtype.is_floating_point:
+            t = t.to(dtype).requires_grad_(grad)
+        out.append(t)
+    return out
+
+
+def _grads(loss, tensors):
+    leaves = [t for t in tensors if t.dtype.is_floating_point]
+    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_loss_error_at_most_twice_pytorchs_own(name, dtype, seed):
+    """Loss and every gradient against float64, no worse than twice PyTorch's own (naive) error."""
+    case = CASES[name]
+    base = case.make(torch.float32)
+    ref_in = [t.detach().double().requires_grad_(True) if t.dtype.is_floating_point else t for t in base]
+    expected = case.reference(ref_in)
+    weights = torch.rand(expected.shape, dtype=torch.float64)
+    ref_grads = _grads((expected * weights).sum(), ref_in)
+    results = {}
+    for impl in ("naive", "cuda"):
+        inputs = _on(base, dtype)
+        out = case.ours(inputs, backend=impl, reduction="none")
+        grads = _grads((out.double() * weights.to(DEVICE)).sum(), inputs)
+        results[impl] = (out.double().cpu(), [g.double().cpu() for g in grads])
+    pairs = [("loss", results["cuda"][0], results["naive"][0], expected)]
+    pairs += [(f"d/d{n}", a, b, r) for n, a, b, r in zip(case.names, results["cuda"][1], results["naive"][1], ref_grads)]
+    for what, ours, own, truth in pairs:
+        our_err = (ours - truth.detach()).abs().max().item()
+        own_err = (own - truth.detach()).abs().max().item()
+        floor = (1e-6 if dtype == torch.float32 else 1e-3) * truth.abs().max().item()
+        assert our_err <= 2 * own_err + floor, (what, our_err, own_err)
+
+
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "nt_xent", "clip_normalized", "supcon_many_classes", "dcl"])
+def test_fp32_within_1e5_of_float64(name, seed):
+    case = CASES[name]
+    base = case.make(torch.float32)
+    ref_in = [t.detach().double().requires_grad_(True) if t.dtype.is_floating_point else t for t in base]
+    expected = case.reference(ref_in)
+    ref_grads = _grads(expected.sum(), ref_in)
+    inputs = _on(base, torch.float32)
+    out = case.ours(inputs, backend="cuda", reduction="none")
+    assert_close_rel(out.cpu(), expected, 1e-5, "loss")
+    for n, g, r in zip(case.names, _grads(out.sum(), inputs), ref_grads):
+        assert_close_rel(g.cpu(), r, 1e-5, f"d/d{n}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_odd_shapes_match_chunked(dtype, seed):
+    """Sizes that are no multiple of the 64×64 tiles or the 32-feature steps, N != M, a queue."""
+    q, k, e = (torch.randn(n, 123, device=DEVICE, dtype=dtype, requires_grad=True) for n in (131, 131, 67))
+    scale = torch.tensor(7.5, device=DEVICE, requires_grad=True)
+    outs = {}
+    for backend in ("chunked", "cuda"):
+        loss = co.info_nce(q, k, e, symmetric=True, reduction="none", backend=backend) * scale
+        outs[backend] = (loss, torch.autograd.grad(loss.sum(), [q, k, e, scale]))
+    rel = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_close_rel(outs["cuda"][0], outs["chunked"][0], rel, "loss")
+    for a, b in zip(outs["cuda"][1], outs["chunked"][1]):
+        assert_close_rel(a, b, rel, "grad")
+
+
+def test_counts_match_the_reference_roles(seed):
+    """Integer outputs are exact: every element written (outputs start as uninitialized memory)."""
+    from contrastive_ops.backends import chunked, cuda
+    from contrastive_ops.core import RoleSpec
+
+    n, m, r, d = 70, 90, 33, 20
+    q, k, e = (torch.randn(x, d, device=DEVICE) for x in (n, m, r))
+    labels_q, labels_k = torch.randint(0, 4, (n,), device=DEVICE), torch.randint(0, 4, (m,), device=DEVICE)
+    spec = RoleSpec(row_labels=labels_q, col_labels=labels_k, self_index=torch.arange(n, device=DEVICE) % m,
+                    key_negatives=False, column_terms=True)
+    ours, theirs = cuda.compute_terms(q, k, e, 3.0, spec), chunked.compute_terms(q, k, e, 3.0, spec)
+    for name in ("row_den_count", "row_pos_count", "col_den_count", "col_pos_count"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+
+def test_ring_band_matches_the_reference_selection(seed):
+    q, k, e = (torch.randn(x, 40, device=DEVICE) for x in (37, 37, 23))
+    ours = co.ring_info_nce(q, k, e, outer=0.3, inner=0.1, reduction="none", backend="cuda")
+    truth = ref.ring_info_nce(q.double().cpu(), k.double().cpu(), e.double().cpu(), outer=0.3, inner=0.1)
+    assert_close_rel(ours.cpu(), truth, 1e-5, "ring loss")
+
+
+def test_backward_is_bitwise_deterministic(seed):
+    q, k, e = (torch.randn(n, 200, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for n in (1000, 1000, 300))
+    scale = torch.tensor(10.0, device=DEVICE, requires_grad=True)
+    runs = [torch.autograd.grad(co.clip_loss(q, k, scale, backend="cuda") + co.info_nce(q, k, e, backend="cuda"),
+                                [q, k, e, scale]) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_empty_denominator_rows_give_zero_loss_and_gradient(seed):
+    q, k = (torch.randn(5, 8, device=DEVICE, requires_grad=True) for _ in range(2))
+    loss = co.ring_info_nce(q, k, outer=0.01, inner=0.0, reduction="none", backend="cuda")  # empty rings
+    assert torch.isfinite(loss).all()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss.sum(), [q, k]))
+
+
+def test_fullgraph_compile_matches_eager(seed):
+    q, k, e = (torch.randn(n, 48, device=DEVICE, requires_grad=True) for n in (50, 50, 20))
+
+    def f(a, b, c):
+        return co.info_nce(a, b, c, symmetric=True, backend="cuda") + co.ring_info_nce(a, b, c, outer=0.5, backend="cuda")
+
+    eager = f(q, k, e)
+    compiled = torch.compile(f, fullgraph=True)(q, k, e)
+    assert_close_rel(compiled, eager, 1e-6, "loss")
+    for a, b in zip(torch.autograd.grad(compiled, [q, k, e]), torch.autograd.grad(eager, [q, k, e])):
+        assert_close_rel(a, b, 1e-6, "grad")
