@@ -65,7 +65,8 @@ def backend_status(name: str, device: torch.device | None = None) -> tuple[bool,
     if name == "triton" and device.type == "cpu" and _triton_interpreting():
         return True, "ok (Triton interpreter: TRITON_INTERPRET=1)"
     if device.type != "cuda":
-        return False, f"it runs on CUDA tensors only, these are on {device}"
+        hint = " (or on CPU tensors in Triton's interpreter: TRITON_INTERPRET=1)" if name == "triton" else ""
+        return False, f"it runs on CUDA tensors only{hint}, these are on {device}"
     if not torch.cuda.is_available():
         return False, "no CUDA GPU is available"
     return True, "ok"
