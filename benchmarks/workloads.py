@@ -148,6 +148,8 @@ def implementations(workload: Workload, device: torch.device):
     out = []
     for backend in OUR_BACKENDS:
         ok, why = co.backend_status(backend, device)
+        if ok and backend == "triton" and device.type != "cuda":
+            ok, why = False, "Triton runs on CPU tensors only in its interpreter: not timed"
         out.append((backend, (lambda x, be=backend: workload.call(x, be)) if ok else None, why))
     for peer in PEERS:
         if peer not in workload.peers:
