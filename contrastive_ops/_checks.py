@@ -135,6 +135,26 @@ def check_fraction(name: str, value) -> float:
     return v
 
 
+def check_beta(value, name: str = "beta") -> float:
+    """A finite real number >= 0 (hard-negative concentration)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {_describe(value)}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return v
+
+
+def check_tau_plus(value, name: str = "tau_plus") -> float:
+    """A real number in ``[0, 1)`` (the class prior of a false negative)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {_describe(value)}")
+    v = float(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
 def check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

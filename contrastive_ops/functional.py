@@ -498,26 +498,6 @@ def _hard_negative_rows(terms: ContrastiveTerms, temperature: float, tau_plus: f
     return torch.where(count > 0, loss, torch.zeros_like(loss))
 
 
-def _check_tau_plus(tau_plus) -> float:
-    if isinstance(tau_plus, bool) or not isinstance(tau_plus, (int, float)) and not hasattr(tau_plus, "__float__"):
-        raise TypeError(f"tau_plus must be a number in [0, 1), got {tau_plus!r}")
-    if isinstance(tau_plus, torch.Tensor):
-        raise TypeError(f"tau_plus must be a number in [0, 1), got a tensor of shape {tuple(tau_plus.shape)}")
-    v = float(tau_plus)
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus!r}")
-    return v
-
-
-def _check_beta(beta) -> float:
-    if isinstance(beta, (bool, torch.Tensor)) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a real number >= 0, got {beta!r}")
-    v = float(beta)
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"beta must be finite and >= 0, got {beta!r}")
-    return v
-
-
 def hard_negative_nce(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -553,8 +533,8 @@ def hard_negative_nce(
     """
     _two_views(z1, z2, normalize, reduction)
     t = C.check_temperature(temperature)
-    b = _check_beta(beta)
-    tp = _check_tau_plus(tau_plus)
+    b = C.check_beta(beta)
+    tp = C.check_tau_plus(tau_plus)
     terms = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
                             group=process_group, hard_beta=b)
     return _reduce(_hard_negative_rows(terms, t, tp), reduction)
