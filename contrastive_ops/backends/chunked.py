@@ -447,7 +447,7 @@ def compute_terms(
     if spec.ring is not None:
         band_lo, band_hi = ring_band(query, keys, extra, scale, spec, blocks)
     scale_t = as_scale_tensor(scale, query)
-    bias_t = as_scale_tensor(bias, query) if (spec.pairwise_sigmoid and bias is not None) else None
+    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared_keys = None if keys is query else keys
     out = _ChunkedContrastive.apply(query, shared_keys, extra, scale_t, bias_t, band_lo, band_hi, spec, blocks)
     named = dict(zip(_OUTPUTS, out))
