@@ -140,7 +140,8 @@ def test_no_grad_inputs_give_plain_tensor(backend, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent"])
+@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent",
+                                  "info_nce_symmetric_queue_labels", "hard_negative_beta1", "debiased_clamp", "siglip"])
 def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
     """chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
     case = CASES[name]

@@ -115,6 +115,9 @@ def test_inputs_are_never_modified(backend):
         co.clip_loss(q, k, scale, backend=backend),
         co.dcl_loss(q, k, backend=backend),
         co.nt_xent(q, k, backend=backend),
+        co.info_nce(q, k, e, symmetric=True, labels=labels, backend=backend),
+        co.hard_negative_nce(q, k, backend=backend),
+        co.siglip_loss(q, k, scale, -1.0, backend=backend),
     ):
         loss.backward() if loss.requires_grad else None
     for before, after in zip(copies, (q, k, e, labels, scale.detach())):
