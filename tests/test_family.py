@@ -3,7 +3,7 @@ losses, the clamp of the debiasing correction, the core's new terms and their ed
 import pytest
 import reference as ref
 import torch
-from cases import CASES
+from cases import CASES, CLAMP_CASES
 from conftest import assert_close_rel
 
 import contrastive_ops as co
@@ -56,9 +56,7 @@ def test_hard_negative_beta_zero_is_debiased(backend, seed):
 def test_clamp_cases_mix_clamped_and_free_rows(name, seed):
     """The clamp cases of tests/cases.py really exercise both branches of the clamp."""
     z1, z2 = CASES[name].make(torch.float64)
-    beta = 0.0 if name.startswith("debiased") else 1.0
-    kw = {"temperature": 0.3, "tau_plus": 0.4} if beta == 0.0 else {"temperature": 0.5, "tau_plus": 0.5}
-    clamped = ref.hard_negative_clamp_rows(z1, z2, beta=beta, **kw)
+    clamped = ref.hard_negative_clamp_rows(z1, z2, **CLAMP_CASES[name])
     assert 0 < int(clamped.sum()) < clamped.numel()
 
 
