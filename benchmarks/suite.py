@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
     grid.update({k: v for k, v in (("n", args.n), ("d", args.d), ("dtypes", args.dtypes)) if v})
-    impls = args.impls or (list(OUR_BACKENDS) + (["compiled_naive", "open_clip", "inf_cl", "memeff"]
+    impls = args.impls or (list(OUR_BACKENDS) + (["compiled_naive", "open_clip", "inf_cl", "memeff", "siglip_kernel"]
                                                   if device.type == "cuda" else ["open_clip"]))
     env = environment(device)
     out = args.out or os.path.join("benchmarks", "results",

@@ -1,8 +1,9 @@
 """What the benchmarks run: every loss × implementation, its inputs and its useful work.
 
 An implementation is one of this package's backends (``naive``, ``chunked``, ``triton``, ``cuda``)
-or a peer (``compiled_naive`` = ``torch.compile`` of the naive backend, ``open_clip``, ``inf_cl``,
-``memeff``), each an optional import that reports why it is missing.
+or a peer (``compiled_naive`` = ``torch.compile`` of the naive backend, ``open_clip`` (``ClipLoss``,
+``SigLipLoss``), ``inf_cl``, ``memeff``, ``siglip_kernel``), each an optional import that reports why
+it is missing.
 
 Useful work counts ``2·R·C·D`` flops per matmul pass over the ``R × C`` logits that the loss
 needs: one pass forward, three backward (the recomputed logits, dQ, dK), so ``8·R·C·D`` for
@@ -20,9 +21,10 @@ import torch
 import contrastive_ops as co
 
 OUR_BACKENDS = ("naive", "chunked", "triton", "cuda")
-PEERS = ("compiled_naive", "open_clip", "inf_cl", "memeff")
+PEERS = ("compiled_naive", "open_clip", "inf_cl", "memeff", "siglip_kernel")
 MODES = ("fwd", "bwd", "fwd_bwd")
 TEMPERATURE = 0.07
+SIGLIP_BIAS = -10.0  # SigLIP's initial bias; its scale here is the inputs' "scale" (1/TEMPERATURE)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: 
         return x.to(device=device, dtype=dtype).requires_grad_(True)
 
     return {"a": feats(), "b": feats(), "labels": torch.randint(0, max(n // 8, 1), (n,), generator=g).to(device),
-            "scale": torch.tensor(1.0 / TEMPERATURE, device=device, dtype=torch.float32, requires_grad=True)}
+            "scale": torch.tensor(1.0 / TEMPERATURE, device=device, dtype=torch.float32, requires_grad=True),
+            "bias": torch.tensor(SIGLIP_BIAS, device=device, dtype=torch.float32, requires_grad=True)}
 
 
 WORKLOADS = {
@@ -73,6 +76,20 @@ WORKLOADS = {
     "ring": Workload("ring", lambda n: (n, n),
                      lambda x, be: co.ring_info_nce(x["a"], x["b"], temperature=TEMPERATURE, backend=be),
                      peers=("compiled_naive",)),
+    "info_nce_labels": Workload("info_nce_labels", lambda n: (n, n),
+                                lambda x, be: co.info_nce(x["a"], x["b"], temperature=TEMPERATURE, symmetric=True,
+                                                          labels=x["labels"], backend=be),
+                                peers=("compiled_naive",)),
+    "hard_negative": Workload("hard_negative", lambda n: (2 * n, 2 * n),
+                              lambda x, be: co.hard_negative_nce(x["a"], x["b"], temperature=0.5, beta=1.0,
+                                                                 tau_plus=0.1, backend=be),
+                              peers=("compiled_naive",)),
+    "debiased": Workload("debiased", lambda n: (2 * n, 2 * n),
+                         lambda x, be: co.debiased_nce(x["a"], x["b"], temperature=0.5, tau_plus=0.1, backend=be),
+                         peers=("compiled_naive",)),
+    "siglip": Workload("siglip", lambda n: (n, n),
+                       lambda x, be: co.siglip_loss(x["a"], x["b"], x["scale"], x["bias"], backend=be),
+                       peers=("compiled_naive", "open_clip", "siglip_kernel")),
 }
 
 
@@ -112,7 +129,7 @@ def peer_status(peer: str, device: torch.device) -> tuple[bool, str]:
     if peer == "open_clip":
         ok = importlib.util.find_spec("open_clip") is not None
         return ok, "ok" if ok else "open_clip_torch is not installed"
-    module = {"inf_cl": "inf_cl", "memeff": "memeff"}[peer]
+    module = {"inf_cl": "inf_cl", "memeff": "memeff", "siglip_kernel": "siglip_kernel"}[peer]
     if importlib.util.find_spec(module) is None:
         return False, f"{module} is not installed"
     if device.type != "cuda":
@@ -127,6 +144,9 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
     if peer == "compiled_naive":
         return _compiled_naive(workload)
     if peer == "open_clip":
+        if workload.loss == "siglip":
+            siglip = _open_clip_loss_module().SigLipLoss()
+            return lambda x: siglip(x["a"], x["b"], x["scale"], x["bias"])
         loss = _open_clip_loss_module().ClipLoss()
         return lambda x: loss(x["a"], x["b"], x["scale"])
     if peer == "inf_cl":
@@ -140,6 +160,11 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
 
         loss = MemoryEfficientCLIPLoss(temperature=TEMPERATURE, normalized_inputs=True, stable=False)
         return lambda x: loss(x["a"], x["b"])
+    if peer == "siglip_kernel":
+        from siglip_kernel import fused_siglip_loss
+
+        # the peer takes the log of the scale (SigLIP's t') and the bias
+        return lambda x: fused_siglip_loss(x["a"], x["b"], x["scale"].log(), x["bias"])
     raise ValueError(f"unknown peer {peer!r}")
 
 

@@ -1,12 +1,23 @@
 """contrastive_ops: exact contrastive losses computed in tiles, as drop-in PyTorch ops.
 
 Functional API: :func:`info_nce`, :func:`nt_xent`, :func:`clip_loss`, :func:`supcon_loss`,
-:func:`dcl_loss`, :func:`ring_info_nce`; modules in :mod:`contrastive_ops.nn`; drop-in copies of
+:func:`dcl_loss`, :func:`ring_info_nce`, :func:`hard_negative_nce`, :func:`debiased_nce`,
+:func:`siglip_loss`; modules in :mod:`contrastive_ops.nn`; drop-in copies of
 peers' loss classes in :mod:`contrastive_ops.compat`.
 """
 from . import nn
 from .backends import BACKENDS, BackendUnavailableError, available_backends, backend_status
-from .functional import clip_loss, dcl_loss, info_nce, nt_xent, ring_info_nce, supcon_loss
+from .functional import (
+    clip_loss,
+    dcl_loss,
+    debiased_nce,
+    hard_negative_nce,
+    info_nce,
+    nt_xent,
+    ring_info_nce,
+    siglip_loss,
+    supcon_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -18,9 +29,12 @@ __all__ = [
     "backend_status",
     "clip_loss",
     "dcl_loss",
+    "debiased_nce",
+    "hard_negative_nce",
     "info_nce",
     "nn",
     "nt_xent",
     "ring_info_nce",
+    "siglip_loss",
     "supcon_loss",
 ]

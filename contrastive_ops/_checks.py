@@ -94,6 +94,25 @@ def check_scale(scale, ref: torch.Tensor, name: str = "logit_scale"):
     return s
 
 
+def check_bias(bias, ref: torch.Tensor, name: str = "logit_bias"):
+    """A finite real number (any sign), or a one-element floating tensor on ``ref``'s device (returned
+    as a 0-d tensor, value not read; it may require grad)."""
+    if isinstance(bias, torch.Tensor):
+        if bias.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor, got dtype {bias.dtype}")
+        if bias.numel() != 1:
+            raise ValueError(f"{name} must hold one value, got shape {tuple(bias.shape)}")
+        if bias.device != ref.device:
+            raise ValueError(f"{name} is on {bias.device} but the features are on {ref.device}")
+        return bias.reshape(())
+    if isinstance(bias, bool) or not isinstance(bias, numbers.Real):
+        raise TypeError(f"{name} must be a float, a 0-d tensor or None, got {_describe(bias)}")
+    b = float(bias)
+    if not math.isfinite(b):
+        raise ValueError(f"{name} must be finite, got {bias!r}")
+    return b
+
+
 def check_labels(name: str, labels, n: int, ref: torch.Tensor) -> torch.Tensor:
     """An integer (or bool) 1-D tensor of length ``n`` on ``ref``'s device."""
     if not isinstance(labels, torch.Tensor):
@@ -113,6 +132,26 @@ def check_fraction(name: str, value) -> float:
     v = float(value)
     if not (0.0 <= v <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def check_beta(value, name: str = "beta") -> float:
+    """A finite real number >= 0 (hard-negative concentration)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {_describe(value)}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return v
+
+
+def check_tau_plus(value, name: str = "tau_plus") -> float:
+    """A real number in ``[0, 1)`` (the class prior of a false negative)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {_describe(value)}")
+    v = float(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return v
 
 

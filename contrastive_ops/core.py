@@ -6,8 +6,12 @@ normalization, the logits are ``S[i, j] = s * <q̂_i, k̂_j>``. Each pair ``(i, 
 cheap rules (never an N×M mask tensor):
 
 * **self** (excluded): ``j == self_index[i]``, an anchor never contrasts with itself;
-* **positive**: ``j == pos_index[i]`` (one positive per row) or ``row_labels[i] == col_labels[j]``
-  (several positives; extra negatives are never positives), self excluded;
+* **positive**: ``j == pos_index[i]`` (one positive per row) or, without ``pos_index``,
+  ``row_labels[i] == col_labels[j]`` (several positives; extra negatives are never positives), self
+  excluded;
+* **label-excluded** (false-negative masking): with ``pos_index`` *and* labels, an in-batch key
+  ``j != pos_index[i]`` with ``row_labels[i] == col_labels[j]`` is neither positive nor candidate
+  (extra negatives are never excluded by labels);
 * **candidate negative**: neither of the above, and either an extra negative or an in-batch key
   while ``key_negatives`` is on;
 * **denominator**: the candidate negatives (restricted to the row's band ``[lo_i, hi_i]`` of logit
@@ -16,8 +20,19 @@ cheap rules (never an N×M mask tensor):
 Per row the core returns, in fp32: ``lse`` = log-sum-exp of ``S`` over the denominator (0 where it
 is empty), ``pos`` = mean of ``S`` over the positives (0 where there are none), and the integer
 counts of both; with ``column_terms`` the same per key column (anchors = in-batch keys, denominator
-= the rows with the same role rule). ``lse`` and ``pos`` are differentiable with respect to Q, K,
-E and a tensor scale; every loss is a combination of them (e.g. InfoNCE row loss = lse - pos).
+= the rows with the same role rule, so an excluded pair is excluded in both directions). ``lse`` and
+``pos`` are differentiable with respect to Q, K, E and a tensor scale; every loss is a combination
+of them (e.g. InfoNCE row loss = lse - pos).
+
+Two options add per-row terms (both differentiable):
+
+* ``hard_beta = β >= 0`` (hard-negative weighting): ``row_lse`` becomes the log-sum-exp of
+  ``(1+β)·S`` over the denominator and ``row_lse_beta`` that of ``β·S`` (0 where it is empty);
+  ``row_pos`` stays the mean of ``S``. Not combined with ``column_terms``.
+* ``pairwise_sigmoid`` (SigLIP): ``row_pair_loss[i] = Σ_j softplus(-z_ij·(S_ij + bias))`` over the
+  row's valid columns (positives and candidates as above, before any Ring band: self- and
+  label-excluded columns are left out), ``z_ij = +1`` for a positive, ``-1`` otherwise (extra
+  negatives included). ``bias`` is a float or a 0-d tensor, which receives a gradient.
 """
 from __future__ import annotations
 
@@ -45,6 +60,15 @@ class RoleSpec:
     column_terms: bool = False  # also reduce every key column (symmetric losses)
     ring: tuple[float, float] | None = None  # (outer, inner) of the restricted band (ring_info_nce)
     normalize: bool = True  # L2-normalize Q, K and E rows first (eps as F.normalize)
+    hard_beta: float | None = None  # β: row_lse over (1+β)·S and row_lse_beta over β·S (hard negatives)
+    pairwise_sigmoid: bool = False  # also row_pair_loss, SigLIP's per-row sum of pairwise sigmoid losses
+
+    def __post_init__(self):
+        if self.hard_beta is not None:
+            if not self.hard_beta >= 0:
+                raise ValueError(f"hard_beta must be >= 0 or None, got {self.hard_beta!r}")
+            if self.column_terms:
+                raise ValueError("hard_beta is not supported together with column_terms=True")
 
 
 class ContrastiveTerms(NamedTuple):
@@ -58,6 +82,8 @@ class ContrastiveTerms(NamedTuple):
     col_pos: torch.Tensor | None
     col_den_count: torch.Tensor | None
     col_pos_count: torch.Tensor | None
+    row_lse_beta: torch.Tensor | None = None  # [N] with hard_beta: log-sum-exp of β·S over the denominator
+    row_pair_loss: torch.Tensor | None = None  # [N] with pairwise_sigmoid: Σ_j softplus(-z_ij·(S_ij + bias))
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,7 +99,8 @@ def pair_roles(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Roles of the tile ``rows × cols`` (global indices): ``(positive, candidate_negative)``.
 
-    Both are bool ``[len(rows), len(cols)]``; the caller owns the band and the denominator rule.
+    Both are bool ``[len(rows), len(cols)]``; the caller owns the band and the denominator rule. A pair
+    that is neither (self, label-excluded, or an in-batch key without ``key_negatives``) is left out.
     """
     is_key = cols < num_keys
     shape = (rows.shape[0], cols.shape[0])
@@ -81,16 +108,21 @@ def pair_roles(
         is_self = cols[None, :] == spec.self_index[rows][:, None]
     else:
         is_self = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    same_label = None
+    if spec.row_labels is not None:
+        key_cols = cols.clamp(max=num_keys - 1)
+        same_label = (spec.row_labels[rows][:, None] == spec.col_labels[key_cols][None, :]) & is_key[None, :]
     if spec.pos_index is not None:
         positive = cols[None, :] == spec.pos_index[rows][:, None]
-    elif spec.row_labels is not None:
-        key_cols = cols.clamp(max=num_keys - 1)
-        positive = (spec.row_labels[rows][:, None] == spec.col_labels[key_cols][None, :]) & is_key[None, :]
+    elif same_label is not None:
+        positive = same_label
     else:
         positive = torch.zeros(shape, dtype=torch.bool, device=rows.device)
     positive = positive & ~is_self
     negative_pool = ~is_key if not spec.key_negatives else torch.ones_like(is_key)
     candidate = ~positive & ~is_self & negative_pool[None, :]
+    if spec.pos_index is not None and same_label is not None:
+        candidate = candidate & ~same_label  # false negatives: same label, not the positive
     return positive, candidate
 
 
@@ -106,6 +138,18 @@ def denominator(
         lo, hi = band
         candidate = candidate & (logits >= lo[:, None]) & (logits <= hi[:, None])
     return candidate if spec.decoupled else candidate | positive
+
+
+def sigmoid_pair_losses(
+    logits: torch.Tensor, bias: torch.Tensor, positive: torch.Tensor, candidate: torch.Tensor
+) -> torch.Tensor:
+    """SigLIP's per-pair ``softplus(-z·(S + bias))`` of a tile, 0 outside the valid pairs.
+
+    ``z = +1`` on positives, ``-1`` on candidates; other pairs (self, label-excluded) are not valid.
+    """
+    shifted = logits + bias
+    per_pair = torch.nn.functional.softplus(torch.where(positive, -shifted, shifted))
+    return torch.where(positive | candidate, per_pair, torch.zeros_like(per_pair))
 
 
 def ring_ranks(candidate_count: torch.Tensor, outer: float, inner: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,11 +14,17 @@ Common keyword arguments:
   the world size (DDP's averaging) equal the single-process gradients of its slice;
   ``"none"``/``"sum"`` give this rank's anchors' losses. All ranks pass the same batch size.
 
+False-negative masking (``labels`` of :func:`info_nce`, :func:`clip_loss`, :func:`ring_info_nce`):
+a candidate that shares the anchor's label but is not its own positive is left out of the
+denominator (in both directions for the symmetric losses); extra ``negatives`` are never masked.
+The rule is applied inside each tile from the ``[N]`` labels; no N×M mask is built.
+
 Losses are returned in fp32 for fp16/bf16/fp32 inputs (fp64 for fp64 inputs). Inputs are never
 modified. A row whose denominator set is empty contributes 0 loss and 0 gradient.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -29,12 +35,32 @@ from . import distributed as dist_
 from .backends import compute_fn, resolve
 from .core import ContrastiveTerms, RoleSpec
 
-__all__ = ["clip_loss", "dcl_loss", "info_nce", "nt_xent", "ring_info_nce", "supcon_loss"]
+__all__ = ["clip_loss", "dcl_loss", "debiased_nce", "hard_negative_nce", "info_nce", "nt_xent", "ring_info_nce",
+           "siglip_loss", "supcon_loss"]
 
 
-def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str) -> ContrastiveTerms:
+def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str, **bias) -> ContrastiveTerms:
+    """The backend's terms; ``bias=`` is passed only by :func:`siglip_loss` (backends that do not
+    take the keyword keep working for every other loss)."""
     name = resolve(backend, query.device)
-    return compute_fn(name)(query, keys, extra, scale, spec)
+    return compute_fn(name)(query, keys, extra, scale, spec, **bias)
+
+
+def _check_label_pair(labels, query_labels, key_labels, n: int, ref: torch.Tensor):
+    """``(row_labels, col_labels)`` for false-negative masking, or ``(None, None)``."""
+    if labels is not None:
+        if query_labels is not None or key_labels is not None:
+            raise ValueError("give either labels or query_labels/key_labels, not both")
+        C.check_labels("labels", labels, n, ref)
+        return labels, labels
+    if query_labels is None and key_labels is None:
+        return None, None
+    if query_labels is None or key_labels is None:
+        missing = "query_labels" if query_labels is None else "key_labels"
+        raise ValueError(f"{missing} is None: query_labels and key_labels must be given together")
+    C.check_labels("query_labels", query_labels, n, ref)
+    C.check_labels("key_labels", key_labels, n, ref)
+    return query_labels, key_labels
 
 
 def _anchor_loss(lse, pos, den_count, pos_count, pos_weight: torch.Tensor | None = None):
@@ -64,9 +90,9 @@ def _two_views(z1, z2, normalize, reduction):
     C.check_reduction(reduction)
 
 
-def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
-                   pos_weight=None) -> torch.Tensor:
-    """Per-view losses of the rows ``[z1; z2]`` against the columns ``[Z1; Z2]``, where ``Zk`` is
+def _two_view_terms(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
+                    hard_beta=None) -> ContrastiveTerms:
+    """The core's terms of the rows ``[z1; z2]`` against the columns ``[Z1; Z2]``, where ``Zk`` is
     ``zk`` gathered over the group (``zk`` itself without one). The positive of a view is the other
     view of its sample; a view never contrasts with itself."""
     n = z1.shape[0]
@@ -79,8 +105,15 @@ def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: 
     local = torch.arange(n, device=z1.device) + start  # global sample index of each local row
     self_index = torch.cat([local, local + total])
     pos_index = torch.cat([local + total, local])
-    spec = RoleSpec(pos_index=pos_index, self_index=self_index, decoupled=decoupled, normalize=normalize)
-    terms = _compute(rows, cols, None, scale, spec, backend)
+    spec = RoleSpec(pos_index=pos_index, self_index=self_index, decoupled=decoupled, normalize=normalize,
+                    hard_beta=hard_beta)
+    return _compute(rows, cols, None, scale, spec, backend)
+
+
+def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
+                   pos_weight=None) -> torch.Tensor:
+    """Per-view losses ``lse - w·pos`` of :func:`_two_view_terms`."""
+    terms = _two_view_terms(z1, z2, scale, decoupled=decoupled, normalize=normalize, backend=backend, group=group)
     return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, pos_weight)
 
 
@@ -113,6 +146,9 @@ def info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    labels: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    key_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with key ``i`` the positive of query ``i`` (MoCo, one direction of CLIP).
 
@@ -128,6 +164,14 @@ def info_nce(
         in_batch_negatives: use the other keys as negatives; if False, ``negatives`` is required.
         symmetric: average with the key→query direction, whose negatives are the in-batch
             queries only (needs ``in_batch_negatives``).
+        labels: optional ``[N]`` integer class ids of the pairs (false-negative masking): key ``j``
+            is left out of query ``i``'s denominator when ``labels[j] == labels[i]`` and ``j != i``
+            (and query ``j`` out of key ``i``'s when ``symmetric``). ``negatives`` rows are never
+            masked. A query whose every in-batch key shares its label keeps only the positive
+            (and the ``negatives``): with neither, its denominator is the positive alone, loss 0.
+        query_labels, key_labels: ``[N]`` each, instead of ``labels`` when the two sides are labelled
+            differently: key ``j`` is masked for query ``i`` when ``key_labels[j] == query_labels[i]``
+            and ``j != i``.
     Returns:
         a scalar, or ``[N]`` per-query losses with ``reduction="none"`` (the average of both
         directions per index when ``symmetric``).
@@ -139,11 +183,15 @@ def info_nce(
             "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
         )
     n = query.shape[0]
+    row_labels, col_labels = _check_label_pair(labels, query_labels, key_labels, n, query)
     if process_group is not None:
         return _info_nce_distributed(query, key, negatives, 1.0 / t, in_batch_negatives, symmetric, normalize,
-                                     reduction, backend, process_group)
+                                     reduction, backend, process_group, query_labels=row_labels,
+                                     key_labels=col_labels)
     spec = RoleSpec(
         pos_index=torch.arange(n, device=query.device),
+        row_labels=row_labels,
+        col_labels=col_labels,
         key_negatives=in_batch_negatives,
         column_terms=symmetric,
         normalize=normalize,
@@ -161,17 +209,24 @@ def _rows_against(anchors, candidates, extra, scale, spec: RoleSpec, backend: st
     return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
 
 
+def _gather_labels(labels, group):
+    return None if labels is None else dist_.gather_rows(labels, group, with_grad=False)
+
+
 def _info_nce_distributed(query, key, negatives, scale, in_batch_negatives, symmetric, normalize, reduction,
-                          backend, group, *, gather=None):
+                          backend, group, *, gather=None, query_labels=None, key_labels=None):
     """Local anchors against every rank's keys (and, if symmetric, local keys against every
-    rank's queries: the reverse direction as rows of a second pass)."""
+    rank's queries: the reverse direction as rows of a second pass). Labels, if any, are gathered
+    with the rows they label."""
     gather = gather or (lambda x: dist_.gather_rows(x, group))
     n = query.shape[0]
     pos = torch.arange(n, device=query.device) + dist_.offset(n, group)
-    spec = RoleSpec(pos_index=pos, key_negatives=in_batch_negatives, normalize=normalize)
+    spec = RoleSpec(pos_index=pos, row_labels=query_labels, col_labels=_gather_labels(key_labels, group),
+                    key_negatives=in_batch_negatives, normalize=normalize)
     loss = _rows_against(query, gather(key), negatives, scale, spec, backend)
     if symmetric:
-        reverse_spec = RoleSpec(pos_index=pos, normalize=normalize)
+        reverse_spec = RoleSpec(pos_index=pos, row_labels=key_labels, col_labels=_gather_labels(query_labels, group),
+                                normalize=normalize)
         all_queries = gather(query)
         loss = 0.5 * (loss + _rows_against(key, all_queries, None, scale, reverse_spec, backend))
     return _reduce(loss, reduction)
@@ -268,6 +323,7 @@ def clip_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's symmetric cross-entropy (open_clip ``ClipLoss``), pair ``i`` positive.
 
@@ -278,15 +334,21 @@ def clip_loss(
             ``normalize=True`` (open_clip's models normalize before the loss).
         logit_scale: the multiplier itself (already exponentiated): a float > 0 or a one-element
             tensor, which receives a gradient.
+        labels: optional ``[N]`` integer ids (false-negative masking): text ``j`` is left out of
+            image ``i``'s softmax, and image ``j`` out of text ``i``'s, when ``labels[j] == labels[i]``
+            and ``j != i`` (e.g. several captions of one image).
     Returns:
         a scalar, or ``[N]`` with ``(image_loss_i + text_loss_i)/2`` for ``reduction="none"``.
     """
     scale = check_clip_arguments(image_features, text_features, logit_scale, normalize, reduction)
     n = image_features.shape[0]
+    if labels is not None:
+        C.check_labels("labels", labels, n, image_features)
     if process_group is not None:
         return _info_nce_distributed(image_features, text_features, None, scale, True, True, normalize, reduction,
-                                     backend, process_group)
-    spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), column_terms=True, normalize=normalize)
+                                     backend, process_group, query_labels=labels, key_labels=labels)
+    spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), row_labels=labels, col_labels=labels,
+                    column_terms=True, normalize=normalize)
     terms = _compute(image_features, text_features, None, scale, spec, backend)
     image_loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     text_loss = _anchor_loss(terms.col_lse, terms.col_pos, terms.col_den_count, terms.col_pos_count)
@@ -350,6 +412,9 @@ def ring_info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    labels: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    key_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE over a restricted "Ring" of negatives (Wu et al., CNCE).
 
@@ -363,6 +428,8 @@ def ring_info_nce(
     Args:
         query, key: ``[N, D]``; negatives: optional ``[R, D]``.
         outer, inner: fractions in ``[0, 1]`` (a schedule usually anneals ``outer`` from 1.0).
+        labels, query_labels, key_labels: false-negative masking as in :func:`info_nce`; the masked
+            keys are not candidates, so ``M_i`` counts the candidates left after masking.
     Returns:
         a scalar (mean over all N queries), or ``[N]`` with ``reduction="none"``.
     """
@@ -370,11 +437,174 @@ def ring_info_nce(
     outer = C.check_fraction("outer", outer)
     inner = C.check_fraction("inner", inner)
     n = query.shape[0]
+    row_labels, col_labels = _check_label_pair(labels, query_labels, key_labels, n, query)
     keys = key if process_group is None else dist_.gather_rows(key, process_group)
+    if process_group is not None:
+        col_labels = _gather_labels(col_labels, process_group)
     spec = RoleSpec(
         pos_index=torch.arange(n, device=query.device) + dist_.offset(n, process_group),
+        row_labels=row_labels,
+        col_labels=col_labels,
         key_negatives=in_batch_negatives,
         ring=(outer, inner),
         normalize=normalize,
     )
     return _reduce(_rows_against(query, keys, negatives, 1.0 / t, spec, backend), reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard negatives, debiased, SigLIP
+# ---------------------------------------------------------------------------------------------
+
+_LOG_HALF = math.log(0.5)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2`` (each branch gets safe
+    inputs, so neither produces a NaN gradient)."""
+    near = x > _LOG_HALF
+    a = torch.where(near, x, torch.full_like(x, _LOG_HALF))
+    b = torch.where(near, torch.full_like(x, 2 * _LOG_HALF), x)
+    return torch.where(near, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(b)))
+
+
+def _hard_negative_rows(terms: ContrastiveTerms, temperature: float, tau_plus: float) -> torch.Tensor:
+    """Per-row loss of Robinson et al.'s estimator in log space, from the terms of the decoupled
+    denominator (the negatives) with ``hard_beta = β``.
+
+    With ``s`` the logits, ``pos = exp(s_ip)`` and the ``N_i`` negatives:
+    ``reweight = Σ exp((1+β)s)/mean(exp(βs))``, so ``log reweight = lse((1+β)s) - lse(βs) + log N_i``;
+    ``Ng = (reweight - τ⁺·N_i·pos)/(1-τ⁺)`` clamped below at ``N_i·e^(-1/τ)`` (zero gradient where
+    the clamp is active, as ``torch.clamp``); loss ``= log(pos + Ng) - log pos``.
+    """
+    count = terms.row_den_count
+    s_pos = terms.row_pos
+    log_n = torch.log(count.clamp(min=1).to(s_pos.dtype))
+    log_reweight = terms.row_lse - terms.row_lse_beta + log_n
+    log_floor = log_n - 1.0 / temperature
+    if tau_plus == 0.0:
+        log_ng = log_reweight
+        clamped = log_ng < log_floor
+    else:
+        x = math.log(tau_plus) + log_n + s_pos - log_reweight  # log(τ⁺·N·pos / reweight)
+        log_scale = -math.log1p(-tau_plus)
+        with torch.no_grad():  # where the clamp holds, before any gradient is formed
+            unclamped = log_reweight + _log1mexp(x.clamp(max=-1e-30)) + log_scale
+            clamped = (x >= 0) | (unclamped < log_floor)
+        x_safe = torch.where(clamped, torch.full_like(x, -1.0), x)
+        log_ng = log_reweight + _log1mexp(x_safe) + log_scale
+    log_ng = torch.where(clamped, log_floor, log_ng)
+    loss = torch.logaddexp(s_pos, log_ng) - s_pos
+    return torch.where(count > 0, loss, torch.zeros_like(loss))
+
+
+def hard_negative_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    beta: float = 1.0,
+    tau_plus: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """Hard-negative contrastive loss (Robinson et al. 2021), as their reference code's ``criterion``.
+
+    With ``z = [ẑ1; ẑ2]``, ``s = zzᵀ/τ``, row ``i``'s negatives are the ``N_neg = 2N - 2`` other views
+    (itself and the other view of its sample excluded) and ``pos_i = exp(<ẑ1_k, ẑ2_k>/τ)``. In the
+    reference's terms: ``neg = exp(s)``, ``imp = neg**β`` (not detached),
+    ``reweight_neg = Σ(imp·neg)/mean(imp)``, ``Ng = (-τ⁺·N_neg·pos + reweight_neg)/(1-τ⁺)`` clamped
+    below at ``N_neg·e^(-1/τ)``, and ``loss_i = -log(pos_i/(pos_i + Ng_i))``. Computed in log space
+    from two log-sum-exps per row (of ``(1+β)·s`` and ``β·s``, one tiled pass), so small ``τ`` does
+    not overflow. Where the clamp is active the row's loss is ``log(1 + N_neg·e^(-1/τ)/pos)`` and,
+    as in the reference, the clamp passes no gradient.
+
+    Args:
+        z1, z2: ``[N, D]`` the two views, same dtype and device. ``N = 1`` has no negatives: loss 0.
+        temperature: τ, finite and > 0.
+        beta: β >= 0, the concentration on hard negatives (``β = 0`` is :func:`debiased_nce`).
+        tau_plus: τ⁺ in ``[0, 1)``, the class prior of a false negative (``0``: no debiasing).
+        process_group: as every loss; ``N_neg`` is then the global count ``2·N·world - 2``.
+    Returns:
+        a scalar (mean over the 2N rows), or ``[2N]`` per-view losses (z1's rows, then z2's) with
+        ``reduction="none"``.
+    """
+    _two_views(z1, z2, normalize, reduction)
+    t = C.check_temperature(temperature)
+    b = C.check_beta(beta)
+    tp = C.check_tau_plus(tau_plus)
+    terms = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
+                            group=process_group, hard_beta=b)
+    return _reduce(_hard_negative_rows(terms, t, tp), reduction)
+
+
+def debiased_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    tau_plus: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """Debiased contrastive loss (Chuang et al. 2020): :func:`hard_negative_nce` with ``β = 0``.
+
+    ``Ng = (Σ_neg exp(s) - τ⁺·N_neg·pos)/(1-τ⁺)``, clamped below at ``N_neg·e^(-1/τ)``;
+    ``loss_i = -log(pos_i/(pos_i + Ng_i))``. Arguments, shapes and edge cases as
+    :func:`hard_negative_nce`.
+    """
+    return hard_negative_nce(z1, z2, temperature=temperature, beta=0.0, tau_plus=tau_plus, normalize=normalize,
+                             reduction=reduction, backend=backend, process_group=process_group)
+
+
+def check_siglip_arguments(image_features, text_features, logit_scale, logit_bias, normalize, reduction):
+    """Validate :func:`siglip_loss`'s arguments; returns ``(scale, bias)`` (floats or 0-d tensors)."""
+    scale = check_clip_arguments(image_features, text_features, logit_scale, normalize, reduction)
+    bias = None if logit_bias is None else C.check_bias(logit_bias, image_features, "logit_bias")
+    return scale, bias
+
+
+def siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    logit_bias,
+    *,
+    normalize: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023; open_clip ``SigLipLoss``).
+
+    ``L = logit_scale · image @ textᵀ + logit_bias``, ``y = 2·eye(N) - 1``; loss
+    ``= -Σ_ij logsigmoid(y_ij · L_ij) / N``, i.e. ``Σ_ij softplus(-y_ij·L_ij)/N``. Every one of the N×N
+    pairs counts, one positive per row; the tiles never hold more than a block of ``L``.
+
+    Args:
+        image_features, text_features: ``[N, D]``, same dtype and device; used as given unless
+            ``normalize=True`` (open_clip's models normalize before the loss).
+        logit_scale: the multiplier itself (already exponentiated, as open_clip passes it): a float
+            > 0 or a one-element tensor, which receives a gradient.
+        logit_bias: a float, a one-element tensor (receives a gradient) or None (no bias).
+        process_group: every rank's texts are gathered (with gradients): this rank's images against
+            all texts, only the own pair positive — open_clip's multi-rank loss; the mean divides by
+            the local N, so the ranks' losses average to the single-process loss.
+    Returns:
+        a scalar (``mean``: the sum over all pairs divided by N, as open_clip; ``sum``: the sum over
+        all pairs), or ``[N]`` per-image sums over the row's pairs with ``reduction="none"``.
+    """
+    scale, bias = check_siglip_arguments(image_features, text_features, logit_scale, logit_bias, normalize,
+                                         reduction)
+    n = image_features.shape[0]
+    texts = text_features
+    if process_group is not None:
+        texts = dist_.gather_rows(text_features, process_group)
+    pos = torch.arange(n, device=image_features.device) + dist_.offset(n, process_group)
+    spec = RoleSpec(pos_index=pos, pairwise_sigmoid=True, normalize=normalize)
+    terms = _compute(image_features, texts, None, scale, spec, backend, bias=bias)
+    return _reduce(terms.row_pair_loss, reduction)

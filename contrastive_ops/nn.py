@@ -12,7 +12,8 @@ from . import _checks as C
 from . import functional as Fn
 from .backends import BACKENDS
 
-__all__ = ["ClipLoss", "DCLLoss", "InfoNCELoss", "NTXentLoss", "RingInfoNCELoss", "SupConLoss"]
+__all__ = ["ClipLoss", "DCLLoss", "DebiasedNCELoss", "HardNegativeNCELoss", "InfoNCELoss", "NTXentLoss",
+           "RingInfoNCELoss", "SigLipLoss", "SupConLoss"]
 
 
 def _check_backend(backend) -> str:
@@ -39,7 +40,8 @@ class _ContrastiveLoss(nn.Module):
 
 
 class InfoNCELoss(_ContrastiveLoss):
-    """Module form of :func:`contrastive_ops.info_nce`; ``forward(query, key, negatives=None)``."""
+    """Module form of :func:`contrastive_ops.info_nce`;
+    ``forward(query, key, negatives=None, labels=None, query_labels=None, key_labels=None)``."""
 
     def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = True, symmetric: bool = False,
                  normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
@@ -48,9 +50,12 @@ class InfoNCELoss(_ContrastiveLoss):
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
         self.symmetric = C.check_bool("symmetric", symmetric)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
+                key_labels: torch.Tensor | None = None):
         return Fn.info_nce(query, key, negatives, temperature=self.temperature,
-                           in_batch_negatives=self.in_batch_negatives, symmetric=self.symmetric, **self._common())
+                           in_batch_negatives=self.in_batch_negatives, symmetric=self.symmetric, labels=labels,
+                           query_labels=query_labels, key_labels=key_labels, **self._common())
 
 
 class NTXentLoss(_ContrastiveLoss):
@@ -81,13 +86,14 @@ class DCLLoss(_ContrastiveLoss):
 
 class ClipLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.clip_loss`;
-    ``forward(image_features, text_features, logit_scale)``."""
+    ``forward(image_features, text_features, logit_scale, labels=None)``."""
 
     def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale):
-        return Fn.clip_loss(image_features, text_features, logit_scale, **self._common())
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
+                labels: torch.Tensor | None = None):
+        return Fn.clip_loss(image_features, text_features, logit_scale, labels=labels, **self._common())
 
 
 class SupConLoss(_ContrastiveLoss):
@@ -102,7 +108,8 @@ class SupConLoss(_ContrastiveLoss):
 
 
 class RingInfoNCELoss(_ContrastiveLoss):
-    """Module form of :func:`contrastive_ops.ring_info_nce`; ``forward(query, key, negatives=None)``.
+    """Module form of :func:`contrastive_ops.ring_info_nce`;
+    ``forward(query, key, negatives=None, labels=None, query_labels=None, key_labels=None)``.
 
     ``outer`` may be changed between steps (e.g. annealed from 1.0 to its final value);
     :meth:`set_outer` validates the new value.
@@ -120,6 +127,49 @@ class RingInfoNCELoss(_ContrastiveLoss):
     def set_outer(self, outer: float) -> None:
         self.outer = C.check_fraction("outer", outer)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
+                key_labels: torch.Tensor | None = None):
         return Fn.ring_info_nce(query, key, negatives, temperature=self.temperature, outer=self.outer,
-                                inner=self.inner, in_batch_negatives=self.in_batch_negatives, **self._common())
+                                inner=self.inner, in_batch_negatives=self.in_batch_negatives, labels=labels,
+                                query_labels=query_labels, key_labels=key_labels, **self._common())
+
+
+class HardNegativeNCELoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.hard_negative_nce`; ``forward(z1, z2)``."""
+
+    def __init__(self, temperature: float = 0.5, beta: float = 1.0, tau_plus: float = 0.1, normalize: bool = True,
+                 reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+        self.temperature = C.check_temperature(temperature)
+        self.beta = C.check_beta(beta)
+        self.tau_plus = C.check_tau_plus(tau_plus)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor):
+        return Fn.hard_negative_nce(z1, z2, temperature=self.temperature, beta=self.beta, tau_plus=self.tau_plus,
+                                    **self._common())
+
+
+class DebiasedNCELoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.debiased_nce`; ``forward(z1, z2)``."""
+
+    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, normalize: bool = True,
+                 reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+        self.temperature = C.check_temperature(temperature)
+        self.tau_plus = C.check_tau_plus(tau_plus)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor):
+        return Fn.debiased_nce(z1, z2, temperature=self.temperature, tau_plus=self.tau_plus, **self._common())
+
+
+class SigLipLoss(_ContrastiveLoss):
+    """Module form of :func:`contrastive_ops.siglip_loss`;
+    ``forward(image_features, text_features, logit_scale, logit_bias)`` (the scale already
+    exponentiated; for open_clip's own constructor see :mod:`contrastive_ops.compat.open_clip`)."""
+
+    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias):
+        return Fn.siglip_loss(image_features, text_features, logit_scale, logit_bias, **self._common())

@@ -130,3 +130,145 @@ CASES: dict[str, Case] = {
     "ring_empty": _ring_case(0.01, 0.0),
     "ring_inner_one": _ring_case(0.5, 1.0),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# False-negative masking, hard negatives, debiased, SigLIP
+# ---------------------------------------------------------------------------------------------
+
+
+def _class_labels(n, classes):
+    """Few classes (many false negatives per row), and one row whose label no other row shares."""
+    labels = torch.randint(0, classes, (n,))
+    labels[1] = 10_000
+    return labels
+
+
+def _info_nce_labels_case(with_queue: bool, symmetric: bool, split_labels: bool) -> Case:
+    rows = (N, N, R) if with_queue else (N, N)
+    names = ["query", "key"] + (["negatives"] if with_queue else [])
+    nf = len(names)
+
+    def make(dtype):
+        feats = _feats(*rows)(dtype)
+        labels = [_class_labels(N, 4), _class_labels(N, 4)] if split_labels else [_class_labels(N, 4)]
+        return feats + labels
+
+    def label_kw(t):
+        return {"query_labels": t[nf], "key_labels": t[nf + 1]} if split_labels else {"labels": t[nf]}
+
+    def ref_labels(t):
+        return (t[nf], t[nf + 1]) if split_labels else (t[nf], t[nf])
+
+    def neg(t):
+        return t[2] if with_queue else None
+
+    return Case(
+        names,
+        make,
+        lambda t, **kw: co.info_nce(t[0], t[1], neg(t), temperature=0.2, symmetric=symmetric, **label_kw(t), **kw),
+        lambda t: ref.info_nce_masked(t[0], t[1], neg(t), query_labels=ref_labels(t)[0], key_labels=ref_labels(t)[1],
+                                      temperature=0.2, symmetric=symmetric),
+    )
+
+
+def _clip_labels_case() -> Case:
+    def make(dtype):
+        return [torch.randn(N, D, dtype=dtype) * 0.2 for _ in range(2)] + [torch.tensor(14.3, dtype=dtype),
+                                                                          _class_labels(N, 6)]
+
+    return Case(
+        ["image_features", "text_features", "logit_scale"],
+        make,
+        lambda t, **kw: co.clip_loss(t[0], t[1], t[2], labels=t[3], **kw),
+        lambda t: ref.clip_masked(t[0], t[1], t[2], t[3]),
+    )
+
+
+def _ring_labels_case(split_labels: bool) -> Case:
+    def make(dtype):
+        return _feats(N, N, R)(dtype) + [_class_labels(N, 5)] + ([_class_labels(N, 5)] if split_labels else [])
+
+    kwargs = {"temperature": 0.1, "outer": 0.5, "inner": 0.2}
+
+    def label_kw(t):
+        return {"query_labels": t[3], "key_labels": t[4]} if split_labels else {"labels": t[3]}
+
+    return Case(
+        ["query", "key", "negatives"],
+        make,
+        lambda t, **kw: co.ring_info_nce(t[0], t[1], t[2], **label_kw(t), **kwargs, **kw),
+        lambda t: ref.ring_info_nce_masked(t[0], t[1], t[2], query_labels=t[3], key_labels=t[4 if split_labels else 3],
+                                           **kwargs),
+    )
+
+
+def _close_pairs(dtype, fraction=0.5, noise=0.05):
+    """Two views where the first ``fraction`` of the pairs are near-duplicates (a large positive
+    logit: the debiasing correction drives their Ng below the clamp) and the rest independent."""
+    z1 = torch.randn(N, D, dtype=dtype)
+    z2 = torch.randn(N, D, dtype=dtype)
+    k = int(N * fraction)
+    z2[:k] = z1[:k] + noise * torch.randn(k, D, dtype=dtype)
+    return [z1, z2]
+
+
+#: Near-duplicate pairs land far below the clamp and independent pairs far above it (the row loss
+#: is ill-conditioned in any precision right at the boundary, where Ng is a difference of near-equals).
+CLAMP_CASES = {
+    "hard_negative_clamp": {"temperature": 0.5, "beta": 1.0, "tau_plus": 0.2},
+    "debiased_clamp": {"temperature": 0.3, "beta": 0.0, "tau_plus": 0.1},
+}
+
+
+def _hard_negative_case(temperature, beta, tau_plus, close=False) -> Case:
+    kwargs = {"temperature": temperature, "tau_plus": tau_plus}
+    make = _close_pairs if close else _feats(N, N)
+    if beta == 0.0:
+        ours = lambda t, **kw: co.debiased_nce(t[0], t[1], **kwargs, **kw)
+    else:
+        ours = lambda t, **kw: co.hard_negative_nce(t[0], t[1], beta=beta, **kwargs, **kw)
+    return Case(["z1", "z2"], make, ours, lambda t: ref.hard_negative(t[0], t[1], beta=beta, **kwargs))
+
+
+def _siglip_case(tensor_params: bool, normalize: bool) -> Case:
+    # normalized: SigLIP's initial scale 10 and bias -10; unnormalized: logits spread around 0, so
+    # that the scale's gradient is not a near-cancelling sum (which fp32 PyTorch itself misses by 1e-5)
+    scale, bias = (10.0, -10.0) if normalize else (5.0, -2.0)
+
+    def make(dtype):
+        feats = [torch.randn(N, D, dtype=dtype) * (1.0 if normalize else 0.2) for _ in range(2)]
+        if normalize:  # matched pairs, as in training: the positives' terms do not cancel in d/dscale
+            feats[1] = feats[0] + 0.5 * feats[1]
+        return feats + ([torch.tensor(scale, dtype=dtype), torch.tensor(bias, dtype=dtype)] if tensor_params else [])
+
+    def params(t):
+        return (t[2], t[3]) if tensor_params else (7.5, -3.0)
+
+    return Case(
+        ["image_features", "text_features"] + (["logit_scale", "logit_bias"] if tensor_params else []),
+        make,
+        lambda t, **kw: co.siglip_loss(t[0], t[1], *params(t), normalize=normalize, **kw),
+        lambda t: ref.siglip(t[0], t[1], *params(t), normalize=normalize),
+    )
+
+
+CASES.update({
+    "info_nce_labels": _info_nce_labels_case(with_queue=False, symmetric=False, split_labels=False),
+    "info_nce_query_key_labels": _info_nce_labels_case(with_queue=True, symmetric=False, split_labels=True),
+    "info_nce_symmetric_queue_labels": _info_nce_labels_case(with_queue=True, symmetric=True, split_labels=False),
+    "info_nce_symmetric_split_labels": _info_nce_labels_case(with_queue=False, symmetric=True, split_labels=True),
+    "clip_labels": _clip_labels_case(),
+    "ring_labels": _ring_labels_case(split_labels=False),
+    "ring_query_key_labels": _ring_labels_case(split_labels=True),
+    "hard_negative_beta1": _hard_negative_case(0.5, 1.0, 0.1),
+    "hard_negative_beta05": _hard_negative_case(0.5, 0.5, 0.1),
+    "hard_negative_small_temperature": _hard_negative_case(0.1, 1.0, 0.1),
+    "hard_negative_no_debiasing": _hard_negative_case(0.2, 1.0, 0.0),
+    "hard_negative_clamp": _hard_negative_case(**CLAMP_CASES["hard_negative_clamp"], close=True),
+    "debiased": _hard_negative_case(0.5, 0.0, 0.1),
+    "debiased_clamp": _hard_negative_case(**CLAMP_CASES["debiased_clamp"], close=True),
+    "siglip": _siglip_case(tensor_params=True, normalize=False),
+    "siglip_float_params": _siglip_case(tensor_params=False, normalize=False),
+    "siglip_normalized": _siglip_case(tensor_params=True, normalize=True),
+})

@@ -50,6 +50,13 @@ def main():
         "supcon": lambda x, y, s, lab, pg: co.supcon_loss(x, lab, process_group=pg),
         "ring": lambda x, y, s, lab, pg: co.ring_info_nce(x, y, queue, outer=0.5, inner=0.2, process_group=pg),
         "module_nt_xent": lambda x, y, s, lab, pg: co.nn.NTXentLoss(process_group=pg)(x, y),
+        "info_nce_labels": lambda x, y, s, lab, pg: co.info_nce(x, y, queue, symmetric=True, labels=lab, process_group=pg),
+        "clip_labels": lambda x, y, s, lab, pg: co.clip_loss(x, y, s, labels=lab, process_group=pg),
+        "ring_labels": lambda x, y, s, lab, pg: co.ring_info_nce(x, y, queue, outer=0.5, inner=0.2, labels=lab,
+                                                                 process_group=pg),
+        "hard_negative": lambda x, y, s, lab, pg: co.hard_negative_nce(x, y, temperature=0.4, process_group=pg),
+        "debiased": lambda x, y, s, lab, pg: co.debiased_nce(x, y, tau_plus=0.2, process_group=pg),
+        "siglip": lambda x, y, s, lab, pg: co.siglip_loss(x, y, s, -2.0, process_group=pg),
     }
     results = {}
     for name, fn in losses.items():
@@ -68,7 +75,7 @@ def main():
             "loss": rel_err(mean_loss, single),
             "grad_a": rel_err(grads[0] / world, single_grads[0][mine]),
             "grad_b": rel_err(grads[1] / world, single_grads[1][mine]) if single_grads[1].abs().max() > 0 else 0.0,
-            "grad_scale": rel_err(scale_grad / world, single_grads[2]) if name == "clip" else 0.0,
+            "grad_scale": rel_err(scale_grad / world, single_grads[2]) if name in ("clip", "clip_labels", "siglip") else 0.0,
         }
 
     # compat classes against the peers' code, both run distributed on the same slices
@@ -84,6 +91,17 @@ def main():
             g_ours = torch.autograd.grad(ours, ours_in)
             g_peer = torch.autograd.grad(peer, peer_in)
             results[key] = {"loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
+    for impl in ("bidir", "gather"):
+        kw = {"rank": rank, "world_size": world, "dist_impl": impl}
+        ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True),
+                   scale.clone().requires_grad_(True), torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)]
+        peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+        ours = co_open_clip.SigLipLoss(**kw)(*ours_in)
+        peer = oc.SigLipLoss(**kw)(*peer_in)
+        g_ours = torch.autograd.grad(ours, ours_in)
+        g_peer = torch.autograd.grad(peer, peer_in)
+        results[f"open_clip_siglip_{impl}"] = {
+            "loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
     ntx, dcl = peers.lightly_losses()
     for key, ours_mod, peer_mod in (
         ("lightly_ntxent", co_lightly.NTXentLoss(gather_distributed=True), ntx.NTXentLoss(gather_distributed=True)),

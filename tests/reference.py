@@ -95,3 +95,111 @@ def ring_info_nce(q, k, neg=None, *, temperature=0.07, outer=0.1, inner=0.1, in_
         ring = cand[(cand >= v_lo) & (cand <= v_hi)]
         losses.append(-positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0))
     return torch.stack(losses)
+
+
+# ---------------------------------------------------------------------------------------------
+# False-negative masking, hard negatives, debiased, SigLIP
+# ---------------------------------------------------------------------------------------------
+
+
+def _false_negatives(row_labels, col_labels):
+    """``[N, M]`` bool: same label and not the diagonal positive."""
+    same = row_labels[:, None] == col_labels[None, :]
+    return same & ~torch.eye(same.shape[0], same.shape[1], dtype=torch.bool)
+
+
+def info_nce_masked(q, k, neg=None, *, query_labels, key_labels, temperature=0.07, symmetric=False, normalize=True):
+    """InfoNCE where every key sharing the query's label (other than its positive) is removed from
+    the softmax: those logits are set to -inf; queue negatives are kept."""
+    q, k = _unit(q, normalize), _unit(k, normalize)
+    n = q.shape[0]
+    target = torch.arange(n)
+    masked = _false_negatives(query_labels, key_labels)
+    qk = (q @ k.T / temperature).masked_fill(masked, float("-inf"))
+    parts = [qk] + ([q @ _unit(neg, normalize).T / temperature] if neg is not None else [])
+    forward = F.cross_entropy(torch.cat(parts, 1), target, reduction="none")
+    if not symmetric:
+        return forward
+    return 0.5 * (forward + F.cross_entropy(qk.T, target, reduction="none"))
+
+
+def clip_masked(img, txt, scale, labels, *, normalize=False):
+    img, txt = _unit(img, normalize), _unit(txt, normalize)
+    masked = _false_negatives(labels, labels)
+    logits = (scale * img @ txt.T).masked_fill(masked, float("-inf"))
+    target = torch.arange(img.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none"))
+
+
+def ring_info_nce_masked(q, k, neg=None, *, query_labels, key_labels, temperature=0.07, outer=0.1, inner=0.1,
+                         normalize=True):
+    """As :func:`ring_info_nce`, the candidates being the keys of other labels and the queue."""
+    q, k = _unit(q, normalize), _unit(k, normalize)
+    n = q.shape[0]
+    qk = q @ k.T / temperature
+    qn = q @ _unit(neg, normalize).T / temperature if neg is not None else q.new_zeros(n, 0)
+    losses = []
+    for i in range(n):
+        keep = (key_labels != query_labels[i]) & (torch.arange(n) != i)
+        cand = torch.cat([qn[i], qk[i][keep]])
+        hi = math.floor(outer * cand.numel())
+        lo = math.floor(inner * hi)
+        positive = qk[i, i]
+        if hi <= lo:
+            losses.append(positive * 0)
+            continue
+        ordered = cand.detach().sort(descending=True).values
+        v_hi, v_lo = ordered[lo], ordered[hi - 1]
+        ring = cand[(cand >= v_lo) & (cand <= v_hi)]
+        losses.append(-positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0))
+    return torch.stack(losses)
+
+
+def hard_negative(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, normalize=True):
+    """Robinson et al.'s ``criterion`` (github joshr17/HCL, main.py, estimator "hard"), transcribed in
+    float64 with its negative mask, returning the per-row losses instead of their mean."""
+    out_1, out_2 = _unit(z1, normalize), _unit(z2, normalize)
+    batch_size = out_1.shape[0]
+    out = torch.cat([out_1, out_2], dim=0)
+    neg = torch.exp(torch.mm(out, out.t().contiguous()) / temperature)
+    mask = torch.ones((batch_size, 2 * batch_size), dtype=torch.bool)
+    for i in range(batch_size):
+        mask[i, i] = 0
+        mask[i, i + batch_size] = 0
+    mask = torch.cat((mask, mask), 0)
+    neg = neg.masked_select(mask).view(2 * batch_size, -1)
+    pos = torch.exp(torch.sum(out_1 * out_2, dim=-1) / temperature)
+    pos = torch.cat([pos, pos], dim=0)
+    n = batch_size * 2 - 2
+    imp = (beta * neg.log()).exp()
+    reweight_neg = (imp * neg).sum(dim=-1) / imp.mean(dim=-1)
+    ng = (-tau_plus * n * pos + reweight_neg) / (1 - tau_plus)
+    ng = torch.clamp(ng, min=n * math.e ** (-1 / temperature))
+    return -torch.log(pos / (pos + ng))
+
+
+def hard_negative_clamp_rows(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, normalize=True):
+    """Bool ``[2N]``: the rows whose ``Ng`` the reference clamps."""
+    out_1, out_2 = _unit(z1, normalize), _unit(z2, normalize)
+    b = out_1.shape[0]
+    out = torch.cat([out_1, out_2])
+    s = out @ out.T / temperature
+    idx = torch.arange(2 * b)
+    keep = torch.ones_like(s, dtype=torch.bool)
+    keep[idx, idx] = False
+    keep[idx, (idx + b) % (2 * b)] = False
+    neg = torch.exp(s[keep].view(2 * b, -1))
+    pos = torch.exp(s[idx, (idx + b) % (2 * b)])
+    n = 2 * b - 2
+    imp = neg**beta
+    ng = (-tau_plus * n * pos + (imp * neg).sum(-1) / imp.mean(-1)) / (1 - tau_plus)
+    return ng < n * math.e ** (-1 / temperature)
+
+
+def siglip(img, txt, scale, bias, *, normalize=False):
+    """open_clip's SigLIP loss per image row: ``-Σ_j logsigmoid(y_ij·(s·<i, t_j> + b))``, y = 2·eye - 1
+    (the mean over rows is open_clip's ``sum / N``)."""
+    img, txt = _unit(img, normalize), _unit(txt, normalize)
+    logits = scale * img @ txt.T + bias
+    labels = 2 * torch.eye(img.shape[0], dtype=torch.float64) - 1
+    return -F.logsigmoid(labels * logits).sum(dim=1)

@@ -58,6 +58,16 @@ def test_modules_equal_functional(backend, seed):
         (con.ClipLoss(normalize=True, backend=backend)(q, k, 5.0), co.clip_loss(q, k, 5.0, normalize=True, backend=backend)),
         (con.SupConLoss(reduction="none", backend=backend)(q, labels), co.supcon_loss(q, labels, reduction="none", backend=backend)),
         (con.RingInfoNCELoss(outer=0.5, backend=backend)(q, k, e), co.ring_info_nce(q, k, e, outer=0.5, backend=backend)),
+        (con.InfoNCELoss(symmetric=True, backend=backend)(q, k, labels=labels),
+         co.info_nce(q, k, symmetric=True, labels=labels, backend=backend)),
+        (con.ClipLoss(backend=backend)(q, k, 5.0, labels=labels), co.clip_loss(q, k, 5.0, labels=labels, backend=backend)),
+        (con.RingInfoNCELoss(outer=0.5, backend=backend)(q, k, e, query_labels=labels, key_labels=labels.flip(0)),
+         co.ring_info_nce(q, k, e, outer=0.5, query_labels=labels, key_labels=labels.flip(0), backend=backend)),
+        (con.HardNegativeNCELoss(temperature=0.3, beta=0.5, tau_plus=0.2, backend=backend)(q, k),
+         co.hard_negative_nce(q, k, temperature=0.3, beta=0.5, tau_plus=0.2, backend=backend)),
+        (con.DebiasedNCELoss(tau_plus=0.05, reduction="none", backend=backend)(q, k),
+         co.debiased_nce(q, k, tau_plus=0.05, reduction="none", backend=backend)),
+        (con.SigLipLoss(backend=backend)(q, k, 10.0, -10.0), co.siglip_loss(q, k, 10.0, -10.0, backend=backend)),
     ]
     for module_out, fn_out in pairs:
         assert torch.equal(module_out, fn_out)
@@ -81,6 +91,9 @@ def test_reduction_none_shapes():
     assert co.clip_loss(q, k, 3.0, reduction="none").shape == (7,)
     assert co.supcon_loss(q, torch.arange(7) % 2, reduction="none").shape == (7,)
     assert co.ring_info_nce(q, k, reduction="none").shape == (7,)
+    assert co.hard_negative_nce(q, k, reduction="none").shape == (14,)
+    assert co.debiased_nce(q, k, reduction="none").shape == (14,)
+    assert co.siglip_loss(q, k, 10.0, -10.0, reduction="none").shape == (7,)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -159,3 +159,25 @@ def test_open_clip_distributed_options_raise():
         co_open_clip.ClipLoss(world_size=2, rank=1)(torch.randn(3, 2), torch.randn(3, 2), 1.0)
     with pytest.raises(ValueError, match="use_horovod"):
         co_open_clip.ClipLoss(use_horovod=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("params", ["init", "trained"])
+def test_open_clip_siglip_loss(params, backend, seed):
+    """Against open_clip's own SigLipLoss: loss and the gradients of both features, scale and bias."""
+    loss_module = peers.open_clip_loss()
+    peer, ours = loss_module.SigLipLoss(), co_open_clip.SigLipLoss(backend=backend)
+    img = torch.nn.functional.normalize(torch.randn(31, 20), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(31, 20), dim=1)
+    # SigLIP's initialisation (scale e^log(10), bias -10) and values after some training
+    scale, bias = (torch.tensor(10.0), torch.tensor(-10.0)) if params == "init" else (torch.tensor(30.0), torch.tensor(-4.0))
+    _compare(lambda *t: ours(*t), lambda *t: peer(*t), [img, txt, scale, bias], "open_clip SigLipLoss")
+    out = ours(img, txt, scale, bias, output_dict=True)
+    assert set(out) == {"contrastive_loss"}
+
+
+def test_open_clip_siglip_options():
+    with pytest.raises(ValueError, match="dist_impl must be one of"):
+        co_open_clip.SigLipLoss(dist_impl="ring")
+    with pytest.raises(ValueError, match="world_size=2 but torch.distributed has world size not initialized"):
+        co_open_clip.SigLipLoss(world_size=2, rank=1)(torch.randn(3, 2), torch.randn(3, 2), 1.0, 0.0)

@@ -16,6 +16,10 @@ LOSSES = {
     "clip": lambda a, b, e, lab, s, be: co.clip_loss(a, b, s, backend=be),
     "supcon": lambda a, b, e, lab, s, be: co.supcon_loss(a, lab, backend=be),
     "ring": lambda a, b, e, lab, s, be: co.ring_info_nce(a, b, e, outer=0.5, backend=be),
+    "info_nce_labels": lambda a, b, e, lab, s, be: co.info_nce(a, b, e, symmetric=True, labels=lab, backend=be),
+    "hard_negative": lambda a, b, e, lab, s, be: co.hard_negative_nce(a, b, beta=0.5, backend=be),
+    "debiased": lambda a, b, e, lab, s, be: co.debiased_nce(a, b, backend=be),
+    "siglip": lambda a, b, e, lab, s, be: co.siglip_loss(a, b, s, s - 12.0, backend=be),
 }
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # the fused backend whenever it can run here (on CPU: under the Triton interpreter, see conftest.py)

@@ -24,7 +24,8 @@ def results(tmp_path_factory):
 
 EXPECTED = ["info_nce_queue", "info_nce_symmetric", "clip", "nt_xent", "dcl", "supcon", "ring", "module_nt_xent",
             "open_clip_local1_grad1", "open_clip_local1_grad0", "open_clip_local0_grad1", "open_clip_local0_grad0",
-            "lightly_ntxent", "lightly_dcl"]
+            "lightly_ntxent", "lightly_dcl", "info_nce_labels", "clip_labels", "ring_labels", "hard_negative",
+            "debiased", "siglip", "open_clip_siglip_bidir", "open_clip_siglip_gather"]
 
 
 @pytest.mark.parametrize("check", EXPECTED)

@@ -68,7 +68,9 @@ def test_reductions(name, backend, reduction, seed):
         assert_close_rel(g, g_ref, FP32_REL, f"{name}/{backend}/{reduction} d/d{input_name}")
 
 
-@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "clip_tensor_scale", "supcon_few_classes", "dcl", "ring"])
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "clip_tensor_scale", "supcon_few_classes", "dcl", "ring",
+                                  "info_nce_symmetric_queue_labels", "ring_labels", "hard_negative_beta1",
+                                  "hard_negative_clamp", "siglip"])
 def test_chunked_equals_naive_with_one_tile_and_many(name, seed):
     """Tiling must not change the result: one big tile and 16×16 tiles agree with naive."""
     case = CASES[name]
@@ -83,7 +85,9 @@ def test_chunked_equals_naive_with_one_tile_and_many(name, seed):
 
 
 @pytest.mark.parametrize("name", ["info_nce_queue", "info_nce_symmetric_queue", "nt_xent", "dcl_weighted",
-                                  "clip_tensor_scale", "supcon_few_classes", "ring", "ring_queue_only"])
+                                  "clip_tensor_scale", "supcon_few_classes", "ring", "ring_queue_only",
+                                  "info_nce_symmetric_queue_labels", "clip_labels", "hard_negative_beta05",
+                                  "debiased", "siglip"])
 def test_gradcheck_chunked_float64(name, seed):
     case = CASES[name]
     small = {"query": 6, "key": 6, "negatives": 4, "z1": 5, "z2": 5, "image_features": 6, "text_features": 6,
@@ -91,11 +95,12 @@ def test_gradcheck_chunked_float64(name, seed):
     tensors = [t for t in _inputs(case, torch.float64)]
     # shrink to a few rows and features so gradcheck's finite differences stay cheap
     shrunk = []
+    rows = small[case.names[0]]  # labels follow the anchors' rows
     for t, nm in zip(tensors, case.names + ["labels"] * (len(tensors) - len(case.names))):
         if t.dim() == 2:
             shrunk.append(t.detach()[: small[nm], :5].clone().requires_grad_(True))
         elif t.dim() == 1:
-            shrunk.append(t[: small["features"]].clone())
+            shrunk.append(t[:rows].clone())
         else:
             shrunk.append(t.detach().clone().requires_grad_(True))
     floats = [t for t in shrunk if t.dtype.is_floating_point]
@@ -135,7 +140,8 @@ def test_no_grad_inputs_give_plain_tensor(backend, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent"])
+@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent",
+                                  "info_nce_symmetric_queue_labels", "hard_negative_beta1", "debiased_clamp", "siglip"])
 def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
     """chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
     case = CASES[name]

@@ -33,6 +33,14 @@ LOSSES = {
     "clip": lambda a, b, c, lab, be: co.clip_loss(a, b, 10.0, backend=be),
     "supcon": lambda a, b, c, lab, be: co.supcon_loss(a, lab, backend=be),
     "ring": lambda a, b, c, lab, be: co.ring_info_nce(a, b, c, backend=be),
+    "info_nce_symmetric_queue_labels": lambda a, b, c, lab, be: co.info_nce(a, b, c, symmetric=True, labels=lab,
+                                                                            backend=be),
+    "clip_labels": lambda a, b, c, lab, be: co.clip_loss(a, b, 10.0, labels=lab, backend=be),
+    "ring_labels": lambda a, b, c, lab, be: co.ring_info_nce(a, b, c, labels=lab, backend=be),
+    "hard_negative": lambda a, b, c, lab, be: co.hard_negative_nce(a, b, backend=be),
+    "debiased": lambda a, b, c, lab, be: co.debiased_nce(a, b, backend=be),
+    "siglip": lambda a, b, c, lab, be: co.siglip_loss(a, b, torch.tensor(10.0, requires_grad=True),
+                                                      torch.tensor(-10.0, requires_grad=True), backend=be),
 }
 
 
@@ -52,5 +60,6 @@ def test_chunked_allocations_are_bounded_by_tiles_and_inputs(name, seed):
     assert largest <= bound, f"{name}: a tensor of {largest} elements (N*M = {N * N})"
 
 
-def test_probe_sees_the_naive_matrix(seed):
-    assert _largest("info_nce_symmetric_queue", "naive") >= N * N
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "siglip", "hard_negative"])
+def test_probe_sees_the_naive_matrix(name, seed):
+    assert _largest(name, "naive") >= N * N

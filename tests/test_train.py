@@ -143,3 +143,23 @@ def test_trainer_under_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert json.loads((out / "summary.json").read_text())["probe_accuracy"] is not None
+
+
+@pytest.mark.parametrize("args,match", [(["--tau-plus", "1"], "tau_plus must be in"),
+                                        (["--hard-beta", "-0.5"], "hard_beta must be a number >= 0")])
+def test_new_loss_options_are_validated(args, match):
+    with pytest.raises(cli.ConfigError, match=match):
+        cli.resolve_config(args)
+
+
+def test_checkpoint_from_before_an_option_resumes_with_its_default(tmp_path):
+    """A checkpoint whose config lacks an option added later (hard_beta, tau_plus) had its default."""
+    out = tmp_path / "run"
+    base = ["--out", str(out), "--max-steps-per-epoch", "1", "--batch-size", "32", "--progress", "false"]
+    assert run_main(base + ["--epochs", "1"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    for key in ("hard_beta", "tau_plus"):
+        del ckpt["config"][key]
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert run_main(base + ["--epochs", "2", "--resume"]) == 0
+    assert run_main(base + ["--epochs", "3", "--resume", "--tau-plus", "0.3"]) == 2

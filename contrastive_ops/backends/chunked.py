@@ -1,12 +1,16 @@
 """The chunked backend: pure PyTorch, row blocks × column blocks, exact custom backward.
 
 Forward walks the tiles once, keeping an online log-sum-exp per row and, for symmetric losses,
-per key column in the same pass. Backward recomputes each tile once and forms
+per key column in the same pass (with ``hard_beta`` two per row, of ``(1+β)·S`` and ``β·S``; with
+``pairwise_sigmoid`` the per-row sum of the pairwise sigmoid losses, also in the same pass).
+Backward recomputes each tile once and forms
 
     dS_ij = g_lse_i · softmax_ij·[den] + g_pos_i·[pos]/|P_i|  (+ the same per column),
 
-then ``dQ̂ = s·dS·K̂``, ``dK̂ = s·dSᵀ·Q̂``, ``ds = Σ dS_ij·<q̂_i,k̂_j>`` and the L2-normalization
-backward. Only the inputs and O(N+M) fp32 vectors are saved; no tensor larger than a tile of
+(with ``hard_beta``: ``g_lse_i·(1+β)·softmax((1+β)S)_ij + g_lse_beta_i·β·softmax(βS)_ij`` for the
+first term; with ``pairwise_sigmoid`` also ``g_pair_i·(-z_ij)·sigmoid(-z_ij·(S_ij + b))``, whose sum
+is the bias gradient), then ``dQ̂ = s·dS·K̂``, ``dK̂ = s·dSᵀ·Q̂``, ``ds = Σ dS_ij·<q̂_i,k̂_j>`` and
+the L2-normalization backward. Only the inputs and O(N+M) fp32 vectors are saved; no tensor larger than a tile of
 ``block_rows × block_cols`` logits is ever allocated. Tiles are visited in a fixed order, so the
 backward is deterministic. Works on any device and on fp16/bf16/fp32/fp64 inputs (fp32
 accumulation; fp64 stays fp64, for gradcheck).
@@ -33,6 +37,7 @@ from ..core import (
     denominator,
     pair_roles,
     ring_ranks,
+    sigmoid_pair_losses,
 )
 
 _BLOCK = {"rows": 1024, "cols": 1024}
@@ -209,6 +214,7 @@ class _Tile(NamedTuple):
     cosines: torch.Tensor  # <q̂_i, k̂_j>, accumulation dtype
     logits: torch.Tensor  # scale · cosines
     positive: torch.Tensor  # bool roles
+    candidate: torch.Tensor
     den: torch.Tensor
 
 
@@ -226,18 +232,22 @@ def _tiles(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]) -
             logits = cosines * scale_t
             positive, candidate = pair_roles(rows, cols, columns.num_keys, spec)
             den = denominator(positive, candidate, logits, spec, row_band)
-            yield _Tile(r0, r1, g0, g1, q_blk, c_blk, is_key, cosines, logits, positive, den)
+            yield _Tile(r0, r1, g0, g1, q_blk, c_blk, is_key, cosines, logits, positive, candidate, den)
 
 
-def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]):
+def _forward(qh, kh, eh, scale_t, bias_t, spec: RoleSpec, band, blocks: tuple[int, int]):
+    """The ten outputs of :class:`_ChunkedContrastive` (absent terms as None)."""
     acc = scale_t.dtype
     n, m = qh.shape[0], kh.shape[0]
     device = qh.device
     neg_inf = float("-inf")
+    beta = spec.hard_beta
     row_lse = torch.full((n,), neg_inf, dtype=acc, device=device)
     row_pos = torch.zeros(n, dtype=acc, device=device)
     row_den = torch.zeros(n, dtype=torch.int64, device=device)
     row_pos_n = torch.zeros(n, dtype=torch.int64, device=device)
+    row_lse_beta = torch.full((n,), neg_inf, dtype=acc, device=device) if beta is not None else None
+    row_pair = torch.zeros(n, dtype=acc, device=device) if spec.pairwise_sigmoid else None
     if spec.column_terms:
         col_lse = torch.full((m,), neg_inf, dtype=acc, device=device)
         col_pos = torch.zeros(m, dtype=acc, device=device)
@@ -245,12 +255,18 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int])
         col_pos_n = torch.zeros(m, dtype=torch.int64, device=device)
     for t in _tiles(qh, kh, eh, scale_t, spec, band, blocks):
         rs, cs = slice(t.r0, t.r1), slice(t.g0, t.g1)
-        masked = t.logits.masked_fill(~t.den, neg_inf)
+        lse_logits = t.logits if beta is None else t.logits * (1.0 + beta)
+        masked = lse_logits.masked_fill(~t.den, neg_inf)
         pos_logits = t.logits.masked_fill(~t.positive, 0.0)
         row_lse[rs] = torch.logaddexp(row_lse[rs], torch.logsumexp(masked, dim=1))
         row_pos[rs] += pos_logits.sum(dim=1)
         row_den[rs] += t.den.sum(dim=1)
         row_pos_n[rs] += t.positive.sum(dim=1)
+        if beta is not None:  # scaled before masking: 0·(-inf) would be NaN
+            masked_beta = (t.logits * beta).masked_fill(~t.den, neg_inf)
+            row_lse_beta[rs] = torch.logaddexp(row_lse_beta[rs], torch.logsumexp(masked_beta, dim=1))
+        if row_pair is not None:
+            row_pair[rs] += sigmoid_pair_losses(t.logits, bias_t, t.positive, t.candidate).sum(dim=1)
         if spec.column_terms and t.is_key:
             col_lse[cs] = torch.logaddexp(col_lse[cs], torch.logsumexp(masked, dim=0))
             col_pos[cs] += pos_logits.sum(dim=0)
@@ -262,37 +278,64 @@ def _forward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int])
         return lse, pos / pos_n.clamp(min=1).to(acc)
 
     row_lse, row_pos = finish(row_lse, row_pos, row_den, row_pos_n)
+    if row_lse_beta is not None:
+        row_lse_beta = torch.where(row_den > 0, row_lse_beta, torch.zeros_like(row_lse_beta))
     out = [row_lse, row_pos, row_den, row_pos_n]
     if spec.column_terms:
         col_lse, col_pos = finish(col_lse, col_pos, col_den, col_pos_n)
         out += [col_lse, col_pos, col_den, col_pos_n]
-    return out
+    else:
+        out += [None] * 4
+    return out + [row_lse_beta, row_pair]
 
 
-def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int], saved, grads):
-    """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32 and of the scale."""
+def _softmax_part(t: _Tile, logits, lse, grad, zero):
+    """``grad · exp(logits - lse)`` on the denominator; where() rather than a product, as exp() of a
+    masked-out logit may overflow to inf."""
+    return torch.where(t.den, torch.exp(logits - lse), zero) * grad
+
+
+def _backward(qh, kh, eh, scale_t, bias_t, spec: RoleSpec, band, blocks: tuple[int, int], saved: dict, grads: dict):
+    """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32, of the scale and of the bias."""
     acc = scale_t.dtype
     m = kh.shape[0]
     device = qh.device
-    row_lse, row_pos_n = saved[0], saved[2]
-    g_row_lse, g_row_pos = grads[0], grads[1]
-    g_row_pos_w = g_row_pos / row_pos_n.clamp(min=1).to(acc)
+    beta = spec.hard_beta
+    row_lse = saved["row_lse"]
+    g_row_lse = grads["row_lse"]
+    g_row_pos_w = grads["row_pos"] / saved["row_pos_n"].clamp(min=1).to(acc)
+    if beta is not None:
+        g_row_lse = g_row_lse * (1.0 + beta)
+        g_row_lse_beta = grads["row_lse_beta"] * beta
     if spec.column_terms:
-        col_lse, col_pos_n = saved[3], saved[4]
-        g_col_lse, g_col_pos = grads[2], grads[3]
-        g_col_pos_w = g_col_pos / col_pos_n.clamp(min=1).to(acc)
+        col_lse = saved["col_lse"]
+        g_col_lse = grads["col_lse"]
+        g_col_pos_w = grads["col_pos"] / saved["col_pos_n"].clamp(min=1).to(acc)
     grad_q = torch.zeros(qh.shape, dtype=acc, device=device)
     grad_k = torch.zeros(kh.shape, dtype=acc, device=device)
     grad_e = None if eh is None else torch.zeros(eh.shape, dtype=acc, device=device)
     grad_scale = torch.zeros((), dtype=acc, device=device)
+    grad_bias = torch.zeros((), dtype=acc, device=device)
     zero = torch.zeros((), dtype=acc, device=device)
     for t in _tiles(qh, kh, eh, scale_t, spec, band, blocks):
         rs, cs = slice(t.r0, t.r1), slice(t.g0, t.g1)
-        # where() rather than a product: exp() of a masked-out logit may overflow to inf.
-        d_logits = torch.where(t.den, torch.exp(t.logits - row_lse[rs, None]), zero) * g_row_lse[rs, None]
+        if beta is None:
+            d_logits = _softmax_part(t, t.logits, row_lse[rs, None], g_row_lse[rs, None], zero)
+        else:
+            d_logits = _softmax_part(t, t.logits * (1.0 + beta), row_lse[rs, None], g_row_lse[rs, None], zero)
+            d_logits = d_logits + _softmax_part(t, t.logits * beta, saved["row_lse_beta"][rs, None],
+                                                g_row_lse_beta[rs, None], zero)
         d_logits = d_logits + t.positive * g_row_pos_w[rs, None]
+        if spec.pairwise_sigmoid:
+            # d softplus(-z·x)/dx = -z·sigmoid(-z·x), z = +1 on positives and -1 elsewhere
+            shifted = t.logits + bias_t
+            minus_z = torch.where(t.positive, -torch.ones_like(shifted), torch.ones_like(shifted))
+            d_pair = torch.where(t.positive | t.candidate, minus_z * torch.sigmoid(minus_z * shifted), zero)
+            d_pair = d_pair * grads["row_pair_loss"][rs, None]
+            grad_bias += d_pair.sum()
+            d_logits = d_logits + d_pair
         if spec.column_terms and t.is_key:
-            d_logits = d_logits + torch.where(t.den, torch.exp(t.logits - col_lse[None, cs]), zero) * g_col_lse[None, cs]
+            d_logits = d_logits + _softmax_part(t, t.logits, col_lse[None, cs], g_col_lse[None, cs], zero)
             d_logits = d_logits + t.positive * g_col_pos_w[None, cs]
         grad_scale += (d_logits * t.cosines).sum()
         d_low = d_logits.to(qh.dtype)
@@ -302,7 +345,15 @@ def _backward(qh, kh, eh, scale_t, spec: RoleSpec, band, blocks: tuple[int, int]
             grad_k[cs] += d_cols
         else:
             grad_e[t.g0 - m : t.g1 - m] += d_cols
-    return grad_q * scale_t, grad_k * scale_t, (None if grad_e is None else grad_e * scale_t), grad_scale
+    grad_e = None if grad_e is None else grad_e * scale_t
+    return grad_q * scale_t, grad_k * scale_t, grad_e, grad_scale, grad_bias
+
+
+#: The autograd function's outputs, in order (absent terms are empty placeholder tensors).
+_OUTPUTS = ("row_lse", "row_pos", "row_den", "row_pos_n", "col_lse", "col_pos", "col_den", "col_pos_n",
+            "row_lse_beta", "row_pair_loss")
+_COUNTS = ("row_den", "row_pos_n", "col_den", "col_pos_n")
+_SAVED = ("row_lse", "row_pos_n", "col_lse", "col_pos_n", "row_lse_beta")
 
 
 class _ChunkedContrastive(torch.autograd.Function):
@@ -310,44 +361,52 @@ class _ChunkedContrastive(torch.autograd.Function):
 
     ``keys=None`` means the keys are the queries themselves (NT-Xent, SupCon): the tensor is passed
     once, as ``torch.compile`` cannot trace one tensor given twice, and its two gradients are summed.
-    The Ring band comes as two plain tensor arguments (or None).
+    The Ring band comes as two plain tensor arguments (or None); ``bias_t`` is a 0-d tensor or None.
     """
 
     @staticmethod
-    def forward(ctx, query, keys, extra, scale_t, band_lo, band_hi, spec: RoleSpec, blocks):
+    def forward(ctx, query, keys, extra, scale_t, bias_t, band_lo, band_hi, spec: RoleSpec, blocks):
         band = None if band_lo is None else (band_lo, band_hi)
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
         kh = qh if keys is None else kh
-        out = _forward(qh, kh, eh, scale_t, spec, band, blocks)
+        out = _forward(qh, kh, eh, scale_t, bias_t, spec, band, blocks)
+        named = dict(zip(_OUTPUTS, out))
         ctx.spec = spec
         ctx.blocks = blocks  # backward must recompute the very same tiles
-        lse_and_counts = [out[0], out[2], out[3]] + ([out[4], out[7]] if spec.column_terms else [])
-        ctx.save_for_backward(query, keys, extra, scale_t, band_lo, band_hi, *lse_and_counts)
-        counts = [out[2], out[3]] + ([out[6], out[7]] if spec.column_terms else [])
-        ctx.mark_non_differentiable(*counts)
-        if not spec.column_terms:  # fixed arity; distinct tensors (torch.compile rejects aliased outputs)
-            out += [query.new_empty(0, dtype=scale_t.dtype) for _ in range(2)]
-            out += [query.new_empty(0, dtype=torch.int64) for _ in range(2)]
-        return tuple(out)
+        ctx.save_for_backward(query, keys, extra, scale_t, bias_t, band_lo, band_hi, *(named[k] for k in _SAVED))
+        ctx.mark_non_differentiable(*(named[k] for k in _COUNTS if named[k] is not None))
+        # fixed arity; distinct tensors (torch.compile rejects aliased outputs)
+        return tuple(
+            x if x is not None else query.new_empty(0, dtype=torch.int64 if k in _COUNTS else scale_t.dtype)
+            for k, x in zip(_OUTPUTS, out)
+        )
 
     @staticmethod
-    def backward(ctx, g_row_lse, g_row_pos, _g1, _g2, g_col_lse, g_col_pos, _g3, _g4):
+    def backward(ctx, *output_grads):
         spec: RoleSpec = ctx.spec
-        query, keys, extra, scale_t, band_lo, band_hi, *saved = ctx.saved_tensors
+        query, keys, extra, scale_t, bias_t, band_lo, band_hi, *saved_list = ctx.saved_tensors
+        saved = dict(zip(_SAVED, saved_list))
         band = None if band_lo is None else (band_lo, band_hi)
         acc = scale_t.dtype
+        row_like = saved["row_lse"]
 
-        def grad_or_zero(g, like):
+        def grad_or_zero(name, like):
+            g = output_grads[_OUTPUTS.index(name)]
             return torch.zeros_like(like) if g is None else g.to(acc)
 
-        grads = [grad_or_zero(g_row_lse, saved[0]), grad_or_zero(g_row_pos, saved[0])]
+        grads = {k: grad_or_zero(k, row_like) for k in ("row_lse", "row_pos")}
         if spec.column_terms:
-            grads += [grad_or_zero(g_col_lse, saved[3]), grad_or_zero(g_col_pos, saved[3])]
+            grads.update({k: grad_or_zero(k, saved["col_lse"]) for k in ("col_lse", "col_pos")})
+        if spec.hard_beta is not None:
+            grads["row_lse_beta"] = grad_or_zero("row_lse_beta", row_like)
+        if spec.pairwise_sigmoid:
+            grads["row_pair_loss"] = grad_or_zero("row_pair_loss", row_like)
         shared = keys is None
         keys_in = query if shared else keys
+        bias_in = torch.zeros((), dtype=acc, device=query.device) if bias_t is None else bias_t
         with torch.no_grad():
             qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys_in, extra))
-            dq, dk, de, dscale = _backward(qh, kh, eh, scale_t, spec, band, ctx.blocks, saved, grads)
+            dq, dk, de, dscale, dbias = _backward(qh, kh, eh, scale_t, bias_in, spec, band, ctx.blocks, saved, grads)
             if shared:
                 dq, dk = dq + dk, None
             if spec.normalize:
@@ -360,6 +419,7 @@ class _ChunkedContrastive(torch.autograd.Function):
             dk.to(keys.dtype) if (need[1] and dk is not None) else None,
             de.to(extra.dtype) if (need[2] and de is not None) else None,
             dscale if need[3] else None,
+            dbias if need[4] else None,
             None,
             None,
             None,
@@ -373,20 +433,29 @@ def compute_terms(
     extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
+    bias: Scale | None = None,
 ) -> ContrastiveTerms:
     """The core's terms (see :mod:`contrastive_ops.core`) in tiles of the current :func:`block_size`.
 
     ``query [N, D]``, ``keys [M, D]``, ``extra [R, D]`` or None, same dtype and device; ``scale`` a
-    float or a 0-d tensor (which receives a gradient). The Ring band, when asked for, is selected
-    first (no gradient) on the same tiling as the forward and backward.
+    float or a 0-d tensor (which receives a gradient); ``bias`` likewise, used only with
+    ``spec.pairwise_sigmoid``. The Ring band, when asked for, is selected first (no gradient) on the
+    same tiling as the forward and backward.
     """
     blocks = (_BLOCK["rows"], _BLOCK["cols"])
     band_lo = band_hi = None
     if spec.ring is not None:
         band_lo, band_hi = ring_band(query, keys, extra, scale, spec, blocks)
     scale_t = as_scale_tensor(scale, query)
+    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared_keys = None if keys is query else keys
-    out = _ChunkedContrastive.apply(query, shared_keys, extra, scale_t, band_lo, band_hi, spec, blocks)
+    out = _ChunkedContrastive.apply(query, shared_keys, extra, scale_t, bias_t, band_lo, band_hi, spec, blocks)
+    named = dict(zip(_OUTPUTS, out))
+    present = {k: (v if k in ("row_lse", "row_pos", "row_den", "row_pos_n") else None) for k, v in named.items()}
     if spec.column_terms:
-        return ContrastiveTerms(*out)
-    return ContrastiveTerms(*out[:4], None, None, None, None)
+        present.update({k: named[k] for k in ("col_lse", "col_pos", "col_den", "col_pos_n")})
+    if spec.hard_beta is not None:
+        present["row_lse_beta"] = named["row_lse_beta"]
+    if spec.pairwise_sigmoid:
+        present["row_pair_loss"] = named["row_pair_loss"]
+    return ContrastiveTerms(*(present[k] for k in _OUTPUTS))  # the same order as the fields

@@ -8,7 +8,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core import ContrastiveTerms, RoleSpec, Scale, accumulation_dtype, denominator, pair_roles, ring_ranks
+from ..core import (
+    ContrastiveTerms,
+    RoleSpec,
+    Scale,
+    accumulation_dtype,
+    as_scale_tensor,
+    denominator,
+    pair_roles,
+    ring_ranks,
+    sigmoid_pair_losses,
+)
 
 
 def _logits(query, keys, extra, scale: Scale, spec: RoleSpec) -> torch.Tensor:
@@ -57,8 +67,12 @@ def compute_terms(
     extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
+    bias: Scale | None = None,
 ) -> ContrastiveTerms:
-    """The core's terms from the materialized ``N × (M + R)`` logits, with autograd's backward."""
+    """The core's terms from the materialized ``N × (M + R)`` logits, with autograd's backward.
+
+    ``bias`` (a float or a 0-d tensor) enters only ``row_pair_loss`` (``spec.pairwise_sigmoid``).
+    """
     logits = _logits(query, keys, extra, scale, spec)
     num_keys = keys.shape[0]
     rows = torch.arange(query.shape[0], device=query.device)
@@ -69,12 +83,20 @@ def compute_terms(
         with torch.no_grad():
             band = ring_band_sorted(logits.detach(), candidate, *spec.ring)
     den = denominator(positive, candidate, logits, spec, band)
-    row_lse, row_den = _masked_lse(logits, den)
+    row_lse_beta = row_pair_loss = None
+    if spec.hard_beta is not None:
+        row_lse, row_den = _masked_lse(logits * (1.0 + spec.hard_beta), den)
+        row_lse_beta, _ = _masked_lse(logits * spec.hard_beta, den)
+    else:
+        row_lse, row_den = _masked_lse(logits, den)
     row_pos, row_pos_n = _positive_mean(logits, positive)
+    if spec.pairwise_sigmoid:
+        bias_t = as_scale_tensor(0.0 if bias is None else bias, query)
+        row_pair_loss = sigmoid_pair_losses(logits, bias_t, positive, candidate).sum(dim=1)
     col = [None] * 4
     if spec.column_terms:
         key_logits, key_den, key_pos = logits[:, :num_keys].T, den[:, :num_keys].T, positive[:, :num_keys].T
         col_lse, col_den = _masked_lse(key_logits, key_den)
         col_pos, col_pos_n = _positive_mean(key_logits, key_pos)
         col = [col_lse, col_pos, col_den, col_pos_n]
-    return ContrastiveTerms(row_lse, row_pos, row_den, row_pos_n, *col)
+    return ContrastiveTerms(row_lse, row_pos, row_den, row_pos_n, *col, row_lse_beta, row_pair_loss)

@@ -29,6 +29,8 @@ DEFAULTS = {
     "ring_outer": 0.1,
     "ring_inner": 0.1,
     "ring_anneal_epochs": 10.0,
+    "hard_beta": 1.0,
+    "tau_plus": 0.1,
     "width": 32,
     "feature_dim": 128,
     "embed_dim": 64,
@@ -40,7 +42,7 @@ DEFAULTS = {
 HELP = {
     "loss": "objective (info_nce is MoCo: momentum key encoder + queue)",
     "backend": "contrastive_ops backend for the loss",
-    "temperature": "softmax temperature (clip: initial 1/logit_scale)",
+    "temperature": "softmax temperature (clip: initial 1/logit_scale; siglip: unused, logit scale starts at 10)",
     "epochs": "train until this many epochs are done (with --resume: in total)",
     "batch_size": "global batch size (split over ranks under torchrun)",
     "lr": "AdamW learning rate",
@@ -55,6 +57,8 @@ HELP = {
     "ring_outer": "ring: final outer fraction",
     "ring_inner": "ring: inner fraction",
     "ring_anneal_epochs": "ring: epochs over which outer goes from 1.0 to --ring-outer",
+    "hard_beta": "hard_negative: concentration beta on hard negatives (>= 0)",
+    "tau_plus": "hard_negative, debiased: class prior tau+ of a false negative, in [0, 1)",
     "width": "encoder width (channels of the first conv)",
     "feature_dim": "encoder output dim (the probe's features)",
     "embed_dim": "projection head output dim (the loss's features)",
@@ -65,7 +69,7 @@ HELP = {
 
 #: Options that define a run: a checkpoint is only resumed under the same values.
 FINGERPRINT_KEYS = ("loss", "temperature", "batch_size", "lr", "weight_decay", "seed", "data", "queue_size",
-                    "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "width", "feature_dim",
+                    "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "hard_beta", "tau_plus", "width", "feature_dim",
                     "embed_dim", "probe_test_fraction", "max_steps_per_epoch")
 
 
@@ -155,6 +159,10 @@ def _validate(cfg: dict) -> None:
     for key in ("ring_outer", "ring_inner", "momentum"):
         if not isinstance(cfg[key], (int, float)) or not 0 <= cfg[key] <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {cfg[key]!r}")
+    if isinstance(cfg["hard_beta"], bool) or not isinstance(cfg["hard_beta"], (int, float)) or not cfg["hard_beta"] >= 0:
+        raise ConfigError(f"hard_beta must be a number >= 0, got {cfg['hard_beta']!r}")
+    if isinstance(cfg["tau_plus"], bool) or not isinstance(cfg["tau_plus"], (int, float)) or not 0 <= cfg["tau_plus"] < 1:
+        raise ConfigError(f"tau_plus must be in [0, 1), got {cfg['tau_plus']!r}")
     if not 0 < cfg["probe_test_fraction"] < 1:
         raise ConfigError(f"probe_test_fraction must be in (0, 1), got {cfg['probe_test_fraction']!r}")
 

@@ -15,7 +15,7 @@ import torch
 
 from ..backends import resolve
 from . import objectives
-from .cli import FINGERPRINT_KEYS
+from .cli import DEFAULTS, FINGERPRINT_KEYS
 from .data import DataError, Dataset, augment, load_digits, load_path
 from .model import ContrastiveModel
 
@@ -78,7 +78,9 @@ def _load_checkpoint(path: str, fingerprint: dict) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"--resume: {path} is not a contrastive-ops-train checkpoint")
     saved = ckpt["config"]
-    diff = [f"{k}={saved.get(k)!r} (now {fingerprint[k]!r})" for k in FINGERPRINT_KEYS if saved.get(k) != fingerprint[k]]
+    # an option a checkpoint predates had its default value then
+    saved = {k: saved.get(k, DEFAULTS[k]) for k in FINGERPRINT_KEYS}
+    diff = [f"{k}={saved[k]!r} (now {fingerprint[k]!r})" for k in FINGERPRINT_KEYS if saved[k] != fingerprint[k]]
     if diff:
         raise CheckpointError(f"--resume: {path} comes from a different config: " + ", ".join(diff))
     return ckpt

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import functional as cf
 
-LOSSES = ("nt_xent", "info_nce", "supcon", "dcl", "ring", "clip")
+LOSSES = ("nt_xent", "info_nce", "supcon", "dcl", "ring", "clip", "hard_negative", "debiased", "siglip")
 
 
 class Objective(nn.Module):
@@ -78,6 +78,42 @@ class Clip(Objective):
         self.candidates = image.shape[0] * _world(self.group)
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
         return cf.clip_loss(image, text, scale, normalize=True, **self.common())
+
+
+class HardNegative(Objective):
+    """Robinson et al.'s hard-negative loss over the two views (``--hard-beta``, ``--tau-plus``)."""
+
+    def forward(self, v1, v2, labels):
+        z1, z2 = self.model(v1), self.model(v2)
+        self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
+        return cf.hard_negative_nce(z1, z2, temperature=self.cfg["temperature"], beta=self.cfg["hard_beta"],
+                                    tau_plus=self.cfg["tau_plus"], **self.common())
+
+
+class Debiased(Objective):
+    """Chuang et al.'s debiased contrastive loss over the two views (``--tau-plus``)."""
+
+    def forward(self, v1, v2, labels):
+        z1, z2 = self.model(v1), self.model(v2)
+        self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
+        return cf.debiased_nce(z1, z2, temperature=self.cfg["temperature"], tau_plus=self.cfg["tau_plus"],
+                               **self.common())
+
+
+class SigLip(Objective):
+    """The two views as two modalities under SigLIP's sigmoid loss, with its learnable log-scale
+    (initialised at log 10) and bias (initialised at -10). ``candidates`` is the texts per image, as
+    for CLIP; the InfoNCE bound is only indicative for a sigmoid loss."""
+
+    def __init__(self, model, cfg, group=None):
+        super().__init__(model, cfg, group)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward(self, v1, v2, labels):
+        image, text = self.model(v1), self.model(v2)
+        self.candidates = image.shape[0] * _world(self.group)
+        return cf.siglip_loss(image, text, self.log_scale.exp(), self.bias, normalize=True, **self.common())
 
 
 class MoCo(Objective):
@@ -147,7 +183,8 @@ class Ring(Objective):
                                 inner=self.cfg["ring_inner"], **self.common())
 
 
-OBJECTIVES = {"nt_xent": NTXent, "info_nce": MoCo, "supcon": SupCon, "dcl": DCL, "ring": Ring, "clip": Clip}
+OBJECTIVES = {"nt_xent": NTXent, "info_nce": MoCo, "supcon": SupCon, "dcl": DCL, "ring": Ring, "clip": Clip,
+              "hard_negative": HardNegative, "debiased": Debiased, "siglip": SigLip}
 
 
 def build(name: str, model: nn.Module, cfg: dict, group=None) -> Objective:
