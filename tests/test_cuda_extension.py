@@ -126,10 +126,28 @@ def test_fake_implementations_give_shapes_and_dtypes(ext):
         q, k, e = (torch.randn(n, 12, device="cuda", dtype=torch.bfloat16) for n in (7, 5, 3))
         spec = RoleSpec(pos_index=torch.arange(5, device="cuda"), column_terms=True)
         terms = ext.compute_terms(q, k, e, 2.0, spec)
-        assert [tuple(t.shape) for t in terms] == [(7,)] * 4 + [(5,)] * 4
+        assert [tuple(t.shape) for t in terms[:8]] == [(7,)] * 4 + [(5,)] * 4
+        assert terms.row_lse_beta is None and terms.row_pair_loss is None
         assert terms.row_lse.dtype == torch.float32 and terms.row_den_count.dtype == torch.int64
         ring = ext.compute_terms(q, k, e, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"), ring=(0.5, 0.1)))
         assert ring.row_lse.shape == (7,) and ring.col_lse is None
+
+
+@pytest.mark.parametrize("spec,missing", [
+    (RoleSpec(pos_index=torch.arange(4), decoupled=True, hard_beta=1.0), "hard-negative weighting"),
+    (RoleSpec(pos_index=torch.arange(4), pairwise_sigmoid=True), "the pairwise sigmoid loss"),
+    (RoleSpec(pos_index=torch.arange(4), row_labels=torch.arange(4), col_labels=torch.arange(4)),
+     "false-negative masking"),
+])
+def test_roles_the_extension_lacks_are_refused_and_auto_avoids_it(ext, spec, missing):
+    from contrastive_ops.backends import BackendUnavailableError, resolve
+
+    x = torch.randn(4, 8, device="meta")
+    with pytest.raises(BackendUnavailableError, match=f"backend='cuda' does not implement {missing}"):
+        ext.compute_terms(x, x.clone(), None, 2.0, spec)
+    with pytest.raises(BackendUnavailableError, match=f"does not implement {missing}.*'triton' or 'chunked'"):
+        resolve("cuda", torch.device("cuda"), spec)
+    assert resolve("auto", torch.device("cuda"), spec) in ("triton", "chunked")
 
 
 def test_autograd_gives_every_input_a_gradient_of_its_shape(ext):

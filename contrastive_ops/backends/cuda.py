@@ -133,8 +133,11 @@ def compute_terms(
     extra: torch.Tensor | None,
     scale: Scale,
     spec: RoleSpec,
+    bias: Scale | None = None,
 ) -> ContrastiveTerms:
-    """The core's terms (see :mod:`contrastive_ops.core`), as :func:`chunked.compute_terms`.
+    """The core's terms (see :mod:`contrastive_ops.core`), as :func:`chunked.compute_terms`, for the
+    roles the extension implements (``backends.cuda_supports`` names what it lacks: hard-negative
+    LSEs, the pairwise sigmoid and its ``bias``, false-negative masking by labels).
 
     ``query [N, D]``, ``keys [M, D]`` (may be ``query`` itself: NT-Xent, SupCon), ``extra [R, D]`` or
     None, same dtype (fp32/fp16/bf16) and CUDA device; ``scale`` a float or a 0-d tensor (which
@@ -142,6 +145,11 @@ def compute_terms(
     with ``spec.column_terms``); a row with an empty denominator has ``lse = 0`` and no gradient.
     The Ring band, when asked for, is selected first on the device (no gradient, no host sync).
     """
+    from . import BackendUnavailableError, cuda_supports
+
+    missing = cuda_supports(spec)
+    if missing is not None:
+        raise BackendUnavailableError(f"backend='cuda' does not implement {missing}: use backend='triton' or 'chunked'")
     _check(query)
     scale_t = as_scale_tensor(scale, query)
     shared_keys = None if keys is query else keys
@@ -156,4 +164,4 @@ def compute_terms(
                        spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize)
     if spec.column_terms:
         return ContrastiveTerms(*out)
-    return ContrastiveTerms(*out[:4], None, None, None, None)
+    return ContrastiveTerms(*out[:4], None, None, None, None)  # row_lse_beta, row_pair_loss: None

@@ -249,10 +249,7 @@ def compute_terms(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
         )
-    hard_beta = getattr(spec, "hard_beta", None)
-    pairwise_sigmoid = bool(getattr(spec, "pairwise_sigmoid", False))
-    if hard_beta is not None and spec.column_terms:
-        raise ValueError("hard-negative LSEs (hard_beta) are per row only: column_terms must be False")
+    hard_beta, pairwise_sigmoid = spec.hard_beta, spec.pairwise_sigmoid
     pinned = tile_config.pinned_config()
     config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
