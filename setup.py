@@ -102,6 +102,7 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-benchmark>=4",
+            "pytest-xdist>=3",
             "pytorch-metric-learning>=2.0",
         ],
         "train": ["tqdm", "scikit-learn", "matplotlib"],

@@ -59,7 +59,7 @@ def _cpu_memory_child(loss: str, impl: str, n: int, d: int, dtype: str, mode: st
     code = (
         "import sys, torch; from benchmarks import measure, workloads as w;"
         f"wl = w.WORKLOADS[{loss!r}]; dev = torch.device('cpu');"
-        f"fn = dict((name, f) for name, f, _ in w.implementations(wl, dev))[{impl!r}];"
+        f"fn = dict((name, f) for name, f, _ in w.implementations(wl, dev, only={impl!r}))[{impl!r}];"
         f"x = w.make_inputs({n}, {d}, getattr(torch, {dtype!r}), dev, 0);"
         "small = w.make_inputs(8, 4, torch.float32, dev, 1); fn(small);"
         f"print(measure.peak_memory_mib(fn, x, {mode!r}, dev))"

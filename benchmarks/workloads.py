@@ -168,16 +168,19 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
     raise ValueError(f"unknown peer {peer!r}")
 
 
-def implementations(workload: Workload, device: torch.device):
-    """``(name, callable or None, reason)`` for every backend and peer of ``workload`` on ``device``."""
+def implementations(workload: Workload, device: torch.device, only: str | None = None):
+    """``(name, callable or None, reason)`` for every backend and peer of ``workload`` on ``device``
+    (only the implementation ``only``, if given: peers are costly to set up)."""
     out = []
     for backend in OUR_BACKENDS:
+        if only is not None and backend != only:
+            continue
         ok, why = co.backend_status(backend, device)
         if ok and backend == "triton" and device.type != "cuda":
             ok, why = False, "Triton runs on CPU tensors only in its interpreter: not timed"
         out.append((backend, (lambda x, be=backend: workload.call(x, be)) if ok else None, why))
     for peer in PEERS:
-        if peer not in workload.peers:
+        if peer not in workload.peers or (only is not None and peer != only):
             continue
         ok, why = peer_status(peer, device)
         out.append((peer, peer_call(peer, workload) if ok else None, why))
