@@ -72,6 +72,20 @@ def supcon(x, labels, *, temperature=0.1, normalize=True):
     return torch.where(count > 0, loss, torch.zeros_like(loss)), int((count > 0).sum())
 
 
+
+def _ring_row_loss(positive, cand, outer, inner):
+    """One anchor's Ring loss from its positive logit and its candidates' logits (DESIGN.md §5):
+    ranks ``[floor(inner·hi), hi)`` of the descending candidates, ``hi = floor(outer·M_i)``, ties at
+    a boundary kept; an empty ring gives 0."""
+    hi = math.floor(outer * cand.numel())
+    lo = math.floor(inner * hi)
+    if hi <= lo:
+        return positive * 0
+    ordered = cand.detach().sort(descending=True).values
+    v_hi, v_lo = ordered[lo], ordered[hi - 1]
+    ring = cand[(cand >= v_lo) & (cand <= v_hi)]
+    return -positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0)
+
 def ring_info_nce(q, k, neg=None, *, temperature=0.07, outer=0.1, inner=0.1, in_batch_negatives=True, normalize=True):
     """A loop over rows with a full sort of each row's candidates (see ``ring_info_nce``)."""
     q, k = _unit(q, normalize), _unit(k, normalize)
@@ -84,16 +98,7 @@ def ring_info_nce(q, k, neg=None, *, temperature=0.07, outer=0.1, inner=0.1, in_
         if in_batch_negatives:
             candidates.append(torch.cat([qk[i, :i], qk[i, i + 1 :]]))
         cand = torch.cat(candidates)
-        hi = math.floor(outer * cand.numel())
-        lo = math.floor(inner * hi)
-        positive = qk[i, i]
-        if hi <= lo:
-            losses.append(positive * 0)
-            continue
-        ordered = cand.detach().sort(descending=True).values
-        v_hi, v_lo = ordered[lo], ordered[hi - 1]
-        ring = cand[(cand >= v_lo) & (cand <= v_hi)]
-        losses.append(-positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0))
+        losses.append(_ring_row_loss(qk[i, i], cand, outer, inner))
     return torch.stack(losses)
 
 
@@ -142,16 +147,7 @@ def ring_info_nce_masked(q, k, neg=None, *, query_labels, key_labels, temperatur
     for i in range(n):
         keep = (key_labels != query_labels[i]) & (torch.arange(n) != i)
         cand = torch.cat([qn[i], qk[i][keep]])
-        hi = math.floor(outer * cand.numel())
-        lo = math.floor(inner * hi)
-        positive = qk[i, i]
-        if hi <= lo:
-            losses.append(positive * 0)
-            continue
-        ordered = cand.detach().sort(descending=True).values
-        v_hi, v_lo = ordered[lo], ordered[hi - 1]
-        ring = cand[(cand >= v_lo) & (cand <= v_hi)]
-        losses.append(-positive + torch.logsumexp(torch.cat([positive[None], ring]), dim=0))
+        losses.append(_ring_row_loss(qk[i, i], cand, outer, inner))
     return torch.stack(losses)
 
 

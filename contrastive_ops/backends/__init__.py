@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 from typing import Callable
 
 import torch
+
+from contrastive_ops.kernels import config as tile_config  # imports no Triton
 
 from . import chunked, naive
 from . import triton as triton_backend  # registers its torch.library ops; imports no Triton
@@ -44,10 +45,6 @@ def _triton_status() -> tuple[bool, str]:
     return True, "ok"
 
 
-def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _cuda_status() -> tuple[bool, str]:
     from contrastive_ops import _ext  # the extension's own loader; never imported at module level
 
@@ -64,7 +61,7 @@ def backend_status(name: str, device: torch.device | None = None) -> tuple[bool,
     ok, why = _triton_status() if name == "triton" else _cuda_status()
     if not ok:
         return False, why
-    if name == "triton" and device.type == "cpu" and _triton_interpreting():
+    if name == "triton" and device.type == "cpu" and tile_config.interpreting():
         return True, "ok (Triton interpreter: TRITON_INTERPRET=1)"
     if device.type != "cuda":
         hint = " (or on CPU tensors in Triton's interpreter: TRITON_INTERPRET=1)" if name == "triton" else ""
