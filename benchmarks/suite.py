@@ -176,9 +176,12 @@ def _measure(workload, name, fn, n, d, dtype, mode, device, reps) -> dict:
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"status": "oom"}
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001  (a peer's assert or ValueError is a failed row, not a failed run)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         status = "oom" if "out of memory" in str(exc).lower() else "error"
-        return {"status": status, "error": str(exc).splitlines()[0][:300]}
+        message = (str(exc).strip().splitlines() or [""])[0]
+        return {"status": status, "error": f"{type(exc).__name__}: {message}"[:300]}
 
 
 def _print_row(row: dict) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,8 +138,37 @@ def peer_status(peer: str, device: torch.device) -> tuple[bool, str]:
     return True, "ok"
 
 
+def inf_cl_head_dim(d: int) -> int:
+    """inf-cl views each feature row as heads of ``head_dim`` ∈ {16, 32, …, 256} lanes whose dot
+    products it sums: the largest such divisor of ``d`` gives the same logits with the fewest heads."""
+    head_dim = math.gcd(d, 256)
+    if head_dim < 16:
+        raise ValueError(f"inf-cl needs a feature dimension divisible by 16, got d={d}")
+    return head_dim
+
+
+def inf_cl_loss(query: torch.Tensor, key: torch.Tensor, scale) -> torch.Tensor:
+    """inf-cl's single-process loss, mean over rows. Its ``cal_inf_loss`` all-reduces the scale's
+    gradient even without a process group (and fails there), so the single-GPU kernels are called
+    through ``cal_flash_loss``, which is what ``cal_inf_loss`` runs without distributed anyway."""
+    from inf_cl import cal_flash_loss
+
+    return cal_flash_loss(query, key, scale=scale, head_dim=inf_cl_head_dim(query.shape[1])).mean()
+
+
+def siglip_kernel_loss(x: dict, backend: str = "auto") -> torch.Tensor:
+    """siglip-kernel's loss on the suite's inputs: it takes log(scale) (its "log temperature",
+    multiplied in as exp) and the bias, and divides the summed pair losses by N like open_clip."""
+    from siglip_kernel import fused_siglip_loss
+
+    return fused_siglip_loss(x["a"], x["b"], x["scale"].log(), x["bias"], backend=backend)
+
+
 def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] | None:
-    """A function of the inputs computing ``workload``'s loss with ``peer`` (None if it does not)."""
+    """A function of the inputs computing ``workload``'s loss with ``peer`` (None if it does not).
+
+    Where a peer cannot take the suite's learnable scale (memeff's temperature is a float), it gets
+    the same value as a constant, and so does less work (no scale gradient)."""
     if peer not in workload.peers:
         return None
     if peer == "compiled_naive":
@@ -150,21 +180,17 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
         loss = _open_clip_loss_module().ClipLoss()
         return lambda x: loss(x["a"], x["b"], x["scale"])
     if peer == "inf_cl":
-        from inf_cl import cal_inf_loss
-
         if workload.loss == "clip":
-            return lambda x: 0.5 * (cal_inf_loss(x["a"], x["b"], scale=x["scale"]) + cal_inf_loss(x["b"], x["a"], scale=x["scale"]))
-        return lambda x: cal_inf_loss(x["a"], x["b"], scale=1.0 / TEMPERATURE)
+            return lambda x: 0.5 * (inf_cl_loss(x["a"], x["b"], x["scale"]) + inf_cl_loss(x["b"], x["a"], x["scale"]))
+        return lambda x: inf_cl_loss(x["a"], x["b"], 1.0 / TEMPERATURE)
     if peer == "memeff":
         from memeff import MemoryEfficientCLIPLoss
 
+        # stable=False: the plain 1/temperature gradient scale, i.e. the gradient of the CLIP loss
         loss = MemoryEfficientCLIPLoss(temperature=TEMPERATURE, normalized_inputs=True, stable=False)
         return lambda x: loss(x["a"], x["b"])
     if peer == "siglip_kernel":
-        from siglip_kernel import fused_siglip_loss
-
-        # the peer takes the log of the scale (SigLIP's t') and the bias
-        return lambda x: fused_siglip_loss(x["a"], x["b"], x["scale"].log(), x["bias"])
+        return siglip_kernel_loss
     raise ValueError(f"unknown peer {peer!r}")
 
 

@@ -73,3 +73,23 @@ def lightly_losses():
         _bare_package("lightly" + ("." + sub.replace("/", ".") if sub else ""), os.path.join(root, sub))
     sys.modules.setdefault("lightly.models.utils", types.ModuleType("lightly.models.utils"))
     return importlib.import_module("lightly.loss.ntx_ent_loss"), importlib.import_module("lightly.loss.dcl_loss")
+
+
+@functools.cache
+def siglip_kernel_reference():
+    """siglip-kernel's own PyTorch reference module (its package ``__init__`` queries the CUDA
+    device at import, so on a CPU machine the reference file is loaded alone)."""
+    root = _package_dir("siglip_kernel")
+    if root is None:
+        _missing("siglip-kernel")
+    spec = importlib.util.spec_from_file_location("_peer_siglip_kernel_reference", os.path.join(root, "reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def require(name: str, package: str):
+    """Import ``name`` (a CUDA-only peer used as a whole), failing or skipping like the others."""
+    if importlib.util.find_spec(name) is None:
+        _missing(package)
+    return importlib.import_module(name)
