@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
+import os
 import platform
 import subprocess
 
@@ -10,6 +11,10 @@ import torch
 
 
 def commit() -> str:
+    """The checkout's short hash (``-dirty`` with uncommitted changes); ``CONTRASTIVE_OPS_COMMIT``
+    overrides it where the tree was copied without its ``.git`` (e.g. onto a GPU machine)."""
+    if os.environ.get("CONTRASTIVE_OPS_COMMIT"):
+        return os.environ["CONTRASTIVE_OPS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(

@@ -2,7 +2,9 @@
 
 Timing: ``triton.testing.do_bench`` on CUDA when Triton is installed, CUDA events otherwise, and
 ``time.perf_counter`` on the CPU; medians with the 20th/80th percentiles, warm-up excluded, the
-input sets rotated so that no single set stays in cache. Memory: on CUDA the peak of
+input sets rotated so that no single set stays in cache. A CUDA point whose warm-up call takes
+longer than ``SLOW_CALL_MS`` is timed over ``SLOW_CALL_REPS`` event-timed calls instead, since
+``do_bench`` makes at least eight calls (one compile, five to estimate, a warm-up and a timed one). Memory: on CUDA the peak of
 ``torch.cuda.max_memory_allocated`` above what was allocated before the call (the inputs);
 on the CPU the kernel's resident high-water mark (``VmHWM``) above the resident size before the
 call, which is only clean in a fresh process (the suite runs CPU memory points in a child).
@@ -60,7 +62,7 @@ def time_point(fn: Callable[[dict], torch.Tensor], input_sets: list, mode: str, 
             ms = (time.perf_counter() - t0) * 1e3
         if i >= warmup:
             samples.append(ms)
-    q = statistics.quantiles(samples, n=5) if len(samples) >= 2 else samples * 4
+    q = statistics.quantiles(samples, n=5, method="inclusive") if len(samples) >= 2 else samples * 4
     return {"ms": statistics.median(samples), "ms_p20": q[0], "ms_p80": q[3]}
 
 
@@ -92,10 +94,18 @@ def time_point_cuda_do_bench(fn, input_sets: list, mode: str, device: torch.devi
     return {"ms": ms, "ms_p20": p20, "ms_p80": p80}
 
 
+SLOW_CALL_MS = 250.0
+SLOW_CALL_REPS = 3
+
+
 def timing(fn, input_sets, mode, device, reps) -> dict:
-    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-        return time_point_cuda_do_bench(fn, input_sets, mode, device)
-    return time_point(fn, input_sets, mode, device, reps)
+    if device.type != "cuda":
+        return time_point(fn, input_sets, mode, device, reps)
+    # one warm-up call (compiles kernels, tunes tile configs), timed to choose how to time the rest
+    warm = time_point(fn, input_sets[:1], mode, device, reps=1, warmup=0)["ms"]
+    if warm > SLOW_CALL_MS or importlib.util.find_spec("triton") is None:
+        return time_point(fn, input_sets, mode, device, reps=SLOW_CALL_REPS if warm > SLOW_CALL_MS else reps, warmup=0)
+    return time_point_cuda_do_bench(fn, input_sets, mode, device)
 
 
 def _kib(field: str) -> int:

@@ -9,16 +9,25 @@ In one process it prints the environment, measures this device's bf16 and fp32 (
 ``torch.matmul`` rates and copy bandwidth, runs the GPU tests (``pytest -m gpu``) when there is a
 GPU, then measures each point. Rows go to ``benchmarks/results/<date>-<device>-<commit>.jsonl``,
 one JSON object per line; a point that fails or runs out of memory is a row with its ``status``;
-one that would not fit or take too long is a ``skipped`` row with the reason.
+one that would not fit or take too long is a ``skipped`` row with the reason. ``n`` and ``m`` are
+the logit matrix's rows and columns (2 × the batch for the two-view losses nt_xent, dcl,
+hard_negative and debiased).
+
+On a GPU, fp32 runs with tf32 dot products unless ``--fp32-precision highest`` (the peers' Triton
+kernels use tf32 by default; every row records the setting). ``--budget-s`` stops starting new
+points when the time is spent and still writes the table and plots (the remaining points become
+``skipped`` rows).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -29,6 +38,8 @@ from benchmarks.workloads import MODES, OUR_BACKENDS, WORKLOADS, implementations
 GRIDS = {
     "small": {"n": [256, 512, 1024], "d": [64], "dtypes": ["float32"]},
     "cpu": {"n": [1024, 2048, 4096, 8192], "d": [128], "dtypes": ["float32"]},
+    # what one 10-minute GPU call can hold: the issue's headline shape (65536² × 768, bf16) and below
+    "lease": {"n": [4096, 16384, 65536], "d": [768], "dtypes": ["bfloat16"]},
     "full": {"n": [4096, 16384, 65536, 262144, 1048576], "d": [128, 512, 768, 1024], "dtypes": ["bfloat16", "float32"]},
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,6 +53,7 @@ def fits(name: str, rows: int, cols: int, d: int, itemsize: int, device: torch.d
     """Skip what would not fit: the naive matrix (about 6 fp32 copies of it for forward+backward)
     and the inputs with their gradients, against this device's free memory."""
     if device.type == "cuda":
+        release_memory(device)
         free = torch.cuda.mem_get_info(device)[0]
     else:
         with open("/proc/meminfo") as f:
@@ -52,6 +64,14 @@ def fits(name: str, rows: int, cols: int, d: int, itemsize: int, device: torch.d
     if need > 0.8 * free:
         return False, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
     return True, "ok"
+
+
+def release_memory(device: torch.device) -> None:
+    """Hand what the last point left (its graph, a failed call's buffers) back to the device, so
+    that the next fit check and peak measurement start from the inputs alone."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _cpu_memory_child(loss: str, impl: str, n: int, d: int, dtype: str, mode: str) -> float:
@@ -90,12 +110,20 @@ def main(argv=None) -> None:
                    help="backends and peers to run (default: every backend; peers on a GPU, open_clip on a CPU)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per point on the CPU")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="skip a point whose smaller-N time predicts more")
+    p.add_argument("--max-seconds", type=float, default=10.0,
+                   help="skip a point whose one call the smaller-N time predicts to take longer")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting points after this many seconds; the table and plots are still written")
+    p.add_argument("--fp32-precision", choices=("highest", "high", "medium"), default=None,
+                   help="torch.set_float32_matmul_precision for the run (default: high on a GPU, as is elsewhere)")
     p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
     p.add_argument("--no-gpu-tests", action="store_true")
     args = p.parse_args(argv)
 
+    started = time.monotonic()
     device = torch.device(args.device)
+    if args.fp32_precision or device.type == "cuda":
+        torch.set_float32_matmul_precision(args.fp32_precision or "high")
     grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
     grid.update({k: v for k, v in (("n", args.n), ("d", args.d), ("dtypes", args.dtypes)) if v})
     impls = args.impls or (list(OUR_BACKENDS) + (["compiled_naive", "open_clip", "inf_cl", "memeff", "siglip_kernel"]
@@ -106,51 +134,65 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
     print(f"device {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']}")
-    size = 4096 if device.type == "cuda" else 1024
+    size = 8192 if device.type == "cuda" else 1024
     rates = {"bfloat16": measure.matmul_tflops(torch.bfloat16, device, size),
              "float32": measure.matmul_tflops(torch.float32, device, size)}
     rates["float16"] = measure.matmul_tflops(torch.float16, device, size) if device.type == "cuda" else rates["bfloat16"]
     bandwidth = measure.copy_gib_per_s(device)
-    print(f"matmul {size}^3: bf16 {rates['bfloat16']:.2f} TFLOP/s, fp32 ({torch.get_float32_matmul_precision()}) "
-          f"{rates['float32']:.2f} TFLOP/s; copy {bandwidth:.1f} GiB/s")
+    print(f"matmul {size}^3: bf16 {rates['bfloat16']:.2f} TFLOP/s, fp16 {rates['float16']:.2f} TFLOP/s, "
+          f"fp32 ({torch.get_float32_matmul_precision()}) {rates['float32']:.2f} TFLOP/s; copy {bandwidth:.1f} GiB/s")
     if device.type == "cuda" and not args.no_gpu_tests:
         print("GPU tests:", run_gpu_tests())
     else:
         print("GPU tests: not run (no GPU)" if device.type != "cuda" else "GPU tests: not run (--no-gpu-tests)")
 
-    header = {**env, "matmul_tflops_bf16": rates["bfloat16"], "matmul_tflops_fp32": rates["float32"],
+    header = {**env, "fp32_precision": torch.get_float32_matmul_precision(), "matmul_tflops_bf16": rates["bfloat16"],
+              "matmul_tflops_fp16": rates["float16"], "matmul_tflops_fp32": rates["float32"],
               "copy_gib_per_s": bandwidth}
+    deadline = None if args.budget_s is None else started + args.budget_s
     with open(out, "a") as f:
         for loss in args.losses:
             workload = WORKLOADS[loss]
+            candidates = [(name, fn, why) for name, fn, why in implementations(workload, device) if name in impls]
             for dtype_name in grid["dtypes"]:
                 dtype = DTYPES[dtype_name]
                 for d in grid["d"]:
-                    for name, fn, why in implementations(workload, device):
-                        if name not in impls:
-                            continue
-                        last_ms = {}
-                        for n in sorted(grid["n"]):
-                            rows, cols = workload.logits_shape(n)
+                    last_ms = {}  # (implementation, mode) -> (n, ms) of its last measured point
+                    for n in sorted(grid["n"]):
+                        rows, cols = workload.logits_shape(n)
+                        input_sets = None  # made once per size, shared by every implementation and mode
+                        for name, fn, why in candidates:
                             for mode in args.modes:
                                 row = {"loss": loss, "backend": name, "dtype": dtype_name, "n": rows, "m": cols, "d": d,
                                        "mode": mode, "matmul_tflops": rates[dtype_name], **header}
-                                ok, reason = (False, why) if fn is None else fits(name, rows, cols, d, dtype.itemsize, device)
-                                previous = last_ms.get(mode)
+                                ok, reason = (False, why) if fn is None else (True, "ok")
+                                if ok and deadline is not None and time.monotonic() > deadline:
+                                    ok, reason = False, f"time budget of {args.budget_s:.0f} s (--budget-s) spent"
+                                previous = last_ms.get((name, mode))
                                 if ok and previous is not None and previous[1] * (n / previous[0]) ** 2 > args.max_seconds * 1e3:
-                                    ok, reason = False, f"predicted over {args.max_seconds:.0f} s from N={previous[0]}"
+                                    ok, reason = False, (f"one call predicted over {args.max_seconds:.0f} s "
+                                                         f"(--max-seconds) from N={previous[0]}")
+                                if ok:
+                                    ok, reason = fits(name, rows, cols, d, dtype.itemsize, device)
                                 if not ok:
                                     row.update(status="skipped", reason=reason)
                                 else:
-                                    row.update(_measure(workload, name, fn, n, d, dtype, mode, device, args.reps))
+                                    if input_sets is None:
+                                        input_sets = [make_inputs(n, d, dtype, device, seed)
+                                                      for seed in range(2 if device.type == "cpu" else 3)]
+                                    row.update(_measure(workload, name, fn, input_sets, n, d, dtype, mode, device,
+                                                        args.reps))
+                                    release_memory(device)
                                     if row["status"] == "ok":
-                                        last_ms[mode] = (n, row["ms"])
+                                        last_ms[(name, mode)] = (n, row["ms"])
                                         row["tflops"] = workload.flops(n, d, mode) / (row["ms"] * 1e-3) / 1e12
                                         row["share_of_matmul"] = row["tflops"] / rates[dtype_name]
                                 f.write(json.dumps(row) + "\n")
                                 f.flush()
                                 _print_row(row)
-    print(f"results: {out}")
+                        del input_sets
+                        release_memory(device)
+    print(f"results: {out} ({time.monotonic() - started:.0f} s)")
     from benchmarks import report
 
     report.main([out])
@@ -159,13 +201,11 @@ def main(argv=None) -> None:
 _CPU_MEMORY = {}
 
 
-def _measure(workload, name, fn, n, d, dtype, mode, device, reps) -> dict:
+def _measure(workload, name, fn, input_sets, n, d, dtype, mode, device, reps) -> dict:
     try:
-        input_sets = [make_inputs(n, d, dtype, device, seed) for seed in range(2 if device.type == "cpu" else 3)]
         result = {"status": "ok", **measure.timing(fn, input_sets, mode, device, reps)}
-        del input_sets
         if device.type == "cuda":
-            result["peak_mem_mib"] = measure.peak_memory_mib(fn, make_inputs(n, d, dtype, device, 0), mode, device)
+            result["peak_mem_mib"] = measure.peak_memory_mib(fn, input_sets[0], mode, device)
         else:
             # backward-only memory is that of forward+backward; one fresh process per (point, fwd | fwd_bwd)
             key = (workload.loss, name, n, d, dtype, "fwd" if mode == "fwd" else "fwd_bwd")
@@ -173,12 +213,9 @@ def _measure(workload, name, fn, n, d, dtype, mode, device, reps) -> dict:
                 _CPU_MEMORY[key] = _cpu_memory_child(workload.loss, name, n, d, str(dtype).split(".")[-1], key[-1])
             result["peak_mem_mib"] = _CPU_MEMORY[key]
         return result
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return {"status": "oom"}
+    except torch.cuda.OutOfMemoryError as exc:
+        return {"status": "oom", "error": (str(exc).strip().splitlines() or [""])[0][:300]}
     except Exception as exc:  # noqa: BLE001  (a peer's assert or ValueError is a failed row, not a failed run)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         status = "oom" if "out of memory" in str(exc).lower() else "error"
         message = (str(exc).strip().splitlines() or [""])[0]
         return {"status": status, "error": f"{type(exc).__name__}: {message}"[:300]}

@@ -11,6 +11,7 @@ forward+backward. The Ring's selection passes are not counted: they show up as a
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -42,14 +43,17 @@ class Workload:
 
 
 def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
-    """Unit-norm features (as a model's normalized outputs), labels with ~8 samples per class."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    """Unit-norm features (as a model's normalized outputs), labels with ~8 samples per class.
+    Drawn on ``device`` itself (a CPU draw of 1M × 1024 takes seconds), so the same seed gives other
+    numbers on another device type."""
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def feats():
-        x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-        return x.to(device=device, dtype=dtype).requires_grad_(True)
+        x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, device=device), dim=1)
+        return x.to(dtype=dtype).requires_grad_(True)
 
-    return {"a": feats(), "b": feats(), "labels": torch.randint(0, max(n // 8, 1), (n,), generator=g).to(device),
+    return {"a": feats(), "b": feats(),
+            "labels": torch.randint(0, max(n // 8, 1), (n,), generator=g, device=device),
             "scale": torch.tensor(1.0 / TEMPERATURE, device=device, dtype=torch.float32, requires_grad=True),
             "bias": torch.tensor(SIGLIP_BIAS, device=device, dtype=torch.float32, requires_grad=True)}
 
@@ -102,8 +106,20 @@ _compiled = {}
 
 
 def _compiled_naive(workload: Workload):
+    """``torch.compile`` of the naive backend for this loss. Each loss compiles its own ``call``
+    (dynamo caches per code object), with room for every dtype, size and grad mode of a sweep; if
+    that room still runs out, the call fails (an error row) rather than timing eager code."""
     if workload.loss not in _compiled:
-        _compiled[workload.loss] = torch.compile(lambda x: workload.call(x, "naive"))
+        import torch._dynamo.config
+        import torch._functorch.config
+
+        for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_recompile_limit", 4096),
+                            ("accumulated_cache_size_limit", 4096), ("fail_on_recompile_limit_hit", True)):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, value)
+        # the suite replays one backward several times ("bwd" mode): keep the saved buffers
+        torch._functorch.config.donated_buffer = False
+        _compiled[workload.loss] = torch.compile(functools.partial(workload.call, be="naive"))
     return _compiled[workload.loss]
 
 
@@ -194,6 +210,16 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
     raise ValueError(f"unknown peer {peer!r}")
 
 
+def probe(fn: Callable[[dict], torch.Tensor], device: torch.device) -> tuple[bool, str]:
+    """Call ``fn`` once on tiny inputs: a backend that refuses this loss (the cuda extension has no
+    label masking, for one) is reported once instead of failing at every point."""
+    try:
+        fn(make_inputs(8, 16, torch.float32, device, 0))
+        return True, "ok"
+    except co.BackendUnavailableError as exc:
+        return False, str(exc).splitlines()[0]
+
+
 def implementations(workload: Workload, device: torch.device, only: str | None = None):
     """``(name, callable or None, reason)`` for every backend and peer of ``workload`` on ``device``
     (only the implementation ``only``, if given: peers are costly to set up)."""
@@ -204,10 +230,19 @@ def implementations(workload: Workload, device: torch.device, only: str | None =
         ok, why = co.backend_status(backend, device)
         if ok and backend == "triton" and device.type != "cuda":
             ok, why = False, "Triton runs on CPU tensors only in its interpreter: not timed"
-        out.append((backend, (lambda x, be=backend: workload.call(x, be)) if ok else None, why))
+        fn = (lambda x, be=backend: workload.call(x, be)) if ok else None
+        if ok and backend == "cuda":
+            ok, why = probe(fn, device)
+        out.append((backend, fn if ok else None, why))
     for peer in PEERS:
         if peer not in workload.peers or (only is not None and peer != only):
             continue
         ok, why = peer_status(peer, device)
-        out.append((peer, peer_call(peer, workload) if ok else None, why))
+        fn = None
+        if ok:
+            try:
+                fn = peer_call(peer, workload)
+            except Exception as exc:  # noqa: BLE001  (a peer that fails to import is a reason, not a crash)
+                why = f"{peer} failed to load: {type(exc).__name__}: {exc}"[:300]
+        out.append((peer, fn, why))
     return out

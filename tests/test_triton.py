@@ -189,7 +189,7 @@ def test_no_tensor_grows_like_n_times_m(seed):
     a, b, c = (torch.randn(n, d, device=DEVICE, requires_grad=True) for _ in range(3))
     with pin_config(TileConfig(32, 32, 16, 1, 1, 2)), LargestTensor() as probe:
         for loss in (co.info_nce(a, b, c, symmetric=True, backend="triton"),
-                     co.supcon_loss(a, torch.arange(n) % 4, backend="triton"),
+                     co.supcon_loss(a, torch.arange(n, device=DEVICE) % 4, backend="triton"),
                      co.ring_info_nce(a, b, c, outer=0.5, backend="triton")):
             loss.backward()
     bound = max(2 * n * d, 2 * 2 * n)  # inputs (shared q/k are concatenated once), two column partials
