@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtypes", nargs="*", choices=sorted(DTYPES), help="override the grid's dtypes")
     p.add_argument("--losses", nargs="*", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
     p.add_argument("--impls", nargs="*", default=None,
-                   help="backends and peers to run (default: every backend; peers on a GPU, open_clip on a CPU)")
+                   help="backends and peers to run (default: all that run on the device)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per point on the CPU")
     p.add_argument("--max-seconds", type=float, default=10.0,
@@ -126,8 +126,8 @@ def main(argv=None) -> None:
         torch.set_float32_matmul_precision(args.fp32_precision or "high")
     grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
     grid.update({k: v for k, v in (("n", args.n), ("d", args.d), ("dtypes", args.dtypes)) if v})
-    impls = args.impls or (list(OUR_BACKENDS) + (["compiled_naive", "open_clip", "inf_cl", "memeff", "siglip_kernel"]
-                                                  if device.type == "cuda" else ["open_clip"]))
+    impls = args.impls or (list(OUR_BACKENDS) + ["compiled_naive", "open_clip"]
+                           + (["inf_cl", "memeff", "siglip_kernel"] if device.type == "cuda" else []))
     env = environment(device)
     out = args.out or os.path.join("benchmarks", "results",
                                    f"{env['timestamp'][:10]}-{_slug(env['device'])}-{env['commit']}.jsonl")
@@ -198,20 +198,21 @@ def main(argv=None) -> None:
     report.main([out])
 
 
-_CPU_MEMORY = {}
+_PEAK_MEMORY = {}
 
 
 def _measure(workload, name, fn, input_sets, n, d, dtype, mode, device, reps) -> dict:
     try:
         result = {"status": "ok", **measure.timing(fn, input_sets, mode, device, reps)}
-        if device.type == "cuda":
-            result["peak_mem_mib"] = measure.peak_memory_mib(fn, input_sets[0], mode, device)
-        else:
-            # backward-only memory is that of forward+backward; one fresh process per (point, fwd | fwd_bwd)
-            key = (workload.loss, name, n, d, dtype, "fwd" if mode == "fwd" else "fwd_bwd")
-            if key not in _CPU_MEMORY:
-                _CPU_MEMORY[key] = _cpu_memory_child(workload.loss, name, n, d, str(dtype).split(".")[-1], key[-1])
-            result["peak_mem_mib"] = _CPU_MEMORY[key]
+        # backward-only memory is that of forward+backward (the forward's graph is alive for it): one
+        # measurement per (point, fwd | fwd_bwd), on the CPU in a fresh process
+        key = (device.type, workload.loss, name, n, d, dtype, "fwd" if mode == "fwd" else "fwd_bwd")
+        if key not in _PEAK_MEMORY:
+            if device.type == "cuda":
+                _PEAK_MEMORY[key] = measure.peak_memory_mib(fn, input_sets[0], key[-1], device)
+            else:
+                _PEAK_MEMORY[key] = _cpu_memory_child(workload.loss, name, n, d, str(dtype).split(".")[-1], key[-1])
+        result["peak_mem_mib"] = _PEAK_MEMORY[key]
         return result
     except torch.cuda.OutOfMemoryError as exc:
         return {"status": "oom", "error": (str(exc).strip().splitlines() or [""])[0][:300]}
