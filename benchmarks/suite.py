@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting points after this many seconds; the table and plots are still written")
     p.add_argument("--fp32-precision", choices=("highest", "high", "medium"), default=None,
-                   help="torch.set_float32_matmul_precision for the run (default: high on a GPU, as is elsewhere)")
+                   help="torch.set_float32_matmul_precision for the run (default: high on a GPU; on a CPU, unchanged)")
     p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
     p.add_argument("--no-gpu-tests", action="store_true")
     args = p.parse_args(argv)
