@@ -2,9 +2,10 @@
 
 Timing: ``triton.testing.do_bench`` on CUDA when Triton is installed, CUDA events otherwise, and
 ``time.perf_counter`` on the CPU; medians with the 20th/80th percentiles, warm-up excluded, the
-input sets rotated so that no single set stays in cache. A CUDA point whose warm-up call takes
-longer than ``SLOW_CALL_MS`` is timed over ``SLOW_CALL_REPS`` event-timed calls instead, since
-``do_bench`` makes at least eight calls (one compile, five to estimate, a warm-up and a timed one). Memory: on CUDA the peak of
+input sets rotated so that no single set stays in cache. On CUDA an untimed call first compiles
+and tunes; a point whose next call takes longer than ``SLOW_CALL_MS`` is timed over
+``SLOW_CALL_REPS`` event-timed calls (that one included) instead, since ``do_bench`` makes at least
+seven more (five to estimate, a warm-up and a timed one). Memory: on CUDA the peak of
 ``torch.cuda.max_memory_allocated`` above what was allocated before the call (the inputs);
 on the CPU the kernel's resident high-water mark (``VmHWM``) above the resident size before the
 call, which is only clean in a fresh process (the suite runs CPU memory points in a child).
@@ -43,9 +44,10 @@ def _prepare(fn: Callable[[dict], torch.Tensor], x: dict, mode: str) -> Callable
 
 
 def time_point(fn: Callable[[dict], torch.Tensor], input_sets: list, mode: str, device: torch.device,
-               reps: int, warmup: int = 2) -> dict:
-    """Median, p20 and p80 milliseconds of ``mode`` over ``reps`` runs, rotating ``input_sets``."""
-    samples = []
+               reps: int, warmup: int = 2, samples: list | None = None) -> dict:
+    """Median, p20 and p80 milliseconds of ``mode`` over ``reps`` runs (and ``samples`` already
+    taken), rotating ``input_sets``."""
+    samples = list(samples or [])
     for i in range(warmup + reps):
         run = _prepare(fn, input_sets[i % len(input_sets)], mode)
         _sync(device)
@@ -101,10 +103,12 @@ SLOW_CALL_REPS = 3
 def timing(fn, input_sets, mode, device, reps) -> dict:
     if device.type != "cuda":
         return time_point(fn, input_sets, mode, device, reps)
-    # one warm-up call (compiles kernels, tunes tile configs), timed to choose how to time the rest
-    warm = time_point(fn, input_sets[:1], mode, device, reps=1, warmup=0)["ms"]
-    if warm > SLOW_CALL_MS or importlib.util.find_spec("triton") is None:
-        return time_point(fn, input_sets, mode, device, reps=SLOW_CALL_REPS if warm > SLOW_CALL_MS else reps, warmup=0)
+    # an untimed call compiles kernels and tunes tile configs; a second, timed one chooses the method
+    time_point(fn, input_sets[:1], mode, device, reps=1, warmup=0)
+    first = time_point(fn, input_sets[1:2] or input_sets, mode, device, reps=1, warmup=0)["ms"]
+    if first > SLOW_CALL_MS or importlib.util.find_spec("triton") is None:
+        return time_point(fn, input_sets, mode, device, reps=SLOW_CALL_REPS - 1 if first > SLOW_CALL_MS else reps,
+                          warmup=0, samples=[first])
     return time_point_cuda_do_bench(fn, input_sets, mode, device)
 
 

@@ -105,11 +105,16 @@ def main(argv=None) -> None:
         sys.exit("usage: python -m benchmarks.report RESULTS.jsonl")
     rows = load(argv[0])
     stem = os.path.splitext(argv[0])[0]
-    for path in plots(rows, stem):
-        print("plot:", path)
     with open(stem + ".md", "w") as f:
         f.write(table(rows))
     print("table:", stem + ".md")
+    try:
+        written = plots(rows, stem)
+    except ImportError as exc:  # the table stands on its own where matplotlib is missing
+        print(f"plots: not drawn ({exc}; pip install matplotlib)")
+        return
+    for path in written:
+        print("plot:", path)
 
 
 if __name__ == "__main__":

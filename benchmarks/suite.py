@@ -33,7 +33,7 @@ import torch
 
 from benchmarks import measure
 from benchmarks._env import environment
-from benchmarks.workloads import MODES, OUR_BACKENDS, WORKLOADS, implementations, make_inputs
+from benchmarks.workloads import GRADIENTS_IN_FORWARD, MODES, OUR_BACKENDS, WORKLOADS, implementations, make_inputs
 
 GRIDS = {
     "small": {"n": [256, 512, 1024], "d": [64], "dtypes": ["float32"]},
@@ -42,6 +42,8 @@ GRIDS = {
     "lease": {"n": [4096, 16384, 65536], "d": [768], "dtypes": ["bfloat16"]},
     "full": {"n": [4096, 16384, 65536, 262144, 1048576], "d": [128, 512, 768, 1024], "dtypes": ["bfloat16", "float32"]},
 }
+# calls one slow measured point costs: its warm-up, measure.SLOW_CALL_REPS timed calls, one for peak memory
+CALLS_PER_POINT = measure.SLOW_CALL_REPS + 2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, nargs="*", help="override the grid's N values")
     p.add_argument("--d", type=int, nargs="*", help="override the grid's D values")
     p.add_argument("--dtypes", nargs="*", choices=sorted(DTYPES), help="override the grid's dtypes")
-    p.add_argument("--losses", nargs="*", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
+    p.add_argument("--losses", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--impls", nargs="*", default=None,
                    help="backends and peers to run (default: all that run on the device)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
@@ -114,7 +116,7 @@ def main(argv=None) -> None:
                    help="skip a point whose one call the smaller-N time predicts to take longer")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting points after this many seconds; the table and plots are still written")
-    p.add_argument("--fp32-precision", choices=("highest", "high", "medium"), default=None,
+    p.add_argument("--fp32-precision", choices=("highest", "high"), default=None,
                    help="torch.set_float32_matmul_precision for the run (default: high on a GPU; on a CPU, unchanged)")
     p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
     p.add_argument("--no-gpu-tests", action="store_true")
@@ -158,6 +160,7 @@ def main(argv=None) -> None:
                 dtype = DTYPES[dtype_name]
                 for d in grid["d"]:
                     last_ms = {}  # (implementation, mode) -> (n, ms) of its last measured point
+                    failed = {}  # (implementation, mode) -> (n, status) of a failure: larger N are not tried
                     for n in sorted(grid["n"]):
                         rows, cols = workload.logits_shape(n)
                         input_sets = None  # made once per size, shared by every implementation and mode
@@ -166,20 +169,33 @@ def main(argv=None) -> None:
                                 row = {"loss": loss, "backend": name, "dtype": dtype_name, "n": rows, "m": cols, "d": d,
                                        "mode": mode, "matmul_tflops": rates[dtype_name], **header}
                                 ok, reason = (False, why) if fn is None else (True, "ok")
-                                if ok and deadline is not None and time.monotonic() > deadline:
+                                if ok and name in GRADIENTS_IN_FORWARD and mode != "fwd_bwd":
+                                    ok, reason = False, GRADIENTS_IN_FORWARD[name]
+                                if ok and (name, mode) in failed:
+                                    ok, reason = False, "{1} at N={0}: larger N not tried".format(*failed[(name, mode)])
+                                left = None if deadline is None else deadline - time.monotonic()
+                                if ok and left is not None and left <= 0:
                                     ok, reason = False, f"time budget of {args.budget_s:.0f} s (--budget-s) spent"
                                 previous = last_ms.get((name, mode))
-                                if ok and previous is not None and previous[1] * (n / previous[0]) ** 2 > args.max_seconds * 1e3:
+                                predicted_ms = None if previous is None else previous[1] * (n / previous[0]) ** 2
+                                if ok and predicted_ms is not None and predicted_ms > args.max_seconds * 1e3:
                                     ok, reason = False, (f"one call predicted over {args.max_seconds:.0f} s "
                                                          f"(--max-seconds) from N={previous[0]}")
+                                if ok and predicted_ms is not None and left is not None and \
+                                        CALLS_PER_POINT * predicted_ms > left * 1e3:
+                                    ok, reason = False, f"predicted to outlast the time budget (--budget-s) from N={previous[0]}"
                                 if ok:
                                     ok, reason = fits(name, rows, cols, d, dtype.itemsize, device)
+                                if ok and input_sets is None:
+                                    try:
+                                        input_sets = [make_inputs(n, d, dtype, device, seed)
+                                                      for seed in range(2 if device.type == "cpu" else 3)]
+                                    except Exception as exc:  # noqa: BLE001  (e.g. out of memory for the inputs)
+                                        ok, reason = False, f"inputs could not be made: {type(exc).__name__}: {exc}"[:300]
+                                        release_memory(device)
                                 if not ok:
                                     row.update(status="skipped", reason=reason)
                                 else:
-                                    if input_sets is None:
-                                        input_sets = [make_inputs(n, d, dtype, device, seed)
-                                                      for seed in range(2 if device.type == "cpu" else 3)]
                                     row.update(_measure(workload, name, fn, input_sets, n, d, dtype, mode, device,
                                                         args.reps))
                                     release_memory(device)
@@ -187,6 +203,8 @@ def main(argv=None) -> None:
                                         last_ms[(name, mode)] = (n, row["ms"])
                                         row["tflops"] = workload.flops(n, d, mode) / (row["ms"] * 1e-3) / 1e12
                                         row["share_of_matmul"] = row["tflops"] / rates[dtype_name]
+                                    else:
+                                        failed[(name, mode)] = (rows, row["status"])
                                 f.write(json.dumps(row) + "\n")
                                 f.flush()
                                 _print_row(row)

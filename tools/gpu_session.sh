@@ -12,9 +12,12 @@
 #
 # The tree usually arrives without .git: pass the commit as CONTRASTIVE_OPS_COMMIT=<hash>.
 # Peers missing there (inf-cl, memeff, siglip-kernel, open_clip) travel as wheels in .whl/
-# (tools/peer_wheels.sh fetches them; carry ".whl"). Time limits (s): TEST_TIMEOUT (default 240) for
-# each test step, STEP_TIMEOUT (default 540) for the build and the suite, whose --budget-s (default 450)
-# leaves it time to write its table and plots: check and bench each fit one 10-minute call, all does not.
+# (tools/peer_wheels.sh fetches them; carry ".whl"); when they install, their tests must run
+# (CONTRASTIVE_OPS_REQUIRE_PEERS=1). Every step ends by LIMIT_S seconds after the start (default 570,
+# inside a 10-minute call): the build within 200 s, the GPU tests within 180 s, and the suite gets
+# --budget-s of what is left less 60 s, to finish its point in flight and write its table and plots
+# (arguments given after the stage come later on the suite's command line, so they win).
+# check and bench each fit one 10-minute call; all does not.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE="${1:-all}"
@@ -23,14 +26,15 @@ case "$STAGE" in check|bench|all) ;; *) echo "usage: $0 [check|bench|all] [suite
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
-STEP_TIMEOUT="${STEP_TIMEOUT:-540}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-240}"
+LIMIT_S="${LIMIT_S:-570}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 
-step() {  # step NAME LIMIT CMD...: run within LIMIT seconds, output appended to the log, one summary line printed
+step() {  # step NAME CAP CMD...: run within CAP seconds and before LIMIT_S, output appended to the log
   local name="$1" limit="$2"; shift 2
   local start=$SECONDS
+  [ $((LIMIT_S - SECONDS)) -lt "$limit" ] && limit=$((LIMIT_S - SECONDS))
+  if [ "$limit" -le 0 ]; then echo "$name: not run (LIMIT_S=$LIMIT_S s spent)" | tee -a "$LOG"; return 124; fi
   echo "=== $name: $*" >>"$LOG"
   timeout "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
@@ -41,27 +45,26 @@ step() {  # step NAME LIMIT CMD...: run within LIMIT seconds, output appended to
 echo "=== $(date -u +%FT%TZ) stage $STAGE, commit ${CONTRASTIVE_OPS_COMMIT:-from git}" >>"$LOG"
 if ls .whl/*.whl >/dev/null 2>&1; then
   if "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/peer-site .whl/*.whl >>"$LOG" 2>&1; then
-    export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}" CONTRASTIVE_OPS_REQUIRE_PEERS=1
   else
     echo "peer wheels: install failed (see $LOG); peers will be skipped" | tee -a "$LOG"
   fi
 fi
 CONTRASTIVE_OPS_BUILD_CUDA=1 CONTRASTIVE_OPS_CUDA_ARCHS="${CONTRASTIVE_OPS_CUDA_ARCHS:-90}" \
-  step build "$STEP_TIMEOUT" "$PY" -m pip install -q --no-deps --no-build-isolation -e . || { tail -30 "$LOG"; exit 1; }
+  step build 200 "$PY" -m pip install -q --no-deps --no-build-isolation -e . || { tail -30 "$LOG"; exit 1; }
 
 status=0
 if [ "$STAGE" != bench ]; then
   { "$PY" -m contrastive_ops.info; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv; } \
     2>&1 | tee -a "$LOG"
-  step "GPU tests" "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || status=1
+  step "GPU tests" 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || status=1
   tail -3 "$LOG"
-  step "compiled Triton tests" "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_compile.py || status=1
+  step "compiled Triton tests" "$LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_compile.py || status=1
   tail -3 "$LOG"
 fi
 if [ "$STAGE" != check ]; then
-  [ $# -eq 0 ] && set -- --sizes lease
-  case " $* " in *" --budget-s "*) ;; *) set -- "$@" --budget-s "${BUDGET_S:-450}" ;; esac
-  step suite "$STEP_TIMEOUT" "$PY" -m benchmarks.suite --no-gpu-tests --out "$OUT/results.jsonl" "$@" || status=1
+  step suite "$LIMIT_S" "$PY" -m benchmarks.suite --no-gpu-tests --out "$OUT/results.jsonl" \
+    --sizes lease --budget-s $((LIMIT_S - SECONDS - 60)) "$@" || status=1
   grep -E "^(device|matmul|results|plot|table)" "$LOG" | tail -8
 fi
 ls -la "$OUT"
