@@ -100,6 +100,42 @@ def run_gpu_tests() -> str:
     return f"exit {proc.returncode}: {tail}"
 
 
+class Schedule:
+    """Which points of one (loss, dtype, D) sweep to measure, going up in N: an implementation and
+    mode is not tried past a failure, nor where its last time predicts (time ∝ N²) one call over
+    ``max_seconds`` or a point outlasting the time budget."""
+
+    def __init__(self, max_seconds: float, deadline: float | None = None, budget_s: float | None = None):
+        self.max_seconds, self.deadline, self.budget_s = max_seconds, deadline, budget_s
+        self.last_ms = {}  # (implementation, mode) -> (n, ms) of its last measured point
+        self.failed = {}  # (implementation, mode) -> (n, status) of its failure
+
+    def skip_reason(self, name: str, mode: str, n: int) -> str | None:
+        """Why the point is not measured, or None to measure it."""
+        if name in GRADIENTS_IN_FORWARD and mode != "fwd_bwd":
+            return GRADIENTS_IN_FORWARD[name]
+        if (name, mode) in self.failed:
+            failed_n, status = self.failed[(name, mode)]
+            return f"{status} at N={failed_n}: larger N not tried"
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return f"time budget of {self.budget_s:.0f} s (--budget-s) spent"
+        previous = self.last_ms.get((name, mode))
+        if previous is not None:
+            predicted_ms = previous[1] * (n / previous[0]) ** 2
+            if predicted_ms > self.max_seconds * 1e3:
+                return f"one call predicted over {self.max_seconds:g} s (--max-seconds) from N={previous[0]}"
+            if left is not None and CALLS_PER_POINT * predicted_ms > left * 1e3:
+                return f"predicted to outlast the time budget (--budget-s) from N={previous[0]}"
+        return None
+
+    def record(self, name: str, mode: str, n: int, row: dict) -> None:
+        if row["status"] == "ok":
+            self.last_ms[(name, mode)] = (n, row["ms"])
+        else:
+            self.failed[(name, mode)] = (n, row["status"])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -159,8 +195,7 @@ def main(argv=None) -> None:
             for dtype_name in grid["dtypes"]:
                 dtype = DTYPES[dtype_name]
                 for d in grid["d"]:
-                    last_ms = {}  # (implementation, mode) -> (n, ms) of its last measured point
-                    failed = {}  # (implementation, mode) -> (n, status) of a failure: larger N are not tried
+                    schedule = Schedule(args.max_seconds, deadline, args.budget_s)
                     for n in sorted(grid["n"]):
                         rows, cols = workload.logits_shape(n)
                         input_sets = None  # made once per size, shared by every implementation and mode
@@ -168,22 +203,8 @@ def main(argv=None) -> None:
                             for mode in args.modes:
                                 row = {"loss": loss, "backend": name, "dtype": dtype_name, "n": rows, "m": cols, "d": d,
                                        "mode": mode, "matmul_tflops": rates[dtype_name], **header}
-                                ok, reason = (False, why) if fn is None else (True, "ok")
-                                if ok and name in GRADIENTS_IN_FORWARD and mode != "fwd_bwd":
-                                    ok, reason = False, GRADIENTS_IN_FORWARD[name]
-                                if ok and (name, mode) in failed:
-                                    ok, reason = False, "{1} at N={0}: larger N not tried".format(*failed[(name, mode)])
-                                left = None if deadline is None else deadline - time.monotonic()
-                                if ok and left is not None and left <= 0:
-                                    ok, reason = False, f"time budget of {args.budget_s:.0f} s (--budget-s) spent"
-                                previous = last_ms.get((name, mode))
-                                predicted_ms = None if previous is None else previous[1] * (n / previous[0]) ** 2
-                                if ok and predicted_ms is not None and predicted_ms > args.max_seconds * 1e3:
-                                    ok, reason = False, (f"one call predicted over {args.max_seconds:.0f} s "
-                                                         f"(--max-seconds) from N={previous[0]}")
-                                if ok and predicted_ms is not None and left is not None and \
-                                        CALLS_PER_POINT * predicted_ms > left * 1e3:
-                                    ok, reason = False, f"predicted to outlast the time budget (--budget-s) from N={previous[0]}"
+                                reason = why if fn is None else schedule.skip_reason(name, mode, n)
+                                ok = reason is None
                                 if ok:
                                     ok, reason = fits(name, rows, cols, d, dtype.itemsize, device)
                                 if ok and input_sets is None:
@@ -199,12 +220,10 @@ def main(argv=None) -> None:
                                     row.update(_measure(workload, name, fn, input_sets, n, d, dtype, mode, device,
                                                         args.reps))
                                     release_memory(device)
+                                    schedule.record(name, mode, n, row)
                                     if row["status"] == "ok":
-                                        last_ms[(name, mode)] = (n, row["ms"])
                                         row["tflops"] = workload.flops(n, d, mode) / (row["ms"] * 1e-3) / 1e12
                                         row["share_of_matmul"] = row["tflops"] / rates[dtype_name]
-                                    else:
-                                        failed[(name, mode)] = (rows, row["status"])
                                 f.write(json.dumps(row) + "\n")
                                 f.flush()
                                 _print_row(row)

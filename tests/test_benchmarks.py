@@ -50,3 +50,27 @@ def test_a_backend_refusing_a_loss_is_reported_once_not_timed():
     assert probe(refuses, torch.device("cpu")) == (
         False, "backend='cuda' does not implement the pairwise sigmoid loss (siglip_loss)")
     assert probe(lambda x: x["a"].sum(), torch.device("cpu")) == (True, "ok")
+
+
+def test_schedule_stops_an_implementation_after_a_failure_or_a_predicted_overrun():
+    import time
+
+    from benchmarks.suite import Schedule
+
+    schedule = Schedule(max_seconds=1.0)
+    assert schedule.skip_reason("triton", "fwd", 1024) is None
+    schedule.record("triton", "fwd", 1024, {"status": "ok", "ms": 200.0})
+    assert schedule.skip_reason("triton", "fwd", 2048) is None  # predicted 800 ms
+    assert "--max-seconds" in schedule.skip_reason("triton", "fwd", 4096)  # predicted 3.2 s
+    assert schedule.skip_reason("triton", "bwd", 4096) is None  # nothing known of this mode yet
+    schedule.record("naive", "fwd_bwd", 1024, {"status": "oom"})
+    assert schedule.skip_reason("naive", "fwd_bwd", 2048) == "oom at N=1024: larger N not tried"
+    assert "its gradients inside its forward" in schedule.skip_reason("siglip_kernel", "fwd", 1024)
+    assert schedule.skip_reason("siglip_kernel", "fwd_bwd", 1024) is None
+
+    running_out = Schedule(max_seconds=100.0, deadline=time.monotonic() + 2.0, budget_s=60)
+    running_out.record("chunked", "fwd", 1024, {"status": "ok", "ms": 300.0})
+    assert "outlast the time budget" in running_out.skip_reason("chunked", "fwd", 2048)  # 5 calls x 1.2 s > 2 s
+    assert running_out.skip_reason("chunked", "fwd", 1024) is None
+    spent = Schedule(max_seconds=100.0, deadline=time.monotonic() - 1.0, budget_s=60)
+    assert spent.skip_reason("chunked", "fwd", 1024) == "time budget of 60 s (--budget-s) spent"
