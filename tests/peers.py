@@ -52,15 +52,21 @@ def pytorch_metric_learning():
         _missing("pytorch-metric-learning")
 
 
-@functools.cache
-def open_clip_loss():
-    root = _package_dir("open_clip")
+def _module_file(package: str, pip_name: str, filename: str):
+    """One file of an installed package, executed as a module of its own (the package's
+    ``__init__`` is not run)."""
+    root = _package_dir(package)
     if root is None:
-        _missing("open_clip_torch")
-    spec = importlib.util.spec_from_file_location("_peer_open_clip_loss", os.path.join(root, "loss.py"))
+        _missing(pip_name)
+    spec = importlib.util.spec_from_file_location(f"_peer_{package}_{filename[:-3]}", os.path.join(root, filename))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def open_clip_loss():
+    return _module_file("open_clip", "open_clip_torch", "loss.py")
 
 
 @functools.cache
@@ -79,13 +85,7 @@ def lightly_losses():
 def siglip_kernel_reference():
     """siglip-kernel's own PyTorch reference module (its package ``__init__`` queries the CUDA
     device at import, so on a CPU machine the reference file is loaded alone)."""
-    root = _package_dir("siglip_kernel")
-    if root is None:
-        _missing("siglip-kernel")
-    spec = importlib.util.spec_from_file_location("_peer_siglip_kernel_reference", os.path.join(root, "reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _module_file("siglip_kernel", "siglip-kernel", "reference.py")
 
 
 def require(name: str, package: str):
