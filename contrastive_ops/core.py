@@ -148,7 +148,9 @@ def sigmoid_pair_losses(
     ``z = +1`` on positives, ``-1`` on candidates; other pairs (self, label-excluded) are not valid.
     """
     shifted = logits + bias
-    per_pair = torch.nn.functional.softplus(torch.where(positive, -shifted, shifted))
+    signed = torch.where(positive, -shifted, shifted)
+    # log(1 + e^x) exactly: F.softplus returns x itself above its threshold (20), a 2e-9 error
+    per_pair = torch.logaddexp(signed, torch.zeros_like(signed))
     return torch.where(positive | candidate, per_pair, torch.zeros_like(per_pair))
 
 
