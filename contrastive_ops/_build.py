@@ -9,8 +9,9 @@ which the CPU build of torch lacks, and the kernels need no torch headers (DESIG
 Environment:
 
 * ``CONTRASTIVE_OPS_CUDA_ARCHS`` — SM targets, ``;``/``,``/space separated, e.g. ``"80;90"``
-  (the default), ``"90"``, ``"9.0"``, ``"90a"``, ``"sm_90"``; 80 or newer (bf16 tensor cores).
-  PTX of the newest target is embedded too, for GPUs newer than every target.
+  (the default), ``"90"``, ``"9.0"``, ``"90a"``, ``"sm_90"``, ``"8.0;9.0+PTX"``; 80 or newer (bf16
+  tensor cores). PTX of the newest plain target is embedded too, for GPUs newer than every target;
+  ``+PTX`` after a target embeds its PTX as well (torch's ``TORCH_CUDA_ARCH_LIST`` syntax).
 * ``MAX_JOBS`` — parallel nvcc jobs (default: the CPU count, capped at one job per 4 GiB of memory).
 * ``CUDA_HOME`` / ``CUDA_PATH`` — the toolkit, when nvcc on ``PATH`` is a wrapper outside it.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 DEFAULT_ARCHS = "80;90"
-CU_SOURCES = ("forward.cu", "backward.cu", "ring.cu")
+CU_SOURCES = ("forward.cu", "backward.cu", "ring.cu", "runtime.cu")
 CPP_SOURCES = ("ops.cpp",)
 HEADERS = ("contrastive_cuda.h", "tile.cuh")
 
@@ -85,33 +86,52 @@ def nvcc_version() -> str:
 
 
 def parse_archs(text: str | None = None) -> list[str]:
-    """``"80;90"``-style targets as ``["80", "90"]`` (``"90a"`` keeps its suffix)."""
+    """``"80;90"``-style targets as ``["80", "90"]`` (``"90a"`` keeps its suffix, ``"9.0+PTX"``
+    becomes ``"90+PTX"``)."""
     text = os.environ.get("CONTRASTIVE_OPS_CUDA_ARCHS", DEFAULT_ARCHS) if text is None else text
     archs = []
     for item in re.split(r"[;,\s]+", text.strip()):
         if not item:
             continue
-        match = re.fullmatch(r"(?:sm_|compute_)?(\d+)\.?(\d)?([af]?)", item)
+        match = re.fullmatch(r"(?:sm_|compute_)?(\d+)\.?(\d)?([af]?)(\+PTX)?", item, flags=re.IGNORECASE)
         if not match:
             raise BuildError(f"CONTRASTIVE_OPS_CUDA_ARCHS: cannot read {item!r} (expected e.g. '80;90' or '9.0')")
-        arch = match.group(1) + (match.group(2) or "") + match.group(3)
+        arch = match.group(1) + (match.group(2) or "") + match.group(3).lower()
         if int(re.sub(r"\D", "", arch)) < 80:
             raise BuildError(f"CONTRASTIVE_OPS_CUDA_ARCHS: sm_{arch} is too old: the kernels need sm_80 or newer")
-        if arch not in archs:
+        if match.group(4):
+            if arch[-1].isalpha():
+                raise BuildError(f"CONTRASTIVE_OPS_CUDA_ARCHS: {item!r}: sm_{arch} code runs on sm_{arch[:-1]} only, "
+                                 "so it has no portable PTX; use e.g. '90a;90+PTX'")
+            arch += "+PTX"
+        plain = arch.removesuffix("+PTX")
+        if arch.endswith("+PTX") and plain in archs:
+            archs[archs.index(plain)] = arch
+        elif arch not in archs and f"{plain}+PTX" not in archs:
             archs.append(arch)
     if not archs:
         raise BuildError("CONTRASTIVE_OPS_CUDA_ARCHS is empty")
     return archs
 
 
+def targets(archs: list[str]) -> list[str]:
+    """What nvcc embeds for ``archs``: ``sm_XX`` machine code per target and ``compute_XX`` PTX for
+    the ``+PTX`` ones and the newest plain one, e.g. ``["sm_80", "sm_90", "compute_90"]``."""
+    codes = [f"sm_{a.removesuffix('+PTX')}" for a in archs]
+    ptx = [a.removesuffix("+PTX") for a in archs if a.endswith("+PTX")]
+    portable = [a for a in archs if a.removesuffix("+PTX").isdigit()]  # "90a" code runs on sm_90 only: no PTX
+    if portable:
+        ptx.append(max(portable, key=lambda a: int(a.removesuffix("+PTX"))).removesuffix("+PTX"))
+    return codes + [f"compute_{a}" for a in dict.fromkeys(ptx)]
+
+
 def nvcc_flags(archs: list[str]) -> list[str]:
     flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-lineinfo"]
-    for arch in archs:
-        flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-    portable = [a for a in archs if a.isdigit()]  # "90a" code runs on sm_90 only: no PTX from it
-    if portable:
-        newest = portable[-1]
-        flags += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]  # PTX for newer GPUs
+    for target in targets(archs):
+        arch = target.split("_")[1]
+        flags += ["-gencode", f"arch=compute_{arch},code={target}"]
+    # the built-target report of the library (built_archs()): spaces, since nvcc splits option values at commas
+    flags.append(f'-DCONTRASTIVE_BUILT_TARGETS="{" ".join(targets(archs))}"')
     return flags
 
 

@@ -107,13 +107,18 @@ def status() -> tuple[bool, str]:
     return False, f"the CUDA extension is not built ({why}); {FIX}"
 
 
-def built_archs() -> list[str]:
-    """SM targets of the loaded extension, e.g. ``["sm_80", "sm_90"]``."""
+def built_targets() -> list[str]:
+    """What the loaded extension holds code for: machine code per SM target and embedded PTX,
+    e.g. ``["sm_80", "sm_90", "compute_90"]``."""
     import torch
 
     load()
-    text = torch.ops.contrastive_ops_cuda.built_archs()
-    return [f"sm_{int(a) // 10}" for a in text.split(",") if a.strip().isdigit()]
+    return torch.ops.contrastive_ops_cuda.built_archs().split()
+
+
+def built_archs() -> list[str]:
+    """SM targets with machine code in the loaded extension, e.g. ``["sm_80", "sm_90"]``."""
+    return [t for t in built_targets() if t.startswith("sm_")]
 
 
 def describe() -> str:
@@ -123,7 +128,8 @@ def describe() -> str:
             where = load()
         except ValueError as exc:
             return f"built but fails to load: {exc}"
-        return f"built for {', '.join(built_archs())} ({where})"
+        ptx = [t for t in built_targets() if t.startswith("compute_")]
+        return f"built for {', '.join(built_archs())}{' + PTX ' + ', '.join(ptx) if ptx else ''} ({where})"
     ok, why = jit_status()
     if ok:
         return f"not built; JIT-buildable on first use (nvcc {_build.nvcc_version()}, ninja) into {build_dir()}"

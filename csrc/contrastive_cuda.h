@@ -82,7 +82,8 @@ int ring_band(DType dtype, const CoreArgs& a, double outer, double inner, float*
 // cudaGetErrorString of a launcher's return code.
 const char* error_string(int code);
 
-// The SM architectures this library holds code for, e.g. "80;90" (from nvcc's __CUDA_ARCH_LIST__).
+// The code this library holds, space separated: machine code per SM target and PTX, e.g.
+// "sm_80 sm_90 compute_90" (the build's -gencode targets, passed as CONTRASTIVE_BUILT_TARGETS).
 const char* built_archs();
 
 }  // namespace contrastive_cuda

@@ -145,16 +145,4 @@ int forward_cols(DType dtype, const CoreArgs& a, float* lse, float* pos, int64_t
   return static_cast<int>(cudaGetLastError());
 }
 
-const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
-
-const char* built_archs() {
-#if defined(__CUDA_ARCH_LIST__)
-#define CONTRASTIVE_STR2(x) #x
-#define CONTRASTIVE_STR(x) CONTRASTIVE_STR2(x)
-  return CONTRASTIVE_STR(__CUDA_ARCH_LIST__);  // e.g. "800,900"
-#else
-  return "unknown";
-#endif
-}
-
 }  // namespace contrastive_cuda

@@ -3,7 +3,7 @@
 implementations, and its argument checks give clear errors naming the fix.
 
 The extension comes from ``setup.py`` (``pip install --no-build-isolation -e .`` with nvcc, as
-``tools/bootstrap.sh`` does; CI builds sm_90 only) or, where it was not built, from a JIT build for
+``tools/bootstrap.sh`` does, for the default targets) or, where it was not built, from a JIT build for
 sm_90 into ``build/cuda-test`` once per session. Without nvcc the tests skip, unless
 ``CONTRASTIVE_OPS_REQUIRE_CUDA_EXT=1`` (set by CI) makes that a failure.
 """
@@ -59,7 +59,7 @@ def test_plain_import_never_loads_the_extension():
 
 
 def test_extension_loads_with_its_operators(ext):
-    assert "sm_90" in _ext.built_archs()
+    assert _ext.built_targets() == _build.targets(_build.parse_archs())  # the default: sm_80, sm_90, PTX
     schemas = {name: str(getattr(_ops(), name).default._schema) for name in ("forward", "backward", "ring_band")}
     assert "bool column_terms, bool normalize" in schemas["forward"]
     assert "Tensor? band_lo, Tensor? band_hi" in schemas["backward"]
@@ -192,9 +192,21 @@ def test_setup_without_nvcc_warns_or_fails_when_forced():
     assert forced.returncode != 0 and "CONTRASTIVE_OPS_BUILD_CUDA=1 but the CUDA extension cannot be built" in forced.stderr
 
 
-@pytest.mark.parametrize("text,archs", [("80;90", ["80", "90"]), ("9.0", ["90"]), ("sm_90a, 100", ["90a", "100"])])
+@pytest.mark.parametrize("text,archs", [
+    ("80;90", ["80", "90"]), ("9.0", ["90"]), ("sm_90a, 100", ["90a", "100"]), ("8.0;9.0", ["80", "90"]),
+    ("80 90a", ["80", "90a"]), ("8.0;9.0+PTX", ["80", "90+PTX"]), ("80+PTX;90", ["80+PTX", "90"]),
+    ("90;90+ptx", ["90+PTX"]),
+])
 def test_arch_list_parsing(text, archs):
     assert _build.parse_archs(text) == archs
+
+
+@pytest.mark.parametrize("archs,targets", [
+    (["80", "90"], ["sm_80", "sm_90", "compute_90"]), (["90a"], ["sm_90a"]),
+    (["80", "90a"], ["sm_80", "sm_90a", "compute_80"]), (["80+PTX", "90"], ["sm_80", "sm_90", "compute_80", "compute_90"]),
+])
+def test_embedded_targets(archs, targets):
+    assert _build.targets(archs) == targets
 
 
 def test_arch_list_rejects_old_or_unreadable_targets():
@@ -202,3 +214,22 @@ def test_arch_list_rejects_old_or_unreadable_targets():
         _build.parse_archs("75")
     with pytest.raises(_build.BuildError, match="cannot read 'hopper'"):
         _build.parse_archs("hopper")
+    with pytest.raises(_build.BuildError, match="no portable PTX"):
+        _build.parse_archs("90a+PTX")
+
+
+@pytest.mark.skipif(_build.find_nvcc() is None, reason="nvcc not found")
+@pytest.mark.parametrize("text", ["80", "90", "90a", "80;90", "8.0;9.0", "80;90a", "8.0;9.0+PTX"])
+def test_the_built_target_report_compiles_for_any_arch_list(tmp_path, text):
+    """csrc/runtime.cu (host code only) built with the extension's flags for ``text``, linked into a
+    small program that prints ``built_archs()``: it must name exactly the embedded targets."""
+    archs = _build.parse_archs(text)
+    main = tmp_path / "main.cpp"
+    main.write_text('#include <cstdio>\n#include "contrastive_cuda.h"\n'
+                    'int main() { std::puts(contrastive_cuda::built_archs()); }\n')
+    exe = tmp_path / "report"
+    nvcc = str(_build.cuda_home() / "bin" / "nvcc")
+    cmd = [nvcc, *_build.nvcc_flags(archs), "-I", str(_build.CSRC), str(_build.CSRC / "runtime.cu"), str(main), "-o", str(exe)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    assert out == _build.targets(archs)
