@@ -11,6 +11,7 @@ import reference as ref
 import torch
 
 import contrastive_ops as co
+from contrastive_ops.core import ring_ranks
 
 N, R, D = 37, 23, 40
 
@@ -22,6 +23,8 @@ class Case:
     ours: Callable[..., torch.Tensor]  # (tensors, backend=, reduction=) -> loss
     reference: Callable[..., torch.Tensor]  # (tensors in float64) -> per-anchor losses
     mean_count: Callable[[list[torch.Tensor]], int] | None = None  # divisor of the mean if not numel
+    # Ring cases: redraws anchor rows until every band boundary has a margin (see _ring_margin)
+    separate: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
 
 def _feats(*rows):
@@ -61,6 +64,49 @@ def _clip_case(tensor_scale: bool, normalize: bool) -> Case:
     )
 
 
+RING_MARGIN = 0.05  # logits, at temperature 0.1: > 2× the logit error of bf16 chunked (≈ 0.02), ≫ fp32's (1e-6)
+
+
+def _ring_boundary_gaps(candidates: list[torch.Tensor], outer: float, inner: float) -> torch.Tensor:
+    """Per row, the smallest gap between the logits on either side of a Ring boundary (ranks lo−1 | lo
+    and hi−1 | hi of the descending candidates); inf for a row without a boundary."""
+    gaps = []
+    for cand in candidates:
+        lo, hi = (int(v) for v in ring_ranks(torch.tensor([cand.numel()]), outer, inner))
+        ordered = cand.sort(descending=True).values
+        sides = [ordered[b - 1] - ordered[b] for b in (lo, hi) if 0 < b < cand.numel() and hi > lo]
+        gaps.append(min(sides).item() if sides else float("inf"))
+    return torch.tensor(gaps, dtype=torch.float64)
+
+
+def _ring_margin(candidates_of, outer, inner):
+    """``separate`` of a Ring case: the band is a discontinuous function of the logits, so a backend
+    and its float64 reference agree on it only if no boundary falls between values closer than their
+    rounding. Redraws the anchors (row i of the first tensor decides only row i's candidates) until
+    every boundary gap is at least :data:`RING_MARGIN` for the values as drawn and as rounded to
+    fp16 and bf16 (what the GPU tests feed), all decided in float64."""
+
+    def separate(tensors):
+        tensors = list(tensors)
+        for _ in range(200):
+            bad = torch.zeros(tensors[0].shape[0], dtype=torch.bool)
+            for dtype in (tensors[0].dtype, torch.float16, torch.bfloat16):
+                rounded = [t.detach().to(dtype).double() if t.dtype.is_floating_point else t for t in tensors]
+                bad |= _ring_boundary_gaps(candidates_of(rounded), outer, inner) < RING_MARGIN
+            if not bad.any():
+                return tensors
+            fresh = tensors[0].detach().clone()
+            fresh[bad] = torch.randn(int(bad.sum()), fresh.shape[1], dtype=fresh.dtype)
+            tensors[0] = fresh.requires_grad_(tensors[0].requires_grad)
+        raise RuntimeError("could not draw Ring inputs with separated band boundaries")
+
+    return separate
+
+
+def _unit(x):
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def _ring_case(outer, inner, with_queue=True, in_batch=True) -> Case:
     rows = (N, N, R) if with_queue else (N, N)
     names = ["query", "key"] + (["negatives"] if with_queue else [])
@@ -69,11 +115,21 @@ def _ring_case(outer, inner, with_queue=True, in_batch=True) -> Case:
         return t[2] if with_queue else None
 
     kwargs = {"temperature": 0.1, "outer": outer, "inner": inner, "in_batch_negatives": in_batch}
+
+    def candidates(t):
+        q, k = _unit(t[0]), _unit(t[1])
+        qk = q @ k.T / 0.1
+        qn = q @ _unit(t[2]).T / 0.1 if with_queue else q.new_zeros(q.shape[0], 0)
+        n = q.shape[0]
+        return [torch.cat([qn[i]] + ([qk[i, :i], qk[i, i + 1:]] if in_batch else [])) for i in range(n)]
+
+    separate = _ring_margin(candidates, outer, inner)
     return Case(
         names,
-        _feats(*rows),
+        lambda dtype: separate(_feats(*rows)(dtype)),
         lambda t, **kw: co.ring_info_nce(t[0], t[1], neg(t), **kwargs, **kw),
         lambda t: ref.ring_info_nce(t[0], t[1], neg(t), **kwargs),
+        separate=separate,
     )
 
 
@@ -194,12 +250,21 @@ def _ring_labels_case(split_labels: bool) -> Case:
     def label_kw(t):
         return {"query_labels": t[3], "key_labels": t[4]} if split_labels else {"labels": t[3]}
 
+    def candidates(t):
+        q, k = _unit(t[0]), _unit(t[1])
+        qk, qn = q @ k.T / 0.1, q @ _unit(t[2]).T / 0.1
+        query_labels, key_labels = t[3], t[4 if split_labels else 3]
+        n = q.shape[0]
+        return [torch.cat([qn[i], qk[i][(key_labels != query_labels[i]) & (torch.arange(n) != i)]]) for i in range(n)]
+
+    separate = _ring_margin(candidates, kwargs["outer"], kwargs["inner"])
     return Case(
         ["query", "key", "negatives"],
-        make,
+        lambda dtype: separate(make(dtype)),
         lambda t, **kw: co.ring_info_nce(t[0], t[1], t[2], **label_kw(t), **kwargs, **kw),
         lambda t: ref.ring_info_nce_masked(t[0], t[1], t[2], query_labels=t[3], key_labels=t[4 if split_labels else 3],
                                            **kwargs),
+        separate=separate,
     )
 
 

@@ -4,7 +4,6 @@ of tests/cases.py against the float64 reference in fp32/fp16/bf16, odd shapes, e
 gradient, bitwise-deterministic backward, torch.compile, and the error targets of DESIGN.md §6.
 """
 import pytest
-import reference as ref
 import torch
 from cases import CASES
 from conftest import assert_close_rel
@@ -44,7 +43,8 @@ def test_every_loss_error_at_most_twice_pytorchs_own(name, dtype, seed):
     """Loss and every gradient against float64, no worse than twice PyTorch's own (naive) error."""
     case = CASES[name]
     base = case.make(torch.float32)
-    ref_in = [t.detach().double().requires_grad_(True) if t.dtype.is_floating_point else t for t in base]
+    # the reference sees the values the backends see: the inputs rounded to dtype
+    ref_in = [t.detach().to(dtype).double().requires_grad_(True) if t.dtype.is_floating_point else t for t in base]
     expected = case.reference(ref_in)
     weights = torch.rand(expected.shape, dtype=torch.float64)
     ref_grads = _grads((expected * weights).sum(), ref_in)
@@ -113,9 +113,10 @@ def test_counts_match_the_reference_roles(seed):
 
 
 def test_ring_band_matches_the_reference_selection(seed):
-    q, k, e = (torch.randn(x, 40, device=DEVICE) for x in (37, 37, 23))
-    ours = co.ring_info_nce(q, k, e, outer=0.3, inner=0.1, reduction="none", backend="cuda")
-    truth = ref.ring_info_nce(q.double().cpu(), k.double().cpu(), e.double().cpu(), outer=0.3, inner=0.1)
+    case = CASES["ring"]  # outer 0.3, inner 0.1; drawn with its band boundaries apart (cases._ring_margin)
+    q, k, e = (t.to(DEVICE) for t in case.make(torch.float32))
+    ours = case.ours([q, k, e], backend="cuda", reduction="none")
+    truth = case.reference([t.double().cpu() for t in (q, k, e)])
     assert_close_rel(ours.cpu(), truth, 1e-5, "ring loss")
 
 

@@ -103,6 +103,8 @@ def test_gradcheck_chunked_float64(name, seed):
             shrunk.append(t[:rows].clone())
         else:
             shrunk.append(t.detach().clone().requires_grad_(True))
+    if case.separate is not None:  # the shrunk Ring inputs need their own band margin (finite differences move logits)
+        shrunk = case.separate(shrunk)
     floats = [t for t in shrunk if t.dtype.is_floating_point]
 
     def fn(*args):
