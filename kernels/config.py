@@ -1,8 +1,10 @@
-"""Tile configurations: a short list tuned on first use per problem size, or one pinned config.
+"""Tile configurations: short candidate lists tuned on first use per problem, or one pinned config.
 
-Every kernel of one loss call (Ring selection, forward, both backward passes) runs with the same
-config, so all of them compute bit-identical tile logits. The choice is cached per
-(shape bucket, dtype, options) and is therefore the same for the forward and its backward.
+The forward and the Ring selection of one loss call share a config, so they compute bit-identical
+tile logits. The backward is another problem (its own candidates, :func:`backward_candidates`, and
+its own cache key), except where the loss has a Ring band: the band's membership is decided on the
+logits, so there the backward recomputes them with the forward's config. Choices are cached per
+(shape bucket, dtype, options).
 
 Pinning: ``with pin_config(TileConfig(...))`` or ``CONTRASTIVE_OPS_TRITON_CONFIG="BM,BN,BD[,warps,stages,radix_bits]"``.
 Under ``TRITON_INTERPRET=1`` the default is :data:`INTERPRETER_CONFIG` (small tiles, so that CPU
@@ -59,6 +61,51 @@ GPU_CONFIGS = (
     TileConfig(128, 128, 128, num_warps=8, num_stages=2),
     TileConfig(64, 64, 256, num_warps=8, num_stages=2),
 )
+#: Backward candidates when D fits one ``BLOCK_D`` (D <= 256: BLOCK_D = D rounded up to a power of
+#: two, accumulators in registers); ``block_d`` here is replaced by that size.
+BACKWARD_REGISTER_CONFIGS = (
+    TileConfig(64, 64, 16, num_warps=4, num_stages=2),
+    TileConfig(64, 128, 16, num_warps=8, num_stages=2),
+    TileConfig(128, 64, 16, num_warps=8, num_stages=2),
+    TileConfig(128, 128, 16, num_warps=8, num_stages=2),
+)
+#: Backward candidates for larger D: the dS-chunk kernel's tile (its products go to the GEMM library).
+BACKWARD_CHUNK_CONFIGS = (
+    TileConfig(128, 128, 64, num_warps=8, num_stages=3),
+    TileConfig(128, 64, 64, num_warps=4, num_stages=3),
+    TileConfig(64, 128, 64, num_warps=4, num_stages=3),
+    TileConfig(128, 128, 128, num_warps=8, num_stages=2),
+)
+REGISTER_D_MAX = 256  # the largest D whose backward keeps [BLOCK, D] fp32 accumulators in registers
+
+
+def backward_candidates(d: int) -> tuple[TileConfig, ...]:
+    """The backward's tuning candidates for feature size ``d``."""
+    if d <= REGISTER_D_MAX:
+        block_d = max(16, 1 << (d - 1).bit_length())
+        return tuple(TileConfig(c.block_m, c.block_n, block_d, c.num_warps, c.num_stages, c.radix_bits)
+                     for c in BACKWARD_REGISTER_CONFIGS)
+    return BACKWARD_CHUNK_CONFIGS
+
+
+DS_CHUNK_BYTES = 64 * 2**20  # default bound of one dS chunk of the backward's chunk route
+
+
+def ds_chunk_bytes() -> int:
+    """Bytes of one dS chunk (rows × columns of the input dtype): ``CONTRASTIVE_OPS_DS_CHUNK_BYTES``,
+    else 64 MiB. Smaller chunks cost more, shorter GEMMs; the memory never grows like N × M."""
+    spec = os.environ.get("CONTRASTIVE_OPS_DS_CHUNK_BYTES")
+    if not spec:
+        return DS_CHUNK_BYTES
+    try:
+        value = int(spec)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"CONTRASTIVE_OPS_DS_CHUNK_BYTES must be a positive number of bytes, got {spec!r}")
+    return value
+
+
 # Under the interpreter every numpy op costs the same whatever its size: 2-bit radix passes are
 # the cheapest there (on a GPU, 4 bits halve the tile recomputations).
 INTERPRETER_CONFIG = TileConfig(16, 16, 16, num_warps=1, num_stages=1, radix_bits=2)
@@ -121,13 +168,14 @@ def _time_config_ms(run, config) -> float:
     return do_bench(lambda: run(config), warmup=5, rep=20)
 
 
-def tuned_config(key: tuple, run) -> TileConfig:
-    """The fastest of :data:`GPU_CONFIGS` for ``key``, timing ``run(config)`` once per key."""
+def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFIGS) -> TileConfig:
+    """The fastest of ``candidates`` (default :data:`GPU_CONFIGS`) for ``key``, timing
+    ``run(config)`` once per key."""
     if key not in _tuned:
         import triton
 
         timings = {}
-        for config in GPU_CONFIGS:
+        for config in candidates:
             try:
                 timings[config] = _time_config_ms(run, config)
             except triton.runtime.errors.OutOfResources:

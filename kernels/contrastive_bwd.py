@@ -1,81 +1,102 @@
-"""Backward of the tiled core: a dQ pass over row blocks and a dC pass over column blocks.
+"""Backward of the tiled core: ``dL/dS`` of every tile, pushed back through the two products.
 
-Each pass recomputes its tiles' logits once and forms the full ``dL/dS`` (row and column terms),
-then ``dQ̂ = s·dS·Ĉ`` (row programs) or ``dĈ = s·dSᵀ·Q̂`` (column programs). A program owns its
-output rows, so no atomics are used and two runs give bit-identical gradients. The gradient of
-the scale, ``Σ dS_ij·<q̂_i, ĉ_j>``, comes from the dQ pass as one partial per program, summed in
-a fixed order.
+Two routes, both with fp32 accumulation, a fixed order and no atomics (two runs give bit-identical
+gradients):
 
-Both passes accumulate in fp32. When ``BLOCK_D >= D`` the accumulator lives in registers across
-the whole loop; otherwise each tile's contribution, one ``BLOCK_D`` slice at a time, is added to
-the program's own rows of an fp32 output in global memory (any D, at the price of that traffic).
+* **registers** (``D <= BLOCK_D``, i.e. D up to 256 with ``BLOCK_D`` = D rounded up to a power of
+  two): a dQ pass over row blocks and a dC pass over column blocks, each recomputing its tiles'
+  logits once and keeping its ``[BLOCK, D]`` fp32 accumulator in registers;
+* **chunks** (larger D, where such an accumulator would spill): a fused kernel writes ``dL/dS`` of a
+  chunk of rows × columns once (every role rule, column term, hard-negative, sigmoid and Ring rule
+  inside it), and the GEMM library (``torch.mm`` → cuBLAS on a GPU) forms ``dQ̂ += dS·Ĉ`` and
+  ``dĈ += dSᵀ·Q̂`` for it. The chunk is bounded by :func:`~contrastive_ops.kernels.config.ds_chunk_bytes`
+  (64 MiB by default), never N × M.
+
+fp16/bf16 dS is stored multiplied by a power of two ``σ`` (:func:`ds_scale`) chosen from an upper
+bound of ``|dL/dS|``, so that the small entries of a large batch (``p/N`` with mean reduction) stay
+normal fp16 numbers; the products are divided by ``σ`` in fp32 (exact: a power of two).
+
+The scale's gradient ``Σ dS_ij·<q̂_i, ĉ_j>`` comes from one partial per program (dQ pass or dS
+chunk), summed in a fixed order.
 """
 import torch
 import triton
 import triton.language as tl
 
+from .config import ds_chunk_bytes
 from .tiles import tile_cosines, tile_denominator, tile_logit_grad, tile_roles
+
+#: largest power of two times the dS bound that fp16 dS may reach (fp16's max is 65504 < 2^16)
+_DS_TARGET = 2.0 ** 14
+
+
+@triton.jit
+def _tile_grad(Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+               ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+               G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+               KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+               NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+               PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(dL/dS, cosines, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32), its logits
+    recomputed exactly as the forward computes them."""
+    scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
+    cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    logits = scale * cosines
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+    grad, pair_grad = tile_logit_grad(
+        logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
+        ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
+        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
+    return grad, cosines, pair_grad
 
 
 @triton.jit
 def _contrastive_bwd_dq_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DQ, DSCALE_PART, DBIAS_PART,
+    DS_SCALE, DQ, DSCALE_PART, DBIAS_PART,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_D_BLOCK: tl.constexpr,
 ):
+    """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``)."""
     row_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
-    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
+    sigma = tl.load(DS_SCALE)
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     offs_d = tl.arange(0, BLOCK_D)
-    dq_rows = DQ + rows.to(tl.int64)[:, None] * stride_dq
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # used when one D block holds all of D
+    d_mask = offs_d < D
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                               NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-        logits = scale * cosines
-        positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                         HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
-        den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-        grad, pair_grad = tile_logit_grad(
-            logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
-            ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
+        grad, cosines, pair_grad = _tile_grad(
+            Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+            ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+            G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
         if NORMALIZE:  # dQ̂ = s·dS·Ĉ with Ĉ = diag(rc)·C: fold rc into dS
             grad = grad * tl.load(RC + cols, mask=col_mask, other=0.0)[None, :]
-        grad = grad.to(C.dtype.element_ty)
-        c_cols = C + cols.to(tl.int64)[:, None] * stride_c
-        for d0 in range(0, D, BLOCK_D):
-            d_mask = (d0 + offs_d) < D
-            c = tl.load(c_cols + (d0 + offs_d)[None, :], mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-            if ONE_D_BLOCK:
-                acc = tl.dot(grad, c, acc, input_precision=INPUT_PRECISION)
-            else:
-                out = dq_rows + (d0 + offs_d)[None, :]
-                out_mask = row_mask[:, None] & d_mask[None, :]
-                part = tl.dot(grad, c, input_precision=INPUT_PRECISION)
-                tl.store(out, tl.load(out, mask=out_mask, other=0.0) + part, mask=out_mask)
-    if ONE_D_BLOCK:
-        tl.store(dq_rows + offs_d[None, :], acc * scale, mask=row_mask[:, None] & (offs_d < D)[None, :])
-    else:
-        for d0 in range(0, D, BLOCK_D):
-            out = dq_rows + (d0 + offs_d)[None, :]
-            out_mask = row_mask[:, None] & ((d0 + offs_d) < D)[None, :]
-            tl.store(out, tl.load(out, mask=out_mask, other=0.0) * scale, mask=out_mask)
+        c = tl.load(C + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
+                    mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = tl.dot((grad * sigma).to(C.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
+    tl.store(DQ + rows.to(tl.int64)[:, None] * stride_dq + offs_d[None, :], acc * (scale / sigma),
+             mask=row_mask[:, None] & d_mask[None, :])
     tl.store(DSCALE_PART + row_block, tl.sum(dscale, axis=0))
     tl.store(DBIAS_PART + row_block, tl.sum(dbias, axis=0))
 
@@ -84,56 +105,141 @@ def _contrastive_bwd_dq_kernel(
 def _contrastive_bwd_dc_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DC,
+    DS_SCALE, DC,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_D_BLOCK: tl.constexpr,
 ):
+    """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``)."""
     col_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
-    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
+    sigma = tl.load(DS_SCALE)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < M_TOTAL
     offs_d = tl.arange(0, BLOCK_D)
-    dc_cols = DC + cols.to(tl.int64)[:, None] * stride_dc
+    d_mask = offs_d < D
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for r0 in range(0, N, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
-        logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                      NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-        positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                         HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
-        den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-        grad, _ = tile_logit_grad(
-            logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
-            ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
+        grad, _, _ = _tile_grad(
+            Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+            ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+            G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         if NORMALIZE:  # dĈ = s·dSᵀ·Q̂ with Q̂ = diag(rq)·Q: fold rq into dS
             grad = grad * tl.load(RQ + rows, mask=row_mask, other=0.0)[:, None]
-        grad_t = tl.trans(grad.to(Q.dtype.element_ty))
-        q_rows = Q + rows.to(tl.int64)[:, None] * stride_q
-        for d0 in range(0, D, BLOCK_D):
-            d_mask = (d0 + offs_d) < D
-            q = tl.load(q_rows + (d0 + offs_d)[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-            if ONE_D_BLOCK:
-                acc = tl.dot(grad_t, q, acc, input_precision=INPUT_PRECISION)
-            else:
-                out = dc_cols + (d0 + offs_d)[None, :]
-                out_mask = col_mask[:, None] & d_mask[None, :]
-                part = tl.dot(grad_t, q, input_precision=INPUT_PRECISION)
-                tl.store(out, tl.load(out, mask=out_mask, other=0.0) + part, mask=out_mask)
-    if ONE_D_BLOCK:
-        tl.store(dc_cols + offs_d[None, :], acc * scale, mask=col_mask[:, None] & (offs_d < D)[None, :])
+        q = tl.load(Q + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = tl.dot(tl.trans((grad * sigma).to(Q.dtype.element_ty)), q, acc, input_precision=INPUT_PRECISION)
+    tl.store(DC + cols.to(tl.int64)[:, None] * stride_dc + offs_d[None, :], acc * (scale / sigma),
+             mask=col_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _contrastive_bwd_ds_kernel(
+    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
+    DS_SCALE, DS, DSCALE_PART, DBIAS_PART,
+    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_ds, row0, col0, chunk_rows, chunk_cols,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
+    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Chunk route: ``σ·dL/dS`` of one tile of the chunk ``[row0, row0 + chunk_rows) × [col0, col0 +
+    chunk_cols)``, written to ``DS [chunk_rows, chunk_cols]`` in its dtype (positions past the chunk
+    or the matrix are not written), and the tile's partials of the scale's and bias's gradients."""
+    tile_m = tl.program_id(0)
+    tile_n = tl.program_id(1)
+    sigma = tl.load(DS_SCALE)
+    local_rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    local_cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = row0 + local_rows
+    cols = col0 + local_cols
+    row_mask = (local_rows < chunk_rows) & (rows < N)
+    col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
+    grad, cosines, pair_grad = _tile_grad(
+        Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+        ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+        G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+        HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
+        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+    out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]
+    tl.store(out, (grad * sigma).to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    part = tile_m * tl.num_programs(1) + tile_n
+    tl.store(DSCALE_PART + part, tl.sum(tl.sum(grad * cosines, axis=1), axis=0))
+    if PAIRWISE_SIGMOID:
+        tl.store(DBIAS_PART + part, tl.sum(tl.sum(pair_grad, axis=1), axis=0))
     else:
-        for d0 in range(0, D, BLOCK_D):
-            out = dc_cols + (d0 + offs_d)[None, :]
-            out_mask = col_mask[:, None] & ((d0 + offs_d) < D)[None, :]
-            tl.store(out, tl.load(out, mask=out_mask, other=0.0) * scale, mask=out_mask)
+        tl.store(DBIAS_PART + part, 0.0)
+
+
+def ds_scale(row: dict, col: dict, beta: float, dtype: torch.dtype) -> torch.Tensor:
+    """0-d fp32 ``σ``: 1 for fp32 dS; for fp16/bf16 the power of two that takes the bound
+    ``max_i Σ|row terms| + max_j Σ|column terms|`` of ``|dL/dS|`` (probabilities and sigmoids are at
+    most 1) to ``2^14``. On the device, no host sync."""
+    device = row["g_lse"].device
+    if dtype == torch.float32 or row["g_lse"].numel() == 0:
+        return torch.ones((), dtype=torch.float32, device=device)
+    bound = (1.0 + abs(beta)) * row["g_lse"].abs() + row["g_pos_w"].abs()
+    if "g_lse_beta" in row:
+        bound = bound + abs(beta) * row["g_lse_beta"].abs()
+    if "g_pair" in row:
+        bound = bound + row["g_pair"].abs()
+    bound = bound.max()
+    if col and col["g_lse"].numel():
+        bound = bound + (col["g_lse"].abs() + col["g_pos_w"].abs()).max()
+    exponent = torch.floor(torch.log2(_DS_TARGET / bound.clamp(min=2.0 ** -100)))
+    return torch.exp2(exponent.clamp(-100.0, 100.0)).to(torch.float32)
+
+
+def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> None:
+    """``out += alpha · (a @ b)`` with fp32 accumulation: fp16/bf16 products straight into fp32 on a
+    GPU (``torch.mm(..., out_dtype=torch.float32)``), upcast operands elsewhere."""
+    if a.dtype != torch.float32 and a.is_cuda and _mm_has_out_dtype():
+        product = torch.mm(a, b, out_dtype=torch.float32)
+    else:
+        product = torch.mm(a.float(), b.float())
+    out.add_(product.mul_(alpha))
+
+
+_MM_OUT_DTYPE: list = []
+
+
+def _mm_has_out_dtype() -> bool:
+    if not _MM_OUT_DTYPE:
+        _MM_OUT_DTYPE.append(hasattr(torch.ops.aten.mm, "dtype"))
+    return _MM_OUT_DTYPE[0]
+
+
+def unit_rows(x: torch.Tensor, inv_norms) -> torch.Tensor:
+    """``x̂ = x · rq`` in ``x``'s dtype (the operand of the chunk route's GEMMs), ``inv_norms`` the fp32
+    ``[N]`` inverse norms; ``x`` itself when ``inv_norms`` is None (no normalization)."""
+    if inv_norms is None:
+        return x
+    return (x.float() * inv_norms[:, None]).to(x.dtype)
+
+
+def chunk_shape(n: int, m_total: int, itemsize: int, config) -> tuple[int, int]:
+    """``(rows, cols)`` of a dS chunk: at most :func:`ds_chunk_bytes`, whole tiles, columns first
+    (long GEMM reductions), at least one tile each way."""
+    budget = max(ds_chunk_bytes(), config.block_m * config.block_n * itemsize)
+    cols = min(triton.cdiv(m_total, config.block_n) * config.block_n,
+               max(config.block_n, budget // (config.block_m * itemsize) // config.block_n * config.block_n), 8192)
+    cols = max(cols, config.block_n)
+    rows = max(config.block_m, budget // (cols * itemsize) // config.block_m * config.block_m)
+    rows = min(rows, triton.cdiv(n, config.block_m) * config.block_m)
+    return rows, cols
+
+
+def uses_registers(config, d: int) -> bool:
+    """Whether the backward keeps its accumulators in registers (one ``BLOCK_D`` holds D)."""
+    return config.block_d_for(d) >= d
 
 
 def contrastive_backward(tiles, config, row, col):
@@ -143,25 +249,53 @@ def contrastive_backward(tiles, config, row, col):
     ``row``: dict of ``[N]`` fp32 vectors ``lse``, ``g_lse``, ``g_pos_w`` (the mean-positive
     gradient divided by the positive count) and, as the switches need them, ``lse_beta``,
     ``g_lse_beta``, ``g_pair``; ``col``: ``lse``, ``g_lse``, ``g_pos_w`` ``[M]`` for symmetric losses.
+    The route (registers or chunks) follows :func:`uses_registers`.
     """
     t = tiles
     device = t.query.device
     d = t.d
-    one_block = config.block_d_for(d) >= d
-    alloc = torch.empty if one_block else torch.zeros  # the sliced path adds into its output
-    dq = alloc((t.n, d), dtype=torch.float32, device=device)
-    dc = alloc((t.m_total, d), dtype=torch.float32, device=device)
-    row_blocks = triton.cdiv(t.n, config.block_m)
-    dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
-    dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
+    sigma = ds_scale(row, col, t.beta, t.query.dtype)
     unused = row["lse"]  # placeholder pointer for vectors a switch leaves out
     vectors = [row["lse"], row["g_lse"], row["g_pos_w"]] + [
         row.get(name, unused) for name in ("lse_beta", "g_lse_beta", "g_pair")] + [
         col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
     common = (t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels,
-              t.col_labels, t.band_lo, t.band_hi, *vectors)
+              t.col_labels, t.band_lo, t.band_hi, *vectors, sigma)
     sizes = (t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), t.beta)
-    meta = {**t.constexprs(), **config.kernel_kwargs(d), "ONE_D_BLOCK": one_block}
-    _contrastive_bwd_dq_kernel[(row_blocks,)](*common, dq, dscale_part, dbias_part, *sizes, dq.stride(0), **meta)
-    _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, dc, *sizes, dc.stride(0), **meta)
-    return dq, dc, dscale_part.sum(), dbias_part.sum()
+    meta = {**t.constexprs(), **config.kernel_kwargs(d)}
+    if uses_registers(config, d):
+        dq = torch.empty((t.n, d), dtype=torch.float32, device=device)
+        dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
+        row_blocks = triton.cdiv(t.n, config.block_m)
+        dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
+        dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
+        _contrastive_bwd_dq_kernel[(row_blocks,)](*common, dq, dscale_part, dbias_part, *sizes, dq.stride(0), **meta)
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, dc, *sizes, dc.stride(0), **meta)
+        return dq, dc, dscale_part.sum(), dbias_part.sum()
+
+    # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order)
+    dq = torch.zeros((t.n, d), dtype=torch.float32, device=device)
+    dc = torch.zeros((t.m_total, d), dtype=torch.float32, device=device)
+    normalize = t.flags["NORMALIZE"]
+    q_hat = unit_rows(t.query, t.rq if normalize else None)
+    c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
+    ds_dtype = t.query.dtype
+    chunk_rows, chunk_cols = chunk_shape(t.n, t.m_total, torch.finfo(ds_dtype).bits // 8, config)
+    ds = torch.empty((min(chunk_rows, t.n), min(chunk_cols, t.m_total)), dtype=ds_dtype, device=device)
+    alpha = t.scale.to(torch.float32) / sigma
+    dscale_parts, dbias_parts = [], []
+    for r0 in range(0, t.n, chunk_rows):
+        r1 = min(r0 + chunk_rows, t.n)
+        for c0 in range(0, t.m_total, chunk_cols):
+            c1 = min(c0 + chunk_cols, t.m_total)
+            grid = (triton.cdiv(r1 - r0, config.block_m), triton.cdiv(c1 - c0, config.block_n))
+            dscale_part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
+            dbias_part = torch.empty_like(dscale_part)
+            block = ds[: r1 - r0, : c1 - c0]
+            _contrastive_bwd_ds_kernel[grid](*common, block, dscale_part, dbias_part, *sizes, ds.stride(0),
+                                             r0, c0, r1 - r0, c1 - c0, **meta)
+            _accumulate_product(dq[r0:r1], block, c_hat[c0:c1], alpha)
+            _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1], alpha)
+            dscale_parts.append(dscale_part.sum())
+            dbias_parts.append(dbias_part.sum())
+    return dq, dc, torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()

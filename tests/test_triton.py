@@ -144,7 +144,7 @@ def test_ties_at_the_ring_boundaries_are_kept(seed):
     k = distinct[torch.arange(19) % 5].to(DEVICE).requires_grad_(True)
     e = distinct[torch.arange(30) % 5].to(DEVICE).requires_grad_(True)
     for outer, inner in [(0.5, 0.3), (0.2, 0.0), (0.9, 0.5)]:
-        kwargs = dict(temperature=0.5, outer=outer, inner=inner, normalize=False, reduction="none")
+        kwargs = {"temperature": 0.5, "outer": outer, "inner": inner, "normalize": False, "reduction": "none"}
         ours = co.ring_info_nce(q, k, e, backend="triton", **kwargs)
         ref = co.ring_info_nce(q.double(), k.double(), e.double(), backend="naive", **kwargs)
         assert_close_rel(ours.cpu(), ref.cpu(), FP32_REL, f"ring({outer}, {inner}) with ties")
@@ -164,11 +164,50 @@ def test_zero_rows_and_a_single_pair(seed):
             assert_close_rel(g.cpu(), g_ref.cpu(), FP32_REL, "gradient")
 
 
-def test_backward_is_bitwise_deterministic(seed):
+@pytest.mark.parametrize("config", [pytest.param((16, 16, 16, 1, 1, 2), id="chunks"),
+                                    pytest.param((16, 16, 64, 1, 1, 2), id="registers")])
+def test_backward_is_bitwise_deterministic(config, seed, monkeypatch):
+    monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(16 * 32 * 4))  # several chunks each way
     q, k, e = (torch.randn(n, 40, device=DEVICE, requires_grad=True) for n in (37, 37, 23))
-    runs = [torch.autograd.grad(co.info_nce(q, k, e, symmetric=True, backend="triton"), [q, k, e]) for _ in range(2)]
+    with pin_config(TileConfig(*config)):
+        runs = [torch.autograd.grad(co.info_nce(q, k, e, symmetric=True, backend="triton"), [q, k, e])
+                for _ in range(2)]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_chunk_route_with_partial_chunks(name, seed, monkeypatch):
+    """D = 40 > BLOCK_D = 16: dS written chunk by chunk and multiplied by torch.mm. 16 × 32 chunks of
+    37 rows × 60 columns: three row chunks (the last of 5 rows), two column chunks (the last of 28)."""
+    from contrastive_ops.kernels import contrastive_bwd
+
+    monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(16 * 32 * 4))
+    assert contrastive_bwd.chunk_shape(37, 60, 4, TileConfig(16, 16, 16)) == (16, 32)
+    assert not contrastive_bwd.uses_registers(TileConfig(16, 16, 16), 40)
+    _check_against_reference(name, _inputs(CASES[name], torch.float32))
+
+
+@pytest.mark.parametrize("d", [pytest.param(16, id="registers"), pytest.param(64, id="chunks")])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fp16_gradients_do_not_underflow(d, symmetric, seed):
+    """fp16 dS of a large batch is ``p/N``-small; here a tiny upstream gradient (a ``sum`` times
+    1e-4) makes it so at N = 64. Stored unscaled, most of it rounds to fp16 subnormals or zero; the
+    backward scales dS by a power of two before the cast, so dQ's error stays within twice
+    PyTorch's own fp16 error (the naive backend)."""
+    q, k = (torch.randn(64, d, device=DEVICE).half() for _ in range(2))
+    ref_q, ref_k = (t.detach().cpu().double().requires_grad_(True) for t in (q, k))
+    (g_ref_q, g_ref_k) = torch.autograd.grad(
+        co.info_nce(ref_q, ref_k, symmetric=symmetric, backend="naive", reduction="sum") * 1e-4, [ref_q, ref_k])
+    errors = {}
+    for backend in ("naive", "triton"):
+        a, b = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+        loss = co.info_nce(a, b, symmetric=symmetric, backend=backend, reduction="sum") * 1e-4
+        g_q, g_k = torch.autograd.grad(loss, [a, b])
+        errors[backend] = [(g.double().cpu() - r).abs().max().item() / r.abs().max().item()
+                           for g, r in ((g_q, g_ref_q), (g_k, g_ref_k))]
+    for what, ours, own in zip(("d query", "d key"), errors["triton"], errors["naive"]):
+        assert ours <= 2 * own, f"{what}: triton fp16 relative error {ours:.2e}, naive fp16 {own:.2e}"
 
 
 def test_inputs_are_not_modified(seed):
@@ -200,6 +239,21 @@ def test_no_tensor_grows_like_n_times_m(seed):
             loss.backward()
     bound = max(2 * n * d, 2 * 2 * n)  # inputs (shared q/k are concatenated once), two column partials
     assert probe.largest <= bound, f"a tensor of {probe.largest} elements (N*M = {n * n})"
+
+
+def test_the_chunk_route_holds_one_chunk(seed, monkeypatch):
+    """D > BLOCK_D: besides O((N + M)·D) tensors, only one dS chunk (here 32 × 64) at a time."""
+    from test_memory import LargestTensor
+
+    monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(32 * 64 * 4))
+    n, d = 100, 20
+    a, b, c = (torch.randn(n, d, device=DEVICE, requires_grad=True) for _ in range(3))
+    with pin_config(TileConfig(32, 32, 16, 1, 1, 2)), LargestTensor() as probe:
+        for loss in (co.info_nce(a, b, c, symmetric=True, backend="triton"),
+                     co.ring_info_nce(a, b, c, outer=0.5, backend="triton")):
+            loss.backward()
+    bound = max(2 * n * d, 2 * 2 * n, 32 * 64)
+    assert probe.largest <= bound, f"a tensor of {probe.largest} elements (N*M = {n * 2 * n})"
 
 
 def test_custom_ops_pass_torch_library_opcheck(seed):

@@ -61,6 +61,17 @@ def _config(tiles, config: List[int]):
     return cfg.tuned_config(tiles.tuning_key(), lambda c: fwd.contrastive_forward(tiles, c, programs))
 
 
+def _backward_config(tiles, config: List[int], row: dict, col: dict):
+    """The pinned config when one was given; the forward's when the loss has a Ring band (membership
+    is decided on the logits, so the backward must recompute them bit for bit); else the fastest
+    backward candidate for this problem, tuned on its own key."""
+    cfg, bwd = _kernels()[0], _kernels()[2]
+    if config or tiles.flags["HAS_BAND"]:
+        return _config(tiles, config)
+    return cfg.tuned_config(tiles.tuning_key() + ("backward",), lambda c: bwd.contrastive_backward(tiles, c, row, col),
+                            cfg.backward_candidates(tiles.d))
+
+
 # ---------------------------------------------------------------------------------------------
 # custom ops
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +177,7 @@ def _backward_op(
     col = {}
     if column_terms:
         col = {"lse": col_lse, "g_lse": g_col_lse, "g_pos_w": g_col_pos / col_pos_n.clamp(min=1).to(torch.float32)}
-    dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _config(tiles, config), row, col)
+    dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _backward_config(tiles, config, row, col), row, col)
     n_keys = tiles.m
     if keys is None:
         dq = dq + dc[:n_keys]
