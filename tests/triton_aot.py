@@ -5,7 +5,6 @@ switch settings down to a cubin with Triton's own compiler and ptxas, and prints
 kernel; a compile error exits non-zero. Run in a process of its own: the kernels must be
 decorated with ``TRITON_INTERPRET`` off.
 """
-import inspect
 import os
 import sys
 import time
@@ -13,12 +12,6 @@ import time
 # Triton decides between compiling and interpreting when the kernels are decorated: set before any import.
 os.environ["TRITON_INTERPRET"] = "0"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-INTS = {"N", "M", "M_TOTAL", "D", "stride_q", "stride_c", "stride_dq", "stride_dc", "stride_x", "stride_g",
-        "stride_dx"}
-POINTER_TYPES = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
-                 "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
-                 "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}
 
 ALL_ON = {"HAS_POS": True, "HAS_LABELS": False, "MASK_LABELS": True, "HAS_SELF": True, "KEY_NEGATIVES": True, "DECOUPLED": False,
               "HAS_BAND": True, "NORMALIZE": True, "COLUMN_TERMS": True, "HARD_NEGATIVES": False, "PAIRWISE_SIGMOID": False}
@@ -39,9 +32,11 @@ def _variants():
     for name, kernel in (("bwd dq", contrastive_bwd._contrastive_bwd_dq_kernel),
                          ("bwd dc", contrastive_bwd._contrastive_bwd_dc_kernel)):
         yield f"{name} bf16 registers ring+mask+columns", kernel, "*bf16", {
-            **ALL_ON, **TILES, "INPUT_PRECISION": "ieee", "ONE_D_BLOCK": True}, 8, 2
-        yield f"{name} fp16 sliced-D hard+sigmoid", kernel, "*fp16", {
-            **HARD_SIGMOID, **TILES, "INPUT_PRECISION": "ieee", "ONE_D_BLOCK": False}, 8, 2
+            **ALL_ON, **TILES, "INPUT_PRECISION": "ieee"}, 8, 2
+    yield "bwd dS chunk bf16 ring+mask+columns", contrastive_bwd._contrastive_bwd_ds_kernel, "*bf16", {
+        **ALL_ON, **TILES, "INPUT_PRECISION": "ieee"}, 8, 3
+    yield "bwd dS chunk fp16 hard+sigmoid", contrastive_bwd._contrastive_bwd_ds_kernel, "*fp16", {
+        **HARD_SIGMOID, **TILES, "INPUT_PRECISION": "ieee"}, 8, 3
     yield "ring count, labels", ring_select._ring_count_kernel, "*bf16", {
         k: LABELS[k] for k in ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES")} | {
         "BLOCK_M": 128, "BLOCK_N": 128}, 4, 1
@@ -54,27 +49,13 @@ def _variants():
                                                                                "BLOCK_D": 256}, 4, 1
 
 
-def _signature(kernel, feature_type: str, constexprs: dict) -> dict:
-    features = {"Q", "C", "X", "DX"}
-    sig = {}
-    for name in inspect.signature(kernel.fn).parameters:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in INTS:
-            sig[name] = "i32"
-        elif name == "beta":
-            sig[name] = "fp32"
-        elif name in features:
-            sig[name] = feature_type
-        else:
-            sig[name] = POINTER_TYPES.get(name, "*fp32")
-    return sig
-
-
 def main(arch: int) -> int:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+    from benchmarks.kernel_report import _signature
 
     target = GPUTarget("cuda", arch, 32)
     failures = 0

@@ -1,0 +1,529 @@
+"""Static kernel report: what the compiled Triton kernels are on Hopper, and a roofline model of the
+headline workloads built from it. No GPU needed.
+
+    python -m benchmarks.kernel_report                      # markdown on stdout
+    python -m benchmarks.kernel_report --json rows.json     # and one JSON row per workload × kernel
+    python -m benchmarks.kernel_report --subset ci          # the few variants CI checks
+
+Every kernel variant a workload launches is compiled ahead of time for sm_90a by Triton's own
+compiler (16-byte-aligned pointers and sizes, as the JIT marks them for real shapes); Triton's bundled
+ptxas (``-v``) gives registers and spills, its cuobjdump the SASS. From the SASS: the MMA kind and count
+(HGMMA = wgmma, HMMA = mma.sync), and the instructions of one tile iteration — the smallest loop that
+contains the dot product's k-loop, with the k-loop counted once per ``BLOCK_D`` step of D.
+
+The model (every figure it gives is *modeled*, never measured) charges each launch the largest of:
+
+* MMA: its useful dot-product FLOPs at the device's matmul rate;
+* issue: its SASS instructions per tile × warps, at 4 warp-instructions per clock per SM;
+* MUFU: its exp/log instructions per tile × threads, at 16 per clock per SM;
+* memory: its DRAM bytes at the copy bandwidth,
+
+per wave of CTAs (wave quantization included), assuming those overlap perfectly. cuBLAS products
+(``torch.mm`` in the chunk route) are charged at the matmul rate or their bytes, whichever is larger.
+:data:`H200` holds the constants; the benchmark suite passes the rates it measured instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# the kernels must be decorated for compiling, not interpreting: before any Triton import
+os.environ["TRITON_INTERPRET"] = "0"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    name: str
+    sms: int
+    clock_hz: float  # sustained SM clock under MMA load (assumed)
+    mma_flops: dict  # dtype -> dense matmul FLOP/s (bf16/fp16 measured on an H200 here; tf32 assumed half)
+    dram_bytes_s: float  # copy bandwidth (measured on an H200 here)
+    issue_per_clock: int = 4  # warp-instructions per clock per SM (4 schedulers)
+    mufu_per_clock: int = 16  # exp2/log2/rcp lanes per clock per SM
+    regs_per_sm: int = 65536
+    smem_per_sm: int = 227 * 1024  # usable by one CTA's dynamic shared memory
+    threads_per_sm: int = 2048
+
+
+#: H100/H200-class device (sm_90a, 132 SMs). 790 TFLOP/s bf16 and 4.3 TB/s were measured on an H200;
+#: the clock and the tf32 rate are assumptions.
+H200 = Device(name="H200 (sm_90a, 132 SMs)", sms=132, clock_hz=1.83e9,
+              mma_flops={"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}, dram_bytes_s=4.3e12)
+
+DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
+ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+INTS = {"N", "M", "M_TOTAL", "D", "stride_q", "stride_c", "stride_dq", "stride_dc", "stride_x", "stride_g",
+        "stride_dx", "stride_ds", "row0", "col0", "chunk_rows", "chunk_cols"}
+INT_POINTERS = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
+                "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
+                "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}
+FEATURES = {"Q", "C", "X", "DX", "DS"}
+SWITCHES = ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "DECOUPLED", "HAS_BAND",
+            "NORMALIZE", "COLUMN_TERMS", "HARD_NEGATIVES", "PAIRWISE_SIGMOID")
+
+
+# ---------------------------------------------------------------------------------------------
+# compiling one variant and reading its code
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class KernelStats:
+    """What the compiler made of one kernel variant."""
+
+    kernel: str
+    warps: int
+    stages: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared: int
+    mma_kind: str  # "wgmma" (HGMMA), "mma.sync" (HMMA), "none"
+    mma_count: int  # static MMA instructions in the whole kernel
+    tile_instructions: int  # per thread, one tile iteration with its k-loop once (see kloop_instructions)
+    kloop_instructions: int  # per thread, one step of the dot product's k-loop (0: no k-loop)
+    tile_mufu: int  # MUFU instructions in one tile iteration outside the k-loop
+    total_instructions: int
+
+    def per_tile(self, ksteps: int) -> int:
+        return self.tile_instructions + self.kloop_instructions * (ksteps - 1)
+
+    def ctas_per_sm(self, device: Device) -> int:
+        threads = 32 * self.warps
+        by_regs = device.regs_per_sm // (max(8, math.ceil(self.registers / 8) * 8) * threads)
+        by_smem = device.smem_per_sm // self.shared if self.shared else 32
+        return max(0, min(by_regs, by_smem, device.threads_per_sm // threads, 32))
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    base = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    for candidate in (f"{name}-blackwell", name):  # the newer ptxas reads the PTX versions Triton writes
+        if (base / candidate).is_file() and subprocess.run([str(base / candidate), "--version"], capture_output=True,
+                                                           check=False).returncode == 0:
+            return str(base / candidate)
+    raise FileNotFoundError(f"Triton's bundled {name} was not found under {base}")
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_x]*)\s*([^;]*);")
+
+
+def _parse_sass(text: str):
+    """``[(address, opcode, modifiers, operands)]`` of the instructions of one kernel's SASS."""
+    return [(int(m.group(1), 16), m.group(3), m.group(4), m.group(5)) for m in _SASS_LINE.finditer(text)]
+
+
+def _loops(instructions):
+    """Loops as ``(start, end)`` address pairs, from the backward branches."""
+    loops = []
+    for address, opcode, _, operands in instructions:
+        if opcode == "BRA":
+            target = re.search(r"0x([0-9a-f]+)", operands)
+            if target and int(target.group(1), 16) < address:
+                loops.append((int(target.group(1), 16), address))
+    return loops
+
+
+def _sass_stats(instructions):
+    mma = [i for i in instructions if i[1] in ("HGMMA", "HMMA")]
+    kind = "wgmma" if any(i[1] == "HGMMA" for i in mma) else ("mma.sync" if mma else "none")
+    loops = _loops(instructions)
+
+    def inside(loop):
+        return [i for i in instructions if loop[0] <= i[0] <= loop[1]]
+
+    def has_mma(loop):
+        return any(i[1] in ("HGMMA", "HMMA") for i in inside(loop))
+
+    # k-loops: loops with MMA containing no other loop with MMA
+    mma_loops = [lp for lp in loops if has_mma(lp)]
+    kloops = [lp for lp in mma_loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in mma_loops)]
+    # the tile loop: the smallest loop strictly containing a k-loop; a kernel of one tile per program
+    # (no such loop) counts as a whole
+    outer = [lp for lp in loops if any(lp != k and lp[0] <= k[0] and k[1] <= lp[1] for k in kloops)]
+    if outer:
+        tile = min(outer, key=lambda lp: lp[1] - lp[0])
+    else:
+        tile = (instructions[0][0], instructions[-1][0]) if instructions else (0, 0)
+    body = inside(tile)
+    inner = [k for k in kloops if tile != k and tile[0] <= k[0] and k[1] <= tile[1]]
+    in_kloop = {i[0] for k in inner for i in inside(k)}
+    kloop_instructions = len(inside(inner[0])) if inner else 0
+    mufu = sum(1 for i in body if i[1] == "MUFU" and i[0] not in in_kloop)
+    return kind, len(mma), len(body), kloop_instructions, mufu
+
+
+def _signature(kernel, feature_type: str, constexprs: dict) -> dict:
+    sig = {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in INTS:
+            sig[name] = "i32"
+        elif name == "beta":
+            sig[name] = "fp32"
+        elif name in FEATURES:
+            sig[name] = feature_type
+        else:
+            sig[name] = INT_POINTERS.get(name, "*fp32")
+    return sig
+
+
+@functools.cache
+def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tuple, warps: int, stages: int,
+                  arch: int = 90) -> KernelStats:
+    """Compile ``module.kernel_name`` for ``sm_{arch}`` (sm_90a on Hopper) and read its code."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(module), kernel_name)
+    params = inspect.signature(kernel.fn).parameters
+    constexprs = {k: v for k, v in constexpr_items if k in params}
+    compiled = triton.compile(ASTSource(kernel, _signature(kernel, DTYPE_TYPES[dtype], constexprs), constexprs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
+        ptx.write_text(compiled.asm["ptx"])
+        cubin.write_bytes(compiled.asm["cubin"])
+        target = re.search(r"\.target\s+(\S+)", compiled.asm["ptx"]).group(1)
+        verbose = subprocess.run([_tool("ptxas"), f"-arch={target}", "-v", str(ptx), "-o", str(Path(tmp, "v.cubin"))],
+                                 capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    registers = int(re.search(r"Used (\d+) registers", verbose).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", verbose)
+    kind, mma_count, tile_instr, kloop_instr, mufu = _sass_stats(_parse_sass(sass))
+    return KernelStats(kernel=kernel_name, warps=warps, stages=stages, registers=registers,
+                       spill_stores=int(spills.group(1)) if spills else 0,
+                       spill_loads=int(spills.group(2)) if spills else 0, shared=compiled.metadata.shared,
+                       mma_kind=kind, mma_count=mma_count, tile_instructions=tile_instr,
+                       kloop_instructions=kloop_instr, tile_mufu=mufu,
+                       total_instructions=len(_parse_sass(sass)))
+
+
+# ---------------------------------------------------------------------------------------------
+# workloads and the launches they make
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One loss call, forward + backward: logits ``n × m_total`` (``m`` in-batch keys) of dimension d."""
+
+    loss: str
+    n: int
+    m: int
+    d: int
+    dtype: str
+    flags: tuple  # switches as (name, value) pairs
+    extra: int = 0  # extra negatives (queue rows)
+    ring_radix_bits: int = 0  # > 0: a Ring band is selected first
+
+    @property
+    def m_total(self) -> int:
+        return self.m + self.extra
+
+    def switch(self, name: str) -> bool:
+        return dict(self.flags)[name]
+
+    def floor_flops(self) -> float:
+        """Useful dot-product FLOPs of forward + backward: S, S again, dQ and dK."""
+        return 8.0 * self.n * self.m_total * self.d
+
+
+def _flags(**on) -> tuple:
+    base = dict.fromkeys(SWITCHES, False)
+    base.update(on)
+    return tuple(sorted(base.items()))
+
+
+def headline_workloads(d_values=(128, 768), n: int = 65536) -> list[Workload]:
+    """The workloads of the report: the headlines (symmetric CLIP and InfoNCE, bf16, 65536²) and one
+    of each role family, at D = 128 and 768."""
+    out = []
+    for d in d_values:
+        out += [
+            Workload("clip", n, n, d, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True)),
+            Workload("info_nce", n, n, d, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True)),
+            Workload("siglip", n, n, d, "bfloat16",
+                     _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True, DECOUPLED=True, PAIRWISE_SIGMOID=True)),
+            Workload("supcon", n // 2, n // 2, d, "bfloat16",
+                     _flags(HAS_LABELS=True, HAS_SELF=True, KEY_NEGATIVES=True, NORMALIZE=True)),
+            Workload("ring", n // 2, n // 2, d, "bfloat16",
+                     _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True, HAS_BAND=True), ring_radix_bits=4),
+        ]
+    return out
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch (or a group of equal ones) of a workload, with its modeled time."""
+
+    kernel: str
+    variant: KernelStats | None  # None: a library call (cuBLAS GEMM, torch elementwise)
+    programs: int
+    tiles_per_program: float
+    ksteps: int
+    flops: float
+    dram_bytes: float
+    repeats: int = 1
+    note: str = ""
+
+    def model(self, device: Device, dtype: str) -> dict:
+        mma_s = self.flops / device.mma_flops[dtype]
+        mem_s = self.dram_bytes / device.dram_bytes_s
+        parts = {"mma_ms": mma_s * 1e3, "memory_ms": mem_s * 1e3, "issue_ms": 0.0, "mufu_ms": 0.0}
+        if self.variant is not None:
+            v = self.variant
+            slots = device.sms * max(1, v.ctas_per_sm(device))
+            waves = math.ceil(self.programs / slots)
+            per_sm_tiles = waves * self.tiles_per_program * max(1, v.ctas_per_sm(device))
+            cycles_issue = per_sm_tiles * v.per_tile(self.ksteps) * v.warps / device.issue_per_clock
+            cycles_mufu = per_sm_tiles * v.tile_mufu * 32 * v.warps / device.mufu_per_clock
+            parts["issue_ms"] = cycles_issue / device.clock_hz * 1e3
+            parts["mufu_ms"] = cycles_mufu / device.clock_hz * 1e3
+            # MMA with wave quantization: the busiest SM does per_sm_tiles tiles of the average tile's FLOPs
+            tile_flops = self.flops / max(1.0, self.programs * self.tiles_per_program)
+            parts["mma_ms"] = max(parts["mma_ms"], per_sm_tiles * tile_flops * device.sms / device.mma_flops[dtype] * 1e3)
+        bound = max(parts, key=parts.get)
+        return {**parts, "modeled_ms": parts[bound] * self.repeats, "bound": bound.removesuffix("_ms")}
+
+
+def _stats(module, name, w: Workload, config, extra=(), warps=None, stages=None):
+    constexprs = dict(w.flags)
+    constexprs.update(INPUT_PRECISION="tf32" if w.dtype == "float32" else "ieee",
+                      BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d_for(w.d))
+    constexprs.update(extra)
+    return compile_stats(module, name, w.dtype, tuple(sorted(constexprs.items())), warps or config.num_warps,
+                         stages or config.num_stages)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
+    """The launches of one forward + backward of ``w`` on the current kernels, tiles as configured."""
+    from contrastive_ops.kernels import config as cfg_module  # noqa: F401  (import check)
+    from contrastive_ops.kernels import contrastive_bwd as bwd
+
+    item = ITEMSIZE[w.dtype]
+    n, mt, d = w.n, w.m_total, w.d
+    inputs = (n + mt) * d * item
+    out: list[Launch] = []
+    f, b = fwd_config, bwd_config
+    ks_f = _cdiv(d, f.block_d_for(d))
+    row_blocks = _cdiv(n, f.block_m)
+    col_tiles = _cdiv(mt, f.block_n)
+    if w.switch("NORMALIZE"):
+        out.append(Launch("inverse norms", None, 0, 0, 1, 0.0, inputs, note="torch-free Triton row pass"))
+    if w.ring_radix_bits:
+        passes = 32 // w.ring_radix_bits
+        stats = _stats("contrastive_ops.kernels.ring_select", "_ring_select_kernel", w, f,
+                       {"RADIX_BITS": w.ring_radix_bits})
+        slots = device.sms * max(1, stats.ctas_per_sm(device))
+        out.append(Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
+                          2.0 * n * mt * d * passes, inputs * _cdiv(row_blocks, slots) * passes,
+                          note=f"{passes} radix passes, each recomputing every tile"))
+    # forward: persistent programs; symmetric losses own [P, M] column partials
+    fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f)
+    slots = device.sms * max(1, fwd_stats.ctas_per_sm(device))
+    programs = min(row_blocks, device.sms) if w.switch("COLUMN_TERMS") else row_blocks
+    partial_bytes = row_blocks * w.m * 16 * 2 if w.switch("COLUMN_TERMS") else 0
+    out.append(Launch("forward", fwd_stats, programs, row_blocks / programs * col_tiles, ks_f, 2.0 * n * mt * d,
+                      n * d * item + mt * d * item * _cdiv(row_blocks, slots) + partial_bytes))
+    # backward
+    registers = bwd.uses_registers(b, d) if hasattr(bwd, "uses_registers") else b.block_d_for(d) >= d
+    ks_b = _cdiv(d, b.block_d_for(d))
+    grads = (n + mt) * d * 4  # fp32 dQ̂, dĈ
+    if registers or not hasattr(bwd, "_contrastive_bwd_ds_kernel"):
+        sliced = not registers  # the former route: fp32 rows read and written per tile in global memory
+        extra = {"ONE_D_BLOCK": registers}
+        for name, kernel, programs, tiles, rows in (
+                ("backward dQ", "_contrastive_bwd_dq_kernel", _cdiv(n, b.block_m), _cdiv(mt, b.block_n), b.block_m),
+                ("backward dC", "_contrastive_bwd_dc_kernel", _cdiv(mt, b.block_n), _cdiv(n, b.block_m), b.block_n)):
+            stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra)
+            slots = device.sms * max(1, stats.ctas_per_sm(device))
+            traffic = programs * tiles * 8.0 * rows * d if sliced else 0.0
+            out.append(Launch(name, stats, programs, tiles, ks_b, 4.0 * n * mt * d,
+                              inputs * _cdiv(programs, slots) + grads / 2 + traffic,
+                              note="fp32 rows read+written per tile" if sliced else "accumulators in registers"))
+    else:
+        rows, cols = bwd.chunk_shape(n, mt, item, b)
+        chunks = _cdiv(n, rows) * _cdiv(mt, cols)
+        stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b)
+        tiles = _cdiv(min(rows, n), b.block_m) * _cdiv(min(cols, mt), b.block_n)
+        ds_bytes = float(n) * mt * item
+        out.append(Launch("backward dS chunks", stats, tiles, 1, ks_b, 2.0 * n * mt * d,
+                          ds_bytes + inputs * _cdiv(n, rows), repeats=1,
+                          note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
+        # the launch above models one chunk's tiles per program; scale its programs to all chunks
+        out[-1].programs = tiles * chunks
+        row_chunks, col_chunks = _cdiv(n, rows), _cdiv(mt, cols)
+        # per chunk and product: dS and the other side's rows read, an fp32 product written, scaled and
+        # added into the fp32 rows (6 fp32 row passes)
+        gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
+                      + 24.0 * d * (col_chunks * n + row_chunks * mt))
+        out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
+                          gemm_bytes, note="cuBLAS, fp32 output, then scaled and added"))
+        if w.switch("NORMALIZE"):
+            out.append(Launch("unit rows (chunk route operands)", None, 0, 0, 1, 0.0, 2 * inputs))
+    out.append(Launch("normalize backward" if w.switch("NORMALIZE") else "cast gradients", None, 0, 0, 1, 0.0,
+                      grads + inputs * 2))
+    return out
+
+
+def model_workload(w: Workload, fwd_config, bwd_config, device: Device = H200) -> tuple[list[dict], dict]:
+    """Rows per launch and the total of ``w`` (modeled)."""
+    rows = []
+    for launch in launches(w, fwd_config, bwd_config, device):
+        m = launch.model(device, w.dtype)
+        v = launch.variant
+        rows.append({
+            "loss": w.loss, "n": w.n, "m": w.m_total, "d": w.d, "dtype": w.dtype, "mode": "fwd_bwd",
+            "backend": "triton", "kernel": launch.kernel,
+            "config": None if v is None else (bwd_config if launch.kernel.startswith("backward") else fwd_config).as_list(),
+            "registers": None if v is None else v.registers, "spill_bytes": None if v is None else v.spill_stores,
+            "shared_bytes": None if v is None else v.shared, "ctas_per_sm": None if v is None else v.ctas_per_sm(device),
+            "mma": None if v is None else f"{v.mma_kind} ×{v.mma_count}",
+            "instructions_per_tile": None if v is None else v.per_tile(launch.ksteps),
+            "mufu_per_tile": None if v is None else v.tile_mufu, "note": launch.note, **m,
+        })
+    total = sum(r["modeled_ms"] for r in rows)
+    floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
+    total_row = {"loss": w.loss, "n": w.n, "m": w.m_total, "d": w.d, "dtype": w.dtype, "mode": "fwd_bwd",
+                 "backend": "triton", "kernel": "total", "modeled_ms": total, "floor_ms": floor,
+                 "share_of_matrix_rate": floor / total if total else None,
+                 "fwd_config": fwd_config.as_list(), "bwd_config": bwd_config.as_list()}
+    return rows, total_row
+
+
+def best_configs(w: Workload, device: Device = H200):
+    """The forward and backward configs among the tuner's candidates with the smallest modeled time
+    (the tuner itself picks by measurement on the GPU). A Ring backward keeps the forward's config."""
+    from contrastive_ops.kernels import config as cfg
+
+    best = None
+    fwd_candidates = cfg.GPU_CONFIGS
+    bwd_candidates = cfg.backward_candidates(w.d) if hasattr(cfg, "backward_candidates") else (None,)
+    for f in fwd_candidates:
+        for b in bwd_candidates:
+            b = f if (b is None or w.ring_radix_bits) else b
+            try:
+                rows, total = model_workload(w, f, b, device)
+            except Exception as exc:  # noqa: BLE001  (a candidate that does not compile is skipped, with why)
+                print(f"# {w.loss} d={w.d}: config {f.as_list()}/{b.as_list()} skipped: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                continue
+            if best is None or total["modeled_ms"] < best[1]["modeled_ms"]:
+                best = (rows, total)
+            if b is f:
+                break
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------
+
+
+def variant_table(stats_rows: list[tuple[str, KernelStats]], device: Device = H200) -> str:
+    lines = ["| variant | regs | spill B (st/ld) | shared KB | CTAs/SM | MMA | SASS/tile (k-step) | MUFU/tile |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, s in stats_rows:
+        lines.append(f"| {label} | {s.registers} | {s.spill_stores}/{s.spill_loads} | {s.shared / 1024:.0f} | "
+                     f"{s.ctas_per_sm(device)} | {s.mma_kind} ×{s.mma_count} | {s.tile_instructions} "
+                     f"({s.kloop_instructions}) | {s.tile_mufu} |")
+    return "\n".join(lines)
+
+
+def _fmt(x, digits=2):
+    return "" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def workload_table(results) -> str:
+    lines = ["| workload | kernel | config | regs | spills B | MMA | SASS/tile | bound | modeled ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rows, total in results:
+        name = f"{total['loss']} {total['dtype']} {total['n']}×{total['m']}×{total['d']}"
+        for r in rows:
+            lines.append(f"| {name} | {r['kernel']} | {_fmt(r['config'])} | {_fmt(r['registers'])} | "
+                         f"{_fmt(r['spill_bytes'])} | {_fmt(r['mma'])} | {_fmt(r['instructions_per_tile'])} | "
+                         f"{r['bound']} | {r['modeled_ms']:.2f} |")
+        lines.append(f"| **{name}** | **total** (floor {total['floor_ms']:.1f} ms) | fwd {total['fwd_config']}, "
+                     f"bwd {total['bwd_config']} | | | | | {total['share_of_matrix_rate']:.2f} of matrix rate | "
+                     f"**{total['modeled_ms']:.1f}** |")
+    return "\n".join(lines)
+
+
+def _ci_variants():
+    """The kernel variants CI compiles (bf16 and fp16, D = 128 and 768) and checks."""
+    from contrastive_ops.kernels import config as cfg
+
+    w128 = Workload("clip", 65536, 65536, 128, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True))
+    w768 = dataclasses.replace(w128, d=768, dtype="float16")
+    f = cfg.GPU_CONFIGS[0]
+    yield "forward clip bf16 D=128", _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w128, f)
+    b128 = cfg.backward_candidates(128)[0]
+    yield "backward dQ clip bf16 D=128", _stats("contrastive_ops.kernels.contrastive_bwd",
+                                                "_contrastive_bwd_dq_kernel", w128, b128)
+    b768 = cfg.backward_candidates(768)[0]
+    yield "backward dS clip fp16 D=768", _stats("contrastive_ops.kernels.contrastive_bwd",
+                                                "_contrastive_bwd_ds_kernel", w768, b768)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write one JSON row per workload × kernel (and a 'total' row each) here")
+    parser.add_argument("--subset", choices=("headline", "all", "ci"), default="all",
+                        help="headline: the two headline workloads; all: every workload of the report; ci: the "
+                             "variants CI checks")
+    parser.add_argument("--n", type=int, default=65536)
+    parser.add_argument("--mma-tflops", type=float, help="measured bf16/fp16 matmul rate (TFLOP/s)")
+    parser.add_argument("--bandwidth-tbs", type=float, help="measured copy bandwidth (TB/s)")
+    args = parser.parse_args(argv)
+    device = H200
+    if args.mma_tflops or args.bandwidth_tbs:
+        mma = dict(device.mma_flops)
+        if args.mma_tflops:
+            mma = {"bfloat16": args.mma_tflops * 1e12, "float16": args.mma_tflops * 1e12,
+                   "float32": args.mma_tflops * 0.5e12}
+        device = dataclasses.replace(device, mma_flops=mma, name=device.name + " (measured rates)",
+                                     dram_bytes_s=(args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else device.dram_bytes_s))
+    import triton
+
+    print(f"# Static kernel report (sm_90a, Triton {triton.__version__}); every time below is MODELED for "
+          f"{device.name}: {device.mma_flops['bfloat16'] / 1e12:.0f} TFLOP/s bf16, "
+          f"{device.dram_bytes_s / 1e12:.1f} TB/s, {device.clock_hz / 1e9:.2f} GHz\n")
+    if args.subset == "ci":
+        print(variant_table(list(_ci_variants()), device))
+        return 0
+    workloads = headline_workloads(n=args.n)
+    if args.subset == "headline":
+        workloads = [w for w in workloads if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
+    results = [best_configs(w, device) for w in workloads]
+    results = [r for r in results if r is not None]
+    print(workload_table(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([row for rows, total in results for row in rows + [total]], fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
