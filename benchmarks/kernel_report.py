@@ -181,6 +181,14 @@ def _signature(kernel, feature_type: str, constexprs: dict) -> dict:
     return sig
 
 
+def aligned(kernel, signature: dict) -> dict:
+    """Triton's ``tt.divisibility = 16`` marks on every pointer and integer argument, as the JIT
+    specializes them for real shapes (16-byte-aligned tensors, sizes and strides multiples of 16)."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    return {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items()
+            if v.startswith("*") or v == "i32"}
+
+
 @functools.cache
 def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tuple, warps: int, stages: int,
                   arch: int = 90) -> KernelStats:
@@ -194,7 +202,8 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     kernel = getattr(importlib.import_module(module), kernel_name)
     params = inspect.signature(kernel.fn).parameters
     constexprs = {k: v for k, v in constexpr_items if k in params}
-    compiled = triton.compile(ASTSource(kernel, _signature(kernel, DTYPE_TYPES[dtype], constexprs), constexprs),
+    signature = _signature(kernel, DTYPE_TYPES[dtype], constexprs)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
