@@ -95,9 +95,22 @@ class KernelStats:
     kloop_instructions: int  # per thread, one step of the dot product's k-loop (0: no k-loop)
     tile_mufu: int  # MUFU instructions in one tile iteration outside the k-loop
     total_instructions: int
+    # per-branch counts (plain tiles / the others), where the kernel has the plain-tile branch
+    plain: KernelStats | None = None
+    general: KernelStats | None = None
+    plain_fraction: float = 0.0  # share of the workload's tiles that are plain (set per launch)
 
-    def per_tile(self, ksteps: int) -> int:
+    def per_tile(self, ksteps: int) -> float:
+        if self.plain is not None and self.general is not None:
+            f = self.plain_fraction
+            return f * self.plain.per_tile(ksteps) + (1 - f) * self.general.per_tile(ksteps)
         return self.tile_instructions + self.kloop_instructions * (ksteps - 1)
+
+    def mufu_per_tile(self) -> float:
+        if self.plain is not None and self.general is not None:
+            f = self.plain_fraction
+            return f * self.plain.tile_mufu + (1 - f) * self.general.tile_mufu
+        return self.tile_mufu
 
     def ctas_per_sm(self, device: Device) -> int:
         threads = 32 * self.warps
@@ -190,21 +203,63 @@ def aligned(kernel, signature: dict) -> dict:
 
 
 @functools.cache
+def _fixed_branches():
+    """Stand-ins for ``tiles.plain_tile`` that decide every tile alike (see :func:`compile_stats`)."""
+    import triton
+
+    @triton.jit
+    def always_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF, KEY_NEGATIVES,
+                     BLOCK_M, BLOCK_N):
+        return True
+
+    @triton.jit
+    def never_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF, KEY_NEGATIVES,
+                    BLOCK_M, BLOCK_N):
+        return False
+
+    return {"plain": always_plain, "general": never_plain}
+
+
+def _reset_hashes(module) -> None:
+    from triton.runtime.jit import JITFunction
+
+    for value in vars(module).values():
+        if isinstance(value, JITFunction):
+            value.hash = None
+
+
+@functools.cache
 def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tuple, warps: int, stages: int,
-                  arch: int = 90) -> KernelStats:
-    """Compile ``module.kernel_name`` for ``sm_{arch}`` (sm_90a on Hopper) and read its code."""
+                  branch: str = "both", arch: int = 90) -> KernelStats:
+    """Compile ``module.kernel_name`` for ``sm_{arch}`` (sm_90a on Hopper) and read its code.
+
+    ``branch``: ``"both"`` is the kernel as shipped (registers, spills and shared memory come from it);
+    ``"plain"`` / ``"general"`` compile it with every tile taken as plain / not plain (``plain_tile``
+    replaced by a constant), so that the SASS of one tile iteration counts the instructions of that
+    branch alone: the static count of the shipped kernel holds both."""
     import importlib
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = getattr(importlib.import_module(module), kernel_name)
+    mod = importlib.import_module(module)
+    kernel = getattr(mod, kernel_name)
     params = inspect.signature(kernel.fn).parameters
     constexprs = {k: v for k, v in constexpr_items if k in params}
     signature = _signature(kernel, DTYPE_TYPES[dtype], constexprs)
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    original = getattr(mod, "plain_tile", None)
+    if branch != "both" and original is not None:
+        mod.plain_tile = _fixed_branches()[branch]
+        _reset_hashes(mod)
+    try:
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": warps, "num_stages": stages})
+    finally:
+        if branch != "both" and original is not None:
+            mod.plain_tile = original
+            _reset_hashes(mod)
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         ptx.write_text(compiled.asm["ptx"])
@@ -303,7 +358,7 @@ class Launch:
             waves = math.ceil(self.programs / slots)
             per_sm_tiles = waves * self.tiles_per_program * max(1, v.ctas_per_sm(device))
             cycles_issue = per_sm_tiles * v.per_tile(self.ksteps) * v.warps / device.issue_per_clock
-            cycles_mufu = per_sm_tiles * v.tile_mufu * 32 * v.warps / device.mufu_per_clock
+            cycles_mufu = per_sm_tiles * v.mufu_per_tile() * 32 * v.warps / device.mufu_per_clock
             parts["issue_ms"] = cycles_issue / device.clock_hz * 1e3
             parts["mufu_ms"] = cycles_mufu / device.clock_hz * 1e3
             # MMA with wave quantization: the busiest SM does per_sm_tiles tiles of the average tile's FLOPs
@@ -313,13 +368,33 @@ class Launch:
         return {**parts, "modeled_ms": parts[bound] * self.repeats, "bound": bound.removesuffix("_ms")}
 
 
-def _stats(module, name, w: Workload, config, extra=(), warps=None, stages=None):
+def _stats(module, name, w: Workload, config, extra=(), plain_fraction=0.0):
+    """The variant of ``module.name`` that ``w`` launches with ``config``, with its per-branch counts
+    where it has the plain-tile branch and ``w``'s roles allow plain tiles."""
     constexprs = dict(w.flags)
     constexprs.update(INPUT_PRECISION="tf32" if w.dtype == "float32" else "ieee",
                       BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d_for(w.d))
     constexprs.update(extra)
-    return compile_stats(module, name, w.dtype, tuple(sorted(constexprs.items())), warps or config.num_warps,
-                         stages or config.num_stages)
+    key = (module, name, w.dtype, tuple(sorted(constexprs.items())), config.num_warps, config.num_stages)
+    stats = dataclasses.replace(compile_stats(*key))
+    import importlib
+
+    if hasattr(importlib.import_module(module), "plain_tile") and plain_fraction > 0:
+        stats.plain, stats.general = compile_stats(*key, branch="plain"), compile_stats(*key, branch="general")
+        stats.plain_fraction = plain_fraction
+    return stats
+
+
+def plain_fraction(w: Workload, config, columns_first: bool = False) -> float:
+    """Share of ``w``'s tiles that ``tiles.plain_tile`` finds plain: none with labels or a Ring band;
+    else all but those holding a positive or self pair (one index per row: the ``ceil(BM/BN)`` tiles of
+    a row block's diagonal each, for ``columns_first`` programs ``ceil(BN/BM)``) and the edges."""
+    if w.switch("HAS_LABELS") or w.switch("MASK_LABELS") or w.switch("HAS_BAND"):
+        return 0.0
+    per_index = _cdiv(config.block_n, config.block_m) if columns_first else _cdiv(config.block_m, config.block_n)
+    special = (int(w.switch("HAS_POS")) + int(w.switch("HAS_SELF"))) * per_index
+    across = _cdiv(w.n, config.block_m) if columns_first else _cdiv(w.m_total, config.block_n)
+    return max(0.0, 1.0 - special / across)
 
 
 def _cdiv(a, b):
@@ -350,7 +425,8 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                           2.0 * n * mt * d * passes, inputs * _cdiv(row_blocks, slots) * passes,
                           note=f"{passes} radix passes, each recomputing every tile"))
     # forward: persistent programs; symmetric losses own [P, M] column partials
-    fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f)
+    fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f,
+                       plain_fraction=plain_fraction(w, f))
     slots = device.sms * max(1, fwd_stats.ctas_per_sm(device))
     programs = min(row_blocks, device.sms) if w.switch("COLUMN_TERMS") else row_blocks
     partial_bytes = row_blocks * w.m * 16 * 2 if w.switch("COLUMN_TERMS") else 0
@@ -366,7 +442,8 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         for name, kernel, programs, tiles, rows in (
                 ("backward dQ", "_contrastive_bwd_dq_kernel", _cdiv(n, b.block_m), _cdiv(mt, b.block_n), b.block_m),
                 ("backward dC", "_contrastive_bwd_dc_kernel", _cdiv(mt, b.block_n), _cdiv(n, b.block_m), b.block_n)):
-            stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra)
+            stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra,
+                           plain_fraction=plain_fraction(w, b, columns_first=kernel.endswith("dc_kernel")))
             slots = device.sms * max(1, stats.ctas_per_sm(device))
             traffic = programs * tiles * 8.0 * rows * d if sliced else 0.0
             out.append(Launch(name, stats, programs, tiles, ks_b, 4.0 * n * mt * d,
@@ -375,7 +452,8 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     else:
         rows, cols = bwd.chunk_shape(n, mt, item, b)
         chunks = _cdiv(n, rows) * _cdiv(mt, cols)
-        stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b)
+        stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b,
+                       plain_fraction=plain_fraction(w, b))
         tiles = _cdiv(min(rows, n), b.block_m) * _cdiv(min(cols, mt), b.block_n)
         ds_bytes = float(n) * mt * item
         out.append(Launch("backward dS chunks", stats, tiles, 1, ks_b, 2.0 * n * mt * d,
@@ -410,8 +488,9 @@ def model_workload(w: Workload, fwd_config, bwd_config, device: Device = H200) -
             "registers": None if v is None else v.registers, "spill_bytes": None if v is None else v.spill_stores,
             "shared_bytes": None if v is None else v.shared, "ctas_per_sm": None if v is None else v.ctas_per_sm(device),
             "mma": None if v is None else f"{v.mma_kind} ×{v.mma_count}",
-            "instructions_per_tile": None if v is None else v.per_tile(launch.ksteps),
-            "mufu_per_tile": None if v is None else v.tile_mufu, "note": launch.note, **m,
+            "instructions_per_tile": None if v is None else round(v.per_tile(launch.ksteps)),
+            "mufu_per_tile": None if v is None else round(v.mufu_per_tile(), 1),
+            "plain_tiles": None if v is None or v.plain is None else round(v.plain_fraction, 4), "note": launch.note, **m,
         })
     total = sum(r["modeled_ms"] for r in rows)
     floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
@@ -452,12 +531,16 @@ def best_configs(w: Workload, device: Device = H200):
 
 
 def variant_table(stats_rows: list[tuple[str, KernelStats]], device: Device = H200) -> str:
-    lines = ["| variant | regs | spill B (st/ld) | shared KB | CTAs/SM | MMA | SASS/tile (k-step) | MUFU/tile |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [("| variant | regs | spill B (st/ld) | shared KB | CTAs/SM | MMA | SASS/tile plain · other (k-step) "
+              "| MUFU/tile plain · other |"), "|---|---|---|---|---|---|---|---|"]
     for label, s in stats_rows:
+        if s.plain is not None:
+            sass = f"{s.plain.tile_instructions} · {s.general.tile_instructions} ({s.general.kloop_instructions})"
+            mufu = f"{s.plain.tile_mufu} · {s.general.tile_mufu}"
+        else:
+            sass, mufu = f"{s.tile_instructions} ({s.kloop_instructions})", str(s.tile_mufu)
         lines.append(f"| {label} | {s.registers} | {s.spill_stores}/{s.spill_loads} | {s.shared / 1024:.0f} | "
-                     f"{s.ctas_per_sm(device)} | {s.mma_kind} ×{s.mma_count} | {s.tile_instructions} "
-                     f"({s.kloop_instructions}) | {s.tile_mufu} |")
+                     f"{s.ctas_per_sm(device)} | {s.mma_kind} ×{s.mma_count} | {sass} | {mufu} |")
     return "\n".join(lines)
 
 
@@ -480,20 +563,23 @@ def workload_table(results) -> str:
     return "\n".join(lines)
 
 
-def _ci_variants():
-    """The kernel variants CI compiles (bf16 and fp16, D = 128 and 768) and checks."""
+def ci_variants():
+    """``(label, stats)`` of the kernel variants CI compiles and checks: the headline CLIP's forward and
+    backward at D = 128 (bf16, registers) and D = 768 (fp16, dS chunks), with their default configs."""
     from contrastive_ops.kernels import config as cfg
 
     w128 = Workload("clip", 65536, 65536, 128, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True))
     w768 = dataclasses.replace(w128, d=768, dtype="float16")
+    fwd, bwd = "contrastive_ops.kernels.contrastive_fwd", "contrastive_ops.kernels.contrastive_bwd"
     f = cfg.GPU_CONFIGS[0]
-    yield "forward clip bf16 D=128", _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w128, f)
+    yield "forward clip bf16 D=128", _stats(fwd, "_contrastive_fwd_kernel", w128, f,
+                                            plain_fraction=plain_fraction(w128, f))
     b128 = cfg.backward_candidates(128)[0]
-    yield "backward dQ clip bf16 D=128", _stats("contrastive_ops.kernels.contrastive_bwd",
-                                                "_contrastive_bwd_dq_kernel", w128, b128)
+    yield "backward dQ clip bf16 D=128", _stats(bwd, "_contrastive_bwd_dq_kernel", w128, b128,
+                                                plain_fraction=plain_fraction(w128, b128))
     b768 = cfg.backward_candidates(768)[0]
-    yield "backward dS clip fp16 D=768", _stats("contrastive_ops.kernels.contrastive_bwd",
-                                                "_contrastive_bwd_ds_kernel", w768, b768)
+    yield "backward dS clip fp16 D=768", _stats(bwd, "_contrastive_bwd_ds_kernel", w768, b768,
+                                                plain_fraction=plain_fraction(w768, b768))
 
 
 def main(argv=None) -> int:
@@ -520,7 +606,7 @@ def main(argv=None) -> int:
           f"{device.name}: {device.mma_flops['bfloat16'] / 1e12:.0f} TFLOP/s bf16, "
           f"{device.dram_bytes_s / 1e12:.1f} TB/s, {device.clock_hz / 1e9:.2f} GHz\n")
     if args.subset == "ci":
-        print(variant_table(list(_ci_variants()), device))
+        print(variant_table(list(ci_variants()), device))
         return 0
     workloads = headline_workloads(n=args.n)
     if args.subset == "headline":

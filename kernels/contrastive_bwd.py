@@ -24,35 +24,64 @@ import triton
 import triton.language as tl
 
 from .config import ds_chunk_bytes
-from .tiles import tile_cosines, tile_denominator, tile_logit_grad, tile_roles
+from .tiles import plain_tile, tile_cosines, tile_denominator, tile_logit_grad, tile_roles
 
 #: largest power of two times the dS bound that fp16 dS may reach (fp16's max is 65504 < 2^16)
 _DS_TARGET = 2.0 ** 14
 
 
 @triton.jit
-def _tile_grad(Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-               ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-               G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+def _tile_grad(cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+               BAND_LO, BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE,
+               G_COL_LSE, G_COL_POS_W, beta,
                HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
                KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
-               NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
-               PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``(dL/dS, cosines, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32), its logits
-    recomputed exactly as the forward computes them."""
-    scale = tl.load(SCALE).to(tl.float32)
-    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
-    cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
+    """``(dL/dS, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
+    recomputed exactly as the forward computes them; ``PLAIN`` as ``tiles.plain_tile``."""
     logits = scale * cosines
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N,
+                                     PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-    grad, pair_grad = tile_logit_grad(
+    return tile_logit_grad(
         logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
         ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
-        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID)
+        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN)
+
+
+@triton.jit
+def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+                   ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+                   G_COL_POS_W, row0, c0, inside, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
+                   stride_c, beta, HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr,
+                   HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr,
+                   HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+                   HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(dL/dS, cosines, dL/dS of the sigmoid term)`` of the tile at ``(row0, c0)``: the cosines once,
+    then the gradient by the plain branch where the tile allows it (no per-pair role tests) and
+    ``inside`` (the caller's masks cut nothing off the tile)."""
+    cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    MAY_BE_PLAIN: tl.constexpr = not (HAS_LABELS or MASK_LABELS or HAS_BAND)
+    plain = False
+    if MAY_BE_PLAIN:
+        plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF,
+                           KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+    if plain:
+        grad, pair_grad = _tile_grad(
+            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO,
+            BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
+    else:
+        grad, pair_grad = _tile_grad(
+            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO,
+            BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
+            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND,
+            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
     return grad, cosines, pair_grad
 
 
@@ -70,6 +99,7 @@ def _contrastive_bwd_dq_kernel(
     """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``)."""
     row_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
     sigma = tl.load(DS_SCALE)
     rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
@@ -81,10 +111,11 @@ def _contrastive_bwd_dq_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        grad, cosines, pair_grad = _tile_grad(
-            Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+        grad, cosines, pair_grad = _tile_grad_any(
+            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
             ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+            G_COL_POS_W, row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
+            stride_c, beta,
             HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         dscale += tl.sum(grad * cosines, axis=1)
@@ -115,6 +146,7 @@ def _contrastive_bwd_dc_kernel(
     """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``)."""
     col_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
     sigma = tl.load(DS_SCALE)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < M_TOTAL
@@ -125,10 +157,11 @@ def _contrastive_bwd_dc_kernel(
         rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
-        grad, _, _ = _tile_grad(
-            Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+        grad, _, _ = _tile_grad_any(
+            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
             ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+            G_COL_POS_W, r0, col_block * BLOCK_N, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
+            stride_c, beta,
             HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         if NORMALIZE:  # dĈ = s·dSᵀ·Q̂ with Q̂ = diag(rq)·Q: fold rq into dS
@@ -156,6 +189,8 @@ def _contrastive_bwd_ds_kernel(
     or the matrix are not written), and the tile's partials of the scale's and bias's gradients."""
     tile_m = tl.program_id(0)
     tile_n = tl.program_id(1)
+    scale = tl.load(SCALE).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
     sigma = tl.load(DS_SCALE)
     local_rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     local_cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -163,10 +198,12 @@ def _contrastive_bwd_ds_kernel(
     cols = col0 + local_cols
     row_mask = (local_rows < chunk_rows) & (rows < N)
     col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
-    grad, cosines, pair_grad = _tile_grad(
-        Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+    grad, cosines, pair_grad = _tile_grad_any(
+        Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
         ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-        G_COL_POS_W, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
+        G_COL_POS_W, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N,
+        ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols), rows, cols, row_mask,
+        col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
         HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
         COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
     out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]

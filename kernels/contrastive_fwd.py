@@ -10,22 +10,94 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import softplus, tile_cosines, tile_denominator, tile_roles
+from .tiles import plain_tile, softplus, tile_cosines, tile_denominator, tile_roles
 
 
 @triton.jit
-def _online_lse(run_max, run_sum, values, mask):
-    """One tile's update of per-row online log-sum-exps over ``values`` where ``mask``; a row with
-    nothing yet keeps max -inf and sum 0."""
-    new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=1))
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-    run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(mask, tl.exp(values - shift[:, None]), 0.0), axis=1)
+def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr):
+    """One tile's update of per-row online log-sum-exps over ``values`` where ``mask`` (everywhere
+    with ``ALL``); a row with nothing yet keeps max -inf and sum 0."""
+    if ALL:  # the tile's max is finite: no guard against an empty row
+        new_max = tl.maximum(run_max, tl.max(values, axis=1))
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(values - new_max[:, None]), axis=1)
+    else:
+        new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(mask, tl.exp(values - shift[:, None]), 0.0),
+                                                             axis=1)
     return new_max, run_sum
 
 
 @triton.jit
 def _finish_lse(run_max, run_sum, count):
     return tl.where(count > 0, run_max + tl.log(tl.where(count > 0, run_sum, 1.0)), 0.0)
+
+
+@triton.jit
+def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+              PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+              run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
+              HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+              KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+              COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
+    """One tile's update of the row terms (returned) and of this program's column partials (stored).
+    ``PLAIN`` (see ``tiles.plain_tile``): every pair is a candidate negative, so no role is tested, no
+    positive is summed and the counts grow by the tile's size."""
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N,
+                                     PLAIN)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+    if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
+        run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den, PLAIN)
+        beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, PLAIN)
+    else:
+        run_max, run_sum = _online_lse(run_max, run_sum, logits, den, PLAIN)
+    if PAIRWISE_SIGMOID:
+        if PLAIN:  # every pair a negative: z = -1
+            pair_loss += tl.sum(softplus(logits + bias), axis=1)
+        else:
+            sign = tl.where(positive, 1.0, -1.0)
+            pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
+    if PLAIN:
+        den_n += BLOCK_N
+    else:
+        pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
+        den_n += tl.sum(den.to(tl.int32), axis=1)
+        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+    if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
+        if c0 < M:  # the block holds in-batch keys
+            key_mask = col_mask & (cols < M)
+            part = PART_LSE + part_row + cols
+            old = tl.load(part, mask=key_mask, other=float("-inf"))
+            if PLAIN:
+                col_max = tl.max(logits, axis=0)
+                col_sum = tl.sum(tl.exp(logits - col_max[None, :]), axis=0)
+                tile_lse = col_max + tl.log(col_sum)
+            else:
+                col_max = tl.max(tl.where(den, logits, float("-inf")), axis=0)
+                col_shift = tl.where(col_max == float("-inf"), 0.0, col_max)
+                col_sum = tl.sum(tl.where(den, tl.exp(logits - col_shift[None, :]), 0.0), axis=0)
+                tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)),
+                                    float("-inf"))
+            top = tl.maximum(old, tile_lse)
+            top_shift = tl.where(top == float("-inf"), 0.0, top)
+            total = tl.exp(old - top_shift) + tl.exp(tile_lse - top_shift)  # 0 only if both are -inf
+            merged = top_shift + tl.log(tl.where(total > 0.0, total, 1.0))
+            tl.store(part, tl.where(total > 0.0, merged, float("-inf")), mask=key_mask)
+            p_den = PART_DEN + part_row + cols
+            if PLAIN:
+                tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + BLOCK_M, mask=key_mask)
+            else:
+                p_pos = PART_POS + part_row + cols
+                tl.store(p_pos, tl.load(p_pos, mask=key_mask, other=0.0)
+                         + tl.sum(tl.where(positive, logits, 0.0), axis=0), mask=key_mask)
+                tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + tl.sum(den.to(tl.int32), axis=0),
+                         mask=key_mask)
+                p_pos_n = PART_POS_N + part_row + cols
+                tl.store(p_pos_n, tl.load(p_pos_n, mask=key_mask, other=0)
+                         + tl.sum(positive.to(tl.int32), axis=0), mask=key_mask)
+    return run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n
 
 
 @triton.jit
@@ -42,11 +114,13 @@ def _contrastive_fwd_kernel(
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     scale = tl.load(SCALE).to(tl.float32)
-    if PAIRWISE_SIGMOID:
-        bias = tl.load(BIAS).to(tl.float32)
+    bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
+    # tiles without per-pair roles exist only for losses without labels and Ring bands
+    MAY_BE_PLAIN: tl.constexpr = not (HAS_LABELS or MASK_LABELS or HAS_BAND)
     part_row = pid.to(tl.int64) * M
     for row_block in range(pid, tl.cdiv(N, BLOCK_M), num_programs):
-        rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row0 = row_block * BLOCK_M
+        rows = row0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -61,45 +135,24 @@ def _contrastive_fwd_kernel(
             col_mask = cols < M_TOTAL
             logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-            positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                             HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M,
-                                             BLOCK_N)
-            den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-            if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
-                run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den)
-                beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den)
+            plain = False
+            if MAY_BE_PLAIN:
+                plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF,
+                                   KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+            if plain:
+                run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
+                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+                    PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
+                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
-                run_max, run_sum = _online_lse(run_max, run_sum, logits, den)
-            if PAIRWISE_SIGMOID:
-                sign = tl.where(positive, 1.0, -1.0)
-                pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
-            pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
-            den_n += tl.sum(den.to(tl.int32), axis=1)
-            pos_n += tl.sum(positive.to(tl.int32), axis=1)
-            if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
-                if c0 < M:  # the block holds in-batch keys
-                    key_mask = col_mask & (cols < M)
-                    part = PART_LSE + part_row + cols
-                    old = tl.load(part, mask=key_mask, other=float("-inf"))
-                    col_max = tl.max(tl.where(den, logits, float("-inf")), axis=0)
-                    col_shift = tl.where(col_max == float("-inf"), 0.0, col_max)
-                    col_sum = tl.sum(tl.where(den, tl.exp(logits - col_shift[None, :]), 0.0), axis=0)
-                    tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)),
-                                        float("-inf"))
-                    top = tl.maximum(old, tile_lse)
-                    top_shift = tl.where(top == float("-inf"), 0.0, top)
-                    total = tl.exp(old - top_shift) + tl.exp(tile_lse - top_shift)  # 0 only if both are -inf
-                    merged = top_shift + tl.log(tl.where(total > 0.0, total, 1.0))
-                    tl.store(part, tl.where(total > 0.0, merged, float("-inf")), mask=key_mask)
-                    p_pos = PART_POS + part_row + cols
-                    tl.store(p_pos, tl.load(p_pos, mask=key_mask, other=0.0)
-                             + tl.sum(tl.where(positive, logits, 0.0), axis=0), mask=key_mask)
-                    p_den = PART_DEN + part_row + cols
-                    tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + tl.sum(den.to(tl.int32), axis=0),
-                             mask=key_mask)
-                    p_pos_n = PART_POS_N + part_row + cols
-                    tl.store(p_pos_n, tl.load(p_pos_n, mask=key_mask, other=0)
-                             + tl.sum(positive.to(tl.int32), axis=0), mask=key_mask)
+                run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
+                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
+                    PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
+                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
         if HARD_NEGATIVES:
             tl.store(ROW_LSE_BETA + rows, _finish_lse(beta_max, beta_sum, den_n), mask=row_mask)

@@ -37,14 +37,52 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
 @triton.jit
 def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
                HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-               KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+               KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               PLAIN: tl.constexpr = False):
     """``(positive, candidate)`` bool ``[BLOCK_M, BLOCK_N]`` by the rules of ``core.pair_roles``.
 
     Columns ``< M`` are in-batch keys, the others extra negatives. Positives come from ``POS``
     (one per row) or, without it, from equal labels (``HAS_LABELS``); with both (``MASK_LABELS``)
     a key sharing the row's label other than its positive is a false negative, excluded from
     everything. From O(N + M) index and label vectors only; positions outside the masks are neither.
+    ``PLAIN``: the caller knows (:func:`plain_tile`) that every pair is a candidate negative, so the
+    roles are constants and the code that tests them folds away.
     """
+    if PLAIN:
+        positive = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
+        candidate = tl.full((BLOCK_M, BLOCK_N), 1, dtype=tl.int1)
+    else:
+        positive, candidate = _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                                  HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES,
+                                                  BLOCK_M, BLOCK_N)
+    return positive, candidate
+
+
+@triton.jit
+def plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS: tl.constexpr,
+               HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Whether the tile ``[row0, row0 + BLOCK_M) × [c0, c0 + BLOCK_N)`` is plain: wholly inside the
+    matrix, on one side of the key/extra boundary, and free of positives and self pairs, so that every
+    pair in it is a candidate negative (for losses without labels and Ring bands). Most tiles of a
+    large batch are; the kernels take a branch without per-pair role tests for them. ``inside``: the
+    caller's own masks (e.g. a chunk's bounds) cut nothing off the tile."""
+    plain = inside & (row0 + BLOCK_M <= N) & (c0 + BLOCK_N <= M_TOTAL) & ((c0 + BLOCK_N <= M) | (c0 >= M))
+    if not KEY_NEGATIVES:
+        plain = plain & (c0 >= M)
+    if HAS_POS:
+        pos = tl.load(POS + rows, mask=row_mask, other=-1)
+        plain = plain & (tl.sum(((pos >= c0) & (pos < c0 + BLOCK_N)).to(tl.int32), axis=0) == 0)
+    if HAS_SELF:
+        own = tl.load(SELF + rows, mask=row_mask, other=-1)
+        plain = plain & (tl.sum(((own >= c0) & (own < c0 + BLOCK_N)).to(tl.int32), axis=0) == 0)
+    return plain
+
+
+@triton.jit
+def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                        HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr,
+                        HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
     valid = row_mask[:, None] & col_mask[None, :]
     is_key = (cols < M)[None, :]
     if HAS_SELF:
@@ -110,7 +148,8 @@ def sigmoid(x):
 def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M,
                     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta,
                     COL_LSE, G_COL_LSE, G_COL_POS_W,
-                    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr):
+                    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
+                    PLAIN: tl.constexpr = False):
     """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile.
 
     * softmax over the denominator times the LSE's gradient (with hard negatives: of ``(1+β)·S``
@@ -119,6 +158,7 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
     * pairwise sigmoid: ``-z·σ(-z·(S + b))`` times the row's gradient (``z = ±1``: positive or not).
 
     ``where`` rather than a product keeps an overflowing ``exp`` of a masked logit out of it.
+    ``PLAIN`` (see :func:`plain_tile`): no positive in the tile, every pair in the denominator.
     """
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
     g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
@@ -131,19 +171,26 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
         grad = (1.0 + beta) * p_main * g_row_lse[:, None] + beta * p_beta * g_lse_beta[:, None]
     else:
         grad = tl.where(den, tl.exp(logits - row_lse[:, None]), 0.0) * g_row_lse[:, None]
-    grad += tl.where(positive, g_row_pos_w[:, None], 0.0)
+    if not PLAIN:
+        grad += tl.where(positive, g_row_pos_w[:, None], 0.0)
     if COLUMN_TERMS:
         key_mask = col_mask & (cols < M)
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
         g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0)
-        g_col_pos_w = tl.load(G_COL_POS_W + cols, mask=key_mask, other=0.0)
-        in_key = key_mask[None, :]
-        p_col = tl.where(den & in_key, tl.exp(logits - col_lse[None, :]), 0.0)
-        grad += p_col * g_col_lse[None, :] + tl.where(positive & in_key, g_col_pos_w[None, :], 0.0)
+        if PLAIN:  # every pair in the denominator; extra negatives have no column terms
+            grad += tl.where(key_mask[None, :], tl.exp(logits - col_lse[None, :]) * g_col_lse[None, :], 0.0)
+        else:
+            g_col_pos_w = tl.load(G_COL_POS_W + cols, mask=key_mask, other=0.0)
+            in_key = key_mask[None, :]
+            p_col = tl.where(den & in_key, tl.exp(logits - col_lse[None, :]), 0.0)
+            grad += p_col * g_col_lse[None, :] + tl.where(positive & in_key, g_col_pos_w[None, :], 0.0)
     if PAIRWISE_SIGMOID:
         g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0)
-        sign = tl.where(positive, 1.0, -1.0)
-        pair_grad = tl.where(positive | candidate, -sign * sigmoid(-sign * (logits + bias)), 0.0) * g_pair[:, None]
+        if PLAIN:  # every pair a negative: z = -1
+            pair_grad = sigmoid(logits + bias) * g_pair[:, None]
+        else:
+            sign = tl.where(positive, 1.0, -1.0)
+            pair_grad = tl.where(positive | candidate, -sign * sigmoid(-sign * (logits + bias)), 0.0) * g_pair[:, None]
         grad += pair_grad
     else:
         pair_grad = 0.0
