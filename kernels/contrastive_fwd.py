@@ -3,28 +3,29 @@
 One pass over the tiles. Programs own row blocks (persistent: program ``p`` takes row blocks
 ``p, p + P, ...``) and keep each row's online log-sum-exp in registers. For symmetric losses the
 same tiles also update per-column partial results that program ``p`` alone owns (row ``p`` of
-``[P, M]`` buffers: log-sum-exp, positive sum, two counts); they are combined in a fixed order
+``[P, M]`` buffers: running max and sum of exponentials, positive sum, two counts); they are combined in a fixed order
 afterwards, so the result does not depend on scheduling and no atomics are used.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .tiles import plain_tile, softplus, tile_cosines, tile_denominator, tile_roles
+from .tiles import exp_minus, plain_tile, softplus, tile_cosines, tile_denominator, tile_roles
 
 
 @triton.jit
-def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr):
-    """One tile's update of per-row online log-sum-exps over ``values`` where ``mask`` (everywhere
-    with ``ALL``); a row with nothing yet keeps max -inf and sum 0."""
-    if ALL:  # the tile's max is finite: no guard against an empty row
-        new_max = tl.maximum(run_max, tl.max(values, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(values - new_max[:, None]), axis=1)
+def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
+    """One tile's update of online log-sum-exps along ``AXIS`` of ``values`` (per row: 1, per column:
+    0) where ``mask`` (everywhere with ``ALL``); a line with nothing yet keeps max -inf and sum 0."""
+    if ALL:  # the tile's max is finite: no guard against an empty line
+        new_max = tl.maximum(run_max, tl.max(values, axis=AXIS))
+        run_sum = run_sum * exp_minus(run_max, new_max) + tl.sum(
+            exp_minus(values, tl.expand_dims(new_max, AXIS)), axis=AXIS)
     else:
-        new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=1))
+        new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=AXIS))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.where(mask, tl.exp(values - shift[:, None]), 0.0),
-                                                             axis=1)
+        run_sum = run_sum * exp_minus(run_max, shift) + tl.sum(
+            tl.where(mask, exp_minus(values, tl.expand_dims(shift, AXIS)), 0.0), axis=AXIS)
     return new_max, run_sum
 
 
@@ -35,7 +36,7 @@ def _finish_lse(run_max, run_sum, count):
 
 @triton.jit
 def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-              PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+              PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
               run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
               KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
@@ -68,23 +69,13 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys
             key_mask = col_mask & (cols < M)
-            part = PART_LSE + part_row + cols
-            old = tl.load(part, mask=key_mask, other=float("-inf"))
-            if PLAIN:
-                col_max = tl.max(logits, axis=0)
-                col_sum = tl.sum(tl.exp(logits - col_max[None, :]), axis=0)
-                tile_lse = col_max + tl.log(col_sum)
-            else:
-                col_max = tl.max(tl.where(den, logits, float("-inf")), axis=0)
-                col_shift = tl.where(col_max == float("-inf"), 0.0, col_max)
-                col_sum = tl.sum(tl.where(den, tl.exp(logits - col_shift[None, :]), 0.0), axis=0)
-                tile_lse = tl.where(col_sum > 0.0, col_shift + tl.log(tl.where(col_sum > 0.0, col_sum, 1.0)),
-                                    float("-inf"))
-            top = tl.maximum(old, tile_lse)
-            top_shift = tl.where(top == float("-inf"), 0.0, top)
-            total = tl.exp(old - top_shift) + tl.exp(tile_lse - top_shift)  # 0 only if both are -inf
-            merged = top_shift + tl.log(tl.where(total > 0.0, total, 1.0))
-            tl.store(part, tl.where(total > 0.0, merged, float("-inf")), mask=key_mask)
+            # this program's running (max, sum) per key column: no log per tile
+            p_max = PART_MAX + part_row + cols
+            p_sum = PART_SUM + part_row + cols
+            col_max, col_sum = _online_lse(tl.load(p_max, mask=key_mask, other=float("-inf")),
+                                           tl.load(p_sum, mask=key_mask, other=0.0), logits, den, PLAIN, 0)
+            tl.store(p_max, col_max, mask=key_mask)
+            tl.store(p_sum, col_sum, mask=key_mask)
             p_den = PART_DEN + part_row + cols
             if PLAIN:
                 tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + BLOCK_M, mask=key_mask)
@@ -104,7 +95,7 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
 def _contrastive_fwd_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS,
-    PART_LSE, PART_POS, PART_DEN, PART_POS_N,
+    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N,
     N, M, M_TOTAL, D, stride_q, stride_c, beta,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -142,14 +133,14 @@ def _contrastive_fwd_kernel(
             if plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
                     logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-                    PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+                    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
                     run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
                     logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-                    PART_LSE, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
+                    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
                     run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
@@ -187,12 +178,13 @@ def contrastive_forward(tiles, config, column_programs: int):
     row_blocks = triton.cdiv(n, config.block_m)
     programs = min(row_blocks, column_programs) if t.column_terms else row_blocks
     if t.column_terms:
-        part_lse = torch.full((programs, m), float("-inf"), dtype=f32, device=device)
+        part_max = torch.full((programs, m), float("-inf"), dtype=f32, device=device)
+        part_sum = torch.zeros((programs, m), dtype=f32, device=device)
         part_pos = torch.zeros((programs, m), dtype=f32, device=device)
         part_den = torch.zeros((programs, m), dtype=i32, device=device)
         part_pos_n = torch.zeros((programs, m), dtype=i32, device=device)
     else:
-        part_lse = part_pos = part_den = part_pos_n = out["row_lse"]  # never read
+        part_max = part_sum = part_pos = part_den = part_pos_n = out["row_lse"]  # never read
     unused = out["row_lse"]  # placeholder pointer for outputs a switch leaves out
     _contrastive_fwd_kernel[(programs,)](
         t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels, t.col_labels,
@@ -200,12 +192,13 @@ def contrastive_forward(tiles, config, column_programs: int):
         out["row_lse"], out["row_pos"], out["row_den_count"], out["row_pos_count"],
         unused if out["row_lse_beta"] is None else out["row_lse_beta"],
         unused if out["row_pair_loss"] is None else out["row_pair_loss"],
-        part_lse, part_pos, part_den, part_pos_n,
+        part_max, part_sum, part_pos, part_den, part_pos_n,
         n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0), t.beta,
         **t.constexprs(), **config.kernel_kwargs(t.d),
     )
     if t.column_terms:  # fixed-order combination of the programs' partials (deterministic)
         col_den = part_den.sum(dim=0, dtype=i32)
+        part_lse = torch.where(part_sum > 0, part_max + torch.log(part_sum), torch.full_like(part_sum, float("-inf")))
         col_lse = torch.logsumexp(part_lse, dim=0)
         col_pos_n = part_pos_n.sum(dim=0, dtype=i32)
         out.update(
