@@ -563,6 +563,43 @@ def workload_table(results) -> str:
     return "\n".join(lines)
 
 
+def default_configs(w: Workload, device: Device = H200):
+    """The model of ``w`` with the first candidate of each list (what CI can afford to compile)."""
+    from contrastive_ops.kernels import config as cfg
+
+    f = cfg.GPU_CONFIGS[0]
+    return model_workload(w, f, f if w.ring_radix_bits else cfg.backward_candidates(w.d)[0], device)
+
+
+def variant_row(label: str, s: KernelStats, device: Device = H200) -> dict:
+    """A JSON row of one compiled variant (no workload: ``kernel`` names the variant)."""
+    row = {"kernel": label, "registers": s.registers, "spill_stores": s.spill_stores, "spill_loads": s.spill_loads,
+           "shared_bytes": s.shared, "ctas_per_sm": s.ctas_per_sm(device), "mma": s.mma_kind, "mma_count": s.mma_count,
+           "sass_per_tile": s.tile_instructions, "sass_per_k_step": s.kloop_instructions, "mufu_per_tile": s.tile_mufu,
+           "warps": s.warps, "stages": s.stages}
+    if s.plain is not None:
+        row.update(plain_sass_per_tile=s.plain.tile_instructions, general_sass_per_tile=s.general.tile_instructions)
+    return row
+
+
+def config_variants():
+    """Every tuning candidate of the forward and of the backward × bf16/fp16/fp32(tf32) × D ∈ {128, 768}
+    for the symmetric CLIP roles, as shipped (both branches)."""
+    from contrastive_ops.kernels import config as cfg
+
+    fwd, bwd = "contrastive_ops.kernels.contrastive_fwd", "contrastive_ops.kernels.contrastive_bwd"
+    for d in (128, 768):
+        for dtype in ("bfloat16", "float16", "float32"):
+            w = Workload("clip", 65536, 65536, d, dtype, _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True))
+            for f in cfg.GPU_CONFIGS:
+                yield f"forward {dtype} D={d} {f.as_list()}", _stats(fwd, "_contrastive_fwd_kernel", w, f)
+            for b in cfg.backward_candidates(d):
+                names = (("dQ", "_contrastive_bwd_dq_kernel"), ("dC", "_contrastive_bwd_dc_kernel")) if d <= 256 else (
+                    ("dS", "_contrastive_bwd_ds_kernel"),)
+                for short, kernel in names:
+                    yield f"backward {short} {dtype} D={d} {b.as_list()}", _stats(bwd, kernel, w, b)
+
+
 def ci_variants():
     """``(label, stats)`` of the kernel variants CI compiles and checks: the headline CLIP's forward and
     backward at D = 128 (bf16, registers) and D = 768 (fp16, dS chunks), with their default configs."""
@@ -606,17 +643,25 @@ def main(argv=None) -> int:
           f"{device.name}: {device.mma_flops['bfloat16'] / 1e12:.0f} TFLOP/s bf16, "
           f"{device.dram_bytes_s / 1e12:.1f} TB/s, {device.clock_hz / 1e9:.2f} GHz\n")
     if args.subset == "ci":
-        print(variant_table(list(ci_variants()), device))
-        return 0
-    workloads = headline_workloads(n=args.n)
-    if args.subset == "headline":
-        workloads = [w for w in workloads if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
-    results = [best_configs(w, device) for w in workloads]
-    results = [r for r in results if r is not None]
+        variants = list(ci_variants())
+        print(variant_table(variants, device) + "\n")
+        results = [default_configs(w, device) for w in headline_workloads(n=args.n)
+                   if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
+        rows = [variant_row(label, stats, device) for label, stats in variants]
+    else:
+        workloads = headline_workloads(n=args.n)
+        if args.subset == "headline":
+            workloads = [w for w in workloads if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
+        results = [r for r in (best_configs(w, device) for w in workloads) if r is not None]
+        rows = []
+        if args.subset == "all":
+            variants = list(config_variants())
+            print(variant_table(variants, device) + "\n")
+            rows = [variant_row(label, stats, device) for label, stats in variants]
     print(workload_table(results))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([row for rows, total in results for row in rows + [total]], fh, indent=1)
+            json.dump(rows + [row for wrows, total in results for row in wrows + [total]], fh, indent=1)
     return 0
 
 

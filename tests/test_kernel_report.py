@@ -1,0 +1,76 @@
+"""The static kernel report (``python -m benchmarks.kernel_report``) on its CI subset: the headline
+kernels compiled for sm_90a without a GPU, and the invariants of their design checked on the SASS."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None
+                                and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") != "1",
+                                reason="Triton is not installed")
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = {"loss", "n", "m", "d", "dtype", "mode", "backend", "kernel", "modeled_ms"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--subset", "ci", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_every_half_precision_dot_is_wgmma(report):
+    _, rows = report
+    variants = [r for r in rows if "mma_count" in r]
+    assert len(variants) == 3
+    for r in variants:
+        assert r["mma"] == "wgmma" and r["mma_count"] > 0, r
+
+
+def test_plain_tiles_take_the_shorter_branch(report):
+    _, rows = report
+    for r in (r for r in rows if "mma_count" in r):
+        assert r["plain_sass_per_tile"] < r["general_sass_per_tile"], r
+
+
+def test_no_variant_is_limited_by_its_shared_memory_to_zero_ctas(report):
+    _, rows = report
+    for r in (r for r in rows if "mma_count" in r):
+        assert r["ctas_per_sm"] >= 1 and r["shared_bytes"] <= 227 * 1024, r
+
+
+def test_large_d_backward_is_chunks_and_library_products(report):
+    """At D = 768 the backward writes dS chunks and multiplies them with cuBLAS; neither step is
+    bound by memory (the former route re-read fp32 rows per tile), and the products run at the
+    matmul rate."""
+    _, rows = report
+    clip = [r for r in rows if r.get("loss") == "clip" and r.get("d") == 768]
+    kernels = {r["kernel"]: r for r in clip}
+    assert "backward dS chunks" in kernels and not any(k.startswith("backward dQ") and "torch.mm" not in k
+                                                       for k in kernels)
+    assert kernels["backward dS chunks"]["bound"] != "memory"
+    gemm = next(r for k, r in kernels.items() if "torch.mm" in k)
+    assert gemm["bound"] == "mma"
+
+
+def test_rows_and_totals(report):
+    stdout, rows = report
+    workloads = [r for r in rows if "loss" in r]
+    totals = [r for r in workloads if r["kernel"] == "total"]
+    assert {(r["loss"], r["d"]) for r in totals} == {("clip", 768), ("info_nce", 128)}
+    for r in workloads:
+        assert REQUIRED <= set(r), r
+        assert r["modeled_ms"] >= 0
+    for total in totals:
+        parts = [r["modeled_ms"] for r in workloads if r["loss"] == total["loss"] and r["kernel"] != "total"]
+        assert total["modeled_ms"] == pytest.approx(sum(parts))
+        assert total["floor_ms"] <= total["modeled_ms"]
+    assert "MODELED" in stdout
