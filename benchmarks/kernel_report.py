@@ -18,7 +18,9 @@ The model (every figure it gives is *modeled*, never measured) charges each laun
 * MUFU: its exp/log instructions per tile × threads, at 16 per clock per SM;
 * memory: its DRAM bytes at the copy bandwidth,
 
-per wave of CTAs (wave quantization included), assuming those overlap perfectly. cuBLAS products
+per wave of CTAs (wave quantization included), assuming those overlap perfectly, plus, for a Triton
+kernel running one CTA per SM, an exposed refill of the operand pipeline at every tile (its k-loop
+restarts there: ``refill_cycles``, an L2-latency assumption). cuBLAS products
 (``torch.mm`` in the chunk route) are charged at the matmul rate or their bytes, whichever is larger.
 :data:`H200` holds the constants; the benchmark suite passes the rates it measured instead.
 """
@@ -54,6 +56,7 @@ class Device:
     regs_per_sm: int = 65536
     smem_per_sm: int = 227 * 1024  # usable by one CTA's dynamic shared memory
     threads_per_sm: int = 2048
+    refill_cycles: int = 500  # a tile's first operand loads (L2 hits), exposed with one CTA per SM (assumed)
 
 
 #: H100/H200-class device (sm_90a, 132 SMs). 790 TFLOP/s bf16 and 4.3 TB/s were measured on an H200;
@@ -349,14 +352,18 @@ class Launch:
     note: str = ""
 
     def model(self, device: Device, dtype: str) -> dict:
+        """Modeled milliseconds: the largest of the MMA, issue, MUFU and memory times, plus for a
+        Triton tile kernel the operand pipeline's refill at every tile (its k-loop restarts per tile;
+        another CTA on the SM hides it)."""
         mma_s = self.flops / device.mma_flops[dtype]
         mem_s = self.dram_bytes / device.dram_bytes_s
         parts = {"mma_ms": mma_s * 1e3, "memory_ms": mem_s * 1e3, "issue_ms": 0.0, "mufu_ms": 0.0}
+        refill_ms = 0.0
         if self.variant is not None:
             v = self.variant
-            slots = device.sms * max(1, v.ctas_per_sm(device))
-            waves = math.ceil(self.programs / slots)
-            per_sm_tiles = waves * self.tiles_per_program * max(1, v.ctas_per_sm(device))
+            ctas = max(1, v.ctas_per_sm(device))
+            waves = math.ceil(self.programs / (device.sms * ctas))
+            per_sm_tiles = waves * self.tiles_per_program * ctas
             cycles_issue = per_sm_tiles * v.per_tile(self.ksteps) * v.warps / device.issue_per_clock
             cycles_mufu = per_sm_tiles * v.mufu_per_tile() * 32 * v.warps / device.mufu_per_clock
             parts["issue_ms"] = cycles_issue / device.clock_hz * 1e3
@@ -364,8 +371,11 @@ class Launch:
             # MMA with wave quantization: the busiest SM does per_sm_tiles tiles of the average tile's FLOPs
             tile_flops = self.flops / max(1.0, self.programs * self.tiles_per_program)
             parts["mma_ms"] = max(parts["mma_ms"], per_sm_tiles * tile_flops * device.sms / device.mma_flops[dtype] * 1e3)
+            if ctas == 1:
+                refill_ms = per_sm_tiles * device.refill_cycles / device.clock_hz * 1e3
         bound = max(parts, key=parts.get)
-        return {**parts, "modeled_ms": parts[bound] * self.repeats, "bound": bound.removesuffix("_ms")}
+        return {**parts, "refill_ms": refill_ms, "modeled_ms": (parts[bound] + refill_ms) * self.repeats,
+                "bound": bound.removesuffix("_ms")}
 
 
 def _stats(module, name, w: Workload, config, extra=(), plain_fraction=0.0):

@@ -20,7 +20,7 @@ REQUIRED = {"loss", "n", "m", "d", "dtype", "mode", "backend", "kernel", "modele
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--subset", "ci", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--subset", "ci", "--json", str(out)], check=False,
                           cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TRITON_INTERPRET": "0"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
