@@ -319,22 +319,42 @@ def _flags(**on) -> tuple:
     return tuple(sorted(base.items()))
 
 
+#: the roles of the modeled losses (switches as the triton backend sets them) and their Ring radix bits
+MODELED_LOSSES = {
+    "clip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "COLUMN_TERMS": True}, 0),
+    "info_nce": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
+    "siglip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "DECOUPLED": True, "PAIRWISE_SIGMOID": True}, 0),
+    "supcon": ({"HAS_LABELS": True, "HAS_SELF": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
+    "ring": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "HAS_BAND": True}, 4),
+}
+
+
+def workload(loss: str, n: int, m: int, d: int, dtype: str) -> Workload:
+    flags, radix_bits = MODELED_LOSSES[loss]
+    return Workload(loss, n, m, d, dtype, _flags(**flags), ring_radix_bits=radix_bits)
+
+
 def headline_workloads(d_values=(128, 768), n: int = 65536) -> list[Workload]:
     """The workloads of the report: the headlines (symmetric CLIP and InfoNCE, bf16, 65536²) and one
-    of each role family, at D = 128 and 768."""
-    out = []
-    for d in d_values:
-        out += [
-            Workload("clip", n, n, d, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True)),
-            Workload("info_nce", n, n, d, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True)),
-            Workload("siglip", n, n, d, "bfloat16",
-                     _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True, DECOUPLED=True, PAIRWISE_SIGMOID=True)),
-            Workload("supcon", n // 2, n // 2, d, "bfloat16",
-                     _flags(HAS_LABELS=True, HAS_SELF=True, KEY_NEGATIVES=True, NORMALIZE=True)),
-            Workload("ring", n // 2, n // 2, d, "bfloat16",
-                     _flags(HAS_POS=True, KEY_NEGATIVES=True, NORMALIZE=True, HAS_BAND=True), ring_radix_bits=4),
-        ]
-    return out
+    of each role family (SupCon and Ring at half the batch), at D = 128 and 768."""
+    return [workload(loss, n // 2 if loss in ("supcon", "ring") else n, n // 2 if loss in ("supcon", "ring") else n,
+                     d, "bfloat16") for d in d_values for loss in MODELED_LOSSES]
+
+
+def modeled_ms(loss: str, n: int, m: int, d: int, dtype: str, mma_tflops: float | None = None,
+               bandwidth_bytes_s: float | None = None) -> float | None:
+    """The model's forward + backward milliseconds of the triton backend for one benchmark point, with
+    the default tile configs and, when given, the rates measured on this device; None for a loss
+    the model does not cover. For the benchmark suite's rows (measured beside modeled)."""
+    if loss not in MODELED_LOSSES:
+        return None
+    device = H200
+    if mma_tflops:
+        device = dataclasses.replace(device, mma_flops={"bfloat16": mma_tflops * 1e12, "float16": mma_tflops * 1e12,
+                                                        "float32": mma_tflops * 0.5e12})
+    if bandwidth_bytes_s:
+        device = dataclasses.replace(device, dram_bytes_s=bandwidth_bytes_s)
+    return default_configs(workload(loss, n, m, d, dtype), device)[1]["modeled_ms"]
 
 
 @dataclasses.dataclass
@@ -600,7 +620,7 @@ def config_variants():
     fwd, bwd = "contrastive_ops.kernels.contrastive_fwd", "contrastive_ops.kernels.contrastive_bwd"
     for d in (128, 768):
         for dtype in ("bfloat16", "float16", "float32"):
-            w = Workload("clip", 65536, 65536, d, dtype, _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True))
+            w = workload("clip", 65536, 65536, d, dtype)
             for f in cfg.GPU_CONFIGS:
                 yield f"forward {dtype} D={d} {f.as_list()}", _stats(fwd, "_contrastive_fwd_kernel", w, f)
             for b in cfg.backward_candidates(d):
@@ -615,7 +635,7 @@ def ci_variants():
     backward at D = 128 (bf16, registers) and D = 768 (fp16, dS chunks), with their default configs."""
     from contrastive_ops.kernels import config as cfg
 
-    w128 = Workload("clip", 65536, 65536, 128, "bfloat16", _flags(HAS_POS=True, KEY_NEGATIVES=True, COLUMN_TERMS=True))
+    w128 = workload("clip", 65536, 65536, 128, "bfloat16")
     w768 = dataclasses.replace(w128, d=768, dtype="float16")
     fwd, bwd = "contrastive_ops.kernels.contrastive_fwd", "contrastive_ops.kernels.contrastive_bwd"
     f = cfg.GPU_CONFIGS[0]

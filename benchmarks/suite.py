@@ -156,6 +156,9 @@ def main(argv=None) -> None:
                    help="torch.set_float32_matmul_precision for the run (default: high on a GPU; on a CPU, unchanged)")
     p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
     p.add_argument("--no-gpu-tests", action="store_true")
+    p.add_argument("--modeled", action="store_true",
+                   help="add the kernel report's modeled_ms (default tile configs, this device's measured rates) to "
+                        "each triton fwd_bwd row, beside the measured ms (compiles the modeled variants: ~1 min)")
     args = p.parse_args(argv)
 
     started = time.monotonic()
@@ -224,6 +227,9 @@ def main(argv=None) -> None:
                                     if row["status"] == "ok":
                                         row["tflops"] = workload.flops(n, d, mode) / (row["ms"] * 1e-3) / 1e12
                                         row["share_of_matmul"] = row["tflops"] / rates[dtype_name]
+                                        if args.modeled and name == "triton" and mode == "fwd_bwd":
+                                            row["modeled_ms"] = _modeled(loss, rows, cols, d, dtype_name,
+                                                                         rates[dtype_name], bandwidth)
                                 f.write(json.dumps(row) + "\n")
                                 f.flush()
                                 _print_row(row)
@@ -233,6 +239,18 @@ def main(argv=None) -> None:
     from benchmarks import report
 
     report.main([out])
+
+
+def _modeled(loss, rows, cols, d, dtype_name, tflops, gib_per_s):
+    """The static kernel report's modeled ms for this point (None where the model has no such loss or
+    the compile fails: a model never stops a measurement)."""
+    try:
+        from benchmarks import kernel_report
+
+        return kernel_report.modeled_ms(loss, rows, cols, d, dtype_name, tflops, gib_per_s * 2**30)
+    except Exception as exc:  # noqa: BLE001
+        print(f"modeled_ms for {loss} n={rows} d={d}: {type(exc).__name__}: {exc}")
+        return None
 
 
 _PEAK_MEMORY = {}

@@ -74,3 +74,13 @@ def test_rows_and_totals(report):
         assert total["modeled_ms"] == pytest.approx(sum(parts))
         assert total["floor_ms"] <= total["modeled_ms"]
     assert "MODELED" in stdout
+
+
+def test_the_suite_can_put_a_modeled_time_beside_a_measured_one():
+    code = ("from benchmarks import kernel_report as k; "
+            "a = k.modeled_ms('clip', 8192, 8192, 768, 'bfloat16', 790.0, 4.3e12); "
+            "b = k.modeled_ms('clip', 8192, 8192, 768, 'bfloat16', 395.0, 4.3e12); "
+            "assert 0 < a < b, (a, b); assert k.modeled_ms('dcl', 8192, 8192, 768, 'bfloat16') is None; print(a)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          check=False, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
