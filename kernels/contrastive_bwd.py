@@ -89,7 +89,7 @@ def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS,
 def _contrastive_bwd_dq_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DS_SCALE, DQ, DSCALE_PART, DBIAS_PART,
+    CH, DS_SCALE, DQ, DSCALE_PART, DBIAS_PART,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -121,9 +121,8 @@ def _contrastive_bwd_dq_kernel(
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
-        if NORMALIZE:  # dQ̂ = s·dS·Ĉ with Ĉ = diag(rc)·C: fold rc into dS
-            grad = grad * tl.load(RC + cols, mask=col_mask, other=0.0)[None, :]
-        c = tl.load(C + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
+        # dQ̂ = s·dS·Ĉ on the unit rows CH (not rc folded into dS: σ·dS·rc could overflow fp16)
+        c = tl.load(CH + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
                     mask=col_mask[:, None] & d_mask[None, :], other=0.0)
         acc = tl.dot((grad * sigma).to(C.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
     tl.store(DQ + rows.to(tl.int64)[:, None] * stride_dq + offs_d[None, :], acc * (scale / sigma),
@@ -136,7 +135,7 @@ def _contrastive_bwd_dq_kernel(
 def _contrastive_bwd_dc_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DS_SCALE, DC,
+    QH, DS_SCALE, DC,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -164,9 +163,8 @@ def _contrastive_bwd_dc_kernel(
             stride_c, beta,
             HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, NORMALIZE,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
-        if NORMALIZE:  # dĈ = s·dSᵀ·Q̂ with Q̂ = diag(rq)·Q: fold rq into dS
-            grad = grad * tl.load(RQ + rows, mask=row_mask, other=0.0)[:, None]
-        q = tl.load(Q + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
+        # dĈ = s·dSᵀ·Q̂ on the unit rows QH
+        q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
                     mask=row_mask[:, None] & d_mask[None, :], other=0.0)
         acc = tl.dot(tl.trans((grad * sigma).to(Q.dtype.element_ty)), q, acc, input_precision=INPUT_PRECISION)
     tl.store(DC + cols.to(tl.int64)[:, None] * stride_dc + offs_d[None, :], acc * (scale / sigma),
@@ -236,30 +234,32 @@ def ds_scale(row: dict, col: dict, beta: float, dtype: torch.dtype) -> torch.Ten
 
 
 def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> None:
-    """``out += alpha · (a @ b)`` with fp32 accumulation: fp16/bf16 products straight into fp32 on a
-    GPU (``torch.mm(..., out_dtype=torch.float32)``), upcast operands elsewhere."""
-    if a.dtype != torch.float32 and a.is_cuda and _mm_has_out_dtype():
-        product = torch.mm(a, b, out_dtype=torch.float32)
-    else:
+    """``out += alpha · (a @ b)`` with fp32 accumulation. fp16/bf16 on a GPU: the product straight into
+    fp32 (``torch.mm(..., out_dtype=torch.float32)``), or where this torch lacks it, in the input dtype
+    (fp32 accumulation inside cuBLAS, one rounding per chunk); elsewhere (CPU, tests) on upcast operands."""
+    if a.dtype == torch.float32 or not a.is_cuda:
         product = torch.mm(a.float(), b.float())
+    elif _MM_OUT_DTYPE.get("ok", True):
+        try:
+            product = torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE["ok"] = False
+            product = torch.mm(a, b).float()
+    else:
+        product = torch.mm(a, b).float()
     out.add_(product.mul_(alpha))
 
 
-_MM_OUT_DTYPE: list = []
-
-
-def _mm_has_out_dtype() -> bool:
-    if not _MM_OUT_DTYPE:
-        _MM_OUT_DTYPE.append(hasattr(torch.ops.aten.mm, "dtype"))
-    return _MM_OUT_DTYPE[0]
+_MM_OUT_DTYPE: dict = {}  # whether this torch's mm takes out_dtype, learned on first use
 
 
 def unit_rows(x: torch.Tensor, inv_norms) -> torch.Tensor:
-    """``x̂ = x · rq`` in ``x``'s dtype (the operand of the chunk route's GEMMs), ``inv_norms`` the fp32
-    ``[N]`` inverse norms; ``x`` itself when ``inv_norms`` is None (no normalization)."""
+    """``x̂ = x · rq`` in ``x``'s dtype and strides (the operand of the backward's products),
+    ``inv_norms`` the fp32 ``[N]`` inverse norms; ``x`` itself when ``inv_norms`` is None."""
     if inv_norms is None:
         return x
-    return (x.float() * inv_norms[:, None]).to(x.dtype)
+    out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # the kernels reuse x's strides
+    return out.copy_(x.float() * inv_norms[:, None])
 
 
 def chunk_shape(n: int, m_total: int, itemsize: int, config) -> tuple[int, int]:
@@ -300,22 +300,26 @@ def contrastive_backward(tiles, config, row, col):
               t.col_labels, t.band_lo, t.band_hi, *vectors, sigma)
     sizes = (t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), t.beta)
     meta = {**t.constexprs(), **config.kernel_kwargs(d)}
+    # the products' operands: the unit rows in the input dtype (the logits still come from the raw rows
+    # and their inverse norms, bit for bit as in the forward)
+    normalize = t.flags["NORMALIZE"]
+    q_hat = unit_rows(t.query, t.rq if normalize else None)
+    c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
     if uses_registers(config, d):
         dq = torch.empty((t.n, d), dtype=torch.float32, device=device)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
         row_blocks = triton.cdiv(t.n, config.block_m)
         dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
-        _contrastive_bwd_dq_kernel[(row_blocks,)](*common, dq, dscale_part, dbias_part, *sizes, dq.stride(0), **meta)
-        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, dc, *sizes, dc.stride(0), **meta)
+        _contrastive_bwd_dq_kernel[(row_blocks,)](*common[:-1], c_hat, sigma, dq, dscale_part, dbias_part, *sizes,
+                                                  dq.stride(0), **meta)
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common[:-1], q_hat, sigma, dc, *sizes,
+                                                                              dc.stride(0), **meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()
 
     # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order)
     dq = torch.zeros((t.n, d), dtype=torch.float32, device=device)
     dc = torch.zeros((t.m_total, d), dtype=torch.float32, device=device)
-    normalize = t.flags["NORMALIZE"]
-    q_hat = unit_rows(t.query, t.rq if normalize else None)
-    c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
     ds_dtype = t.query.dtype
     chunk_rows, chunk_cols = chunk_shape(t.n, t.m_total, torch.finfo(ds_dtype).bits // 8, config)
     ds = torch.empty((min(chunk_rows, t.n), min(chunk_cols, t.m_total)), dtype=ds_dtype, device=device)

@@ -190,12 +190,14 @@ def test_chunk_route_with_partial_chunks(name, seed, monkeypatch):
 
 @pytest.mark.parametrize("d", [pytest.param(16, id="registers"), pytest.param(64, id="chunks")])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_fp16_gradients_do_not_underflow(d, symmetric, seed):
+@pytest.mark.parametrize("norm", [pytest.param(1.0, id="unit-scale"), pytest.param(1e-2, id="small-norms")])
+def test_fp16_gradients_do_not_underflow(d, symmetric, norm, seed):
     """fp16 dS of a large batch is ``p/N``-small; here a tiny upstream gradient (a ``sum`` times
     1e-4) makes it so at N = 64. Stored unscaled, most of it rounds to fp16 subnormals or zero; the
     backward scales dS by a power of two before the cast, so dQ's error stays within twice
-    PyTorch's own fp16 error (the naive backend)."""
-    q, k = (torch.randn(64, d, device=DEVICE).half() for _ in range(2))
+    PyTorch's own fp16 error (the naive backend). Features of small norm (inverse norms of ~10)
+    must not make the scaled dS overflow either."""
+    q, k = ((torch.randn(64, d, device=DEVICE) * norm).half() for _ in range(2))
     ref_q, ref_k = (t.detach().cpu().double().requires_grad_(True) for t in (q, k))
     (g_ref_q, g_ref_k) = torch.autograd.grad(
         co.info_nce(ref_q, ref_k, symmetric=symmetric, backend="naive", reduction="sum") * 1e-4, [ref_q, ref_k])
