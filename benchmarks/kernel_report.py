@@ -561,15 +561,16 @@ def best_configs(w: Workload, device: Device = H200):
 
 
 def variant_table(stats_rows: list[tuple[str, KernelStats]], device: Device = H200) -> str:
-    lines = [("| variant | regs | spill B (st/ld) | shared KB | CTAs/SM | MMA | SASS/tile plain · other (k-step) "
-              "| MUFU/tile plain · other |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [("| variant | warps/stages | regs | spill B (st/ld) | shared KB | CTAs/SM | MMA "
+              "| SASS/tile plain · other (k-step) | MUFU/tile plain · other |"), "|---|---|---|---|---|---|---|---|---|"]
     for label, s in stats_rows:
         if s.plain is not None:
             sass = f"{s.plain.tile_instructions} · {s.general.tile_instructions} ({s.general.kloop_instructions})"
             mufu = f"{s.plain.tile_mufu} · {s.general.tile_mufu}"
         else:
             sass, mufu = f"{s.tile_instructions} ({s.kloop_instructions})", str(s.tile_mufu)
-        lines.append(f"| {label} | {s.registers} | {s.spill_stores}/{s.spill_loads} | {s.shared / 1024:.0f} | "
+        lines.append(f"| {label} | {s.warps}/{s.stages} | {s.registers} | {s.spill_stores}/{s.spill_loads} | "
+                     f"{s.shared / 1024:.0f} | "
                      f"{s.ctas_per_sm(device)} | {s.mma_kind} ×{s.mma_count} | {sass} | {mufu} |")
     return "\n".join(lines)
 
