@@ -181,7 +181,8 @@ def _sass_stats(instructions):
     return kind, len(mma), len(body), kloop_instructions, mufu
 
 
-def _signature(kernel, feature_type: str, constexprs: dict) -> dict:
+def kernel_signature(kernel, feature_type: str, constexprs: dict) -> dict:
+    """Triton's compile signature of ``kernel``: constexprs, i32 sizes, typed pointers."""
     sig = {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in constexprs:
@@ -250,7 +251,7 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     kernel = getattr(mod, kernel_name)
     params = inspect.signature(kernel.fn).parameters
     constexprs = {k: v for k, v in constexpr_items if k in params}
-    signature = _signature(kernel, DTYPE_TYPES[dtype], constexprs)
+    signature = kernel_signature(kernel, DTYPE_TYPES[dtype], constexprs)
     original = getattr(mod, "plain_tile", None)
     if branch != "both" and original is not None:
         mod.plain_tile = _fixed_branches()[branch]
@@ -368,7 +369,6 @@ class Launch:
     ksteps: int
     flops: float
     dram_bytes: float
-    repeats: int = 1
     note: str = ""
 
     def model(self, device: Device, dtype: str) -> dict:
@@ -394,7 +394,7 @@ class Launch:
             if ctas == 1:
                 refill_ms = per_sm_tiles * device.refill_cycles / device.clock_hz * 1e3
         bound = max(parts, key=parts.get)
-        return {**parts, "refill_ms": refill_ms, "modeled_ms": (parts[bound] + refill_ms) * self.repeats,
+        return {**parts, "refill_ms": refill_ms, "modeled_ms": parts[bound] + refill_ms,
                 "bound": bound.removesuffix("_ms")}
 
 
@@ -433,7 +433,6 @@ def _cdiv(a, b):
 
 def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
     """The launches of one forward + backward of ``w`` on the current kernels, tiles as configured."""
-    from contrastive_ops.kernels import config as cfg_module  # noqa: F401  (import check)
     from contrastive_ops.kernels import contrastive_bwd as bwd
 
     item = ITEMSIZE[w.dtype]
@@ -486,20 +485,19 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                        plain_fraction=plain_fraction(w, b))
         tiles = _cdiv(min(rows, n), b.block_m) * _cdiv(min(cols, mt), b.block_n)
         ds_bytes = float(n) * mt * item
-        out.append(Launch("backward dS chunks", stats, tiles, 1, ks_b, 2.0 * n * mt * d,
-                          ds_bytes + inputs * _cdiv(n, rows), repeats=1,
+        # one program per tile, over all chunks (a launch per chunk of `tiles` programs)
+        out.append(Launch("backward dS chunks", stats, tiles * chunks, 1, ks_b, 2.0 * n * mt * d,
+                          ds_bytes + inputs * _cdiv(n, rows),
                           note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
-        # the launch above models one chunk's tiles per program; scale its programs to all chunks
-        out[-1].programs = tiles * chunks
         row_chunks, col_chunks = _cdiv(n, rows), _cdiv(mt, cols)
-        # per chunk and product: dS and the other side's rows read, an fp32 product written, scaled and
-        # added into the fp32 rows (6 fp32 row passes)
+        # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
+        # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
         gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
-                      + 24.0 * d * (col_chunks * n + row_chunks * mt))
+                      + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
         out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
-                          gemm_bytes, note="cuBLAS, fp32 output, then scaled and added"))
-        if w.switch("NORMALIZE"):
-            out.append(Launch("unit rows (chunk route operands)", None, 0, 0, 1, 0.0, 2 * inputs))
+                          gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
+    if w.switch("NORMALIZE") and hasattr(bwd, "unit_rows"):
+        out.append(Launch("unit rows (the products' operands)", None, 0, 0, 1, 0.0, 2 * inputs))
     out.append(Launch("normalize backward" if w.switch("NORMALIZE") else "cast gradients", None, 0, 0, 1, 0.0,
                       grads + inputs * 2))
     return out

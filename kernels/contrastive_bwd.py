@@ -233,21 +233,21 @@ def ds_scale(row: dict, col: dict, beta: float, dtype: torch.dtype) -> torch.Ten
     return torch.exp2(exponent.clamp(-100.0, 100.0)).to(torch.float32)
 
 
-def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> None:
-    """``out += alpha · (a @ b)`` with fp32 accumulation. fp16/bf16 on a GPU: the product straight into
-    fp32 (``torch.mm(..., out_dtype=torch.float32)``), or where this torch lacks it, in the input dtype
-    (fp32 accumulation inside cuBLAS, one rounding per chunk); elsewhere (CPU, tests) on upcast operands."""
+def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b`` with fp32 accumulation: fp32 operands by ``addmm_`` into ``out``; fp16/bf16 on a
+    GPU the product straight into fp32 (``torch.mm(..., out_dtype=torch.float32)``), or where this torch
+    lacks it, in the input dtype (fp32 accumulation inside cuBLAS, one rounding per chunk); elsewhere
+    (CPU, tests) on upcast operands."""
     if a.dtype == torch.float32 or not a.is_cuda:
-        product = torch.mm(a.float(), b.float())
-    elif _MM_OUT_DTYPE.get("ok", True):
+        out.addmm_(a.float(), b.float())
+        return
+    if _MM_OUT_DTYPE.get("ok", True):
         try:
-            product = torch.mm(a, b, out_dtype=torch.float32)
+            out.add_(torch.mm(a, b, out_dtype=torch.float32))
+            return
         except (TypeError, RuntimeError, NotImplementedError):
             _MM_OUT_DTYPE["ok"] = False
-            product = torch.mm(a, b).float()
-    else:
-        product = torch.mm(a, b).float()
-    out.add_(product.mul_(alpha))
+    out.add_(torch.mm(a, b))
 
 
 _MM_OUT_DTYPE: dict = {}  # whether this torch's mm takes out_dtype, learned on first use
@@ -268,7 +268,6 @@ def chunk_shape(n: int, m_total: int, itemsize: int, config) -> tuple[int, int]:
     budget = max(ds_chunk_bytes(), config.block_m * config.block_n * itemsize)
     cols = min(triton.cdiv(m_total, config.block_n) * config.block_n,
                max(config.block_n, budget // (config.block_m * itemsize) // config.block_n * config.block_n), 8192)
-    cols = max(cols, config.block_n)
     rows = max(config.block_m, budget // (cols * itemsize) // config.block_m * config.block_m)
     rows = min(rows, triton.cdiv(n, config.block_m) * config.block_m)
     return rows, cols
@@ -297,7 +296,7 @@ def contrastive_backward(tiles, config, row, col):
         row.get(name, unused) for name in ("lse_beta", "g_lse_beta", "g_pair")] + [
         col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
     common = (t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels,
-              t.col_labels, t.band_lo, t.band_hi, *vectors, sigma)
+              t.col_labels, t.band_lo, t.band_hi, *vectors)
     sizes = (t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), t.beta)
     meta = {**t.constexprs(), **config.kernel_kwargs(d)}
     # the products' operands: the unit rows in the input dtype (the logits still come from the raw rows
@@ -311,9 +310,9 @@ def contrastive_backward(tiles, config, row, col):
         row_blocks = triton.cdiv(t.n, config.block_m)
         dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
-        _contrastive_bwd_dq_kernel[(row_blocks,)](*common[:-1], c_hat, sigma, dq, dscale_part, dbias_part, *sizes,
+        _contrastive_bwd_dq_kernel[(row_blocks,)](*common, c_hat, sigma, dq, dscale_part, dbias_part, *sizes,
                                                   dq.stride(0), **meta)
-        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common[:-1], q_hat, sigma, dc, *sizes,
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, q_hat, sigma, dc, *sizes,
                                                                               dc.stride(0), **meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()
 
@@ -323,7 +322,6 @@ def contrastive_backward(tiles, config, row, col):
     ds_dtype = t.query.dtype
     chunk_rows, chunk_cols = chunk_shape(t.n, t.m_total, torch.finfo(ds_dtype).bits // 8, config)
     ds = torch.empty((min(chunk_rows, t.n), min(chunk_cols, t.m_total)), dtype=ds_dtype, device=device)
-    alpha = t.scale.to(torch.float32) / sigma
     dscale_parts, dbias_parts = [], []
     for r0 in range(0, t.n, chunk_rows):
         r1 = min(r0 + chunk_rows, t.n)
@@ -333,10 +331,11 @@ def contrastive_backward(tiles, config, row, col):
             dscale_part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
             dbias_part = torch.empty_like(dscale_part)
             block = ds[: r1 - r0, : c1 - c0]
-            _contrastive_bwd_ds_kernel[grid](*common, block, dscale_part, dbias_part, *sizes, ds.stride(0),
+            _contrastive_bwd_ds_kernel[grid](*common, sigma, block, dscale_part, dbias_part, *sizes, ds.stride(0),
                                              r0, c0, r1 - r0, c1 - c0, **meta)
-            _accumulate_product(dq[r0:r1], block, c_hat[c0:c1], alpha)
-            _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1], alpha)
+            _accumulate_product(dq[r0:r1], block, c_hat[c0:c1])
+            _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1])
             dscale_parts.append(dscale_part.sum())
             dbias_parts.append(dbias_part.sum())
-    return dq, dc, torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()
+    alpha = t.scale.to(torch.float32) / sigma  # the products summed σ·dS; one pass scales them back
+    return dq.mul_(alpha), dc.mul_(alpha), torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()

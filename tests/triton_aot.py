@@ -55,14 +55,14 @@ def main(arch: int) -> int:
     from triton.compiler import ASTSource
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-    from benchmarks.kernel_report import _signature, aligned
+    from benchmarks.kernel_report import aligned, kernel_signature
 
     target = GPUTarget("cuda", arch, 32)
     failures = 0
     for label, kernel, feature_type, constexprs, warps, stages in _variants():
         start = time.perf_counter()
         try:
-            signature = _signature(kernel, feature_type, constexprs)
+            signature = kernel_signature(kernel, feature_type, constexprs)
             compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
                                       target=target, options={"num_warps": warps, "num_stages": stages})
         except Exception as exc:  # noqa: BLE001  (every failure is reported, then the run fails)
