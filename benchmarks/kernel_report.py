@@ -181,8 +181,19 @@ def _sass_stats(instructions):
     return kind, len(mma), len(body), kloop_instructions, mufu
 
 
+def with_defaults(kernel, constexprs: dict) -> dict:
+    """``constexprs`` plus the defaults of ``kernel``'s constexpr parameters it leaves out (switches
+    that the launch passes only when they are on)."""
+    out = dict(constexprs)
+    for name, param in inspect.signature(kernel.fn).parameters.items():
+        if name not in out and param.default is not inspect.Parameter.empty:
+            out[name] = param.default
+    return out
+
+
 def kernel_signature(kernel, feature_type: str, constexprs: dict) -> dict:
-    """Triton's compile signature of ``kernel``: constexprs, i32 sizes, typed pointers."""
+    """Triton's compile signature of ``kernel``: constexprs, i32 sizes, typed pointers. ``constexprs``
+    must name every constexpr parameter (see :func:`with_defaults`)."""
     sig = {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in constexprs:
@@ -250,7 +261,7 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     mod = importlib.import_module(module)
     kernel = getattr(mod, kernel_name)
     params = inspect.signature(kernel.fn).parameters
-    constexprs = {k: v for k, v in constexpr_items if k in params}
+    constexprs = with_defaults(kernel, {k: v for k, v in constexpr_items if k in params})
     signature = kernel_signature(kernel, DTYPE_TYPES[dtype], constexprs)
     original = getattr(mod, "plain_tile", None)
     if branch != "both" and original is not None:
@@ -431,6 +442,14 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+def row_products_used(w: Workload) -> bool:
+    """Whether the triton backend's forward forms the rows' gradient products for ``w`` (as it does
+    when the rows' gradient is asked for)."""
+    from contrastive_ops.kernels import config as cfg
+
+    return hasattr(cfg, "row_grad_supported") and cfg.row_grad_supported(dict(w.flags), w.d)
+
+
 def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
     """The launches of one forward + backward of ``w`` on the current kernels, tiles as configured."""
     from contrastive_ops.kernels import contrastive_bwd as bwd
@@ -453,24 +472,35 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         out.append(Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
                           2.0 * n * mt * d * passes, inputs * _cdiv(row_blocks, slots) * passes,
                           note=f"{passes} radix passes, each recomputing every tile"))
-    # forward: persistent programs; symmetric losses own [P, M] column partials
-    fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f,
+    # forward: persistent programs; symmetric losses own [P, M] column partials; row-only losses with
+    # one positive per row also form the rows' gradient products (an online softmax times Ĉ)
+    row_products = row_products_used(w)
+    if row_products and w.switch("NORMALIZE"):
+        out.append(Launch("unit columns (the row products' operand)", None, 0, 0, 1, 0.0, 2 * mt * d * item))
+    extra_f = {"ROW_GRAD": True, "ACC_D": max(16, 1 << (d - 1).bit_length())} if row_products else {}
+    fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f, extra_f,
                        plain_fraction=plain_fraction(w, f))
     slots = device.sms * max(1, fwd_stats.ctas_per_sm(device))
     programs = min(row_blocks, device.sms) if w.switch("COLUMN_TERMS") else row_blocks
     partial_bytes = row_blocks * w.m * 16 * 2 if w.switch("COLUMN_TERMS") else 0
-    out.append(Launch("forward", fwd_stats, programs, row_blocks / programs * col_tiles, ks_f, 2.0 * n * mt * d,
-                      n * d * item + mt * d * item * _cdiv(row_blocks, slots) + partial_bytes))
+    operand_passes = 2 if row_products else 1  # Ĉ is read beside the raw columns
+    out.append(Launch("forward" + (" + row products" if row_products else ""), fwd_stats, programs,
+                      row_blocks / programs * col_tiles, ks_f, (4.0 if row_products else 2.0) * n * mt * d,
+                      n * d * item + operand_passes * mt * d * item * _cdiv(row_blocks, slots) + partial_bytes
+                      + (n * d * 4 if row_products else 0)))
     # backward
     registers = bwd.uses_registers(b, d) if hasattr(bwd, "uses_registers") else b.block_d_for(d) >= d
     ks_b = _cdiv(d, b.block_d_for(d))
     grads = (n + mt) * d * 4  # fp32 dQ̂, dĈ
+    if row_products:  # dQ̂ = s·(g_lse·A + g_pos·ĉ_pos): fp32 rows read and written, a gather of Ĉ
+        out.append(Launch("backward dQ̂ from the row products (torch)", None, 0, 0, 1, 0.0,
+                          n * d * (4 + 4 + 4 + item) + n * d * item))
     if registers or not hasattr(bwd, "_contrastive_bwd_ds_kernel"):
         sliced = not registers  # the former route: fp32 rows read and written per tile in global memory
         extra = {"ONE_D_BLOCK": registers}
-        for name, kernel, programs, tiles, rows in (
-                ("backward dQ", "_contrastive_bwd_dq_kernel", _cdiv(n, b.block_m), _cdiv(mt, b.block_n), b.block_m),
-                ("backward dC", "_contrastive_bwd_dc_kernel", _cdiv(mt, b.block_n), _cdiv(n, b.block_m), b.block_n)):
+        passes = [("backward dQ", "_contrastive_bwd_dq_kernel", _cdiv(n, b.block_m), _cdiv(mt, b.block_n), b.block_m),
+                  ("backward dC", "_contrastive_bwd_dc_kernel", _cdiv(mt, b.block_n), _cdiv(n, b.block_m), b.block_n)]
+        for name, kernel, programs, tiles, rows in passes[1:] if row_products else passes:
             stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra,
                            plain_fraction=plain_fraction(w, b, columns_first=kernel.endswith("dc_kernel")))
             slots = device.sms * max(1, stats.ctas_per_sm(device))
@@ -492,10 +522,15 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         row_chunks, col_chunks = _cdiv(n, rows), _cdiv(mt, cols)
         # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
         # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
-        gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
-                      + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
-        out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
-                          gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
+        if row_products:  # only the dĈ products
+            gemm_bytes = ds_bytes + col_chunks * n * d * item + 16.0 * d * row_chunks * mt + grads
+            out.append(Launch("backward dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 2.0 * n * mt * d,
+                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
+        else:
+            gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
+                          + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
+            out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
+                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
     if w.switch("NORMALIZE") and hasattr(bwd, "unit_rows"):
         out.append(Launch("unit rows (the products' operands)", None, 0, 0, 1, 0.0, 2 * inputs))
     out.append(Launch("normalize backward" if w.switch("NORMALIZE") else "cast gradients", None, 0, 0, 1, 0.0,

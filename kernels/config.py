@@ -79,6 +79,20 @@ BACKWARD_CHUNK_CONFIGS = (
 REGISTER_D_MAX = 256  # the largest D whose backward keeps [BLOCK, D] fp32 accumulators in registers
 
 
+#: the largest D whose forward can hold a row block's ``[BLOCK_M, D]`` row-gradient accumulator
+ROW_GRAD_D_MAX = 256
+
+
+def row_grad_supported(flags: dict, d: int) -> bool:
+    """Whether the forward can compute the rows' gradient products (``ROW_GRAD`` of
+    ``contrastive_fwd``) for a problem with these switches: rows only (no column terms), plain softmax
+    rows (no hard-negative or sigmoid terms), at most one positive per row (``pos_index``; several by
+    labels would need a second product), no Ring band (its backward must recompute the logits with
+    the selection's config, whatever its ``BLOCK_D``), and ``d <= 256``."""
+    return (d <= ROW_GRAD_D_MAX and not flags["COLUMN_TERMS"] and not flags["HARD_NEGATIVES"]
+            and not flags["PAIRWISE_SIGMOID"] and not flags["HAS_LABELS"] and not flags["HAS_BAND"])
+
+
 def backward_candidates(d: int) -> tuple[TileConfig, ...]:
     """The backward's tuning candidates for feature size ``d``."""
     if d <= REGISTER_D_MAX:

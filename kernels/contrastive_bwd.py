@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .config import ds_chunk_bytes
+from .normalize import unit_rows
 from .tiles import plain_tile, tile_cosines, tile_denominator, tile_logit_grad, tile_roles
 
 #: largest power of two times the dS bound that fp16 dS may reach (fp16's max is 65504 < 2^16)
@@ -253,15 +254,6 @@ def _accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
 _MM_OUT_DTYPE: dict = {}  # whether this torch's mm takes out_dtype, learned on first use
 
 
-def unit_rows(x: torch.Tensor, inv_norms) -> torch.Tensor:
-    """``x̂ = x · rq`` in ``x``'s dtype and strides (the operand of the backward's products),
-    ``inv_norms`` the fp32 ``[N]`` inverse norms; ``x`` itself when ``inv_norms`` is None."""
-    if inv_norms is None:
-        return x
-    out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # the kernels reuse x's strides
-    return out.copy_(x.float() * inv_norms[:, None])
-
-
 def chunk_shape(n: int, m_total: int, itemsize: int, config) -> tuple[int, int]:
     """``(rows, cols)`` of a dS chunk: at most :func:`ds_chunk_bytes`, whole tiles, columns first
     (long GEMM reductions), at least one tile each way."""
@@ -278,14 +270,38 @@ def uses_registers(config, d: int) -> bool:
     return config.block_d_for(d) >= d
 
 
-def contrastive_backward(tiles, config, row, col):
+def rows_from_forward(tiles, row, row_dq, row_dscale, c_hat):
+    """``(dQ̂ [N, D] fp32, the rows' share of the scale's gradient)`` from the forward's row-gradient
+    products (``contrastive_fwd`` with ``row_grad``): ``dq̂_i = s·(g_lse_i·A_i + g_pos_w_i·ĉ_pos(i))``
+    and ``Σ_i g_lse_i·E_i + g_pos_w_i·<q̂_i, ĉ_pos(i)>``. The positive is ``pos_index[i]`` where the
+    roles make it one (inside the columns, not the row's self column)."""
+    t = tiles
+    g_lse, g_pos_w = row["g_lse"], row["g_pos_w"]
+    dq = row_dq * g_lse[:, None]
+    dscale = (g_lse * row_dscale).sum()
+    if t.flags["HAS_POS"]:
+        pos = t.pos_index
+        valid = (pos >= 0) & (pos < t.m_total)
+        if t.flags["HAS_SELF"]:
+            valid &= pos != t.self_index
+        weight = torch.where(valid, g_pos_w, torch.zeros_like(g_pos_w))
+        c_pos = c_hat[pos.clamp(0, t.m_total - 1)].float()
+        dq.addcmul_(weight[:, None], c_pos)
+        q = t.query.float() * t.rq[:, None] if t.flags["NORMALIZE"] else t.query.float()
+        dscale = dscale + (weight * (q * c_pos).sum(dim=1)).sum()
+    return dq.mul_(t.scale.to(torch.float32)), dscale
+
+
+def contrastive_backward(tiles, config, row, col, row_grad=None):
     """Gradients with respect to the unit rows: ``dQ̂ [N, D]``, ``dĈ [M_total, D]`` (fp32), and the
     scale's and the bias's gradients (0-d fp32).
 
     ``row``: dict of ``[N]`` fp32 vectors ``lse``, ``g_lse``, ``g_pos_w`` (the mean-positive
     gradient divided by the positive count) and, as the switches need them, ``lse_beta``,
     ``g_lse_beta``, ``g_pair``; ``col``: ``lse``, ``g_lse``, ``g_pos_w`` ``[M]`` for symmetric losses.
-    The route (registers or chunks) follows :func:`uses_registers`.
+    The route (registers or chunks) follows :func:`uses_registers`. ``row_grad``: ``(row_dq,
+    row_dscale)`` of a forward run with ``row_grad``; then dQ̂ comes from them
+    (:func:`rows_from_forward`) and only the dC pass (or the chunks' dĈ products) runs.
     """
     t = tiles
     device = t.query.device
@@ -304,6 +320,12 @@ def contrastive_backward(tiles, config, row, col):
     normalize = t.flags["NORMALIZE"]
     q_hat = unit_rows(t.query, t.rq if normalize else None)
     c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
+    if row_grad is not None and uses_registers(config, d):
+        dq, dscale = rows_from_forward(t, row, *row_grad, c_hat)
+        dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, q_hat, sigma, dc, *sizes,
+                                                                              dc.stride(0), **meta)
+        return dq, dc, dscale, torch.zeros((), dtype=torch.float32, device=device)
     if uses_registers(config, d):
         dq = torch.empty((t.n, d), dtype=torch.float32, device=device)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
@@ -316,8 +338,9 @@ def contrastive_backward(tiles, config, row, col):
                                                                               dc.stride(0), **meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()
 
-    # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order)
-    dq = torch.zeros((t.n, d), dtype=torch.float32, device=device)
+    # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order); with the
+    # forward's row products only dĈ's GEMMs run (the chunks still give the scale's whole gradient)
+    dq = torch.zeros((t.n, d), dtype=torch.float32, device=device) if row_grad is None else None
     dc = torch.zeros((t.m_total, d), dtype=torch.float32, device=device)
     ds_dtype = t.query.dtype
     chunk_rows, chunk_cols = chunk_shape(t.n, t.m_total, torch.finfo(ds_dtype).bits // 8, config)
@@ -333,9 +356,11 @@ def contrastive_backward(tiles, config, row, col):
             block = ds[: r1 - r0, : c1 - c0]
             _contrastive_bwd_ds_kernel[grid](*common, sigma, block, dscale_part, dbias_part, *sizes, ds.stride(0),
                                              r0, c0, r1 - r0, c1 - c0, **meta)
-            _accumulate_product(dq[r0:r1], block, c_hat[c0:c1])
+            if dq is not None:
+                _accumulate_product(dq[r0:r1], block, c_hat[c0:c1])
             _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1])
             dscale_parts.append(dscale_part.sum())
             dbias_parts.append(dbias_part.sum())
     alpha = t.scale.to(torch.float32) / sigma  # the products summed σ·dS; one pass scales them back
-    return dq.mul_(alpha), dc.mul_(alpha), torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()
+    dq = rows_from_forward(t, row, *row_grad, c_hat)[0] if dq is None else dq.mul_(alpha)
+    return dq, dc.mul_(alpha), torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()

@@ -5,11 +5,21 @@ One pass over the tiles. Programs own row blocks (persistent: program ``p`` take
 same tiles also update per-column partial results that program ``p`` alone owns (row ``p`` of
 ``[P, M]`` buffers: running max and sum of exponentials, positive sum, two counts); they are combined in a fixed order
 afterwards, so the result does not depend on scheduling and no atomics are used.
+
+**Row gradients in the forward** (``ROW_GRAD``, row-only losses with at most one positive per row, no
+Ring band, D <= 256): the softmax part of a row's gradient, ``A_i = Σ_j p_ij·ĉ_j`` with ``p_ij = e^(S_ij - lse_i)``
+over the denominator, is the same product the forward's tiles are already set up for (an online
+softmax times a ``[BLOCK_N, D]`` operand, rescaled when the row's running max grows). Its backward
+then only scales it per row, ``dq̂_i = s·(g_lse_i·A_i + g_pos_i·ĉ_pos(i))``, instead of recomputing
+every tile in a dQ pass: forward + backward do the floor's ``8·N·M·D`` FLOPs, not ``10·N·M·D``.
+The scale's gradient needs ``E_i = Σ_j p_ij·<q̂_i, ĉ_j>`` too (same pass).
 """
 import torch
 import triton
 import triton.language as tl
 
+from .config import ROW_GRAD_D_MAX, row_grad_supported
+from .normalize import unit_rows
 from .tiles import exp_minus, plain_tile, softplus, tile_cosines, tile_denominator, tile_roles
 
 
@@ -92,15 +102,55 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
 
 
 @triton.jit
+def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO,
+                   BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
+                   HAS_POS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+                   KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+                   INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr,
+                   PLAIN: tl.constexpr):
+    """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
+    and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
+    by the final sum they are ``A_i`` and ``E_i``)."""
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     HAS_POS, False, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N, PLAIN)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+    # the update of ``_online_lse``, keeping the tile's exponentials for the products
+    if PLAIN:
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        alpha = exp_minus(run_max, new_max)
+        p = exp_minus(logits, new_max[:, None])
+    else:
+        new_max = tl.maximum(run_max, tl.max(tl.where(den, logits, float("-inf")), axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = exp_minus(run_max, shift)
+        p = tl.where(den, exp_minus(logits, shift[:, None]), 0.0)
+    run_sum = run_sum * alpha + tl.sum(p, axis=1)
+    e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
+    offs_d = tl.arange(0, ACC_D)
+    c = tl.load(CH + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
+                mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
+    # p <= 1: no scaling needed before the cast to the operands' dtype
+    acc = tl.dot(p.to(CH.dtype.element_ty), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    if PLAIN:
+        den_n += BLOCK_N
+    else:
+        pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
+        den_n += tl.sum(den.to(tl.int32), axis=1)
+        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+    return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
+
+
+@triton.jit
 def _contrastive_fwd_kernel(
     Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
     ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS,
-    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N,
-    N, M, M_TOTAL, D, stride_q, stride_c, beta,
+    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, CH, ROW_DQ, ROW_DSCALE,
+    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROW_GRAD: tl.constexpr = False, ACC_D: tl.constexpr = 16,
 ):
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
@@ -121,16 +171,32 @@ def _contrastive_fwd_kernel(
         pos_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         den_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
         pos_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        acc = tl.zeros((BLOCK_M, ACC_D), dtype=tl.float32)
+        e_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for c0 in range(0, M_TOTAL, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             col_mask = cols < M_TOTAL
-            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+            cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                   NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+            logits = scale * cosines
             plain = False
             if MAY_BE_PLAIN:
                 plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF,
                                    KEY_NEGATIVES, BLOCK_M, BLOCK_N)
-            if plain:
+            if ROW_GRAD:
+                if plain:
+                    run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
+                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                        BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
+                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, INPUT_PRECISION,
+                        BLOCK_M, BLOCK_N, ACC_D, True)
+                else:
+                    run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
+                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                        BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
+                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, INPUT_PRECISION,
+                        BLOCK_M, BLOCK_N, ACC_D, False)
+            elif plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
                     logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
                     PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
@@ -145,6 +211,12 @@ def _contrastive_fwd_kernel(
                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, DECOUPLED, HAS_BAND, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
+        if ROW_GRAD:
+            inv_sum = tl.where(run_sum > 0, 1.0 / tl.where(run_sum > 0, run_sum, 1.0), 0.0)
+            offs_d = tl.arange(0, ACC_D)
+            tl.store(ROW_DQ + rows.to(tl.int64)[:, None] * stride_dq + offs_d[None, :], acc * inv_sum[:, None],
+                     mask=row_mask[:, None] & (offs_d < D)[None, :])
+            tl.store(ROW_DSCALE + rows, e_acc * inv_sum, mask=row_mask)
         if HARD_NEGATIVES:
             tl.store(ROW_LSE_BETA + rows, _finish_lse(beta_max, beta_sum, den_n), mask=row_mask)
         if PAIRWISE_SIGMOID:
@@ -154,7 +226,7 @@ def _contrastive_fwd_kernel(
         tl.store(ROW_POS_N + rows, pos_n, mask=row_mask)
 
 
-def contrastive_forward(tiles, config, column_programs: int):
+def contrastive_forward(tiles, config, column_programs: int, row_grad: bool = False):
     """Launch the forward over ``tiles`` (a :class:`~contrastive_ops.kernels.problem.TileProblem`).
 
     Returns a dict of ``[N]`` row terms — fp32 ``row_lse``, ``row_pos``, int32 ``row_den``,
@@ -162,11 +234,18 @@ def contrastive_forward(tiles, config, column_programs: int):
     None — and, with column terms, ``[M]`` ``col_lse``, ``col_pos`` (fp32), ``col_den_count``,
     ``col_pos_count`` (int32). ``column_programs`` caps the programs (and the ``[P, M]`` partial
     buffers) of a symmetric loss.
+
+    ``row_grad`` (where :func:`~contrastive_ops.kernels.config.row_grad_supported`): also ``row_dq`` fp32 ``[N, D]``, the softmax-weighted
+    mean of the unit columns ``A_i = Σ_j p_ij·ĉ_j``, and ``row_dscale`` fp32 ``[N]``,
+    ``E_i = Σ_j p_ij·<q̂_i, ĉ_j>`` (both 0 for a row with an empty denominator).
     """
     t = tiles
     device = t.query.device
     n, m = t.n, t.m
     f32, i32 = torch.float32, torch.int32
+    if row_grad and not row_grad_supported(t.flags, t.d):
+        raise ValueError(f"row_grad=True needs a row-only loss with one positive per row and D <= "
+                         f"{ROW_GRAD_D_MAX}, got D={t.d} and switches {t.flags}")
     out = {
         "row_lse": torch.empty(n, dtype=f32, device=device),
         "row_pos": torch.empty(n, dtype=f32, device=device),
@@ -186,15 +265,24 @@ def contrastive_forward(tiles, config, column_programs: int):
     else:
         part_max = part_sum = part_pos = part_den = part_pos_n = out["row_lse"]  # never read
     unused = out["row_lse"]  # placeholder pointer for outputs a switch leaves out
+    if row_grad:
+        c_hat = unit_rows(t.columns, t.rc if t.flags["NORMALIZE"] else None)
+        out["row_dq"] = torch.empty((n, t.d), dtype=f32, device=device)
+        out["row_dscale"] = torch.empty(n, dtype=f32, device=device)
+        row_grad_args = (c_hat, out["row_dq"], out["row_dscale"])
+        row_grad_meta = {"ROW_GRAD": True, "ACC_D": max(16, triton.next_power_of_2(t.d))}
+    else:
+        row_grad_args = (t.columns, unused, unused)
+        row_grad_meta = {}
     _contrastive_fwd_kernel[(programs,)](
         t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels, t.col_labels,
         t.band_lo, t.band_hi,
         out["row_lse"], out["row_pos"], out["row_den_count"], out["row_pos_count"],
         unused if out["row_lse_beta"] is None else out["row_lse_beta"],
         unused if out["row_pair_loss"] is None else out["row_pair_loss"],
-        part_max, part_sum, part_pos, part_den, part_pos_n,
-        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0), t.beta,
-        **t.constexprs(), **config.kernel_kwargs(t.d),
+        part_max, part_sum, part_pos, part_den, part_pos_n, *row_grad_args,
+        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0), t.beta, t.d,
+        **t.constexprs(), **config.kernel_kwargs(t.d), **row_grad_meta,
     )
     if t.column_terms:  # fixed-order combination of the programs' partials (deterministic)
         col_den = part_den.sum(dim=0, dtype=i32)

@@ -74,3 +74,12 @@ def normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor
         EPS_=EPS, BLOCK_ROWS=rows, BLOCK_D=block_d,
     )
     return out
+
+
+def unit_rows(x: torch.Tensor, inv_norms) -> torch.Tensor:
+    """``x̂ = x · rq`` in ``x``'s dtype and strides (the operand of the backward's products),
+    ``inv_norms`` the fp32 ``[N]`` inverse norms; ``x`` itself when ``inv_norms`` is None."""
+    if inv_norms is None:
+        return x
+    out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # the kernels reuse x's strides
+    return out.copy_(x.float() * inv_norms[:, None])

@@ -84,3 +84,13 @@ def test_the_suite_can_put_a_modeled_time_beside_a_measured_one():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
                           check=False, env={**os.environ, "TRITON_INTERPRET": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_rows_only_losses_form_their_row_gradient_in_the_forward(report):
+    """InfoNCE at D = 128: the forward forms the rows' gradient products and the backward runs only
+    the dC pass, so the tile kernels do the floor's 8·N·M·D FLOPs in all."""
+    _, rows = report
+    info = {r["kernel"]: r for r in rows if r.get("loss") == "info_nce" and r.get("d") == 128}
+    assert "forward + row products" in info and "backward dC" in info, sorted(info)
+    assert "backward dQ" not in info, sorted(info)
+    assert info["forward + row products"]["mma"].startswith("wgmma")

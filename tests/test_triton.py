@@ -188,6 +188,65 @@ def test_chunk_route_with_partial_chunks(name, seed, monkeypatch):
     _check_against_reference(name, _inputs(CASES[name], torch.float32))
 
 
+ROW_PRODUCT_CASES = ["info_nce", "info_nce_labels", "info_nce_query_key_labels", "info_nce_queue",
+                     "info_nce_queue_only", "info_nce_unnormalized", "nt_xent", "dcl", "dcl_weighted"]
+
+
+class _NoLaunch:
+    """Stands in for a kernel that must not run."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the backward ran a dQ pass although the forward computed the row products")
+
+
+@pytest.mark.parametrize("config", [pytest.param((16, 16, 64, 1, 1, 2), id="registers"),
+                                    pytest.param((16, 16, 16, 1, 1, 2), id="chunks")])
+@pytest.mark.parametrize("name", ROW_PRODUCT_CASES)
+def test_row_products_of_the_forward_replace_the_dq_pass(name, config, seed, monkeypatch):
+    """Row-only losses with one positive per row: the forward's online-softmax products give dQ̂ and
+    the rows' share of the scale's gradient, the backward runs no dQ pass (the dC pass on registers, or
+    only the dĈ products of the dS chunks), and every gradient still equals float64."""
+    from contrastive_ops.kernels import contrastive_bwd
+
+    monkeypatch.setattr(contrastive_bwd, "_contrastive_bwd_dq_kernel", _NoLaunch())
+    monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(16 * 32 * 4))
+    with pin_config(TileConfig(*config)):
+        _check_against_reference(name, _inputs(CASES[name], torch.float32))
+
+
+@pytest.mark.parametrize("name", ["info_nce_queue", "nt_xent", "dcl", "info_nce_query_key_labels"])
+def test_row_products_and_the_dq_pass_agree(name, seed, monkeypatch):
+    """The same gradients (fp32 rounding apart) with the forward's row products and with the dQ pass."""
+    from contrastive_ops.kernels import config as tile_config
+
+    case = CASES[name]
+    tensors = _inputs(case, torch.float32)
+    routes = []
+    for supported in (tile_config.row_grad_supported, lambda flags, d: False):
+        monkeypatch.setattr(tile_config, "row_grad_supported", supported)
+        with pin_config(TileConfig(16, 16, 64, 1, 1, 2)):
+            loss = case.ours(tensors, backend="triton", reduction="none")
+            routes.append([loss, *_grads((loss * torch.linspace(0.5, 1.5, loss.numel())).sum(), tensors)])
+    for a, b in zip(*routes):
+        assert_close_rel(a, b, FP32_REL, name)
+
+
+def test_row_products_only_when_a_gradient_is_needed(seed):
+    """No rows' gradient asked for (no grad mode, or only the keys require one): the forward returns no
+    row products, and the keys' gradient is still right."""
+    q, k = (torch.randn(21, 24, device=DEVICE) for _ in range(2))
+    ops = torch.ops.contrastive_ops
+    args = (q, k, None, torch.tensor(5.0), None, torch.arange(21), None, None, None, None, None, True, False, False,
+            True, None, False, TileConfig(16, 16, 32, 1, 1, 2).as_list())
+    assert ops.tiled_forward(*args, True)[10].shape == (21, 24)
+    assert ops.tiled_forward(*args, False)[10].numel() == 0
+    key = k.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(co.info_nce(q, key, backend="triton"), [key])
+    ref_key = k.double().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(co.info_nce(q.double(), ref_key, backend="naive"), [ref_key])
+    assert_close_rel(g, g_ref, FP32_REL, "d key")
+
+
 @pytest.mark.parametrize("d", [pytest.param(16, id="registers"), pytest.param(64, id="chunks")])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("norm", [pytest.param(1.0, id="unit-scale"), pytest.param(1e-2, id="small-norms")])
@@ -273,13 +332,23 @@ def test_custom_ops_pass_torch_library_opcheck(seed):
     labels = torch.arange(18, device=DEVICE) % 4
     for args in [
         # symmetric with a queue and false-negative masking by labels
-        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, True, True, None, False, config),
+        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, True, True, None, False, config,
+         True),
+        # rows only with a queue and label masking: the forward's row-gradient products
+        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, False, True, None, False, config,
+         True),
         # keys shared with the queries, decoupled, hard negatives
-        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, 0.5, False, config),
+        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, 0.5, False, config,
+         False),
+        # keys shared with the queries, decoupled (nt_xent-like rows): row-gradient products
+        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, None, False, config,
+         True),
         # a Ring band
-        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], True, False, False, True, None, False, config),
+        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], True, False, False, True, None, False, config,
+         True),
         # pairwise sigmoid with a bias
-        (q, k, None, scale, bias, pos, None, None, None, None, None, True, False, False, False, None, True, config),
+        (q, k, None, scale, bias, pos, None, None, None, None, None, True, False, False, False, None, True, config,
+         False),
     ]:
         torch.library.opcheck(ops.tiled_forward, args)
 

@@ -18,6 +18,7 @@ ALL_ON = {"HAS_POS": True, "HAS_LABELS": False, "MASK_LABELS": True, "HAS_SELF":
 HARD_SIGMOID = {"HAS_POS": True, "HAS_LABELS": False, "MASK_LABELS": False, "HAS_SELF": True, "KEY_NEGATIVES": True,
                     "DECOUPLED": True, "HAS_BAND": False, "NORMALIZE": False, "COLUMN_TERMS": False, "HARD_NEGATIVES": True,
                     "PAIRWISE_SIGMOID": True}
+ROWS = dict(ALL_ON, HAS_BAND=False, COLUMN_TERMS=False)
 LABELS = dict(ALL_ON, HAS_POS=False, HAS_LABELS=True, MASK_LABELS=False, HAS_BAND=False, COLUMN_TERMS=False)
 TILES = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}
 
@@ -27,6 +28,9 @@ def _variants():
 
     yield "fwd bf16 ring+mask+columns", contrastive_fwd._contrastive_fwd_kernel, "*bf16", {
         **ALL_ON, **TILES, "INPUT_PRECISION": "ieee"}, 8, 3
+    yield "fwd bf16 rows + row products (info_nce, D=128)", contrastive_fwd._contrastive_fwd_kernel, "*bf16", {
+        **ROWS, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 64, "INPUT_PRECISION": "ieee", "ROW_GRAD": True,
+        "ACC_D": 128}, 8, 2
     yield "fwd fp32/tf32 hard+sigmoid", contrastive_fwd._contrastive_fwd_kernel, "*fp32", {
         **HARD_SIGMOID, **TILES, "INPUT_PRECISION": "tf32"}, 8, 3
     for name, kernel in (("bwd dq", contrastive_bwd._contrastive_bwd_dq_kernel),
@@ -55,13 +59,14 @@ def main(arch: int) -> int:
     from triton.compiler import ASTSource
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-    from benchmarks.kernel_report import aligned, kernel_signature
+    from benchmarks.kernel_report import aligned, kernel_signature, with_defaults
 
     target = GPUTarget("cuda", arch, 32)
     failures = 0
     for label, kernel, feature_type, constexprs, warps, stages in _variants():
         start = time.perf_counter()
         try:
+            constexprs = with_defaults(kernel, constexprs)
             signature = kernel_signature(kernel, feature_type, constexprs)
             compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
                                       target=target, options={"num_warps": warps, "num_stages": stages})

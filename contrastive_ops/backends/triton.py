@@ -52,23 +52,26 @@ def _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels,
     )
 
 
-def _config(tiles, config: List[int]):
-    """The pinned config when one was given, else the tuned one for this problem's size."""
+def _config(tiles, config: List[int], row_grad: bool = False):
+    """The pinned config when one was given, else the tuned one for this problem's size (a forward
+    with row gradients is another kernel, on its own key)."""
     cfg, fwd = _kernels()[0], _kernels()[1]
     if config:
         return cfg.TileConfig.from_list(config)
     programs = _column_programs(tiles.query.device)
-    return cfg.tuned_config(tiles.tuning_key(), lambda c: fwd.contrastive_forward(tiles, c, programs))
+    key = tiles.tuning_key() + (("row_grad",) if row_grad else ())
+    return cfg.tuned_config(key, lambda c: fwd.contrastive_forward(tiles, c, programs, row_grad))
 
 
-def _backward_config(tiles, config: List[int], row: dict, col: dict):
+def _backward_config(tiles, config: List[int], row: dict, col: dict, row_grad=None):
     """The pinned config when one was given; the forward's when the loss has a Ring band (membership
     is decided on the logits, so the backward must recompute them bit for bit); else the fastest
-    backward candidate for this problem, tuned on its own key."""
+    backward candidate for this problem, tuned on its own key (the dC pass alone with ``row_grad``)."""
     cfg, bwd = _kernels()[0], _kernels()[2]
     if config or tiles.flags["HAS_BAND"]:
         return _config(tiles, config)
-    return cfg.tuned_config(tiles.tuning_key() + ("backward",), lambda c: bwd.contrastive_backward(tiles, c, row, col),
+    key = tiles.tuning_key() + ("backward",) + (("columns",) if row_grad is not None else ())
+    return cfg.tuned_config(key, lambda c: bwd.contrastive_backward(tiles, c, row, col, row_grad),
                             cfg.backward_candidates(tiles.d))
 
 
@@ -108,7 +111,7 @@ def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, 
 
 #: The forward op's outputs, in order; those a loss does not ask for are empty ``[0]`` tensors.
 FORWARD_OUTPUTS = ("row_lse", "row_pos", "row_den_count", "row_pos_count", "col_lse", "col_pos", "col_den_count", "col_pos_count",
-                   "row_lse_beta", "row_pair_loss")
+                   "row_lse_beta", "row_pair_loss", "row_dq", "row_dscale")
 _COUNTS = ("row_den_count", "row_pos_count", "col_den_count", "col_pos_count")
 
 
@@ -118,14 +121,17 @@ def _forward_op(
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
     col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
     key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
-    pairwise_sigmoid: bool, config: List[int],
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    pairwise_sigmoid: bool, config: List[int], row_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The :data:`FORWARD_OUTPUTS`: fp32 LSEs, positive means and pair losses, int64 counts; row
-    terms ``[N]``, column terms ``[M]`` (with ``column_terms``)."""
+    terms ``[N]``, column terms ``[M]`` (with ``column_terms``); with ``row_grad`` (a gradient will be
+    asked for), where the kernels support it, the rows' gradient products ``row_dq [N, D]`` and
+    ``row_dscale [N]`` for the backward (else empty)."""
     fwd = _kernels()[1]
     tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
                      band_hi, key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid)
-    out = fwd.contrastive_forward(tiles, _config(tiles, config), _column_programs(query.device))
+    row_grad = row_grad and tile_config.row_grad_supported(tiles.flags, tiles.d)
+    out = fwd.contrastive_forward(tiles, _config(tiles, config, row_grad), _column_programs(query.device), row_grad)
     result = []
     for name in FORWARD_OUTPUTS:
         t = out.get(name)
@@ -137,11 +143,16 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config):
+      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config, row_grad):
     n = query.shape[0]
     m = (query if keys is None else keys).shape[0] if column_terms else 0
+    flags = {"COLUMN_TERMS": column_terms, "HARD_NEGATIVES": hard_beta is not None,
+             "PAIRWISE_SIGMOID": pairwise_sigmoid, "HAS_LABELS": pos_index is None and row_labels is not None,
+             "HAS_BAND": band_lo is not None}
+    fused = row_grad and tile_config.row_grad_supported(flags, query.shape[1])
     sizes = {"row": n, "col": m, "row_lse_beta": n if hard_beta is not None else 0,
-             "row_pair_loss": n if pairwise_sigmoid else 0}
+             "row_pair_loss": n if pairwise_sigmoid else 0, "row_dq": (n, query.shape[1]) if fused else 0,
+             "row_dscale": n if fused else 0}
     return tuple(
         query.new_empty(sizes.get(name, sizes[name[:3]]), dtype=torch.int64 if name in _COUNTS else torch.float32)
         for name in FORWARD_OUTPUTS
@@ -157,10 +168,11 @@ def _backward_op(
     pairwise_sigmoid: bool, config: List[int],
     row_lse: Tensor, row_pos_n: Tensor, col_lse: Tensor, col_pos_n: Tensor, row_lse_beta: Tensor,
     g_row_lse: Tensor, g_row_pos: Tensor, g_col_lse: Tensor, g_col_pos: Tensor, g_row_lse_beta: Tensor,
-    g_row_pair: Tensor,
+    g_row_pair: Tensor, row_dq: Tensor, row_dscale: Tensor,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(d query, d keys, d extra, d scale, d bias)``; d keys is empty ``[0]`` when the keys are the
-    queries (its share is in d query), d extra without extra negatives, d bias without a bias."""
+    queries (its share is in d query), d extra without extra negatives, d bias without a bias.
+    ``row_dq``/``row_dscale``: the forward's row-gradient products, or empty (then a dQ pass runs)."""
     bwd = _kernels()[2]
     from contrastive_ops.kernels.normalize import normalize_backward
 
@@ -177,7 +189,9 @@ def _backward_op(
     col = {}
     if column_terms:
         col = {"lse": col_lse, "g_lse": g_col_lse, "g_pos_w": g_col_pos / col_pos_n.clamp(min=1).to(torch.float32)}
-    dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _backward_config(tiles, config, row, col), row, col)
+    row_grad = (row_dq, row_dscale) if row_dscale.numel() else None
+    dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _backward_config(tiles, config, row, col, row_grad), row,
+                                                     col, row_grad)
     n_keys = tiles.m
     if keys is None:
         dq = dq + dc[:n_keys]
@@ -196,27 +210,27 @@ def _backward_op(
 @_backward_op.register_fake
 def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
       key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config, *vectors):
-    empty = query.new_empty(0)
+    empty = query.new_empty(0)  # ``vectors``: the saved row/column terms, their gradients, the row products
     return (torch.empty_like(query), empty if keys is None else torch.empty_like(keys),
             empty if extra is None else torch.empty_like(extra), scale.new_empty(()),
             scale.new_empty(()) if bias is not None else query.new_empty(0, dtype=torch.float32))
 
 
-_INPUTS = 18  # arguments of the forward op
+_INPUTS = 19  # arguments of the forward op
 
 
 def _setup_context(ctx, inputs, output):
-    tensors, options = inputs[:11], inputs[11:]
+    tensors, options = inputs[:11], inputs[11:-1]  # the backward does not take row_grad: it reads row_dq
     ctx.options = tuple(list(o) if isinstance(o, list) else o for o in options)
     ctx.has = (tensors[1] is not None, tensors[2] is not None, tensors[4] is not None)
     out = dict(zip(FORWARD_OUTPUTS, output))
     ctx.save_for_backward(*tensors, out["row_lse"], out["row_pos_count"], out["col_lse"], out["col_pos_count"],
-                          out["row_lse_beta"])
+                          out["row_lse_beta"], out["row_dq"], out["row_dscale"])
 
 
 def _backward(ctx, *grads):
     saved = ctx.saved_tensors
-    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta) = saved[:11], saved[11:]
+    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta, row_dq, row_dscale) = saved[:11], saved[11:]
     g = dict(zip(FORWARD_OUTPUTS, grads))
 
     def grad_or_zero(name, like):
@@ -226,7 +240,7 @@ def _backward(ctx, *grads):
         *tensors, *ctx.options, row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta,
         grad_or_zero("row_lse", row_lse), grad_or_zero("row_pos", row_lse), grad_or_zero("col_lse", col_lse),
         grad_or_zero("col_pos", col_lse), grad_or_zero("row_lse_beta", row_lse_beta),
-        grad_or_zero("row_pair_loss", row_lse if ctx.options[5] else row_lse_beta),
+        grad_or_zero("row_pair_loss", row_lse if ctx.options[5] else row_lse_beta), row_dq, row_dscale,
     )
     has_keys, has_extra, has_bias = ctx.has
     return ((dq, dk if has_keys else None, de if has_extra else None, dscale, dbias if has_bias else None)
@@ -274,10 +288,13 @@ def compute_terms(
             scale_t.detach(), spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels, spec.key_negatives,
             spec.normalize, float(spec.ring[0]), float(spec.ring[1]), config,
         )
+    # the forward computes the rows' gradient products where a backward will need them (see
+    # kernels.contrastive_fwd): grad mode on and the rows' or the scale's gradient asked for
+    row_grad = torch.is_grad_enabled() and (query.requires_grad or scale_t.requires_grad)
     out = dict(zip(FORWARD_OUTPUTS, _forward_op(
         query, keys_arg, extra, scale_t, bias_t, spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels,
         band_lo, band_hi, spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
-        None if hard_beta is None else float(hard_beta), pairwise_sigmoid, config,
+        None if hard_beta is None else float(hard_beta), pairwise_sigmoid, config, row_grad,
     )))
     if not spec.column_terms:
         out.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
