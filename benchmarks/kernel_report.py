@@ -442,6 +442,10 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+def _row_products_switches(d: int) -> dict:
+    return {"ROW_GRAD": True, "ACC_D": max(16, 1 << (d - 1).bit_length())}
+
+
 def row_products_used(w: Workload) -> bool:
     """Whether the triton backend's forward forms the rows' gradient products for ``w`` (as it does
     when the rows' gradient is asked for)."""
@@ -477,7 +481,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     row_products = row_products_used(w)
     if row_products and w.switch("NORMALIZE"):
         out.append(Launch("unit columns (the row products' operand)", None, 0, 0, 1, 0.0, 2 * mt * d * item))
-    extra_f = {"ROW_GRAD": True, "ACC_D": max(16, 1 << (d - 1).bit_length())} if row_products else {}
+    extra_f = _row_products_switches(d) if row_products else {}
     fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f, extra_f,
                        plain_fraction=plain_fraction(w, f))
     slots = device.sms * max(1, fwd_stats.ctas_per_sm(device))
@@ -655,8 +659,12 @@ def config_variants():
     for d in (128, 768):
         for dtype in ("bfloat16", "float16", "float32"):
             w = workload("clip", 65536, 65536, d, dtype)
+            rows_only = workload("info_nce", 65536, 65536, d, dtype)
             for f in cfg.GPU_CONFIGS:
                 yield f"forward {dtype} D={d} {f.as_list()}", _stats(fwd, "_contrastive_fwd_kernel", w, f)
+                if row_products_used(rows_only):
+                    yield (f"forward + row products (info_nce) {dtype} D={d} {f.as_list()}",
+                           _stats(fwd, "_contrastive_fwd_kernel", rows_only, f, _row_products_switches(d)))
             for b in cfg.backward_candidates(d):
                 names = (("dQ", "_contrastive_bwd_dq_kernel"), ("dC", "_contrastive_bwd_dc_kernel")) if d <= 256 else (
                     ("dS", "_contrastive_bwd_ds_kernel"),)
@@ -666,7 +674,8 @@ def config_variants():
 
 def ci_variants():
     """``(label, stats)`` of the kernel variants CI compiles and checks: the headline CLIP's forward and
-    backward at D = 128 (bf16, registers) and D = 768 (fp16, dS chunks), with their default configs."""
+    backward at D = 128 (bf16, registers) and D = 768 (fp16, dS chunks), with their default configs,
+    and InfoNCE's forward with row products (D = 128, bf16)."""
     from contrastive_ops.kernels import config as cfg
 
     w128 = workload("clip", 65536, 65536, 128, "bfloat16")
@@ -678,6 +687,10 @@ def ci_variants():
     b128 = cfg.backward_candidates(128)[0]
     yield "backward dQ clip bf16 D=128", _stats(bwd, "_contrastive_bwd_dq_kernel", w128, b128,
                                                 plain_fraction=plain_fraction(w128, b128))
+    w_rows = workload("info_nce", 65536, 65536, 128, "bfloat16")
+    yield "forward + row products info_nce bf16 D=128", _stats(fwd, "_contrastive_fwd_kernel", w_rows, f,
+                                                               _row_products_switches(128),
+                                                               plain_fraction=plain_fraction(w_rows, f))
     b768 = cfg.backward_candidates(768)[0]
     yield "backward dS clip fp16 D=768", _stats(bwd, "_contrastive_bwd_ds_kernel", w768, b768,
                                                 plain_fraction=plain_fraction(w768, b768))

@@ -30,7 +30,7 @@ def report(tmp_path_factory):
 def test_every_half_precision_dot_is_wgmma(report):
     _, rows = report
     variants = [r for r in rows if "mma_count" in r]
-    assert len(variants) == 3
+    assert len(variants) == 4
     for r in variants:
         assert r["mma"] == "wgmma" and r["mma_count"] > 0, r
 
