@@ -63,10 +63,21 @@ def check_same_rows(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) 
         )
 
 
-def check_temperature(temperature, name: str = "temperature") -> float:
-    """A finite positive real number (a Python or NumPy scalar, not a tensor)."""
+def check_temperature(temperature, name: str = "temperature", ref: torch.Tensor | None = None):
+    """A finite positive real number (a Python or NumPy scalar), or a learnable temperature: a
+    one-element floating tensor, returned 0-d (its value is not read: no host sync; it may require
+    grad and then receives one), on ``ref``'s device when ``ref`` is given."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor, got dtype {temperature.dtype}")
+        if temperature.numel() != 1:
+            raise ValueError(f"{name} must hold one value, got shape {tuple(temperature.shape)}")
+        if ref is not None and temperature.device != ref.device:
+            raise ValueError(f"{name} is on {temperature.device} but the features are on {ref.device}")
+        return temperature.reshape(())
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"{name} must be a positive real number, got {_describe(temperature)}")
+        raise TypeError(f"{name} must be a positive real number or a one-element tensor, got "
+                        f"{_describe(temperature)}")
     t = float(temperature)
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {temperature!r}")

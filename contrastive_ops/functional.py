@@ -2,6 +2,9 @@
 
 Common keyword arguments:
 
+* ``temperature`` — a finite float > 0, or a learnable temperature: a one-element floating tensor on
+  the features' device (e.g. an ``nn.Parameter``) that receives its gradient on every backend (its
+  value is not checked, so that no host sync happens).
 * ``normalize`` — L2-normalize the feature rows first (fused; eps = 1e-12 as ``F.normalize``, so a
   zero vector gives finite losses and gradients).
 * ``reduction`` — ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-anchor losses, shapes below).
@@ -125,7 +128,7 @@ def _check_query_key(query, key, negatives, temperature, in_batch_negatives, nor
         C.check_features("negatives", negatives)
     C.check_same_kind(("query", "key", "negatives"), (query, key, negatives))
     C.check_same_rows("query", query, "key", key)
-    t = C.check_temperature(temperature)
+    t = C.check_temperature(temperature, ref=query)
     C.check_bool("in_batch_negatives", in_batch_negatives)
     C.check_bool("normalize", normalize)
     C.check_reduction(reduction)
@@ -160,7 +163,7 @@ def info_nce(
         query: ``[N, D]`` floating.
         key: ``[N, D]``, same dtype and device; row ``i`` is the positive of query ``i``.
         negatives: optional ``[R, D]`` extra negatives (e.g. a MoCo queue), any ``R >= 1``.
-        temperature: finite, > 0.
+        temperature: finite, > 0, or a one-element tensor (learnable).
         in_batch_negatives: use the other keys as negatives; if False, ``negatives`` is required.
         symmetric: average with the key→query direction, whose negatives are the in-batch
             queries only (needs ``in_batch_negatives``).
@@ -255,7 +258,7 @@ def nt_xent(
         a scalar, or ``[2N]`` per-view losses (z1's rows, then z2's) with ``reduction="none"``.
     """
     _two_views(z1, z2, normalize, reduction)
-    t = C.check_temperature(temperature)
+    t = C.check_temperature(temperature, ref=z1)
     loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=False, normalize=normalize, backend=backend, group=process_group)
     return _reduce(loss, reduction)
 
@@ -282,7 +285,7 @@ def dcl_loss(
         a scalar (mean over 2N rows), or ``[2N]`` per-view losses with ``reduction="none"``.
     """
     _two_views(z1, z2, normalize, reduction)
-    t = C.check_temperature(temperature)
+    t = C.check_temperature(temperature, ref=z1)
     if weight_fn is not None and not callable(weight_fn):
         raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
     n = z1.shape[0]
@@ -379,7 +382,7 @@ def supcon_loss(
     """
     C.check_features("features", features)
     C.check_labels("labels", labels, features.shape[0], features)
-    t = C.check_temperature(temperature)
+    t = C.check_temperature(temperature, ref=features)
     C.check_bool("normalize", normalize)
     C.check_reduction(reduction)
     n = features.shape[0]
@@ -523,7 +526,7 @@ def hard_negative_nce(
 
     Args:
         z1, z2: ``[N, D]`` the two views, same dtype and device. ``N = 1`` has no negatives: loss 0.
-        temperature: τ, finite and > 0.
+        temperature: τ, finite and > 0, or a one-element tensor (learnable).
         beta: β >= 0, the concentration on hard negatives (``β = 0`` is :func:`debiased_nce`).
         tau_plus: τ⁺ in ``[0, 1)``, the class prior of a false negative (``0``: no debiasing).
         process_group: as every loss; ``N_neg`` is then the global count ``2·N·world - 2``.
@@ -532,7 +535,7 @@ def hard_negative_nce(
         ``reduction="none"``.
     """
     _two_views(z1, z2, normalize, reduction)
-    t = C.check_temperature(temperature)
+    t = C.check_temperature(temperature, ref=z1)
     b = C.check_beta(beta)
     tp = C.check_tau_plus(tau_plus)
     terms = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,

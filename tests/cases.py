@@ -337,3 +337,36 @@ CASES.update({
     "siglip_float_params": _siglip_case(tensor_params=False, normalize=False),
     "siglip_normalized": _siglip_case(tensor_params=True, normalize=True),
 })
+
+
+# a learnable temperature (0-d tensor): (t, q, k, e, backend) -> loss
+TEMPERATURE_LOSSES = {
+    "info_nce": lambda t, q, k, e, b: co.info_nce(q, k, e, temperature=t, backend=b),
+    "info_nce_symmetric": lambda t, q, k, e, b: co.info_nce(q, k, temperature=t, symmetric=True, backend=b),
+    "nt_xent": lambda t, q, k, e, b: co.nt_xent(q, k, temperature=t, backend=b),
+    "supcon_loss": lambda t, q, k, e, b: co.supcon_loss(q, torch.arange(q.shape[0]) % 3, temperature=t, backend=b),
+    "dcl_loss": lambda t, q, k, e, b: co.dcl_loss(q, k, temperature=t, backend=b),
+    # the Ring case's outer and inner at its temperature 0.1: inputs with separated band boundaries
+    "ring_info_nce": lambda t, q, k, e, b: co.ring_info_nce(q, k, e, temperature=t, outer=0.3, inner=0.1, backend=b),
+    "hard_negative_nce": lambda t, q, k, e, b: co.hard_negative_nce(q, k, temperature=t, backend=b),
+    "debiased_nce": lambda t, q, k, e, b: co.debiased_nce(q, k, temperature=t, backend=b),
+}
+
+
+def temperature_inputs(dtype=torch.float32):
+    """``(query [37, 40], key, negatives [23, 40])`` of the Ring case (band boundaries well apart at
+    temperature 0.1), used by every loss here."""
+    return [x.to(dtype) for x in CASES["ring"].make(torch.float32)]
+
+
+def temperature_reference(name, tensors, value):
+    """``(loss, gradients (temperature first, then q, k, e), central difference of the loss in the
+    temperature)`` in float64 on the naive backend (the difference from float temperatures)."""
+    ref = [x.detach().double().requires_grad_(True) for x in tensors]
+    t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    loss = TEMPERATURE_LOSSES[name](t, *ref, "naive")
+    grads = torch.autograd.grad(loss, [t, *ref], allow_unused=True, materialize_grads=True)
+    with torch.no_grad():
+        h = 1e-6
+        plus, minus = (TEMPERATURE_LOSSES[name](value + d, *ref, "naive") for d in (h, -h))
+    return loss, grads, (plus - minus) / (2 * h)

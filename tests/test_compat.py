@@ -1,4 +1,7 @@
 """Each compat class against the real peer's loss code: same loss and gradients to 1e-5."""
+import importlib
+import warnings
+
 import peers
 import pytest
 import torch
@@ -83,13 +86,88 @@ def test_pml_degenerate_labels_give_zero_loss(cls, labels, seed):
     assert torch.equal(emb.grad, torch.zeros_like(emb))
 
 
-def test_pml_unsupported_options_are_named():
-    with pytest.raises(ValueError, match="indices_tuple"):
-        co_pml.NTXentLoss()(torch.randn(4, 3), torch.arange(4), indices_tuple=(torch.tensor([0]),) * 3)
-    with pytest.raises(ValueError, match="reducer"):
-        co_pml.SupConLoss(reducer=object())
+def test_pml_ntxent_reduces_like_the_peer_with_zero_loss_pairs(seed):
+    """The peer's default reducer for NTXentLoss is MeanReducer: pairs whose loss is exactly 0 count.
+    Two tight, well-separated classes (their pair losses round to exactly 0 at temperature 0.02) beside
+    two classes of random rows (float64: a pair loss near 0 is ``-log`` of a ratio near 1, which fp32
+    rounds differently in two codes)."""
+    losses = peers.pytorch_metric_learning()
+    centers = torch.nn.functional.normalize(torch.randn(2, 16, dtype=torch.float64), dim=1)
+    labels = torch.arange(4).repeat(2)
+    emb = torch.randn(8, 16, dtype=torch.float64)
+    tight = labels < 2
+    emb[tight] = centers[labels[tight]] * 5 + 0.01 * torch.randn(int(tight.sum()), 16, dtype=torch.float64)
+    for temperature in (0.02, 0.07):
+        peer, ours = losses.NTXentLoss(temperature=temperature), co_pml.NTXentLoss(temperature=temperature)
+        _compare(lambda e, ours=ours, peer=peer: ours(e, labels), lambda e, peer=peer: peer(e, labels), [emb],
+                 f"NTXent T={temperature}")
+    # the same embeddings, each reducer both classes run natively
+    reducers = importlib.import_module("pytorch_metric_learning.reducers")
+    for cls in ("NTXentLoss", "SupConLoss"):
+        for reducer in ("MeanReducer", "AvgNonZeroReducer"):
+            peer = getattr(losses, cls)(temperature=0.05, reducer=getattr(reducers, reducer)())
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the fused path: no fallback warning
+                ours = getattr(co_pml, cls)(temperature=0.05, reducer=getattr(reducers, reducer)())
+                _compare(lambda e, ours=ours: ours(e, labels), lambda e, peer=peer: peer(e, labels), [emb],
+                         f"{cls} {reducer}")
+
+
+def _peer_options():
+    distances = importlib.import_module("pytorch_metric_learning.distances")
+    reducers = importlib.import_module("pytorch_metric_learning.reducers")
+    return {
+        "LpDistance": {"distance": distances.LpDistance()},
+        "DotProduct": {"distance": distances.DotProductSimilarity()},
+        "PerAnchorReducer": {"reducer": reducers.PerAnchorReducer()},
+        "ThresholdReducer": {"reducer": reducers.ThresholdReducer(low=0.1)},
+    }
+
+
+@pytest.mark.parametrize("option", ["LpDistance", "DotProduct", "PerAnchorReducer", "ThresholdReducer"])
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_other_distances_and_reducers_are_the_peers_own(cls, option, seed):
+    """Options the fused path does not cover are computed by the installed peer, with one warning."""
+    losses = peers.pytorch_metric_learning()
+    kwargs = _peer_options()[option]
+    peer = getattr(losses, cls)(temperature=0.1, **kwargs)
+    with pytest.warns(UserWarning, match="not on the fused path"):
+        ours = getattr(co_pml, cls)(temperature=0.1, **_peer_options()[option])
+    emb, labels = torch.randn(20, 8), torch.randint(0, 4, (20,))
+    _compare(lambda e: ours(e, labels), lambda e: peer(e, labels), [emb], f"{cls} {option}")
+
+
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_indices_tuple_of_a_miner(cls, seed):
+    losses = peers.pytorch_metric_learning()
+    miners = importlib.import_module("pytorch_metric_learning.miners")
+    emb, labels = torch.randn(24, 8), torch.randint(0, 4, (24,))
+    tuples = miners.MultiSimilarityMiner(epsilon=0.3)(emb, labels)
+    peer, ours = getattr(losses, cls)(temperature=0.1), getattr(co_pml, cls)(temperature=0.1)
+    with pytest.warns(UserWarning, match="indices_tuple"):
+        _compare(lambda e: ours(e, labels, tuples), lambda e: peer(e, labels, tuples), [emb], f"{cls} miner")
+    # without indices_tuple the same instance is back on the fused path
+    _compare(lambda e: ours(e, labels), lambda e: peer(e, labels), [emb], f"{cls} all pairs")
+
+
+@pytest.mark.parametrize("cls", ["NTXentLoss", "SupConLoss"])
+def test_pml_cross_batch_memory(cls, seed):
+    """pytorch-metric-learning's memory bank around the compat class, step by step, wrap-around included."""
+    losses = peers.pytorch_metric_learning()
+    peer = losses.CrossBatchMemory(getattr(losses, cls)(temperature=0.1), embedding_size=8, memory_size=40)
+    ours = losses.CrossBatchMemory(getattr(co_pml, cls)(temperature=0.1), embedding_size=8, memory_size=40)
+    for step in range(4):
+        emb, labels = torch.randn(16, 8), torch.randint(0, 5, (16,))
+        _compare(lambda e, y=labels: ours(e, y), lambda e, y=labels: peer(e, y), [emb],
+                 f"{cls} CrossBatchMemory step {step}")
+        assert torch.equal(ours.embedding_memory, peer.embedding_memory)
+
+
+def test_pml_argument_errors():
     with pytest.raises(ValueError, match="labels is required"):
         co_pml.SupConLoss()(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        co_pml.NTXentLoss(temperature=0.0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -116,6 +194,22 @@ def test_lightly_ntxent_memory_bank_fifo(backend, seed):
         # _compare runs each module once with requires_grad inputs, so both banks advanced once
         assert torch.equal(ours.bank, peer.memory_bank.bank), f"banks differ after step {step}"
         assert int(ours.bank_ptr) == int(peer.memory_bank.bank_ptr)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bank", [False, True])
+def test_lightly_negative_temperature(bank, backend, seed):
+    """lightly rejects only |T| < 1e-8 (its own test runs a negative temperature)."""
+    ntx, dcl = peers.lightly_losses()
+    kwargs = {"memory_bank_size": (40, 8)} if bank else {}
+    state = torch.get_rng_state()
+    peer = ntx.NTXentLoss(temperature=-0.5, **kwargs)
+    torch.set_rng_state(state)
+    ours = co_lightly.NTXentLoss(temperature=-0.5, backend=backend, **kwargs)
+    _compare(ours, peer, [torch.randn(13, 8), torch.randn(13, 8)], f"lightly NTXent T=-0.5 bank={bank}")
+    if not bank:
+        peer, ours = dcl.DCLLoss(temperature=-0.2), co_lightly.DCLLoss(temperature=-0.2, backend=backend)
+        _compare(ours, peer, [torch.randn(13, 8), torch.randn(13, 8)], "lightly DCL T=-0.2")
 
 
 def test_lightly_memory_bank_size_rules():

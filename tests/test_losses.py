@@ -1,7 +1,7 @@
 """Every loss × backend against its float64 reference: values, every reduction, every input's gradient."""
 import pytest
 import torch
-from cases import CASES
+from cases import CASES, TEMPERATURE_LOSSES, temperature_inputs, temperature_reference
 from conftest import assert_close_rel
 
 from contrastive_ops.backends import chunked
@@ -165,3 +165,23 @@ def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
         our_err = (a.double() - r).abs().max().item()
         own_err = (b.double() - r).abs().max().item()
         assert our_err <= 2 * own_err + 1e-3 * r.abs().max().item(), (nm, our_err, own_err)
+
+
+# ---------------------------------------------------------------------------------------------
+# a learnable temperature (0-d tensor)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["naive", "chunked"])
+@pytest.mark.parametrize("name", sorted(TEMPERATURE_LOSSES))
+def test_a_tensor_temperature_gets_its_gradient(name, backend, seed):
+    tensors = temperature_inputs()
+    expected, expected_grads, central = temperature_reference(name, tensors, 0.1)
+    assert_close_rel(expected_grads[0], central, 1e-6, f"{name}: float64 d temperature against a central difference")
+    ours_in = [x.detach().clone().requires_grad_(True) for x in tensors]
+    t = torch.tensor(0.1, requires_grad=True)
+    with chunked.block_size(8, 16):
+        loss = TEMPERATURE_LOSSES[name](t, *ours_in, backend)
+        grads = torch.autograd.grad(loss, [t, *ours_in], allow_unused=True, materialize_grads=True)
+    assert_close_rel(loss, expected, 1e-5, f"{name} loss")
+    for what, g, g_ref in zip(("temperature", "q", "k", "e"), grads, expected_grads):
+        assert_close_rel(g, g_ref, 1e-5, f"{name} d {what}")

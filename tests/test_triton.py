@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from cases import CASES
+from cases import CASES, TEMPERATURE_LOSSES, temperature_inputs, temperature_reference
 from conftest import assert_close_rel
 
 import contrastive_ops as co
@@ -370,3 +370,16 @@ def test_strided_labels_and_expanded_incoming_gradients(seed):
         grads.append(torch.autograd.grad(total, [x])[0])
         assert torch.equal(terms.row_pos_count.cpu(), (labels[:, None] == labels[None, :]).sum(1).cpu() - 1)
     assert_close_rel(grads[0].cpu(), grads[1].cpu(), FP32_REL, "d/dx")
+
+
+@pytest.mark.parametrize("name", sorted(TEMPERATURE_LOSSES))
+def test_a_tensor_temperature_gets_its_gradient(name, seed):
+    tensors = temperature_inputs()
+    expected, expected_grads, _ = temperature_reference(name, tensors, 0.1)
+    ours_in = [x.detach().clone().to(DEVICE).requires_grad_(True) for x in tensors]
+    t = torch.tensor(0.1, device=DEVICE, requires_grad=True)
+    loss = TEMPERATURE_LOSSES[name](t, *ours_in, "triton")
+    grads = torch.autograd.grad(loss, [t, *ours_in], allow_unused=True, materialize_grads=True)
+    assert_close_rel(loss.cpu(), expected, FP32_REL, f"{name} loss")
+    for what, g, g_ref in zip(("temperature", "q", "k", "e"), grads, expected_grads):
+        assert_close_rel(g.cpu(), g_ref, FP32_REL, f"{name} d {what}")

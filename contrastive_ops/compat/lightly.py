@@ -20,6 +20,15 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
 
 
+def _temperature_for(temperature, ref: Tensor):
+    """What the functional losses take: the float itself when > 0; lightly also accepts a negative
+    temperature (it only rejects |T| < 1e-8), which reaches the core as a 0-d tensor (whose value
+    the functional API does not check)."""
+    if isinstance(temperature, Tensor) or temperature > 0:
+        return temperature
+    return torch.tensor(float(temperature), dtype=torch.float32, device=ref.device)
+
+
 def _check_gather(gather_distributed: bool) -> None:
     if gather_distributed and not dist.is_available():
         raise ValueError("gather_distributed=True but torch.distributed is not available in this torch build")
@@ -87,12 +96,13 @@ class NTXentLoss(nn.Module):
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         group = _world_group(self.gather_distributed)
         if self.memory_bank_size == (0,):
-            return nt_xent(out0, out1, temperature=self.temperature, backend=self.backend, process_group=group)
+            return nt_xent(out0, out1, temperature=_temperature_for(self.temperature, out0), backend=self.backend,
+                           process_group=group)
         if self.bank.shape[1] != out1.shape[1]:
             raise ValueError(f"memory bank rows have dim {self.bank.shape[1]}, out1 has {out1.shape[1]}")
         negatives = self.bank.detach().clone().to(device=out0.device, dtype=out0.dtype)
-        loss = info_nce(out0, out1, negatives, temperature=self.temperature, in_batch_negatives=False,
-                        backend=self.backend)
+        loss = info_nce(out0, out1, negatives, temperature=_temperature_for(self.temperature, out0),
+                        in_batch_negatives=False, backend=self.backend)
         if out0.requires_grad:
             keys = nn.functional.normalize(out1.detach(), dim=1)
             if group is not None:  # every rank enqueues the keys of all ranks
@@ -114,7 +124,8 @@ class DCLLoss(nn.Module):
         self.backend = backend
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        return dcl_loss(out0, out1, temperature=self.temperature, weight_fn=self.weight_fn, backend=self.backend,
+        return dcl_loss(out0, out1, temperature=_temperature_for(self.temperature, out0), weight_fn=self.weight_fn,
+                        backend=self.backend,
                         process_group=_world_group(self.gather_distributed))
 
 
