@@ -24,6 +24,17 @@ from contrastive_ops.compat import open_clip as co_open_clip
 N_LOCAL, D, R = 7, 6, 5
 
 
+def sentence_transformers_losses():
+    """``(the installed sentence-transformers losses, the compat module)``, or None without it."""
+    try:
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        return None
+    from contrastive_ops.compat import sentence_transformers
+
+    return losses, sentence_transformers
+
+
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
@@ -112,6 +123,21 @@ def main():
         ours, peer = ours_mod(*ours_in), peer_mod(*peer_in)
         g_ours, g_peer = torch.autograd.grad(ours, ours_in), torch.autograd.grad(peer, peer_in)
         results[key] = {"loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
+
+    st = sentence_transformers_losses()
+    if st is not None:  # gather_across_devices: this rank's queries against every rank's documents
+        st_peer, st_ours = st
+        docs_in = torch.randn(n, D, dtype=torch.float64)  # one hard-negative column
+        for dirs in (("query_to_doc",), ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")):
+            kw = {"gather_across_devices": True, "directions": dirs}
+            ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True),
+                       docs_in[mine].clone().requires_grad_(True)]
+            peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+            ours = st_ours.MultipleNegativesRankingLoss(None, **kw).compute_loss_from_embeddings(ours_in, None)
+            peer = st_peer.MultipleNegativesRankingLoss(None, **kw).compute_loss_from_embeddings(peer_in, None)
+            g_ours, g_peer = torch.autograd.grad(ours, ours_in), torch.autograd.grad(peer, peer_in)
+            results[f"sentence_transformers_mnrl_{len(dirs)}"] = {
+                "loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
 
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)

@@ -17,6 +17,8 @@ python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}" numpy
 # (CONTRASTIVE_OPS_BUILD_CUDA / CONTRASTIVE_OPS_CUDA_ARCHS steer it; see csrc/README.md)
 python -m pip install --quiet --no-build-isolation -e ".[test,train,triton]"
 python -m pip install --quiet --no-deps "lightly==1.6.0" "open_clip_torch==3.3.0"
+# sentence-transformers with its dependencies (transformers, tokenizers, ...; torch is already here)
+python -m pip install --quiet "sentence-transformers==6.2.0"
 # the benchmark's CUDA-only peers (pure-Python wheels; their adapters are checked in tests/test_benchmark_peers.py)
 python -m pip install --quiet --no-deps "inf-cl==1.2.1" "memeff==0.3.1" "siglip-kernel==0.1.2"
 python -c "import torch, contrastive_ops; print('torch', torch.__version__, '| contrastive_ops', contrastive_ops.__version__)"

@@ -1,0 +1,202 @@
+"""Drop-in ranking losses of sentence-transformers (``sentence_transformers.sentence_transformer.losses``).
+
+``MultipleNegativesRankingLoss`` and ``CachedMultipleNegativesRankingLoss`` (and the deprecated
+``…SymmetricRankingLoss`` aliases while the installed version has them) are subclasses of the
+installed classes: constructor, config, model calls, GradCache, Matryoshka wrapping and the model
+card stay the peer's. Only the scores → loss step runs on the fused core, for ``similarity_fct``
+``cos_sim`` (normalized rows) or ``dot_score``; no ``[B, (1 + K)·B]`` score matrix is built.
+
+Every direction and partition mode is exact:
+
+* ``query_to_doc``: query ``i`` against every document column (positives, then each hard-negative
+  column in the peer's order), its own document the positive;
+* ``query_to_query``: against every query but itself; ``doc_to_query``: its document against every
+  query; ``doc_to_doc``: its document against every document not belonging to query ``i`` (its own
+  positive and hard negatives are excluded by label, in the tile);
+* ``partition_mode="joint"``: one softmax over all of them — the log-sum-exp of the directions'
+  row log-sum-exps, each from its own tiled pass; ``"per_direction"``: their mean.
+
+``gather_across_devices`` gathers every rank's rows with their gradients (as the peer: this rank's
+anchors against all ranks' candidates). A ``hardness_mode`` with ``hardness_strength > 0`` (a detached
+per-pair penalty) or another ``similarity_fct`` runs the peer's own code, after a one-time warning.
+``GISTEmbedLoss``/``CachedGISTEmbedLoss`` are not here yet: their guide mask is a per-pair rule of a
+second model's similarities, which the core does not have.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import Tensor
+
+from .. import distributed as dist_
+from ..core import RoleSpec
+from ..functional import _compute
+
+try:
+    from sentence_transformers import util as _st_util
+    from sentence_transformers.sentence_transformer import losses as _st_losses
+except ImportError as exc:  # pragma: no cover - exercised only without the peer
+    raise ImportError("contrastive_ops.compat.sentence_transformers needs sentence-transformers installed "
+                      "(pip install sentence-transformers)") from exc
+
+__all__ = ["CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss", "ranking_loss"]
+
+logger = logging.getLogger(__name__)
+_WARNED: set = set()
+
+
+def _warn_once(cls: str, reason: str) -> None:
+    if (cls, reason) not in _WARNED:
+        _WARNED.add((cls, reason))
+        logger.warning("contrastive_ops.compat.sentence_transformers.%s: %s is not on the fused path; "
+                       "sentence-transformers' own code computes this loss (a full score matrix)", cls, reason)
+
+
+def _normalize_for(similarity_fct):
+    """``True`` for cosine similarity, ``False`` for the dot product, None for anything else."""
+    if similarity_fct in (_st_util.cos_sim, getattr(_st_util, "pytorch_cos_sim", None)):
+        return True
+    if similarity_fct is _st_util.dot_score:
+        return False
+    return None
+
+
+def _gather(x: Tensor) -> Tensor:
+    """Every rank's rows in rank order with their gradients, or ``x`` outside a process group (as
+    the peer, which then gathers nothing)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return x
+    return dist_.gather_rows(x, None)
+
+
+def _row_lse(terms) -> Tensor:
+    """A direction's per-row log-sum-exp, ``-inf`` where its candidate set is empty (a joint softmax
+    then ignores it, as the peer's ``-inf`` scores)."""
+    return torch.where(terms.row_den_count > 0, terms.row_lse, torch.full_like(terms.row_lse, float("-inf")))
+
+
+def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool = True,
+                 directions=("query_to_doc",), partition_mode: str = "joint", gather_across_devices: bool = False,
+                 backend: str = "auto") -> Tensor:
+    """sentence-transformers' multiple-negatives ranking loss from embeddings, on the fused core.
+
+    Args:
+        queries: ``[B, D]`` this rank's query embeddings.
+        docs: ``1 + K`` tensors ``[B, D]``: the positive documents, then each hard-negative column.
+        scale: logits are ``scale · sim`` (float or 0-d tensor).
+        normalize: cosine similarity (True) or dot product (False).
+        directions, partition_mode, gather_across_devices: as ``MultipleNegativesRankingLoss``.
+    Returns:
+        the mean over this rank's queries of ``log Z_i − scale·sim(q_i, d_i)`` (fp32 for half inputs).
+    """
+    batch = queries.shape[0]
+    offset = 0
+    if gather_across_devices:
+        queries = _gather(queries)
+        docs = [_gather(d) for d in docs]
+        offset = torch.distributed.get_rank() * batch if queries.shape[0] != batch else 0
+    world_batch = queries.shape[0]
+    docs_all = torch.cat(docs, dim=0) if len(docs) > 1 else docs[0]
+    local = torch.arange(offset, offset + batch, device=queries.device)
+    local_queries = queries if world_batch == batch else queries[local]
+    local_docs = docs[0] if world_batch == batch else docs[0][local]
+
+    def terms(rows, columns, **roles):
+        return _compute(rows, columns, None, scale, RoleSpec(normalize=normalize, **roles), backend)
+
+    q2d = terms(local_queries, docs_all, pos_index=local)
+    lses = [q2d.row_lse]
+    if "query_to_query" in directions:
+        lses.append(_row_lse(terms(local_queries, queries, self_index=local)))
+    if "doc_to_query" in directions:
+        lses.append(_row_lse(terms(local_docs, queries)))
+    if "doc_to_doc" in directions:
+        # a document column's label is the query it belongs to; decoupled: no positive in the denominator
+        owner = torch.arange(docs_all.shape[0], device=queries.device) % world_batch
+        lses.append(_row_lse(terms(local_docs, docs_all, row_labels=local, col_labels=owner, decoupled=True)))
+    if partition_mode == "joint":
+        log_z = torch.logsumexp(torch.stack(lses), dim=0) if len(lses) > 1 else lses[0]
+    else:
+        log_z = torch.stack(lses).mean(dim=0)
+    return (log_z - q2d.row_pos).mean()
+
+
+class _Fused:
+    """What the fused classes share: whether this configuration can take the fused path."""
+
+    backend = "auto"
+
+    def _fused_normalize(self):
+        """``normalize`` for the core, or None (with a one-time warning) where the peer's code must run."""
+        normalize = _normalize_for(self.similarity_fct)
+        if normalize is None:
+            _warn_once(type(self).__name__, f"similarity_fct={_st_util.similarity_fct_name(self.similarity_fct)}")
+            return None
+        if self.hardness_mode is not None and self.hardness_strength > 0.0:
+            _warn_once(type(self).__name__, f"hardness_mode={self.hardness_mode!r}")
+            return None
+        return normalize
+
+    def _fused_loss(self, queries, docs, normalize):
+        return ranking_loss(queries, docs, scale=self.scale, normalize=normalize, directions=self.directions,
+                            partition_mode=self.partition_mode, gather_across_devices=self.gather_across_devices,
+                            backend=self.backend)
+
+
+class MultipleNegativesRankingLoss(_Fused, _st_losses.MultipleNegativesRankingLoss):
+    """sentence-transformers' ``MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim,
+    gather_across_devices=False, directions=("query_to_doc",), partition_mode="joint",
+    hardness_mode=None, hardness_strength=0.0)``; its ``compute_loss_from_embeddings`` on the fused core.
+    ``backend=`` (keyword only) picks the core's backend."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        normalize = self._fused_normalize()
+        if normalize is None or len(embeddings) < 2:
+            return super().compute_loss_from_embeddings(embeddings, labels)
+        return self._fused_loss(embeddings[0], list(embeddings[1:]), normalize)
+
+
+class CachedMultipleNegativesRankingLoss(_Fused, _st_losses.CachedMultipleNegativesRankingLoss):
+    """sentence-transformers' ``CachedMultipleNegativesRankingLoss`` (GradCache): the embeddings of
+    every mini-batch are cached as the peer does, and the loss and its gradients with respect to them
+    come from one fused call over the whole batch (no ``mini_batch_size`` × batch score chunks)."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
+                       with_backward: bool = False) -> Tensor:
+        normalize = self._fused_normalize()
+        if normalize is None:
+            return super().calculate_loss(reps, labels, with_backward=with_backward)
+        loss = self._fused_loss(torch.cat(reps[0]), [torch.cat(r) for r in reps[1:]], normalize)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+
+def _symmetric(fused, peer_name: str):
+    """The fused class for a deprecated symmetric alias of the installed version (None if it has none)."""
+    peer = getattr(_st_losses, peer_name, None)
+    if peer is None:
+        return None
+    with warnings.catch_warnings():  # the peer marks the class deprecated, which warns on subclassing too
+        warnings.simplefilter("ignore", DeprecationWarning)
+        doc = f"sentence-transformers' ``{peer_name}`` on the fused core (as :class:`{fused.__name__}`)."
+        return type(peer_name, (fused, peer), {"__doc__": doc, "__module__": __name__})
+
+
+MultipleNegativesSymmetricRankingLoss = _symmetric(MultipleNegativesRankingLoss, "MultipleNegativesSymmetricRankingLoss")
+CachedMultipleNegativesSymmetricRankingLoss = _symmetric(CachedMultipleNegativesRankingLoss,
+                                                         "CachedMultipleNegativesSymmetricRankingLoss")
+__all__ += [name for name, cls in (("MultipleNegativesSymmetricRankingLoss", MultipleNegativesSymmetricRankingLoss),
+                                   ("CachedMultipleNegativesSymmetricRankingLoss",
+                                    CachedMultipleNegativesSymmetricRankingLoss)) if cls is not None]

@@ -1,0 +1,213 @@
+"""The sentence-transformers compat classes against the installed sentence-transformers' own classes:
+loss and every embedding's gradient to 1e-6 in float64, every direction × partition mode × hard
+negatives × similarity; the cached class end to end through GradCache on a tiny local model."""
+import logging
+
+import peers
+import pytest
+import torch
+from conftest import assert_close_rel
+
+from contrastive_ops.backends import chunked
+
+if peers.REQUIRE:  # a missing peer fails the collection instead of skipping
+    import sentence_transformers  # noqa: F401
+st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+from sentence_transformers import SentenceTransformer, util
+from sentence_transformers.sentence_transformer.modules import Pooling, WordEmbeddings
+from sentence_transformers.sentence_transformer.modules.tokenizer import WhitespaceTokenizer
+
+from contrastive_ops.compat import sentence_transformers as co_st
+
+REL = 1e-6
+BACKENDS = ["chunked", "naive"]
+ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+DIRECTIONS = [("query_to_doc",), ("query_to_doc", "doc_to_query"), ("query_to_doc", "query_to_query"),
+              ("query_to_doc", "doc_to_doc"), ALL]
+MODES = [(d, p) for d in DIRECTIONS for p in ("joint", "per_direction")
+         if p == "joint" or not set(d) & {"query_to_query", "doc_to_doc"}]
+
+
+@pytest.fixture
+def fused_only(monkeypatch):
+    """Fails a test whose compat class would fall back to the peer's own code."""
+
+    def refuse(cls, reason):
+        raise AssertionError(f"{cls} fell back to the peer's code: {reason}")
+
+    monkeypatch.setattr(co_st, "_warn_once", refuse)
+
+
+def _embeddings(batch, hard_negatives, dim=12):
+    return [torch.randn(batch, dim, dtype=torch.float64) for _ in range(2 + hard_negatives)]
+
+
+def _compare(ours, peer, embeddings, what):
+    a = [e.clone().requires_grad_(True) for e in embeddings]
+    b = [e.clone().requires_grad_(True) for e in embeddings]
+    with chunked.block_size(4, 8):
+        loss_ours = ours.compute_loss_from_embeddings(a, None)
+        g_ours = torch.autograd.grad(loss_ours, a)
+    loss_peer = peer.compute_loss_from_embeddings(b, None)
+    g_peer = torch.autograd.grad(loss_peer, b)
+    assert_close_rel(loss_ours, loss_peer, REL, f"{what} loss")
+    for i, (x, y) in enumerate(zip(g_ours, g_peer)):
+        assert_close_rel(x, y, REL, f"{what} d embeddings[{i}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", ["cos_sim", "dot_score"])
+@pytest.mark.parametrize("hard_negatives", [0, 1, 3])
+@pytest.mark.parametrize(("directions", "partition_mode"), MODES)
+def test_mnrl_every_mode(directions, partition_mode, hard_negatives, similarity, backend, seed, fused_only):
+    kw = {"directions": directions, "partition_mode": partition_mode, "similarity_fct": getattr(util, similarity),
+          "scale": 20.0 if similarity == "cos_sim" else 0.5}
+    peer = st_losses.MultipleNegativesRankingLoss(None, **kw)
+    ours = co_st.MultipleNegativesRankingLoss(None, backend=backend, **kw)
+    _compare(ours, peer, _embeddings(9, hard_negatives), f"{directions} {partition_mode} K={hard_negatives}")
+
+
+def test_mnrl_a_batch_of_one(seed, fused_only):
+    """One query: query_to_query and doc_to_doc have no candidates (the peer's -inf scores); the two
+    remaining directions hold the positive pair alone, so the loss is log 2 and every gradient 0
+    (the peer's is rounding noise)."""
+    peer = st_losses.MultipleNegativesRankingLoss(None, directions=ALL)
+    ours = co_st.MultipleNegativesRankingLoss(None, directions=ALL, backend="chunked")
+    embeddings = [e.requires_grad_(True) for e in _embeddings(1, 0)]
+    loss_ours, loss_peer = (m.compute_loss_from_embeddings(embeddings, None) for m in (ours, peer))
+    assert_close_rel(loss_ours, loss_peer, REL, "batch of one")
+    assert_close_rel(loss_ours, torch.tensor(2.0, dtype=torch.float64).log(), REL, "log 2")
+    for g in torch.autograd.grad(loss_ours, embeddings):
+        assert float(g.abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["hard_negatives", "in_batch_negatives", "all_negatives"])
+def test_mnrl_hardness_modes_are_the_peers_own(mode, seed, caplog):
+    kw = {"hardness_mode": mode, "hardness_strength": 5.0, "directions": ("query_to_doc", "doc_to_query")}
+    peer = st_losses.MultipleNegativesRankingLoss(None, **kw)
+    ours = co_st.MultipleNegativesRankingLoss(None, backend="chunked", **kw)
+    with caplog.at_level(logging.WARNING, logger="contrastive_ops.compat.sentence_transformers"):
+        _compare(ours, peer, _embeddings(8, 2), f"hardness {mode}")
+    assert any("hardness_mode" in r.getMessage() for r in caplog.records)
+    # strength 0 has no effect in the peer: the fused path
+    quiet = co_st.MultipleNegativesRankingLoss(None, hardness_mode=mode, hardness_strength=0.0, backend="chunked")
+    _compare(quiet, st_losses.MultipleNegativesRankingLoss(None), _embeddings(8, 2), "strength 0")
+
+
+def test_mnrl_other_similarity_is_the_peers_own(seed, caplog):
+    peer = st_losses.MultipleNegativesRankingLoss(None, similarity_fct=util.euclidean_sim, scale=1.0)
+    ours = co_st.MultipleNegativesRankingLoss(None, similarity_fct=util.euclidean_sim, scale=1.0)
+    with caplog.at_level(logging.WARNING, logger="contrastive_ops.compat.sentence_transformers"):
+        _compare(ours, peer, _embeddings(8, 1), "euclidean_sim")
+    assert any("similarity_fct" in r.getMessage() for r in caplog.records)
+
+
+def test_peer_argument_errors_are_the_peers():
+    for kw, match in (({"scale": 0.0}, "Scale must be a positive value"),
+                      ({"directions": ("doc_to_query",)}, "'query_to_doc' direction is required"),
+                      ({"partition_mode": "per_direction", "directions": ALL}, "partition_mode='per_direction'")):
+        with pytest.raises(ValueError, match=match):
+            st_losses.MultipleNegativesRankingLoss(None, **kw)
+        with pytest.raises(ValueError, match=match):
+            co_st.MultipleNegativesRankingLoss(None, **kw)
+
+
+def _tiny_model(dim=16):
+    """Word embeddings + mean pooling over a whitespace vocabulary built here (no download); its
+    inputs split along the batch, as GradCache needs."""
+    words = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "green", "fish", "bird", "tree", "car", "road", "sky", "sun", "moon", "runs", "fast", "slow", "big", "small", "old", "new"]
+    tokenizer = WhitespaceTokenizer(vocab=words, stop_words=set(), do_lower_case=False)
+    embeddings = WordEmbeddings(tokenizer, torch.randn(len(words), dim), update_embeddings=True)
+    return SentenceTransformer(modules=[embeddings, Pooling(dim, "mean")], device="cpu"), words
+
+
+def _batch(model, words, batch, columns):
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    texts = [[" ".join(words[int(i)] for i in torch.randint(0, len(words), (4,), generator=generator))
+              for _ in range(batch)] for _ in range(columns)]
+    return [model.preprocess(column) for column in texts]
+
+
+def _model_grads(model, loss_fn, features):
+    model.zero_grad()
+    loss = loss_fn([dict(f) for f in features], None)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("directions", [("query_to_doc",), ALL])
+@pytest.mark.parametrize("cls", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"])
+def test_end_to_end_through_the_model(cls, directions, seed, fused_only):
+    """The loss and the model's parameter gradients, through the peer's own forward (and GradCache
+    with mini-batches of 3 for the cached class), with one hard-negative column."""
+    torch.manual_seed(int(torch.randint(0, 2**31, ())))
+    model, words = _tiny_model()
+    model.double()
+    features = _batch(model, words, 10, 3)
+    kw = {"directions": directions} | ({"mini_batch_size": 3} if cls.startswith("Cached") else {})
+    peer = getattr(st_losses, cls)(model, **kw)
+    ours = getattr(co_st, cls)(model, backend="chunked", **kw)
+    loss_peer, g_peer = _model_grads(model, peer, features)
+    loss_ours, g_ours = _model_grads(model, ours, features)
+    assert_close_rel(loss_ours, loss_peer, REL, f"{cls} loss")
+    for x, y in zip(g_ours, g_peer):
+        assert_close_rel(x, y, REL, f"{cls} parameter gradient")
+
+
+def test_matryoshka_wraps_the_fused_class(seed, fused_only):
+    torch.manual_seed(int(torch.randint(0, 2**31, ())))
+    model, words = _tiny_model()
+    model.double()
+    features = _batch(model, words, 8, 2)
+    peer = st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model), [16, 8, 4])
+    ours = st_losses.MatryoshkaLoss(model, co_st.MultipleNegativesRankingLoss(model, backend="chunked"), [16, 8, 4])
+    loss_peer, g_peer = _model_grads(model, peer, features)
+    loss_ours, g_ours = _model_grads(model, ours, features)
+    assert_close_rel(loss_ours, loss_peer, REL, "Matryoshka loss")
+    for x, y in zip(g_ours, g_peer):
+        assert_close_rel(x, y, REL, "Matryoshka parameter gradient")
+
+
+@pytest.mark.parametrize("name", ["MultipleNegativesSymmetricRankingLoss", "CachedMultipleNegativesSymmetricRankingLoss"])
+def test_symmetric_aliases(name, seed, fused_only):
+    peer_cls, ours_cls = getattr(st_losses, name, None), getattr(co_st, name, None)
+    if peer_cls is None:
+        pytest.skip(f"this sentence-transformers has no {name}")
+    torch.manual_seed(int(torch.randint(0, 2**31, ())))
+    model, words = _tiny_model()
+    model.double()
+    features = _batch(model, words, 8, 2)
+    kw = {"mini_batch_size": 4} if name.startswith("Cached") else {}
+    peer, ours = peer_cls(model, **kw), ours_cls(model, backend="chunked", **kw)
+    assert isinstance(ours, peer_cls) and ours.directions == peer.directions
+    loss_peer, g_peer = _model_grads(model, peer, features)
+    loss_ours, g_ours = _model_grads(model, ours, features)
+    assert_close_rel(loss_ours, loss_peer, REL, f"{name} loss")
+    for x, y in zip(g_ours, g_peer):
+        assert_close_rel(x, y, REL, f"{name} parameter gradient")
+
+
+def test_config_is_the_peers():
+    kw = {"scale": 10.0, "directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"}
+    assert co_st.MultipleNegativesRankingLoss(None, **kw).get_config_dict() == \
+        st_losses.MultipleNegativesRankingLoss(None, **kw).get_config_dict()
+
+
+def test_mnrl_on_the_triton_backend(seed, fused_only):
+    """Every direction with hard negatives on the Triton kernels (the interpreter on a CPU), fp32
+    against the peer in float64."""
+    import contrastive_ops as co
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available, why = co.backend_status("triton", device)
+    if not available:
+        pytest.skip(f"triton backend: {why}")
+    embeddings = _embeddings(9, 1)
+    peer = st_losses.MultipleNegativesRankingLoss(None, directions=ALL)
+    ours = co_st.MultipleNegativesRankingLoss(None, directions=ALL, backend="triton")
+    a = [e.float().to(device).requires_grad_(True) for e in embeddings]
+    b = [e.clone().requires_grad_(True) for e in embeddings]
+    loss_ours, loss_peer = ours.compute_loss_from_embeddings(a, None), peer.compute_loss_from_embeddings(b, None)
+    assert_close_rel(loss_ours.double().cpu(), loss_peer, 1e-5, "triton loss")
+    for i, (x, y) in enumerate(zip(torch.autograd.grad(loss_ours, a), torch.autograd.grad(loss_peer, b))):
+        assert_close_rel(x.double().cpu(), y, 1e-5, f"triton d embeddings[{i}]")
