@@ -167,7 +167,8 @@ def main(argv=None) -> None:
         torch.set_float32_matmul_precision(args.fp32_precision or "high")
     grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
     grid.update({k: v for k, v in (("n", args.n), ("d", args.d), ("dtypes", args.dtypes)) if v})
-    impls = args.impls or (list(OUR_BACKENDS) + ["compiled_naive", "open_clip"]
+    impls = args.impls or (list(OUR_BACKENDS) + ["compiled_naive", "open_clip", "sentence_transformers",
+                                                 "sentence_transformers_cached"]
                            + (["inf_cl", "memeff", "siglip_kernel"] if device.type == "cuda" else []))
     env = environment(device)
     out = args.out or os.path.join("benchmarks", "results",

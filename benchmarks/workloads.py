@@ -24,12 +24,15 @@ import torch.nn.functional as F
 import contrastive_ops as co
 
 OUR_BACKENDS = ("naive", "chunked", "triton", "cuda")
-PEERS = ("compiled_naive", "open_clip", "inf_cl", "memeff", "siglip_kernel")
+PEERS = ("compiled_naive", "open_clip", "sentence_transformers", "sentence_transformers_cached", "inf_cl", "memeff",
+         "siglip_kernel")
 # peers whose forward already computes every gradient (their backward only scales them): their
 # fwd and bwd times are not what the names say, so only fwd_bwd is measured
 GRADIENTS_IN_FORWARD = {"siglip_kernel": "siglip-kernel computes its gradients inside its forward: only fwd_bwd compares"}
 MODES = ("fwd", "bwd", "fwd_bwd")
 TEMPERATURE = 0.07
+MNRL_SCALE = 20.0  # sentence-transformers' default scale (1/temperature) of MultipleNegativesRankingLoss
+MNRL_MINI_BATCH = 32  # CachedMultipleNegativesRankingLoss's default mini_batch_size
 SIGLIP_BIAS = -10.0  # SigLIP's initial bias; its scale here is the inputs' "scale" (1/TEMPERATURE)
 
 
@@ -56,7 +59,7 @@ def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: 
         x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, device=device), dim=1)
         return x.to(dtype=dtype).requires_grad_(True)
 
-    return {"a": feats(), "b": feats(),
+    return {"a": feats(), "b": feats(), "hard": feats(),
             "labels": torch.randint(0, max(n // 8, 1), (n,), generator=g, device=device),
             "scale": torch.tensor(1.0 / TEMPERATURE, device=device, dtype=torch.float32, requires_grad=True),
             "bias": torch.tensor(SIGLIP_BIAS, device=device, dtype=torch.float32, requires_grad=True)}
@@ -97,6 +100,11 @@ WORKLOADS = {
                               lambda x, be: co.hard_negative_nce(x["a"], x["b"], temperature=0.5, beta=1.0,
                                                                  tau_plus=0.1, backend=be),
                               peers=("compiled_naive",)),
+    # sentence-transformers' MultipleNegativesRankingLoss with one hard-negative column: our rows are
+    # info_nce with the hard negatives as extra columns (the compat class computes exactly this)
+    "mnrl": Workload("mnrl", lambda n: (n, 2 * n),
+                     lambda x, be: co.info_nce(x["a"], x["b"], x["hard"], temperature=1.0 / MNRL_SCALE, backend=be),
+                     peers=("compiled_naive", "sentence_transformers", "sentence_transformers_cached")),
     "debiased": Workload("debiased", lambda n: (2 * n, 2 * n),
                          lambda x, be: co.debiased_nce(x["a"], x["b"], temperature=0.5, tau_plus=0.1, backend=be),
                          peers=("compiled_naive",)),
@@ -152,6 +160,9 @@ def peer_status(peer: str, device: torch.device) -> tuple[bool, str]:
     if peer == "open_clip":
         ok = importlib.util.find_spec("open_clip") is not None
         return ok, "ok" if ok else "open_clip_torch is not installed"
+    if peer.startswith("sentence_transformers"):
+        ok = importlib.util.find_spec("sentence_transformers") is not None
+        return ok, "ok" if ok else "sentence-transformers is not installed"
     module = {"inf_cl": "inf_cl", "memeff": "memeff", "siglip_kernel": "siglip_kernel"}[peer]
     if importlib.util.find_spec(module) is None:
         return False, f"{module} is not installed"
@@ -201,6 +212,19 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
             return lambda x: siglip(x["a"], x["b"], x["scale"], x["bias"])
         loss = _open_clip_loss_module().ClipLoss()
         return lambda x: loss(x["a"], x["b"], x["scale"])
+    if peer == "sentence_transformers":
+        from sentence_transformers.sentence_transformer import losses
+
+        mnrl = losses.MultipleNegativesRankingLoss(None, scale=MNRL_SCALE)
+        return lambda x: mnrl.compute_loss_from_embeddings([x["a"], x["b"], x["hard"]], None)
+    if peer == "sentence_transformers_cached":
+        from sentence_transformers.sentence_transformer import losses
+
+        # the loss stage of GradCache on given embeddings: rows in mini-batches, each against every document
+        # (its constructor inspects the model's first module: a stand-in, no model runs here)
+        cached = losses.CachedMultipleNegativesRankingLoss(torch.nn.Sequential(torch.nn.Identity()), scale=MNRL_SCALE,
+                                                           mini_batch_size=MNRL_MINI_BATCH)
+        return lambda x: cached.calculate_loss([[x["a"]], [x["b"]], [x["hard"]]])
     if peer == "inf_cl":
         if workload.loss == "clip":
             return lambda x: 0.5 * (inf_cl_loss(x["a"], x["b"], x["scale"]) + inf_cl_loss(x["b"], x["a"], x["scale"]))
