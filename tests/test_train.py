@@ -37,10 +37,16 @@ def test_each_objective_trains_and_writes_everything(loss, tmp_path, capsys):
     assert abs(row["mi_lower_bound"] - (np.log(row["candidates"]) - row["loss"])) < 1e-9
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["probe_accuracy"] <= 1.0 and 0.0 <= summary["random_init_probe_accuracy"] <= 1.0
+    assert set(summary["eval"]) == {"trained", "random_init", "pixels"}
+    for metrics in summary["eval"].values():
+        assert set(metrics) == {"knn", "probe_1shot", "probe_5shot", "probe_10shot", "probe_full"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert summary["probe_accuracy"] == summary["eval"]["trained"]["probe_full"]
     assert (out / "curves.png").stat().st_size > 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
-    assert "linear probe accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "linear probe accuracy" in printed and "k-NN (k=20, cosine)" in printed and "random_init" in printed
 
 
 @pytest.mark.parametrize("loss", ["info_nce", "ring"])
@@ -163,3 +169,34 @@ def test_checkpoint_from_before_an_option_resumes_with_its_default(tmp_path):
     torch.save(ckpt, out / "checkpoint.pt")
     assert run_main(base + ["--epochs", "2", "--resume"]) == 0
     assert run_main(base + ["--epochs", "3", "--resume", "--tau-plus", "0.3"]) == 2
+
+
+def test_evaluation_every_few_epochs_and_its_metrics(tmp_path):
+    out = tmp_path / "eval"
+    args = ["--out", str(out), "--epochs", "2", "--eval-every", "1", "--max-steps-per-epoch", "2", "--batch-size", "64",
+            "--progress", "false"]
+    assert run_main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r["eval"]) for r in rows] == [sorted(["knn", "probe_1shot", "probe_5shot", "probe_10shot",
+                                                          "probe_full"])] * 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval"]["trained"] == rows[-1]["eval"]  # the last evaluated epoch is the final encoder
+
+
+def test_evaluation_metrics_on_separable_and_random_features():
+    """k-NN and the probes find well-separated classes and stay at chance on features without signal;
+    the few-label draws take ``shots`` images of every class."""
+    from contrastive_ops.train import evaluate
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    labels = np.repeat(np.arange(4), 60)
+    centers = rng.normal(size=(4, 16)) * 10
+    separable = centers[labels] + rng.normal(size=(240, 16))
+    train, test = np.arange(240) % 4 != 0, np.arange(240) % 4 == 0
+    good = evaluate.evaluate(separable[train], labels[train], separable[test], labels[test])
+    assert min(good.values()) > 0.95, good
+    noise = rng.normal(size=(240, 16))
+    bad = evaluate.evaluate(noise[train], labels[train], noise[test], labels[test])
+    assert max(bad.values()) < 0.6, bad
+    idx = evaluate.few_shot_indices(labels, 5, rng)
+    assert np.bincount(labels[idx]).tolist() == [5, 5, 5, 5]

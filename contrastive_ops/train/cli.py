@@ -7,74 +7,8 @@ import os
 import sys
 
 from ..backends import BACKENDS
+from .config import DEFAULTS, HELP, ConfigError
 from .objectives import LOSSES
-
-#: Every option with its default. ``--config FILE`` (JSON, or TOML on Python >= 3.11) may set any of
-#: them by name (dashes or underscores); options given on the command line win.
-DEFAULTS = {
-    "loss": "nt_xent",
-    "backend": "auto",
-    "temperature": 0.2,
-    "epochs": 150,
-    "batch_size": 256,
-    "lr": 2e-3,
-    "weight_decay": 1e-4,
-    "seed": 0,
-    "out": "runs/contrastive",
-    "resume": False,
-    "device": "auto",
-    "data": None,
-    "queue_size": 1024,
-    "momentum": 0.99,
-    "ring_outer": 0.1,
-    "ring_inner": 0.1,
-    "ring_anneal_epochs": 10.0,
-    "hard_beta": 1.0,
-    "tau_plus": 0.1,
-    "width": 32,
-    "feature_dim": 128,
-    "embed_dim": 64,
-    "probe_test_fraction": 0.25,
-    "max_steps_per_epoch": 0,
-    "progress": True,
-}
-
-HELP = {
-    "loss": "objective (info_nce is MoCo: momentum key encoder + queue)",
-    "backend": "contrastive_ops backend for the loss",
-    "temperature": "softmax temperature (clip: initial 1/logit_scale; siglip: unused, logit scale starts at 10)",
-    "epochs": "train until this many epochs are done (with --resume: in total)",
-    "batch_size": "global batch size (split over ranks under torchrun)",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "seed": "seed of the model init, data order, split and augmentations",
-    "out": "output folder: metrics.jsonl, checkpoint.pt, summary.json, curves.png",
-    "resume": "continue from OUT/checkpoint.pt (its config must match)",
-    "device": "auto, cpu, cuda or cuda:N",
-    "data": ".npy/.pt image array or folder of images (default: the embedded digits)",
-    "queue_size": "info_nce: number of queued negative keys",
-    "momentum": "info_nce: key encoder momentum",
-    "ring_outer": "ring: final outer fraction",
-    "ring_inner": "ring: inner fraction",
-    "ring_anneal_epochs": "ring: epochs over which outer goes from 1.0 to --ring-outer",
-    "hard_beta": "hard_negative: concentration beta on hard negatives (>= 0)",
-    "tau_plus": "hard_negative, debiased: class prior tau+ of a false negative, in [0, 1)",
-    "width": "encoder width (channels of the first conv)",
-    "feature_dim": "encoder output dim (the probe's features)",
-    "embed_dim": "projection head output dim (the loss's features)",
-    "probe_test_fraction": "held-out fraction for the linear probe (never trained on)",
-    "max_steps_per_epoch": "cap on steps per epoch, 0 for none (quick runs)",
-    "progress": "show a progress bar per epoch",
-}
-
-#: Options that define a run: a checkpoint is only resumed under the same values.
-FINGERPRINT_KEYS = ("loss", "temperature", "batch_size", "lr", "weight_decay", "seed", "data", "queue_size",
-                    "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "hard_beta", "tau_plus", "width", "feature_dim",
-                    "embed_dim", "probe_test_fraction", "max_steps_per_epoch")
-
-
-class ConfigError(ValueError):
-    """A bad option or config file, with a one-line reason."""
 
 
 def _bool(text: str) -> bool:
@@ -88,7 +22,8 @@ def _bool(text: str) -> bool:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="contrastive-ops-train",
-        description="Contrastive pretraining of a small encoder with contrastive_ops losses, then a linear probe.",
+        description="Contrastive pretraining of a small encoder with contrastive_ops losses, then k-NN and linear "
+                    "probes beside a random-init encoder and raw pixels.",
     )
     p.add_argument("--config", help="JSON or TOML file with any of the options below")
     for key, default in DEFAULTS.items():
@@ -163,6 +98,8 @@ def _validate(cfg: dict) -> None:
         raise ConfigError(f"hard_beta must be a number >= 0, got {cfg['hard_beta']!r}")
     if isinstance(cfg["tau_plus"], bool) or not isinstance(cfg["tau_plus"], (int, float)) or not 0 <= cfg["tau_plus"] < 1:
         raise ConfigError(f"tau_plus must be in [0, 1), got {cfg['tau_plus']!r}")
+    if isinstance(cfg["eval_every"], bool) or not isinstance(cfg["eval_every"], int) or cfg["eval_every"] < 0:
+        raise ConfigError(f"eval_every must be an integer >= 0, got {cfg['eval_every']!r}")
     if not 0 < cfg["probe_test_fraction"] < 1:
         raise ConfigError(f"probe_test_fraction must be in (0, 1), got {cfg['probe_test_fraction']!r}")
 
@@ -182,7 +119,11 @@ def main(argv=None) -> None:
         print("contrastive-ops-train: interrupted (the last complete epoch's checkpoint is kept)", file=sys.stderr)
         sys.exit(130)
     if summary is not None:
-        probe, rand = summary.get("probe_accuracy"), summary.get("random_init_probe_accuracy")
-        if probe is not None:
-            print(f"linear probe accuracy: {probe:.4f} (random-init encoder: {rand:.4f})")
+        if "eval" in summary:
+            from .evaluate import table
+
+            print(f"evaluation on {summary['eval_test_images']} held-out images:")
+            print(table(summary["eval"]))
+            print(f"linear probe accuracy: {summary['probe_accuracy']:.4f} "
+                  f"(random-init encoder: {summary['random_init_probe_accuracy']:.4f})")
         print(f"results in {cfg['out']}")

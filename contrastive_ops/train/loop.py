@@ -1,4 +1,5 @@
-"""The training loop: epochs of two-view batches, atomic checkpoints, metrics, the linear probe, plots.
+"""The training loop: epochs of two-view batches, atomic checkpoints, metrics, the evaluation
+(k-NN and linear probes, see :mod:`.evaluate`) beside a random-init encoder and raw pixels, plots.
 
 Reproducibility: the model init, the split, each epoch's data order and the augmentations all come
 from seeded generators whose state is checkpointed, so ``--resume`` continues exactly where an
@@ -10,12 +11,11 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 
 from ..backends import resolve
-from . import objectives
-from .cli import DEFAULTS, FINGERPRINT_KEYS
+from . import evaluate, objectives
+from .config import DEFAULTS, FINGERPRINT_KEYS
 from .data import DataError, Dataset, augment, load_digits, load_path
 from .model import ContrastiveModel
 
@@ -86,37 +86,54 @@ def _load_checkpoint(path: str, fingerprint: dict) -> dict:
     return ckpt
 
 
-def _features(encoder, images: torch.Tensor, device, batch: int = 512) -> np.ndarray:
-    encoder.eval()
-    with torch.no_grad():
-        out = [encoder(images[i : i + batch].to(device)).float().cpu() for i in range(0, images.shape[0], batch)]
-    return torch.cat(out).numpy()
-
-
 def linear_probe(encoder, train: Dataset, test: Dataset, device) -> float:
     """Test accuracy of a logistic regression on the frozen encoder's standardized features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    probe.fit(_features(encoder, train.images, device), train.labels.numpy())
-    return float(probe.score(_features(encoder, test.images, device), test.labels.numpy()))
+    return evaluate.evaluate_probe_full(encoder, train, test, device)
 
 
-def _plot(history, path: str) -> None:
+def _evaluation(train: Dataset, test: Dataset, seed: int):
+    """A function of an encoder returning its :data:`evaluate.METRICS` on this split (or of None: the
+    raw pixels)."""
+    train_y, test_y = train.labels.numpy(), test.labels.numpy()
+
+    def run(encoder, device) -> dict:
+        if encoder is None:
+            train_x, test_x = evaluate.pixels(train.images), evaluate.pixels(test.images)
+        else:
+            train_x, test_x = (evaluate.features(encoder, x.images, device) for x in (train, test))
+        return evaluate.evaluate(train_x, train_y, test_x, test_y, seed=seed)
+
+    return run
+
+
+def _plot(history, path: str, baselines: dict | None = None) -> None:
+    """Loss and the InfoNCE bound per epoch; with evaluations, k-NN and the 1-shot probe of the trained
+    encoder per evaluated epoch beside the random-init encoder's and the pixels' (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    evaluated = [h for h in history if "eval" in h]
+    panels = 3 if evaluated else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5))
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
     ax1.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax2.plot(epochs, [h["mi_lower_bound"] for h in history], marker="o", ms=3, color="tab:green")
     ax2.set(xlabel="epoch", ylabel="nats", title="InfoNCE bound log K − loss")
-    for ax in (ax1, ax2):
+    if evaluated:
+        ax3 = axes[2]
+        for metric, color in (("knn", "tab:blue"), ("probe_1shot", "tab:orange")):
+            ax3.plot([h["epoch"] for h in evaluated], [h["eval"][metric] for h in evaluated], marker="o", ms=3,
+                     color=color, label=f"{metric} (trained)")
+            for name, style in (("random_init", "--"), ("pixels", ":")):
+                if baselines and name in baselines:
+                    ax3.axhline(baselines[name][metric], color=color, ls=style, lw=1, label=f"{metric} ({name})")
+        ax3.set(xlabel="epoch", ylabel="test accuracy", title="k-NN and 1-shot probe")
+        ax3.legend(fontsize=6)
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -162,6 +179,7 @@ def train(cfg: dict) -> dict | None:
     if rank == 0:
         _write_lines(metrics_path, history)  # what the checkpoint holds; later epochs are appended
 
+    evaluation = _evaluation(train_set, test_set, cfg["seed"]) if dataset.labels is not None else None
     runner = objective
     if group is not None:
         runner = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
@@ -213,6 +231,8 @@ def train(cfg: dict) -> dict | None:
         }
         if cfg["loss"] == "ring":
             row["ring_outer"] = objective.outer
+        if rank == 0 and evaluation is not None and cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
+            row["eval"] = evaluation(model.encoder, device)  # (the summary evaluates the final encoder anyway)
         history.append(row)
         if rank == 0:
             with open(metrics_path, "a") as f:
@@ -234,15 +254,22 @@ def train(cfg: dict) -> dict | None:
     summary = {"loss": cfg["loss"], "backend": backend, "epochs": cfg["epochs"], "dataset": dataset.name,
                "final_loss": history[-1]["loss"] if history else None,
                "probe_accuracy": None, "random_init_probe_accuracy": None}
-    if dataset.labels is not None:
-        summary["probe_accuracy"] = linear_probe(model.encoder, train_set, test_set, device)
-        torch.manual_seed(cfg["seed"])
+    baselines = None
+    if evaluation is not None:
+        done = history and "eval" in history[-1] and history[-1]["epoch"] == cfg["epochs"]
+        trained = history[-1]["eval"] if done else evaluation(model.encoder, device)
+        torch.manual_seed(cfg["seed"])  # the trained model's own initialization
         random_model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"])
-        summary["random_init_probe_accuracy"] = linear_probe(random_model.encoder.to(device), train_set, test_set, device)
+        baselines = {"random_init": evaluation(random_model.encoder.to(device), device),
+                     "pixels": evaluation(None, device)}
+        summary["eval"] = {"trained": trained, **baselines}
+        summary["eval_test_images"] = int(test_set.images.shape[0])
+        summary["probe_accuracy"] = trained["probe_full"]
+        summary["random_init_probe_accuracy"] = baselines["random_init"]["probe_full"]
     else:
-        summary["note"] = "no labels: the linear probe was skipped"
+        summary["note"] = "no labels: the evaluation was skipped"
     if history:
-        _plot(history, os.path.join(cfg["out"], "curves.png"))
+        _plot(history, os.path.join(cfg["out"], "curves.png"), baselines)
     with open(os.path.join(cfg["out"], "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
