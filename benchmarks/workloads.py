@@ -28,7 +28,9 @@ PEERS = ("compiled_naive", "open_clip", "sentence_transformers", "sentence_trans
          "siglip_kernel")
 # peers whose forward already computes every gradient (their backward only scales them): their
 # fwd and bwd times are not what the names say, so only fwd_bwd is measured
-GRADIENTS_IN_FORWARD = {"siglip_kernel": "siglip-kernel computes its gradients inside its forward: only fwd_bwd compares"}
+GRADIENTS_IN_FORWARD = {"siglip_kernel": "siglip-kernel computes its gradients inside its forward: only fwd_bwd compares",
+                        "sentence_transformers_cached": "GradCache's loss stage runs its backward mini-batch by "
+                                                        "mini-batch inside the call: only fwd_bwd compares"}
 MODES = ("fwd", "bwd", "fwd_bwd")
 TEMPERATURE = 0.07
 MNRL_SCALE = 20.0  # sentence-transformers' default scale (1/temperature) of MultipleNegativesRankingLoss
@@ -220,11 +222,13 @@ def peer_call(peer: str, workload: Workload) -> Callable[[dict], torch.Tensor] |
     if peer == "sentence_transformers_cached":
         from sentence_transformers.sentence_transformer import losses
 
-        # the loss stage of GradCache on given embeddings: rows in mini-batches, each against every document
-        # (its constructor inspects the model's first module: a stand-in, no model runs here)
+        # the loss stage of GradCache on given embeddings, as its training step runs it: rows in mini-batches,
+        # each against every document, backward per mini-batch inside the call (the embeddings' .grad is
+        # what GradCache then sends through the model); a leaf is returned, whose backward has nothing
+        # left to do. (The constructor inspects the model's first module: a stand-in, no model runs.)
         cached = losses.CachedMultipleNegativesRankingLoss(torch.nn.Sequential(torch.nn.Identity()), scale=MNRL_SCALE,
                                                            mini_batch_size=MNRL_MINI_BATCH)
-        return lambda x: cached.calculate_loss([[x["a"]], [x["b"]], [x["hard"]]])
+        return lambda x: cached.calculate_loss([[x["a"]], [x["b"]], [x["hard"]]], with_backward=True).requires_grad_()
     if peer == "inf_cl":
         if workload.loss == "clip":
             return lambda x: 0.5 * (inf_cl_loss(x["a"], x["b"], x["scale"]) + inf_cl_loss(x["b"], x["a"], x["scale"]))
