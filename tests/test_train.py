@@ -200,3 +200,72 @@ def test_evaluation_metrics_on_separable_and_random_features():
     assert max(bad.values()) < 0.6, bad
     idx = evaluate.few_shot_indices(labels, 5, rng)
     assert np.bincount(labels[idx]).tolist() == [5, 5, 5, 5]
+
+
+def test_experiment_compares_objectives_over_paired_seeds(tmp_path, capsys):
+    from contrastive_ops.train import experiment
+
+    out = tmp_path / "cmp"
+    report = experiment.run(["--compare", "nt_xent,dcl", "--seeds", "2", "--out", str(out), "--epochs", "1",
+                             "--max-steps-per-epoch", "2", "--batch-size", "64", "--progress", "false",
+                             "--eval-every", "0"])
+    data = json.loads((out / "comparison.json").read_text())
+    assert set(data["runs"]) == {"nt_xent", "dcl", "random_init", "pixels"}
+    assert all(len(runs) == 2 for runs in data["runs"].values())
+    # seed 0's nt_xent run is the trainer's own run with that seed
+    own = json.loads((out / "nt_xent" / "seed0" / "summary.json").read_text())
+    assert data["runs"]["nt_xent"][0] == own["eval"]["trained"]
+    d = data["paired"]["dcl"]["knn"]
+    diffs = [b["knn"] - a["knn"] for a, b in zip(data["runs"]["nt_xent"], data["runs"]["dcl"])]
+    assert abs(d["mean"] - float(np.mean(diffs))) < 1e-12
+    markdown = (out / "comparison.md").read_text()
+    assert "dcl − nt_xent, knn:" in markdown and "the seed noise." in markdown and report["markdown"] == markdown
+    assert (out / "comparison.png").stat().st_size > 0
+    with pytest.raises(cli.ConfigError, match="--seed is set by the experiment"):
+        experiment.run(["--compare", "nt_xent", "--seed", "3", "--out", str(out)])
+
+
+def test_ring_schedules():
+    from contrastive_ops.train.objectives import ring_outer
+
+    cfg = {"epochs": 200, "ring_outer": 0.1, "ring_anneal_epochs": 10.0, "ring_anneal_share": 0.5,
+           "ring_anneal": "linear"}
+    assert ring_outer(cfg, 0.0) == 1.0 and ring_outer(cfg, 100.0) == pytest.approx(0.1)
+    assert ring_outer(cfg, 50.0) == pytest.approx(0.55) and ring_outer(cfg, 150.0) == pytest.approx(0.1)
+    assert ring_outer({**cfg, "ring_anneal_share": 0.0}, 5.0) == pytest.approx(0.55)  # 10 epochs
+    step = {**cfg, "ring_anneal": "step"}
+    assert ring_outer(step, 99.0) == 1.0 and ring_outer(step, 100.0) == pytest.approx(0.1)
+    exponential = {**cfg, "ring_anneal": "exponential"}
+    assert ring_outer(exponential, 50.0) == pytest.approx(0.1 ** 0.5)
+    with pytest.raises(cli.ConfigError, match="ring_anneal must be one of"):
+        cli._validate({**cli.DEFAULTS, "ring_anneal": "cos"})
+    with pytest.raises(cli.ConfigError, match="ring_anneal_share must be in"):
+        cli._validate({**cli.DEFAULTS, "ring_anneal_share": 2})
+
+
+@pytest.mark.parametrize("loss", ["ring", "moco_ring"])
+def test_seed_paper_preset_end_to_end_on_tiny_cifar(loss, tmp_path, capsys):
+    """--preset wu2020-cifar (ResNet-18 with the CIFAR stem, SGD, the reference's Ring schedule) on a
+    CIFAR-10 python folder of random images."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 40), ("test_batch", 24)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    out = tmp_path / "run"
+    args = ["--preset", "wu2020-cifar", "--loss", loss, "--data", str(folder), "--out", str(out), "--epochs", "2",
+            "--max-steps-per-epoch", "1", "--batch-size", "16", "--queue-size", "64", "--eval-every", "1",
+            "--progress", "false"]
+    assert run_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "cifar-10-batches-py" and summary["eval_test_images"] == 16
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ring_outer"] for r in rows] == [1.0, pytest.approx(0.1)]  # annealed over half of the 2 epochs
+    cfg = cli.resolve_config(args)
+    assert (cfg["arch"], cfg["optimizer"], cfg["lr"], cfg["temperature"], cfg["embed_dim"]) == (
+        "resnet18", "sgd", 0.03, 0.07, 128)
+    assert cfg["epochs"] == 2  # the command line wins over the preset
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert any(v.dim() == 4 and v.shape[1:] == (3, 3, 3) for v in ckpt["objective"].values())  # the 3×3 stem

@@ -7,8 +7,9 @@ import os
 import sys
 
 from ..backends import BACKENDS
-from .config import DEFAULTS, HELP, ConfigError
-from .objectives import LOSSES
+from .config import DEFAULTS, HELP, PRESETS, ConfigError
+from .model import ARCHS
+from .objectives import LOSSES, RING_SCHEDULES
 
 
 def _bool(text: str) -> bool:
@@ -31,6 +32,16 @@ def parser() -> argparse.ArgumentParser:
         kwargs = {"default": None, "help": f"{HELP[key]} (default: {default})"}
         if key == "loss":
             kwargs["choices"] = LOSSES
+        elif key == "ring_anneal":
+            kwargs["choices"] = RING_SCHEDULES
+        elif key == "preset":
+            kwargs["choices"] = tuple(PRESETS)
+        elif key == "arch":
+            kwargs["choices"] = ARCHS
+        elif key == "optimizer":
+            kwargs["choices"] = ("adamw", "sgd")
+        elif key == "autocast":
+            kwargs["choices"] = ("auto", "bf16", "off")
         elif key == "backend":
             kwargs["choices"] = ("auto",) + BACKENDS
         elif key == "resume":
@@ -71,9 +82,15 @@ def _read_config(path: str) -> dict:
 def resolve_config(argv=None) -> dict:
     args = parser().parse_args(argv)
     cfg = dict(DEFAULTS)
-    if args.config:
-        cfg.update(_read_config(args.config))
-    cfg.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    from_file = _read_config(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    preset = given.get("preset", from_file.get("preset"))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        cfg.update(PRESETS[preset])
+    cfg.update(from_file)
+    cfg.update(given)
     _validate(cfg)
     return cfg
 
@@ -98,6 +115,14 @@ def _validate(cfg: dict) -> None:
         raise ConfigError(f"hard_beta must be a number >= 0, got {cfg['hard_beta']!r}")
     if isinstance(cfg["tau_plus"], bool) or not isinstance(cfg["tau_plus"], (int, float)) or not 0 <= cfg["tau_plus"] < 1:
         raise ConfigError(f"tau_plus must be in [0, 1), got {cfg['tau_plus']!r}")
+    for key, allowed in (("arch", ARCHS), ("optimizer", ("adamw", "sgd")), ("autocast", ("auto", "bf16", "off"))):
+        if cfg[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
+    if cfg["ring_anneal"] not in RING_SCHEDULES:
+        raise ConfigError(f"ring_anneal must be one of {RING_SCHEDULES}, got {cfg['ring_anneal']!r}")
+    share = cfg["ring_anneal_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"ring_anneal_share must be in [0, 1], got {share!r}")
     if isinstance(cfg["eval_every"], bool) or not isinstance(cfg["eval_every"], int) or cfg["eval_every"] < 0:
         raise ConfigError(f"eval_every must be an integer >= 0, got {cfg['eval_every']!r}")
     if not 0 < cfg["probe_test_fraction"] < 1:

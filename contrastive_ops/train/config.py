@@ -6,6 +6,7 @@ from __future__ import annotations
 #: Every option with its default. ``--config FILE`` (JSON, or TOML on Python >= 3.11) may set any of
 #: them by name (dashes or underscores); options given on the command line win.
 DEFAULTS = {
+    "preset": None,
     "loss": "nt_xent",
     "backend": "auto",
     "temperature": 0.2,
@@ -23,8 +24,13 @@ DEFAULTS = {
     "ring_outer": 0.1,
     "ring_inner": 0.1,
     "ring_anneal_epochs": 10.0,
+    "ring_anneal_share": 0.0,
+    "ring_anneal": "linear",
     "hard_beta": 1.0,
     "tau_plus": 0.1,
+    "arch": "small",
+    "optimizer": "adamw",
+    "autocast": "auto",
     "width": 32,
     "feature_dim": 128,
     "embed_dim": 64,
@@ -35,6 +41,7 @@ DEFAULTS = {
 }
 
 HELP = {
+    "preset": "a set of defaults: wu2020-cifar (the seed paper's CIFAR setup); other options still win",
     "loss": "objective (info_nce is MoCo: momentum key encoder + queue)",
     "backend": "contrastive_ops backend for the loss",
     "temperature": "softmax temperature (clip: initial 1/logit_scale; siglip: unused, logit scale starts at 10)",
@@ -47,15 +54,20 @@ HELP = {
     "resume": "continue from OUT/checkpoint.pt (its config must match)",
     "device": "auto, cpu, cuda or cuda:N",
     "data": ".npy/.pt image array or folder of images (default: the embedded digits)",
-    "queue_size": "info_nce: number of queued negative keys",
-    "momentum": "info_nce: key encoder momentum",
-    "ring_outer": "ring: final outer fraction",
-    "ring_inner": "ring: inner fraction",
-    "ring_anneal_epochs": "ring: epochs over which outer goes from 1.0 to --ring-outer",
+    "queue_size": "info_nce, moco_ring: number of queued negative keys",
+    "momentum": "info_nce, moco_ring: key encoder momentum",
+    "ring_outer": "ring, moco_ring: final outer fraction",
+    "ring_inner": "ring, moco_ring: inner fraction",
+    "ring_anneal_epochs": "ring, moco_ring: epochs over which outer goes from 1.0 to --ring-outer",
+    "ring_anneal_share": "ring, moco_ring: if > 0, the share of --epochs to anneal over instead (the reference: 0.5)",
+    "ring_anneal": "ring, moco_ring: anneal schedule, linear, step or exponential",
     "hard_beta": "hard_negative: concentration beta on hard negatives (>= 0)",
     "tau_plus": "hard_negative, debiased: class prior tau+ of a false negative, in [0, 1)",
-    "width": "encoder width (channels of the first conv)",
-    "feature_dim": "encoder output dim (the probe's features)",
+    "arch": "encoder: small (a 3-block CNN) or resnet18 (3x3 CIFAR stem; torchvision's when installed)",
+    "optimizer": "adamw, or sgd (momentum 0.9)",
+    "autocast": "auto (bf16 on CUDA, off on the CPU), bf16 or off",
+    "width": "small encoder: width (channels of the first conv)",
+    "feature_dim": "small encoder: output dim (the evaluation's features; resnet18 has 512)",
     "embed_dim": "projection head output dim (the loss's features)",
     "probe_test_fraction": "held-out fraction for the evaluation (never trained on)",
     "eval_every": "evaluate the encoder (k-NN, few-label and full probes) every this many epochs and at the end; "
@@ -65,9 +77,25 @@ HELP = {
 }
 
 #: Options that define a run: a checkpoint is only resumed under the same values.
+#: (With ``ring_anneal_share`` the schedule follows ``--epochs``, which ``--resume`` may raise.)
 FINGERPRINT_KEYS = ("loss", "temperature", "batch_size", "lr", "weight_decay", "seed", "data", "queue_size",
-                    "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "hard_beta", "tau_plus", "width", "feature_dim",
-                    "embed_dim", "probe_test_fraction", "max_steps_per_epoch")
+                    "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "ring_anneal_share", "ring_anneal",
+                    "hard_beta", "tau_plus", "width", "feature_dim", "embed_dim", "probe_test_fraction",
+                    "max_steps_per_epoch", "arch", "optimizer")
+
+#: ``--preset`` values: defaults that options from a config file or the command line override.
+PRESETS = {
+    # Wu et al. 2020 / Wu, Mosse, Zhuang, Yamins, Goodman (ICLR 2021), CIFAR-10: ResNet-18 with the 3×3
+    # stem, MLP head 512 → 512 → 128, τ = 0.07, SGD lr 0.03, momentum 0.9, weight decay 1e-4, batch
+    # 256, 200 epochs, Ring outer 0.1 and inner 0.1 with outer annealed linearly from 1.0 over half
+    # the run (max_anneal_epoch 100 of 200), a 4096-key queue for moco_ring
+    "wu2020-cifar": {
+        "loss": "ring", "arch": "resnet18", "optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4,
+        "batch_size": 256, "epochs": 200, "temperature": 0.07, "embed_dim": 128, "ring_outer": 0.1,
+        "ring_inner": 0.1, "ring_anneal_share": 0.5, "ring_anneal": "linear", "queue_size": 4096,
+        "momentum": 0.999, "eval_every": 20,
+    },
+}
 
 
 class ConfigError(ValueError):

@@ -2,8 +2,10 @@
 
 The embedded default is scikit-learn's bundled handwritten digits (1797 8×8 images, no download).
 ``--data`` may also name a ``.npy``/``.pt`` array of images (``[N, H, W]`` or ``[N, C, H, W]``;
-a ``.pt`` file may hold ``{"images": ..., "labels": ...}``) or a folder of images with one
-sub-folder per class.
+a ``.pt`` file may hold ``{"images": ..., "labels": ...}``; a ``.npy`` file beside it named
+``<name>_labels.npy`` gives its labels), a folder of images with one sub-folder per class, or
+CIFAR-10's own python folder (``cifar-10-batches-py``: ``data_batch_1`` … ``data_batch_5`` and
+``test_batch``, all 60000 images pooled; the trainer makes its own split).
 """
 from __future__ import annotations
 
@@ -69,17 +71,48 @@ def load_digits() -> Dataset:
     return Dataset(images, torch.tensor(bunch.target, dtype=torch.long), "digits")
 
 
+CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+
+def _load_cifar(path: str) -> Dataset:
+    """CIFAR-10's python batches (pickled dicts of ``data [10000, 3072]`` uint8 and ``labels``)."""
+    import pickle
+
+    images, labels = [], []
+    for name in CIFAR_BATCHES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        with open(file, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = batch.get(b"data", batch.get("data"))
+        images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch.get(b"labels", batch.get("labels")))
+    if not images:
+        raise DataError(f"--data {path}: no CIFAR-10 batches ({', '.join(CIFAR_BATCHES)})")
+    stacked = np.concatenate(images)
+    return Dataset(_as_images(stacked, path), _labels(np.asarray(labels), stacked.shape[0], path),
+                   os.path.basename(os.path.normpath(path)))
+
+
 def load_path(path: str) -> Dataset:
     if not os.path.exists(path):
         raise DataError(f"--data {path}: no such file or directory")
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "data_batch_1")):
+            return _load_cifar(path)
         return _load_folder(path)
     if path.endswith(".npy"):
         try:
             array = np.load(path, allow_pickle=False)
         except ValueError as exc:
             raise DataError(f"--data {path}: not a plain numeric .npy array ({exc})") from None
-        return Dataset(_as_images(array, path), None, os.path.basename(path))
+        images = _as_images(array, path)
+        label_file = path[: -len(".npy")] + "_labels.npy"
+        labels = None
+        if os.path.isfile(label_file):
+            labels = _labels(np.load(label_file, allow_pickle=False), images.shape[0], label_file)
+        return Dataset(images, labels, os.path.basename(path))
     if path.endswith(".pt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

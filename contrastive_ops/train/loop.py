@@ -140,6 +140,16 @@ def _plot(history, path: str, baselines: dict | None = None) -> None:
     plt.close(fig)
 
 
+def _autocast(mode: str, device: torch.device):
+    """The forward's autocast context: bf16 on CUDA for ``auto``/``bf16``, none for ``off`` (or on the
+    CPU with ``auto``)."""
+    import contextlib
+
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
@@ -159,10 +169,16 @@ def train(cfg: dict) -> dict | None:
         raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {train_set.images.shape[0]} training images")
 
     torch.manual_seed(cfg["seed"])
-    model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"])
+    model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"], cfg["arch"])
     objective = objectives.build(cfg["loss"], model, cfg, group).to(device)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad],
-                                  lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if device.type == "cuda":  # NHWC convolutions (tensor cores); the loss sees [N, D] features either way
+        objective.to(memory_format=torch.channels_last)
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(trainable, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    autocast = _autocast(cfg["autocast"], device)
     aug_rng = torch.Generator().manual_seed(cfg["seed"] + 1)
     fingerprint = {k: cfg[k] for k in FINGERPRINT_KEYS}
     os.makedirs(cfg["out"], exist_ok=True)
@@ -206,7 +222,8 @@ def train(cfg: dict) -> dict | None:
             v1, v2 = augment(batch, aug_rng).to(device), augment(batch, aug_rng).to(device)
             y = labels[idx].to(device) if labels is not None else None
             objective.set_progress(epoch + step / steps)
-            loss = runner(v1, v2, y)
+            with autocast():
+                loss = runner(v1, v2, y)
             if not torch.isfinite(loss):
                 raise DataError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -229,7 +246,7 @@ def train(cfg: dict) -> dict | None:
             "backend": backend,
             "seconds": seconds,
         }
-        if cfg["loss"] == "ring":
+        if cfg["loss"] in ("ring", "moco_ring"):
             row["ring_outer"] = objective.outer
         if rank == 0 and evaluation is not None and cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
             row["eval"] = evaluation(model.encoder, device)  # (the summary evaluates the final encoder anyway)
@@ -259,7 +276,8 @@ def train(cfg: dict) -> dict | None:
         done = history and "eval" in history[-1] and history[-1]["epoch"] == cfg["epochs"]
         trained = history[-1]["eval"] if done else evaluation(model.encoder, device)
         torch.manual_seed(cfg["seed"])  # the trained model's own initialization
-        random_model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"])
+        random_model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"],
+                                        cfg["arch"])
         baselines = {"random_init": evaluation(random_model.encoder.to(device), device),
                      "pixels": evaluation(None, device)}
         summary["eval"] = {"trained": trained, **baselines}

@@ -1,4 +1,6 @@
-"""A small convolutional encoder and a projection head, sized for small images such as 8×8 digits."""
+"""Encoders and the projection head: a small CNN sized for small images such as 8×8 digits
+(``arch="small"``), and a ResNet-18 with the 3×3 CIFAR stem (``arch="resnet18"``: torchvision's
+network when it is installed, else the same network written here)."""
 from __future__ import annotations
 
 import torch
@@ -22,12 +24,66 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
-class ContrastiveModel(nn.Module):
-    """Encoder plus a two-layer projection head; the loss sees the head's output."""
-
-    def __init__(self, in_channels: int, width: int = 32, feature_dim: int = 128, embed_dim: int = 64):
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.encoder = Encoder(in_channels, width, feature_dim)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """``[N, C, H, W] -> [N, 512]``: ResNet-18 with the CIFAR stem (one 3×3 stride-1 convolution, no
+    max-pool), as the seed paper's CIFAR experiments use; torchvision's layers when it is installed."""
+
+    feature_dim = 512
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        try:
+            from torchvision.models import resnet18
+        except ImportError:
+            resnet18 = None
+        if resnet18 is not None:
+            net = resnet18(num_classes=1)
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+            net.fc = nn.Identity()
+            self.net = net
+            return
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                 *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+ARCHS = ("small", "resnet18")
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder plus a two-layer projection head (``feature → feature → embed_dim``); the loss sees the
+    head's output. ``arch="resnet18"`` has 512 features whatever ``feature_dim`` says."""
+
+    def __init__(self, in_channels: int, width: int = 32, feature_dim: int = 128, embed_dim: int = 64,
+                 arch: str = "small"):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        self.encoder = Encoder(in_channels, width, feature_dim) if arch == "small" else ResNet18(in_channels)
+        feature_dim = self.encoder.feature_dim
         self.head = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(), nn.Linear(feature_dim, embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

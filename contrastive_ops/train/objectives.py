@@ -14,7 +14,8 @@ from torch import nn
 
 from .. import functional as cf
 
-LOSSES = ("nt_xent", "info_nce", "supcon", "dcl", "ring", "clip", "hard_negative", "debiased", "siglip")
+LOSSES = ("nt_xent", "info_nce", "supcon", "dcl", "ring", "moco_ring", "clip", "hard_negative", "debiased", "siglip")
+RING_SCHEDULES = ("linear", "step", "exponential")
 
 
 class Objective(nn.Module):
@@ -161,18 +162,33 @@ class MoCo(Objective):
         return loss
 
 
+def ring_outer(cfg: dict, epoch_float: float) -> float:
+    """``outer`` at a point of the run: from 1.0 to ``ring_outer`` over the anneal span — the share
+    ``ring_anneal_share`` of the epochs when it is > 0 (the reference anneals over half its run),
+    else ``ring_anneal_epochs`` — along ``ring_anneal``: ``linear``, ``step`` (1.0 for the whole span,
+    then the final value) or ``exponential`` (geometric, ``final^t``)."""
+    share = cfg.get("ring_anneal_share", 0.0)
+    span = share * cfg["epochs"] if share > 0 else cfg["ring_anneal_epochs"]
+    t = min(epoch_float / max(span, 1e-9), 1.0)
+    final = cfg["ring_outer"]
+    schedule = cfg.get("ring_anneal", "linear")
+    if schedule == "step":
+        return 1.0 if t < 1.0 else final
+    if schedule == "exponential":
+        return final ** t if final > 0 else (1.0 if t < 1.0 else 0.0)
+    return 1.0 + t * (final - 1.0)
+
+
 class Ring(Objective):
     """Ring (Wu et al.): in-batch negatives restricted to a band of the anchor's ranked candidates,
-    with ``outer`` annealed linearly from 1.0 to its final value over ``ring_anneal_epochs``."""
+    with ``outer`` annealed from 1.0 to its final value (:func:`ring_outer`)."""
 
     def __init__(self, model, cfg, group=None):
         super().__init__(model, cfg, group)
         self.outer = 1.0
 
     def set_progress(self, epoch_float: float) -> None:
-        span = max(self.cfg["ring_anneal_epochs"], 1e-9)
-        t = min(epoch_float / span, 1.0)
-        self.outer = 1.0 + t * (self.cfg["ring_outer"] - 1.0)
+        self.outer = ring_outer(self.cfg, epoch_float)
 
     def forward(self, v1, v2, labels):
         q, k = self.model(v1), self.model(v2)
@@ -183,7 +199,32 @@ class Ring(Objective):
                                 inner=self.cfg["ring_inner"], **self.common())
 
 
-OBJECTIVES = {"nt_xent": NTXent, "info_nce": MoCo, "supcon": SupCon, "dcl": DCL, "ring": Ring, "clip": Clip,
+class MoCoRing(MoCo):
+    """MoCo-Ring (the reference's ``MoCoRing``): MoCo's momentum keys, with the queue as the ring's
+    candidates — each query's positive against the band of its ranked queue negatives, ``outer``
+    annealed as :class:`Ring`."""
+
+    def __init__(self, model, cfg, group=None):
+        super().__init__(model, cfg, group)
+        self.outer = 1.0
+
+    def set_progress(self, epoch_float: float) -> None:
+        self.outer = ring_outer(self.cfg, epoch_float)
+
+    def forward(self, v1, v2, labels):
+        q, k = self.model(v1), self._keys(v2)
+        m = self.queue.shape[0]
+        hi = math.floor(self.outer * m)
+        self.candidates = 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
+        loss = cf.ring_info_nce(q, k, self.queue.clone(), temperature=self.cfg["temperature"], outer=self.outer,
+                                inner=self.cfg["ring_inner"], in_batch_negatives=False, **self.common())
+        if self.training:
+            self._enqueue(k)
+        return loss
+
+
+OBJECTIVES = {"nt_xent": NTXent, "info_nce": MoCo, "supcon": SupCon, "dcl": DCL, "ring": Ring, "moco_ring": MoCoRing,
+              "clip": Clip,
               "hard_negative": HardNegative, "debiased": Debiased, "siglip": SigLip}
 
 
