@@ -216,12 +216,14 @@ def order_key(values):
     """
     bits = tl.where(values == 0.0, 0.0, values).to(tl.uint32, bitcast=True)
     negative = (bits >> 31) != 0
-    return tl.where(negative, ~bits, bits | 0x80000000)
+    # ``^ 0xFFFFFFFF`` rather than ``~``: the same instruction compiled, and Triton 3.6's interpreter
+    # evaluates ``~`` on uint32 as an xor with -1, which NumPy 2 refuses
+    return tl.where(negative, bits ^ 0xFFFFFFFF, bits | 0x80000000)
 
 
 @triton.jit
 def key_value(keys):
     """The fp32 value of an :func:`order_key` key (its inverse)."""
     was_negative = (keys >> 31) == 0
-    bits = tl.where(was_negative, ~keys, keys & 0x7FFFFFFF)
+    bits = tl.where(was_negative, keys ^ 0xFFFFFFFF, keys & 0x7FFFFFFF)
     return bits.to(tl.float32, bitcast=True)
