@@ -19,6 +19,10 @@ python -m pip install --quiet --no-build-isolation -e ".[test,train,triton]"
 python -m pip install --quiet --no-deps "lightly==1.6.0" "open_clip_torch==3.3.0"
 # sentence-transformers with its dependencies (transformers, tokenizers, ...; torch is already here)
 python -m pip install --quiet "sentence-transformers==6.2.0"
+# Triton 3.6 (the GPU machines' version) beside it, for the interpreter tests under both versions
+# (tests/test_triton_versions.py puts this folder first on PYTHONPATH); 3.6's interpreter needs
+# NumPy < 2.4 (it converts one-element arrays to Python ints)
+python -m pip install --quiet --no-deps --upgrade --target .venv/triton-3.6 "triton==3.6.0" "numpy==2.3.5"
 # the benchmark's CUDA-only peers (pure-Python wheels; their adapters are checked in tests/test_benchmark_peers.py)
 python -m pip install --quiet --no-deps "inf-cl==1.2.1" "memeff==0.3.1" "siglip-kernel==0.1.2"
 python -c "import torch, contrastive_ops; print('torch', torch.__version__, '| contrastive_ops', contrastive_ops.__version__)"
