@@ -497,6 +497,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     ks_b = _cdiv(d, b.block_d_for(d))
     grads = (n + mt) * d * 4  # fp32 dQ̂, dĈ
     if row_products:  # dQ̂ = s·(g_lse·A + g_pos·ĉ_pos): fp32 rows read and written, a gather of Ĉ
+        # A read, dQ̂ written and scaled (fp32), the positives' columns gathered, Q̂ read for the scale
         out.append(Launch("backward dQ̂ from the row products (torch)", None, 0, 0, 1, 0.0,
                           n * d * (4 + 4 + 4 + item) + n * d * item))
     if registers or not hasattr(bwd, "_contrastive_bwd_ds_kernel"):
@@ -536,7 +537,9 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
             out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
                               gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
     if w.switch("NORMALIZE") and hasattr(bwd, "unit_rows"):
-        out.append(Launch("unit rows (the products' operands)", None, 0, 0, 1, 0.0, 2 * inputs))
+        # Q̂ and Ĉ read and written; with row products only Q̂ (no dQ product needs Ĉ)
+        unit_bytes = 2 * n * d * item if row_products else 2 * inputs
+        out.append(Launch("unit rows (the products' operands)", None, 0, 0, 1, 0.0, unit_bytes))
     out.append(Launch("normalize backward" if w.switch("NORMALIZE") else "cast gradients", None, 0, 0, 1, 0.0,
                       grads + inputs * 2))
     return out

@@ -270,11 +270,12 @@ def uses_registers(config, d: int) -> bool:
     return config.block_d_for(d) >= d
 
 
-def rows_from_forward(tiles, row, row_dq, row_dscale, c_hat):
+def rows_from_forward(tiles, row, row_dq, row_dscale, q_hat):
     """``(dQ̂ [N, D] fp32, the rows' share of the scale's gradient)`` from the forward's row-gradient
     products (``contrastive_fwd`` with ``row_grad``): ``dq̂_i = s·(g_lse_i·A_i + g_pos_w_i·ĉ_pos(i))``
     and ``Σ_i g_lse_i·E_i + g_pos_w_i·<q̂_i, ĉ_pos(i)>``. The positive is ``pos_index[i]`` where the
-    roles make it one (inside the columns, not the row's self column)."""
+    roles make it one (inside the columns, not the row's self column); only those N unit columns are
+    formed (fp32, from the raw columns and their inverse norms). ``q_hat``: the unit rows."""
     t = tiles
     g_lse, g_pos_w = row["g_lse"], row["g_pos_w"]
     dq = row_dq * g_lse[:, None]
@@ -285,10 +286,12 @@ def rows_from_forward(tiles, row, row_dq, row_dscale, c_hat):
         if t.flags["HAS_SELF"]:
             valid &= pos != t.self_index
         weight = torch.where(valid, g_pos_w, torch.zeros_like(g_pos_w))
-        c_pos = c_hat[pos.clamp(0, t.m_total - 1)].float()
+        index = pos.clamp(0, t.m_total - 1)
+        c_pos = t.columns[index].float()
+        if t.flags["NORMALIZE"]:
+            c_pos = c_pos * t.rc[index][:, None]
         dq.addcmul_(weight[:, None], c_pos)
-        q = t.query.float() * t.rq[:, None] if t.flags["NORMALIZE"] else t.query.float()
-        dscale = dscale + (weight * (q * c_pos).sum(dim=1)).sum()
+        dscale = dscale + (weight * (q_hat.float() * c_pos).sum(dim=1)).sum()
     return dq.mul_(t.scale.to(torch.float32)), dscale
 
 
@@ -319,13 +322,15 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     # and their inverse norms, bit for bit as in the forward)
     normalize = t.flags["NORMALIZE"]
     q_hat = unit_rows(t.query, t.rq if normalize else None)
-    c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
-    if row_grad is not None and uses_registers(config, d):
-        dq, dscale = rows_from_forward(t, row, *row_grad, c_hat)
+    if row_grad is not None and uses_registers(config, d):  # no dQ products: no unit columns either
+        dq, dscale = rows_from_forward(t, row, *row_grad, q_hat)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
         _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, q_hat, sigma, dc, *sizes,
                                                                               dc.stride(0), **meta)
         return dq, dc, dscale, torch.zeros((), dtype=torch.float32, device=device)
+    c_hat = None  # the dQ products' operand; with the forward's row products there are none
+    if row_grad is None:
+        c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
     if uses_registers(config, d):
         dq = torch.empty((t.n, d), dtype=torch.float32, device=device)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
@@ -362,5 +367,5 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
             dscale_parts.append(dscale_part.sum())
             dbias_parts.append(dbias_part.sum())
     alpha = t.scale.to(torch.float32) / sigma  # the products summed σ·dS; one pass scales them back
-    dq = rows_from_forward(t, row, *row_grad, c_hat)[0] if dq is None else dq.mul_(alpha)
+    dq = rows_from_forward(t, row, *row_grad, q_hat)[0] if dq is None else dq.mul_(alpha)
     return dq, dc.mul_(alpha), torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()

@@ -24,19 +24,40 @@ from .tiles import exp_minus, plain_tile, softplus, tile_cosines, tile_denominat
 
 
 @triton.jit
-def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
-    """One tile's update of online log-sum-exps along ``AXIS`` of ``values`` (per row: 1, per column:
-    0) where ``mask`` (everywhere with ``ALL``); a line with nothing yet keeps max -inf and sum 0."""
+def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
+    """One tile's step of an online softmax along ``AXIS`` of ``values`` (per row: 1, per column: 0),
+    over ``mask`` (everywhere with ``ALL``): ``(new max, factor that rescales the running sum,
+    e^(values - new max) (0 outside the mask))``; a line with nothing yet keeps max -inf."""
     if ALL:  # the tile's max is finite: no guard against an empty line
         new_max = tl.maximum(run_max, tl.max(values, axis=AXIS))
-        run_sum = run_sum * exp_minus(run_max, new_max) + tl.sum(
-            exp_minus(values, tl.expand_dims(new_max, AXIS)), axis=AXIS)
+        alpha = exp_minus(run_max, new_max)
+        p = exp_minus(values, tl.expand_dims(new_max, AXIS))
     else:
         new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=AXIS))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        run_sum = run_sum * exp_minus(run_max, shift) + tl.sum(
-            tl.where(mask, exp_minus(values, tl.expand_dims(shift, AXIS)), 0.0), axis=AXIS)
-    return new_max, run_sum
+        alpha = exp_minus(run_max, shift)
+        p = tl.where(mask, exp_minus(values, tl.expand_dims(shift, AXIS)), 0.0)
+    return new_max, alpha, p
+
+
+@triton.jit
+def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
+    """One tile's update of online log-sum-exps (``(max, sum)`` per line, see :func:`_online_step`)."""
+    new_max, alpha, p = _online_step(run_max, values, mask, ALL, AXIS)
+    return new_max, run_sum * alpha + tl.sum(p, axis=AXIS)
+
+
+@triton.jit
+def _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
+    """The rows' positive sums and their denominator and positive counts, one tile's share (a plain
+    tile: every pair in the denominator, no positive)."""
+    if PLAIN:
+        den_n += BLOCK_N
+    else:
+        pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
+        den_n += tl.sum(den.to(tl.int32), axis=1)
+        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+    return pos_sum, den_n, pos_n
 
 
 @triton.jit
@@ -70,12 +91,7 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
         else:
             sign = tl.where(positive, 1.0, -1.0)
             pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
-    if PLAIN:
-        den_n += BLOCK_N
-    else:
-        pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
-        den_n += tl.sum(den.to(tl.int32), axis=1)
-        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, PLAIN)
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys
             key_mask = col_mask & (cols < M)
@@ -114,16 +130,7 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
                                      HAS_POS, False, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-    # the update of ``_online_lse``, keeping the tile's exponentials for the products
-    if PLAIN:
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        alpha = exp_minus(run_max, new_max)
-        p = exp_minus(logits, new_max[:, None])
-    else:
-        new_max = tl.maximum(run_max, tl.max(tl.where(den, logits, float("-inf")), axis=1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        alpha = exp_minus(run_max, shift)
-        p = tl.where(den, exp_minus(logits, shift[:, None]), 0.0)
+    new_max, alpha, p = _online_step(run_max, logits, den, PLAIN)  # the exponentials feed the products too
     run_sum = run_sum * alpha + tl.sum(p, axis=1)
     e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
     offs_d = tl.arange(0, ACC_D)
@@ -131,12 +138,7 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF
                 mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
     # p <= 1: no scaling needed before the cast to the operands' dtype
     acc = tl.dot(p.to(CH.dtype.element_ty), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-    if PLAIN:
-        den_n += BLOCK_N
-    else:
-        pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
-        den_n += tl.sum(den.to(tl.int32), axis=1)
-        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, PLAIN)
     return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
 
 

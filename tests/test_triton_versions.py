@@ -24,6 +24,6 @@ def test_interpreter_tests_under_triton_3_6():
     assert version.startswith("3.6"), version
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
                            "tests/test_triton.py", "tests/test_ring_select.py", "-k", SUBSET],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=900)
+                          env=env, cwd=root, capture_output=True, text=True, timeout=900, check=False)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0 and " passed" in tail and "failed" not in tail, tail

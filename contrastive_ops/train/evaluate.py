@@ -89,12 +89,6 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     return out
 
 
-def evaluate_probe_full(encoder, train, test, device) -> float:
-    """The full-label probe alone for one encoder (``train``/``test``: datasets with labels)."""
-    return _probe_accuracy(features(encoder, train.images, device), train.labels.numpy(),
-                           features(encoder, test.images, device), test.labels.numpy())
-
-
 def table(results: dict) -> str:
     """The printed summary: one row per metric, one column per encoder in ``results``, then
     :data:`MEANING`."""

@@ -86,11 +86,6 @@ def _load_checkpoint(path: str, fingerprint: dict) -> dict:
     return ckpt
 
 
-def linear_probe(encoder, train: Dataset, test: Dataset, device) -> float:
-    """Test accuracy of a logistic regression on the frozen encoder's standardized features."""
-    return evaluate.evaluate_probe_full(encoder, train, test, device)
-
-
 def _evaluation(train: Dataset, test: Dataset, seed: int):
     """A function of an encoder returning its :data:`evaluate.METRICS` on this split (or of None: the
     raw pixels)."""

@@ -179,45 +179,43 @@ def ring_outer(cfg: dict, epoch_float: float) -> float:
     return 1.0 + t * (final - 1.0)
 
 
-class Ring(Objective):
-    """Ring (Wu et al.): in-batch negatives restricted to a band of the anchor's ranked candidates,
-    with ``outer`` annealed from 1.0 to its final value (:func:`ring_outer`)."""
+class _RingSchedule:
+    """What Ring and MoCo-Ring share: ``outer`` on its schedule (:func:`ring_outer`) and the number of
+    candidates a row's softmax sees (its positive and the ring)."""
 
-    def __init__(self, model, cfg, group=None):
-        super().__init__(model, cfg, group)
-        self.outer = 1.0
+    outer = 1.0
 
     def set_progress(self, epoch_float: float) -> None:
         self.outer = ring_outer(self.cfg, epoch_float)
 
+    def _ring_candidates(self, negatives: int) -> int:
+        hi = math.floor(self.outer * negatives)
+        return 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
+
+    def _ring_loss(self, q, k, queue=None, **kwargs):
+        return cf.ring_info_nce(q, k, queue, temperature=self.cfg["temperature"], outer=self.outer,
+                                inner=self.cfg["ring_inner"], **kwargs, **self.common())
+
+
+class Ring(_RingSchedule, Objective):
+    """Ring (Wu et al.): in-batch negatives restricted to a band of the anchor's ranked candidates,
+    with ``outer`` annealed from 1.0 to its final value (:func:`ring_outer`)."""
+
     def forward(self, v1, v2, labels):
         q, k = self.model(v1), self.model(v2)
-        m = q.shape[0] * _world(self.group) - 1
-        hi = math.floor(self.outer * m)
-        self.candidates = 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
-        return cf.ring_info_nce(q, k, temperature=self.cfg["temperature"], outer=self.outer,
-                                inner=self.cfg["ring_inner"], **self.common())
+        self.candidates = self._ring_candidates(q.shape[0] * _world(self.group) - 1)
+        return self._ring_loss(q, k)
 
 
-class MoCoRing(MoCo):
+class MoCoRing(_RingSchedule, MoCo):
     """MoCo-Ring (the reference's ``MoCoRing``): MoCo's momentum keys, with the queue as the ring's
     candidates — each query's positive against the band of its ranked queue negatives, ``outer``
     annealed as :class:`Ring`."""
 
-    def __init__(self, model, cfg, group=None):
-        super().__init__(model, cfg, group)
-        self.outer = 1.0
-
-    def set_progress(self, epoch_float: float) -> None:
-        self.outer = ring_outer(self.cfg, epoch_float)
-
     def forward(self, v1, v2, labels):
         q, k = self.model(v1), self._keys(v2)
-        m = self.queue.shape[0]
-        hi = math.floor(self.outer * m)
-        self.candidates = 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
-        loss = cf.ring_info_nce(q, k, self.queue.clone(), temperature=self.cfg["temperature"], outer=self.outer,
-                                inner=self.cfg["ring_inner"], in_batch_negatives=False, **self.common())
+        self.candidates = self._ring_candidates(self.queue.shape[0])
+        loss = self._ring_loss(q, k, self.queue.clone(), in_batch_negatives=False)
         if self.training:
             self._enqueue(k)
         return loss
