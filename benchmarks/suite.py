@@ -33,7 +33,15 @@ import torch
 
 from benchmarks import measure
 from benchmarks._env import environment
-from benchmarks.workloads import GRADIENTS_IN_FORWARD, MODES, OUR_BACKENDS, WORKLOADS, implementations, make_inputs
+from benchmarks.workloads import (
+    GRADIENTS_IN_FORWARD,
+    MODES,
+    OUR_BACKENDS,
+    TIME_INTERPRETER,
+    WORKLOADS,
+    implementations,
+    make_inputs,
+)
 
 GRIDS = {
     "small": {"n": [256, 512, 1024], "d": [64], "dtypes": ["float32"]},
@@ -156,6 +164,10 @@ def main(argv=None) -> None:
                    help="torch.set_float32_matmul_precision for the run (default: high on a GPU; on a CPU, unchanged)")
     p.add_argument("--out", default=None, help="results file (default: benchmarks/results/<date>-<device>-<commit>.jsonl)")
     p.add_argument("--no-gpu-tests", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="write the rows only (no table, no plots)")
+    p.add_argument("--time-interpreter", action="store_true",
+                   help="on a CPU, time the triton backend in Triton's interpreter (TRITON_INTERPRET=1) too: checks "
+                        "the tooling end to end; the times say nothing of a GPU")
     p.add_argument("--modeled", action="store_true",
                    help="add the kernel report's modeled_ms (default tile configs, this device's measured rates) to "
                         "each triton fwd_bwd row, beside the measured ms (compiles the modeled variants: ~1 min)")
@@ -163,6 +175,8 @@ def main(argv=None) -> None:
 
     started = time.monotonic()
     device = torch.device(args.device)
+    if args.time_interpreter:
+        os.environ[TIME_INTERPRETER] = "1"  # the CPU memory children read it too
     if args.fp32_precision or device.type == "cuda":
         torch.set_float32_matmul_precision(args.fp32_precision or "high")
     grid = dict(GRIDS[args.sizes or ("full" if device.type == "cuda" else "cpu")])
@@ -190,7 +204,8 @@ def main(argv=None) -> None:
 
     header = {**env, "fp32_precision": torch.get_float32_matmul_precision(), "matmul_tflops_bf16": rates["bfloat16"],
               "matmul_tflops_fp16": rates["float16"], "matmul_tflops_fp32": rates["float32"],
-              "copy_gib_per_s": bandwidth}
+              "copy_gib_per_s": bandwidth,
+              "triton_interpreter": bool(args.time_interpreter and device.type == "cpu")}
     deadline = None if args.budget_s is None else started + args.budget_s
     with open(out, "a") as f:
         for loss in args.losses:
@@ -237,6 +252,8 @@ def main(argv=None) -> None:
                         del input_sets
                         release_memory(device)
     print(f"results: {out} ({time.monotonic() - started:.0f} s)")
+    if args.no_report:
+        return
     from benchmarks import report
 
     report.main([out])

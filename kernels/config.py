@@ -7,6 +7,8 @@ logits, so there the backward recomputes them with the forward's config. Choices
 (shape bucket, dtype, options).
 
 Pinning: ``with pin_config(TileConfig(...))`` or ``CONTRASTIVE_OPS_TRITON_CONFIG="BM,BN,BD[,warps,stages,radix_bits]"``.
+Bounding the tuner: ``CONTRASTIVE_OPS_TRITON_CANDIDATES=k`` tries only the first ``k`` candidates of
+each list (``1``: the first, untimed; each candidate tried is one more compile of every kernel).
 Under ``TRITON_INTERPRET=1`` the default is :data:`INTERPRETER_CONFIG` (small tiles, so that CPU
 tests cross several tile boundaries quickly).
 """
@@ -182,9 +184,27 @@ def _time_config_ms(run, config) -> float:
     return do_bench(lambda: run(config), warmup=5, rep=20)
 
 
+def candidate_limit() -> int | None:
+    """``CONTRASTIVE_OPS_TRITON_CANDIDATES`` as a positive int, or None (every candidate)."""
+    spec = os.environ.get("CONTRASTIVE_OPS_TRITON_CANDIDATES")
+    if not spec:
+        return None
+    try:
+        value = int(spec)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"CONTRASTIVE_OPS_TRITON_CANDIDATES must be a positive number of candidates, got {spec!r}")
+    return value
+
+
 def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFIGS) -> TileConfig:
-    """The fastest of ``candidates`` (default :data:`GPU_CONFIGS`) for ``key``, timing
-    ``run(config)`` once per key."""
+    """The fastest of ``candidates`` (default :data:`GPU_CONFIGS`, the first
+    :func:`candidate_limit` of them) for ``key``, timing ``run(config)`` once per key; a single
+    candidate is taken untimed."""
+    candidates = candidates[:candidate_limit()]
+    if len(candidates) == 1:
+        return candidates[0]
     if key not in _tuned:
         import triton
 

@@ -1,4 +1,16 @@
 #!/usr/bin/env bash
+# The first run on a GPU, in one 10-minute call (benchmarks/first_run.py has the steps and caps):
+#
+#   bash tools/gpu_session.sh first --dry-run         # here, on a CPU: the plan, predicted times,
+#                                                     # compile counts; compiles the plan's Triton
+#                                                     # kernels for sm_90a into .triton-cache.tgz
+#   bash tools/gpu_session.sh first                   # there: carry [".whl", ".triton-cache.tgz"]
+#   bash tools/gpu_session.sh first --tiny            # the same steps on a CPU at tiny sizes
+#
+# The dry run needs Triton 3.6 (the GPU machines' version; tools/bootstrap.sh puts it in
+# .venv/triton-3.6) so that the carried cache's keys are the ones the GPU machine computes.
+#
+# Other sessions (more than one call):
 # A GPU machine without network (e.g. the H100 the device tool lends, 10 minutes a call): build the
 # CUDA extension, check every backend on the GPU, run the benchmark suite. Everything it writes goes
 # to $OUT (default gpu-out/): session.log, results.jsonl, results.md and one PNG per dtype × D.
@@ -22,13 +34,40 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE="${1:-all}"
 [ $# -gt 0 ] && shift
-case "$STAGE" in check|bench|all) ;; *) echo "usage: $0 [check|bench|all] [suite args]" >&2; exit 2 ;; esac
+case "$STAGE" in first|check|bench|all) ;; *) echo "usage: $0 [first [--dry-run] [--tiny]|check|bench|all] [suite args]" >&2; exit 2 ;; esac
 OUT="${OUT:-gpu-out}"
-mkdir -p "$OUT"
 LOG="$OUT/session.log"
 LIMIT_S="${LIMIT_S:-570}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+
+if [ "$STAGE" = first ]; then
+  DRY=0; TINY=()
+  for arg in "$@"; do
+    case "$arg" in --dry-run) DRY=1 ;; --tiny) TINY=(--tiny) ;; *) echo "first: unknown option $arg" >&2; exit 2 ;; esac
+  done
+  if [ "$DRY" = 1 ]; then
+    [ -d .venv/triton-3.6/triton ] || { echo "no .venv/triton-3.6: run tools/bootstrap.sh first" >&2; exit 2; }
+    # the census and compile with the GPU machines' Triton; the cache travels packed (.triton-cache.tgz)
+    PYTHONPATH=".venv/triton-3.6${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m benchmarks.first_run dry-run "${TINY[@]}"
+    exit $?
+  fi
+  mkdir -p "$OUT"
+  if [ ${#TINY[@]} -gt 0 ]; then
+    PY=.venv/bin/python
+    export TRITON_INTERPRET=1  # the triton backend on CPU tensors
+  else
+    [ -f .triton-cache.tgz ] && tar xzf .triton-cache.tgz
+    export TRITON_CACHE_DIR="$PWD/.triton-cache"
+    if ls .whl/*.whl >/dev/null 2>&1 && "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade \
+        --target /tmp/peer-site .whl/*.whl >>"$LOG" 2>&1; then
+      export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}" CONTRASTIVE_OPS_REQUIRE_PEERS=1
+    fi
+  fi
+  "$PY" -m benchmarks.first_run run "${TINY[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+  exit "${PIPESTATUS[0]}"
+fi
+mkdir -p "$OUT"
 
 step() {  # step NAME CAP CMD...: run within CAP seconds and before LIMIT_S, output appended to the log
   local name="$1" limit="$2"; shift 2
