@@ -383,3 +383,27 @@ def test_a_tensor_temperature_gets_its_gradient(name, seed):
     assert_close_rel(loss.cpu(), expected, FP32_REL, f"{name} loss")
     for what, g, g_ref in zip(("temperature", "q", "k", "e"), grads, expected_grads):
         assert_close_rel(g.cpu(), g_ref, FP32_REL, f"{name} d {what}")
+
+
+def test_the_tuner_can_be_held_to_its_first_candidates(monkeypatch):
+    """CONTRASTIVE_OPS_TRITON_CANDIDATES=k: only the first k candidates are tried; k = 1 takes the
+    first without timing anything; a value that is no positive count is refused, naming the variable."""
+    from contrastive_ops.kernels import config as cfg
+
+    tried = []
+
+    def run(c):
+        tried.append(c)
+        raise AssertionError("a single candidate is not timed")
+
+    monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_CANDIDATES", "1")
+    assert cfg.tuned_config(("limit-test",), run) == cfg.GPU_CONFIGS[0] and tried == []
+    assert cfg.tuned_config(("limit-test",), run, cfg.backward_candidates(128)) == cfg.backward_candidates(128)[0]
+    monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_CANDIDATES", "2")
+    assert cfg.candidate_limit() == 2 and len(cfg.GPU_CONFIGS[:cfg.candidate_limit()]) == 2
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_CANDIDATES", bad)
+        with pytest.raises(ValueError, match="CONTRASTIVE_OPS_TRITON_CANDIDATES"):
+            cfg.tuned_config(("limit-test",), run)
+    monkeypatch.delenv("CONTRASTIVE_OPS_TRITON_CANDIDATES")
+    assert cfg.candidate_limit() is None
