@@ -8,7 +8,7 @@ which the CPU build of torch lacks, and the kernels need no torch headers (DESIG
 
 Environment:
 
-* ``CONTRASTIVE_OPS_CUDA_ARCHS`` — SM targets, ``;``/``,``/space separated, e.g. ``"80;90"``
+* ``CONTRASTIVE_OPS_CUDA_ARCHS`` — SM targets, ``;``/``,``/space separated, e.g. ``"80;90a"``
   (the default), ``"90"``, ``"9.0"``, ``"90a"``, ``"sm_90"``, ``"8.0;9.0+PTX"``; 80 or newer (bf16
   tensor cores). PTX of the newest plain target is embedded too, for GPUs newer than every target;
   ``+PTX`` after a target embeds its PTX as well (torch's ``TORCH_CUDA_ARCH_LIST`` syntax).
@@ -27,10 +27,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
-DEFAULT_ARCHS = "80;90"
-CU_SOURCES = ("forward.cu", "backward.cu", "ring.cu", "runtime.cu")
+# Ampere machine code (and its PTX, for newer GPUs) and Hopper's arch-specific sm_90a (wgmma, TMA:
+# what cuBLAS and CUTLASS-class kernels use there); nvcc 12.0 or newer has it
+DEFAULT_ARCHS = "80;90a"
+CU_SOURCES = ("epilogue.cu", "runtime.cu")
 CPP_SOURCES = ("ops.cpp",)
-HEADERS = ("contrastive_cuda.h", "tile.cuh")
+HEADERS = ("contrastive_cuda.h", "epilogue.h", "epilogue_cpu.h")
 
 
 class BuildError(RuntimeError):

@@ -6,7 +6,7 @@ when nvcc was found), or, where it was not built and nvcc and ninja are present 
 (an editable checkout), JIT-builds it with ``torch.utils.cpp_extension.load`` into
 ``$CONTRASTIVE_OPS_CUDA_BUILD_DIR`` (default ``build/cuda-jit`` in the checkout; targets from
 ``CONTRASTIVE_OPS_CUDA_ARCHS``). Either way the operators ``torch.ops.contrastive_ops_cuda.*`` get
-registered. Failures are :class:`~contrastive_ops.backends.BackendUnavailableError` with the reason
+registered. Failures are :class:`~contrastive_ops.errors.BackendUnavailableError` with the reason
 and the fix.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import _build
+from .errors import BackendUnavailableError
 
 MODULE = "contrastive_ops._cuda_ext"
 JIT_NAME = "contrastive_ops_cuda_jit"
@@ -73,7 +74,6 @@ def jit_build(directory: Path | None = None, archs: list[str] | None = None, ver
 @functools.cache
 def load() -> str:
     """Load the extension once; returns where it came from. Raises BackendUnavailableError."""
-    from .backends import BackendUnavailableError
 
     if prebuilt():
         try:

@@ -45,7 +45,7 @@ __all__ = ["clip_loss", "dcl_loss", "debiased_nce", "hard_negative_nce", "info_n
 def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str, **bias) -> ContrastiveTerms:
     """The backend's terms; ``bias=`` is passed only by :func:`siglip_loss` (backends that do not
     take the keyword keep working for every other loss)."""
-    name = resolve(backend, query.device, spec)
+    name = resolve(backend, query.device)
     return compute_fn(name)(query, keys, extra, scale, spec, **bias)
 
 

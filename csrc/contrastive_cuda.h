@@ -1,89 +1,107 @@
-// Plain C++ interface between the torch glue (ops.cpp) and the CUDA kernels (*.cu).
+// Plain C++ interface between the torch glue (ops.cpp) and the CUDA epilogue kernels (epilogue.cu).
 //
-// Deliberately free of torch and CUDA headers: the CPU build of torch cannot compile torch's CUDA
-// headers (DESIGN.md §7), so the kernels take raw pointers and the caller's stream as `void*`.
-// Every launcher returns a cudaError_t as an int (0 = success) for the glue to turn into an error.
+// The products are not here: the glue forms each chunk of cosines S = Q̂_rows · Ĉ_colsᵀ and each
+// gradient product with torch's GEMMs (cuBLAS on a GPU). These kernels are the fused epilogues
+// between them, reading a chunk of S once: logits → per-row / per-column log-sum-exp state, logits →
+// dS, logits → the Ring's radix histograms. Deliberately free of torch and CUDA headers (the CPU
+// build of torch cannot compile torch's CUDA headers, DESIGN.md §7): raw pointers, the caller's
+// stream as `void*`, and every launcher returns a cudaError_t as an int (0 = success).
 #pragma once
 
 #include <cstdint>
+
+#include "epilogue.h"
 
 namespace contrastive_cuda {
 
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
-// The generic core's inputs (DESIGN.md §3). Columns are the keys [0, m) then the extra negatives
-// [m, m + r). All feature tensors are row-major and contiguous with `d` features; index tensors
-// are int64. A null pointer means "absent".
-struct CoreArgs {
-  const void* q = nullptr;  // [n, d] anchors
-  const void* k = nullptr;  // [m, d] in-batch keys
-  const void* e = nullptr;  // [r, d] extra negatives (may be null when r == 0)
-  const float* inv_q = nullptr;  // [n] 1 / max(||q_i||, 1e-12), or null (no normalization)
-  const float* inv_k = nullptr;  // [m]
-  const float* inv_e = nullptr;  // [r]
-  int64_t n = 0, m = 0, r = 0, d = 0;
-  const float* scale = nullptr;  // device scalar s: logits are s * <q̂_i, k̂_j>
-  const int64_t* pos_index = nullptr;  // [n] column of row i's single positive
-  const int64_t* row_labels = nullptr;  // [n] positives share a label with a key column ...
-  const int64_t* col_labels = nullptr;  // [m] ... (extra negatives are never positives)
-  const int64_t* self_index = nullptr;  // [n] column excluded from row i
-  const float* band_lo = nullptr;  // [n] Ring band: candidates need band_lo <= logit <= band_hi
-  const float* band_hi = nullptr;
-  bool key_negatives = true;  // in-batch keys other than positives are candidates
-  bool decoupled = false;  // positives are left out of the denominator
+// One chunk of cosines: rows [r0, r0 + rows) × columns [c0, c0 + cols), fp32, row-major with
+// leading dimension ld. Logits are *scale times these.
+struct Chunk {
+  const float* s = nullptr;
+  int64_t rows = 0, cols = 0, ld = 0;
+  int64_t r0 = 0, c0 = 0;
 };
 
-// Upstream gradients of the forward outputs, fp32. `*_pos_w` is g_pos / max(pos_count, 1).
-struct GradArgs {
-  const float* g_row_lse = nullptr;  // [n]
-  const float* g_row_pos_w = nullptr;  // [n]
-  const float* row_lse = nullptr;  // [n] saved forward output
-  const float* g_col_lse = nullptr;  // [m], only with column terms
-  const float* g_col_pos_w = nullptr;
+// Per-row (per-column) upstream gradients and saved forward outputs, fp32 vectors; null = absent.
+struct GradVecs {
+  const float* g_lse = nullptr;  // [n]
+  const float* lse = nullptr;
+  const float* g_lse_beta = nullptr;  // [n] hard negatives
+  const float* lse_beta = nullptr;
+  const float* g_pos_w = nullptr;  // [n] g_pos / max(|P_i|, 1)
+  const float* g_pair = nullptr;  // [n] pairwise sigmoid
+  const float* col_g_lse = nullptr;  // [m] column terms
   const float* col_lse = nullptr;
-  bool column_terms = false;
+  const float* col_g_pos_w = nullptr;
 };
 
-// Tile geometry shared by every kernel; the glue sizes its partial buffers with it.
-constexpr int kBlockRows = 64;
+CO_HD RowGrad row_grad(const GradVecs& v, int64_t i) {
+  RowGrad g;
+  g.g_lse = v.g_lse[i];
+  g.lse = v.lse[i];
+  if (v.g_lse_beta != nullptr) {
+    g.g_lse_beta = v.g_lse_beta[i];
+    g.lse_beta = v.lse_beta[i];
+  }
+  g.g_pos_w = v.g_pos_w[i];
+  if (v.g_pair != nullptr) g.g_pair = v.g_pair[i];
+  return g;
+}
 
-// out[i] = 1 / max(||x_i||, 1e-12) in fp32 (x: [rows, d]).
-int inverse_norms(DType dtype, const void* x, int64_t rows, int64_t d, float* out, void* stream);
+CO_HD ColGrad col_grad(const GradVecs& v, int64_t j) {
+  ColGrad g;
+  g.g_lse = v.col_g_lse[j];
+  g.lse = v.col_lse[j];
+  g.g_pos_w = v.col_g_pos_w[j];
+  return g;
+}
 
-// Per-row terms (one CTA per block of 64 rows, walking every column tile): lse (0 where the
-// denominator is empty), mean positive logit (0 without positives) and both counts.
-int forward_rows(DType dtype, const CoreArgs& a, float* lse, float* pos, int64_t* den_count,
-                 int64_t* pos_count, void* stream);
+// acc[0 .. count) = the empty accumulator.
+int acc_init(Acc* acc, int64_t count, void* stream);
 
-// The same per key column (anchors = the m keys, reduced over the n rows).
-int forward_cols(DType dtype, const CoreArgs& a, float* lse, float* pos, int64_t* den_count,
-                 int64_t* pos_count, void* stream);
+// Every row of the chunk merges its pairs into acc[r0 + i] (one warp per row, in a fixed order).
+// `bias` is read only with terms.sigmoid.
+int rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias, Acc* acc,
+                 void* stream);
 
-// grad_q [n, d] (fp32, zero-filled by the caller) += dS · diag(inv_k) · K, without the scale
-// factor; scale_partials [ceil(n / 64)] gets each row block's sum of dS_ij · cos_ij.
-int backward_rows(DType dtype, const CoreArgs& a, const GradArgs& g, float* grad_q,
-                  float* scale_partials, void* stream);
+// Every key column of the chunk (c0 + cols <= m) merges its pairs into acc[c0 + j].
+int cols_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, Acc* acc, void* stream);
 
-// grad_c [m + r, d] (fp32, zero-filled) += dSᵀ · diag(inv_q) · Q, without the scale factor.
-int backward_cols(DType dtype, const CoreArgs& a, const GradArgs& g, float* grad_c, void* stream);
+// out_* [count] from the accumulators: lse (0 where the denominator is empty), the positives' mean
+// logit (0 without positives), both counts; lse_beta and pair where non-null.
+int acc_finish(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n, int64_t* pos_n, float* lse_beta,
+               float* pair, void* stream);
 
-// out [rows, d] (input dtype) = the gradient of x given g = s · grad_unit [rows, d] (fp32):
-// with normalization (g - x̂ <x̂, g>) / max(||x||, eps) (radial part dropped where ||x|| <= eps),
-// without it s · grad_unit.
-int normalize_backward(DType dtype, const void* x, const float* grad_unit, int64_t rows, int64_t d,
-                       const float* scale, bool normalize, void* out, void* stream);
+// ds [rows, cols] (row-major, dtype) = scale · dL/dx of every pair of the chunk, ready for the two
+// gradient GEMMs; row_dscale[r0 + i] += Σ_j dL/dx_ij · cos_ij and row_dbias[r0 + i] += Σ_j dL/dbias
+// (one warp per row: fixed order). Column terms where grads.col_g_lse is non-null (key columns).
+int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
+                  const GradVecs& grads, DType ds_dtype, void* ds, float* row_dscale, float* row_dbias,
+                  void* stream);
 
-// Ring band per row (DESIGN.md §5): with M_i candidates, hi = floor(outer·M_i),
-// lo = floor(inner·hi); v_hi = the logit of descending rank lo, v_lo = that of rank hi - 1;
-// (+inf, -inf) where the ring is empty. Exact on the logits the forward pass uses.
-int ring_band(DType dtype, const CoreArgs& a, double outer, double inner, float* v_lo,
-              float* v_hi, void* stream);
+// Ring radix select, one pass over one chunk: hist[(i · 2 + t) · 256 + digit] += the chunk's
+// candidates of row r0 + i whose order key matches prefix[2 i + t] above bit shift + 8 and has this
+// digit at `shift` (hist indexed by the chunk's row, from 0; t = 0 only on the first pass, shift 24).
+int ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
+                   int32_t* hist, void* stream);
+
+// After a pass over every column chunk of a row chunk: per row, choose each target's digit and
+// update its prefix and rank. On the first pass (shift 24) the candidates' count gives the ranks
+// (ring_ranks): rank[2 i] = lo, rank[2 i + 1] = hi - 1, nonempty[i] = hi > lo.
+int ring_step(const int32_t* hist, int64_t rows, int shift, double outer, double inner, uint32_t* prefix,
+              int64_t* rank, uint8_t* nonempty, void* stream);
+
+// v_lo[i] = the value of prefix[2 i + 1], v_hi[i] = that of prefix[2 i]; (+inf, -inf) when empty.
+int ring_finish(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo, float* v_hi,
+                void* stream);
 
 // cudaGetErrorString of a launcher's return code.
 const char* error_string(int code);
 
 // The code this library holds, space separated: machine code per SM target and PTX, e.g.
-// "sm_80 sm_90 compute_90" (the build's -gencode targets, passed as CONTRASTIVE_BUILT_TARGETS).
+// "sm_80 sm_90a compute_80" (the build's -gencode targets, passed as CONTRASTIVE_BUILT_TARGETS).
 const char* built_archs();
 
 }  // namespace contrastive_cuda

@@ -1,34 +1,48 @@
-// Torch glue of the CUDA extension: argument checks, the caller's stream, and the operators'
-// registration under the `contrastive_ops_cuda` namespace. Compiles against the CPU build of
-// torch (no c10/cuda headers): the kernels behind contrastive_cuda.h take raw pointers and the
-// current stream as reached through c10's device-generic stream API.
+// Torch glue of the extension: argument checks, the chunk loops, and the operators' registration
+// under the `contrastive_ops_cuda` namespace.
+//
+// The dataflow is that of the Triton backend's large-D path: the logits exist only as chunks of
+// chunk_rows × chunk_cols fp32 cosines, S = Q̂_rows · Ĉ_colsᵀ by torch's GEMM (cuBLAS on a GPU,
+// fp32 accumulation and output), each read once by a fused epilogue (epilogue.cu): the forward's
+// per-row and per-column log-sum-exp state, the backward's dS (then dQ̂ += dS·Ĉ and dĈ += dSᵀ·Q̂,
+// again GEMMs into fp32), the Ring's radix histograms. Chunks go in a fixed order and no float is
+// summed by atomics, so results are bitwise reproducible; the Ring selection, the forward and the
+// backward use the same chunking, so they see bit-identical logits. Memory: the inputs, their unit
+// rows, O(N + M) vectors, fp32 gradients of the unit rows, and one chunk.
+//
+// On CPU tensors the same operators run the same arithmetic (epilogue_cpu.h, fp32 products): what
+// CI checks against float64. Compiles against the CPU build of torch (no c10/cuda headers): the
+// kernels take raw pointers and the current stream through c10's device-generic stream API.
 //
 // Operators (autograd and fake implementations are registered from Python,
 // contrastive_ops/backends/cuda.py):
-//   forward(query, keys?, extra?, scale, <roles>, band_lo?, band_hi?, key_negatives, decoupled,
-//           column_terms, normalize) -> row_lse, row_pos, row_den_count, row_pos_count,
-//                                       col_lse, col_pos, col_den_count, col_pos_count
-//   backward(g_row_lse, g_row_pos, g_col_lse?, g_col_pos?, row_lse, row_pos_count, col_lse?,
-//            col_pos_count?, query, keys?, extra?, scale, <roles>, band_lo?, band_hi?,
-//            key_negatives, decoupled, normalize) -> grad_query, grad_keys, grad_extra, grad_scale
-//   ring_band(query, keys?, extra?, scale, <roles>, key_negatives, normalize, outer, inner)
-//            -> v_lo, v_hi
+//   forward(query, keys?, extra?, scale, bias?, <roles>, band_lo?, band_hi?, key_negatives, decoupled,
+//           column_terms, normalize, hard_beta?, pairwise_sigmoid, chunk_rows, chunk_cols)
+//     -> row_lse, row_pos, row_den_count, row_pos_count, col_lse, col_pos, col_den_count,
+//        col_pos_count, row_lse_beta, row_pair_loss        (absent terms are empty tensors)
+//   backward(g_row_lse, g_row_pos, g_col_lse?, g_col_pos?, g_row_lse_beta?, g_row_pair?, row_lse,
+//            row_pos_count, col_lse?, col_pos_count?, row_lse_beta?, <the forward's inputs>)
+//     -> grad_query, grad_keys, grad_extra, grad_scale, grad_bias
+//   ring_band(query, keys?, extra?, scale, <roles>, key_negatives, normalize, outer, inner,
+//             chunk_rows, chunk_cols) -> v_lo, v_hi
 //   built_archs() -> str
 // keys=None means the keys are the queries themselves (NT-Xent, SupCon); grad_keys is then empty
-// and grad_query holds both gradients. Column outputs are empty without column_terms, grad_extra
-// without extra negatives. CPU tensors pass the same checks and then fail with the fix named.
+// and grad_query holds both gradients.
 #include <Python.h>
+#include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
-#include <ATen/ATen.h>
+#include <torch/version.h>
 
-#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "contrastive_cuda.h"
+#include "epilogue_cpu.h"
 
 namespace {
 
@@ -56,47 +70,71 @@ namespace cc = contrastive_cuda;
     TORCH_CHECK(_code == 0, OP, ": CUDA kernel launch failed: ", cc::error_string(_code), " (", #call, ")"); \
   } while (0)
 
-cc::DType kernel_dtype(const char* OP, const Tensor& query) {
-  switch (query.scalar_type()) {
-    case at::kFloat:
-      return cc::DType::kFloat32;
-    case at::kHalf:
-      return cc::DType::kFloat16;
-    case at::kBFloat16:
-      return cc::DType::kBFloat16;
-    case at::kDouble:
-      TORCH_CHECK_TYPE(false, OP, ": float64 inputs are not supported by backend='cuda' (fp32/fp16/bf16 with fp32 ",
-                       "accumulation); use backend='chunked' for float64");
-    default:
-      TORCH_CHECK_TYPE(false, OP, ": query must be float32, float16 or bfloat16, got ", query.scalar_type());
-  }
-  return cc::DType::kFloat32;  // unreachable
+void check_float_type(const char* OP, const Tensor& query) {
+  const auto t = query.scalar_type();
+  TORCH_CHECK_TYPE(t != at::kDouble, OP, ": float64 inputs are not supported by backend='cuda' (fp32/fp16/bf16 with ",
+                   "fp32 accumulation); use backend='chunked' for float64");
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, OP,
+                   ": query must be float32, float16 or bfloat16, got ", t);
 }
 
-// Checked, contiguous inputs of one call and the CoreArgs pointing into them.
-struct Inputs {
-  Tensor query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi;
-  Tensor inv_q, inv_k, inv_e;
+cc::DType kernel_dtype(const Tensor& t) {
+  return t.scalar_type() == at::kHalf ? cc::DType::kFloat16
+         : t.scalar_type() == at::kBFloat16 ? cc::DType::kBFloat16
+                                            : cc::DType::kFloat32;
+}
+
+// An index vector's values must name a column: checked before any work (one host sync per vector),
+// so that a bad index raises instead of reading out of bounds.
+void check_index_range(const char* OP, const char* name, const Tensor& index, int64_t columns) {
+  if (index.numel() == 0) return;
+  auto [lo, hi] = at::aminmax(index);
+  const int64_t vlo = lo.item<int64_t>(), vhi = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(vlo >= 0 && vhi < columns, OP, ": ", name, " values must be column indices in [0, ", columns,
+                    "), got values in [", vlo, ", ", vhi, "]");
+}
+
+// The checked, contiguous inputs of one call, their unit rows and the epilogues' role view.
+struct Problem {
+  Tensor query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi;
+  Tensor qh, ch;  // unit rows (or the rows themselves) in the products' dtype: queries, then keys + extra
   bool shared = false;  // keys are the queries themselves
-  cc::DType dtype = cc::DType::kFloat32;
-  cc::CoreArgs args;
+  bool normalize = true;
+  int64_t n = 0, m = 0, r = 0, d = 0, chunk_rows = 1, chunk_cols = 1;
+  cc::Roles roles;
+  cc::Terms terms;
 };
 
-// The one place where every argument is checked; the device comes last, so that a CPU machine can
-// test the other checks, and a CPU tensor gets the fix named.
-Inputs check_inputs(const char* OP, const Tensor& query, const OptTensor& keys, const OptTensor& extra,
-                    const Tensor& scale, const OptTensor& pos_index, const OptTensor& row_labels,
-                    const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
-                    const OptTensor& band_hi, bool key_negatives, bool decoupled,
-                    const std::function<void(int64_t n, int64_t m)>& more_checks = nullptr) {
-  Inputs in;
-  in.dtype = kernel_dtype(OP, query);
+Tensor contiguous_or_undefined(const OptTensor& t) { return t.has_value() ? t->contiguous() : Tensor(); }
+
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// The products' operand: the unit rows 1/max(||x||, 1e-12) · x (fp32 arithmetic, rounded to the
+// input dtype on a GPU; fp32 on the CPU, whose products run in fp32).
+Tensor unit_rows(const Tensor& x, bool normalize) {
+  Tensor xf = x.to(at::kFloat);
+  if (normalize) xf = xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(1e-12);
+  return x.is_cuda() ? xf.to(x.scalar_type()) : xf;
+}
+
+// Every argument checked (devices last, so that a CPU machine tests the other checks), then the
+// unit rows formed.
+Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, const OptTensor& extra,
+                const Tensor& scale, const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
+                const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
+                const OptTensor& band_hi, bool key_negatives, bool decoupled, bool normalize,
+                std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols) {
+  Problem p;
+  check_float_type(OP, query);
   CHECK_2D("query", query);
   const int64_t n = query.size(0), d = query.size(1);
   TORCH_CHECK_VALUE(n > 0 && d > 0, OP, ": query must have at least one row and one feature, got shape ",
                     query.sizes());
-  in.shared = !keys.has_value();
-  const Tensor& k = in.shared ? query : *keys;
+  p.shared = !keys.has_value();
+  const Tensor& k = p.shared ? query : *keys;
   CHECK_2D("keys", k);
   CHECK_SAME_DTYPE("keys", k, query);
   TORCH_CHECK_VALUE(k.size(1) == d, OP, ": feature dims differ: query has ", d, ", keys has ", k.size(1));
@@ -112,23 +150,25 @@ Inputs check_inputs(const char* OP, const Tensor& query, const OptTensor& keys, 
   }
   TORCH_CHECK_VALUE(scale.numel() == 1, OP, ": scale must hold one value, got shape ", scale.sizes());
   CHECK_DTYPE("scale", scale, at::kFloat);
-  if (pos_index.has_value()) {
-    CHECK_DTYPE("pos_index", *pos_index, at::kLong);
-    CHECK_SHAPE("pos_index", *pos_index, n);
+  TORCH_CHECK_VALUE(!pairwise_sigmoid || bias.has_value(), OP, ": pairwise_sigmoid needs a bias");
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->numel() == 1, OP, ": bias must hold one value, got shape ", bias->sizes());
+    CHECK_DTYPE("bias", *bias, at::kFloat);
+  }
+  TORCH_CHECK_VALUE(!hard_beta.has_value() || *hard_beta >= 0.0, OP, ": hard_beta must be >= 0, got ", *hard_beta);
+  TORCH_CHECK_VALUE(chunk_rows > 0 && chunk_cols > 0, OP, ": chunk_rows and chunk_cols must be positive, got ",
+                    chunk_rows, " and ", chunk_cols);
+  for (const auto& [name, t] : {std::pair<const char*, const OptTensor*>{"pos_index", &pos_index},
+                                {"self_index", &self_index}, {"row_labels", &row_labels}}) {
+    if (!t->has_value()) continue;
+    CHECK_DTYPE(name, **t, at::kLong);
+    CHECK_SHAPE(name, **t, n);
   }
   TORCH_CHECK_VALUE(row_labels.has_value() == col_labels.has_value(), OP,
                     ": row_labels and col_labels go together (one was given without the other)");
-  TORCH_CHECK_VALUE(!(pos_index.has_value() && row_labels.has_value()), OP,
-                    ": give either pos_index or labels, not both");
-  if (row_labels.has_value()) {
-    CHECK_DTYPE("row_labels", *row_labels, at::kLong);
-    CHECK_SHAPE("row_labels", *row_labels, n);
+  if (col_labels.has_value()) {
     CHECK_DTYPE("col_labels", *col_labels, at::kLong);
     CHECK_SHAPE("col_labels", *col_labels, m);
-  }
-  if (self_index.has_value()) {
-    CHECK_DTYPE("self_index", *self_index, at::kLong);
-    CHECK_SHAPE("self_index", *self_index, n);
   }
   TORCH_CHECK_VALUE(band_lo.has_value() == band_hi.has_value(), OP, ": band_lo and band_hi go together");
   if (band_lo.has_value()) {
@@ -137,199 +177,321 @@ Inputs check_inputs(const char* OP, const Tensor& query, const OptTensor& keys, 
     CHECK_DTYPE("band_hi", *band_hi, at::kFloat);
     CHECK_SHAPE("band_hi", *band_hi, n);
   }
-  if (more_checks) more_checks(n, m);
-  // devices last: every tensor on query's device, and that device a GPU
   const std::pair<const char*, const OptTensor*> others[] = {
-      {"keys", &keys},          {"extra", &extra},           {"pos_index", &pos_index}, {"row_labels", &row_labels},
-      {"col_labels", &col_labels}, {"self_index", &self_index}, {"band_lo", &band_lo},     {"band_hi", &band_hi}};
+      {"keys", &keys},           {"extra", &extra},           {"bias", &bias},       {"pos_index", &pos_index},
+      {"row_labels", &row_labels}, {"col_labels", &col_labels}, {"self_index", &self_index},
+      {"band_lo", &band_lo},     {"band_hi", &band_hi}};
   for (const auto& [name, t] : others)
     if (t->has_value()) CHECK_SAME_DEVICE(name, **t, query);
   CHECK_SAME_DEVICE("scale", scale, query);
-  TORCH_CHECK_VALUE(query.is_cuda(), OP, ": query is on ", query.device(),
-                    ", but backend='cuda' runs on CUDA tensors only: move the inputs to a GPU (tensor.cuda()), ",
-                    "or use backend='chunked' (any device) or backend='auto'");
+  TORCH_CHECK_VALUE(query.is_cuda() || query.is_cpu(), OP, ": query is on ", query.device(),
+                    ": backend='cuda' runs on CUDA tensors (and on CPU tensors, for tests)");
+  if (pos_index.has_value()) check_index_range(OP, "pos_index", *pos_index, m + r);
+  if (self_index.has_value()) check_index_range(OP, "self_index", *self_index, m + r);
 
-  auto contiguous = [](const OptTensor& t) { return t.has_value() ? t->contiguous() : Tensor(); };
-  in.query = query.contiguous();
-  in.keys = in.shared ? in.query : k.contiguous();
-  in.extra = r > 0 ? contiguous(extra) : Tensor();
-  in.scale = scale.reshape({}).contiguous();
-  in.pos_index = contiguous(pos_index);
-  in.row_labels = contiguous(row_labels);
-  in.col_labels = contiguous(col_labels);
-  in.self_index = contiguous(self_index);
-  in.band_lo = contiguous(band_lo);
-  in.band_hi = contiguous(band_hi);
+  p.n = n, p.m = m, p.r = r, p.d = d, p.chunk_rows = chunk_rows, p.chunk_cols = chunk_cols;
+  p.normalize = normalize;
+  p.query = query.contiguous();
+  p.keys = p.shared ? p.query : k.contiguous();
+  p.extra = r > 0 ? extra->contiguous() : Tensor();
+  p.scale = scale.reshape({}).contiguous();
+  p.bias = bias.has_value() ? bias->reshape({}).contiguous() : Tensor();
+  p.pos_index = contiguous_or_undefined(pos_index);
+  p.row_labels = contiguous_or_undefined(row_labels);
+  p.col_labels = contiguous_or_undefined(col_labels);
+  p.self_index = contiguous_or_undefined(self_index);
+  p.band_lo = contiguous_or_undefined(band_lo);
+  p.band_hi = contiguous_or_undefined(band_hi);
 
-  auto ptr = [](const Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
-  cc::CoreArgs& a = in.args;
-  a.q = ptr(in.query);
-  a.k = ptr(in.keys);
-  a.e = ptr(in.extra);
-  a.n = n;
-  a.m = m;
-  a.r = r;
-  a.d = d;
-  a.scale = in.scale.const_data_ptr<float>();
-  a.pos_index = static_cast<const int64_t*>(ptr(in.pos_index));
-  a.row_labels = static_cast<const int64_t*>(ptr(in.row_labels));
-  a.col_labels = static_cast<const int64_t*>(ptr(in.col_labels));
-  a.self_index = static_cast<const int64_t*>(ptr(in.self_index));
-  a.band_lo = static_cast<const float*>(ptr(in.band_lo));
-  a.band_hi = static_cast<const float*>(ptr(in.band_hi));
-  a.key_negatives = key_negatives;
-  a.decoupled = decoupled;
-  return in;
+  p.qh = unit_rows(p.query, normalize);
+  std::vector<Tensor> columns = {p.shared ? p.qh : unit_rows(p.keys, normalize)};
+  if (r > 0) columns.push_back(unit_rows(p.extra, normalize));
+  p.ch = columns.size() == 1 ? columns[0] : at::cat(columns, 0);
+
+  cc::Roles& ro = p.roles;
+  ro.pos_index = ptr_or_null<int64_t>(p.pos_index);
+  ro.self_index = ptr_or_null<int64_t>(p.self_index);
+  ro.row_labels = ptr_or_null<int64_t>(p.row_labels);
+  ro.col_labels = ptr_or_null<int64_t>(p.col_labels);
+  ro.band_lo = ptr_or_null<float>(p.band_lo);
+  ro.band_hi = ptr_or_null<float>(p.band_hi);
+  ro.m = m;
+  ro.key_negatives = key_negatives;
+  ro.decoupled = decoupled;
+  p.terms.hard = hard_beta.has_value();
+  p.terms.beta = hard_beta.has_value() ? static_cast<float>(*hard_beta) : 0.0f;
+  p.terms.sigmoid = pairwise_sigmoid;
+  return p;
 }
 
-// The caller's current stream on the inputs' device, through c10's device-generic interface
-// (the CUDA implementation is registered by torch's CUDA library at run time).
+// The caller's current stream on the inputs' device (null on the CPU), through c10's
+// device-generic interface (the CUDA implementation is registered by torch's CUDA library).
 void* current_stream(const Tensor& t) {
+  if (!t.is_cuda()) return nullptr;
   return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(t.device()).native_handle();
 }
 
-Tensor fp32_vector(const Tensor& like, int64_t size) { return at::empty({size}, like.options().dtype(at::kFloat)); }
+// a @ b.T, or a @ b, into fp32 (fp32 accumulation inside the GEMM)
+Tensor product_fp32(const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat) return at::mm(a, b);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return at::mm(a, b, at::kFloat);
+#else
+  return at::mm(a, b).to(at::kFloat);  // rounded to the input dtype once per product
+#endif
+}
 
-// Fills inv_q/inv_k/inv_e (1 / max(||x||, 1e-12)) when normalizing; null pointers mean 1.
-void inverse_norms(const char* OP, Inputs& in, bool normalize, void* stream) {
-  if (!normalize) return;
-  cc::CoreArgs& a = in.args;
-  in.inv_q = fp32_vector(in.query, a.n);
-  CHECK_LAUNCH(cc::inverse_norms(in.dtype, a.q, a.n, a.d, in.inv_q.data_ptr<float>(), stream));
-  a.inv_q = in.inv_q.const_data_ptr<float>();
-  if (in.shared) {
-    a.inv_k = a.inv_q;
+// The column chunks [c0, c1): keys then extra negatives, never straddling them (column terms
+// belong to key columns only).
+std::vector<std::pair<int64_t, int64_t>> column_chunks(const Problem& p) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& [start, end] : {std::pair<int64_t, int64_t>{0, p.m}, {p.m, p.m + p.r}})
+    for (int64_t c0 = start; c0 < end; c0 += p.chunk_cols) out.emplace_back(c0, std::min(c0 + p.chunk_cols, end));
+  return out;
+}
+
+// Calls fn(r0, r1, c0, c1, cosines) for every chunk, row chunks outer, in a fixed order.
+template <typename Fn>
+void for_each_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
+  const Tensor q = p.qh.narrow(0, r0, r1 - r0);
+  for (const auto& [c0, c1] : column_chunks(p)) {
+    const Tensor s = product_fp32(q, p.ch.narrow(0, c0, c1 - c0).t()).contiguous();
+    fn(c0, c1, s);
+  }
+}
+
+cc::Chunk as_chunk(const Tensor& s, int64_t r0, int64_t c0) {
+  cc::Chunk c;
+  c.s = s.const_data_ptr<float>();
+  c.rows = s.size(0), c.cols = s.size(1), c.ld = s.size(1);
+  c.r0 = r0, c.c0 = c0;
+  return c;
+}
+
+Tensor acc_buffer(const Tensor& like, int64_t count, void* stream) {
+  Tensor buf = at::empty({static_cast<int64_t>(count * sizeof(cc::Acc))}, like.options().dtype(at::kByte));
+  auto* acc = reinterpret_cast<cc::Acc*>(buf.data_ptr<uint8_t>());
+  if (like.is_cuda()) {
+    const char* OP = "contrastive_ops_cuda (accumulators)";
+    CHECK_LAUNCH(cc::acc_init(acc, count, stream));
   } else {
-    in.inv_k = fp32_vector(in.query, a.m);
-    CHECK_LAUNCH(cc::inverse_norms(in.dtype, a.k, a.m, a.d, in.inv_k.data_ptr<float>(), stream));
-    a.inv_k = in.inv_k.const_data_ptr<float>();
+    cc::cpu::acc_init(acc, count);
   }
-  if (a.r > 0) {
-    in.inv_e = fp32_vector(in.query, a.r);
-    CHECK_LAUNCH(cc::inverse_norms(in.dtype, a.e, a.r, a.d, in.inv_e.data_ptr<float>(), stream));
-    a.inv_e = in.inv_e.const_data_ptr<float>();
-  }
+  return buf;
 }
 
-using Terms = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+cc::Acc* acc_ptr(Tensor& buf) { return reinterpret_cast<cc::Acc*>(buf.data_ptr<uint8_t>()); }
 
-Terms forward(const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
-              const OptTensor& pos_index, const OptTensor& row_labels, const OptTensor& col_labels,
-              const OptTensor& self_index, const OptTensor& band_lo, const OptTensor& band_hi, bool key_negatives,
-              bool decoupled, bool column_terms, bool normalize) {
+using Terms10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
+                const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
+                const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
+                const OptTensor& band_hi, bool key_negatives, bool decoupled, bool column_terms, bool normalize,
+                std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::forward";
-  Inputs in = check_inputs(OP, query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo,
-                           band_hi, key_negatives, decoupled);
+  TORCH_CHECK_VALUE(!(hard_beta.has_value() && column_terms), OP, ": hard_beta does not combine with column_terms");
   c10::DeviceGuard guard(query.device());
-  void* stream = current_stream(query);
-  inverse_norms(OP, in, normalize, stream);
-  const cc::CoreArgs& a = in.args;
-  auto f32 = query.options().dtype(at::kFloat);
-  auto i64 = query.options().dtype(at::kLong);
-  Tensor row_lse = at::empty({a.n}, f32), row_pos = at::empty({a.n}, f32);
-  Tensor row_den = at::empty({a.n}, i64), row_pos_n = at::empty({a.n}, i64);
-  CHECK_LAUNCH(cc::forward_rows(in.dtype, a, row_lse.data_ptr<float>(), row_pos.data_ptr<float>(),
-                                row_den.data_ptr<int64_t>(), row_pos_n.data_ptr<int64_t>(), stream));
-  const int64_t mc = column_terms ? a.m : 0;
-  Tensor col_lse = at::empty({mc}, f32), col_pos = at::empty({mc}, f32);
-  Tensor col_den = at::empty({mc}, i64), col_pos_n = at::empty({mc}, i64);
-  if (column_terms)
-    CHECK_LAUNCH(cc::forward_cols(in.dtype, a, col_lse.data_ptr<float>(), col_pos.data_ptr<float>(),
-                                  col_den.data_ptr<int64_t>(), col_pos_n.data_ptr<int64_t>(), stream));
-  return {row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n};
+  Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
+                      band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
+                      chunk_cols);
+  void* stream = current_stream(p.query);
+  const bool gpu = p.query.is_cuda();
+  Tensor row_buf = acc_buffer(p.query, p.n, stream);
+  Tensor col_buf = acc_buffer(p.query, column_terms ? p.m : 0, stream);
+  const float* scale_ptr = p.scale.const_data_ptr<float>();
+  const float* bias_ptr = ptr_or_null<float>(p.bias);
+  for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
+    const int64_t r1 = std::min(r0 + p.chunk_rows, p.n);
+    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const Tensor& s) {
+      const cc::Chunk c = as_chunk(s, r0, c0);
+      if (gpu) {
+        CHECK_LAUNCH(cc::rows_forward(c, p.roles, p.terms, scale_ptr, bias_ptr, acc_ptr(row_buf), stream));
+        if (column_terms && c1 <= p.m) CHECK_LAUNCH(cc::cols_forward(c, p.roles, p.terms, scale_ptr, acc_ptr(col_buf), stream));
+      } else {
+        cc::cpu::rows_forward(c, p.roles, p.terms, scale_ptr, bias_ptr, acc_ptr(row_buf));
+        if (column_terms && c1 <= p.m) cc::cpu::cols_forward(c, p.roles, scale_ptr, acc_ptr(col_buf));
+      }
+    });
+  }
+  auto f32 = p.query.options().dtype(at::kFloat);
+  auto i64 = p.query.options().dtype(at::kLong);
+  auto finish = [&](Tensor& buf, int64_t count, bool beta, bool pair) {
+    Tensor lse = at::empty({count}, f32), pos = at::empty({count}, f32);
+    Tensor den = at::empty({count}, i64), pos_n = at::empty({count}, i64);
+    Tensor lse_beta = at::empty({beta ? count : 0}, f32), pair_loss = at::empty({pair ? count : 0}, f32);
+    float* lb = beta ? lse_beta.data_ptr<float>() : nullptr;
+    float* pl = pair ? pair_loss.data_ptr<float>() : nullptr;
+    if (gpu) {
+      CHECK_LAUNCH(cc::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(),
+                                  den.data_ptr<int64_t>(), pos_n.data_ptr<int64_t>(), lb, pl, stream));
+    } else {
+      cc::cpu::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(), den.data_ptr<int64_t>(),
+                          pos_n.data_ptr<int64_t>(), lb, pl);
+    }
+    return std::make_tuple(lse, pos, den, pos_n, lse_beta, pair_loss);
+  };
+  auto [row_lse, row_pos, row_den, row_pos_n, row_lse_beta, row_pair] =
+      finish(row_buf, p.n, p.terms.hard, p.terms.sigmoid);
+  auto [col_lse, col_pos, col_den, col_pos_n, unused_beta, unused_pair] =
+      finish(col_buf, column_terms ? p.m : 0, false, false);
+  return {row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n, row_lse_beta, row_pair};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> backward(
+// Gradient through x̂ = x / max(||x||, eps): (g - x̂ <x̂, g>) / max(||x||, eps), the radial part
+// dropped where ||x|| <= eps; g itself without normalization. In the input dtype.
+Tensor input_grad(const Tensor& x, const Tensor& g, bool normalize) {
+  if (!normalize) return g.to(x.scalar_type());
+  const Tensor xf = x.to(at::kFloat);
+  const Tensor norm = at::linalg_vector_norm(xf, 2, {1}, true);
+  const Tensor denom = norm.clamp_min(1e-12);
+  const Tensor unit = xf / denom;
+  const Tensor radial = (unit * g).sum(1, true) * (norm > 1e-12);
+  return ((g - unit * radial) / denom).to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     const Tensor& g_row_lse, const Tensor& g_row_pos, const OptTensor& g_col_lse, const OptTensor& g_col_pos,
-    const Tensor& row_lse, const Tensor& row_pos_count, const OptTensor& col_lse, const OptTensor& col_pos_count,
-    const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
+    const OptTensor& g_row_lse_beta, const OptTensor& g_row_pair, const Tensor& row_lse, const Tensor& row_pos_count,
+    const OptTensor& col_lse, const OptTensor& col_pos_count, const OptTensor& row_lse_beta, const Tensor& query,
+    const OptTensor& keys, const OptTensor& extra, const Tensor& scale, const OptTensor& bias,
     const OptTensor& pos_index, const OptTensor& row_labels, const OptTensor& col_labels,
     const OptTensor& self_index, const OptTensor& band_lo, const OptTensor& band_hi, bool key_negatives,
-    bool decoupled, bool normalize) {
+    bool decoupled, bool column_terms, bool normalize, std::optional<double> hard_beta, bool pairwise_sigmoid,
+    int64_t chunk_rows, int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::backward";
-  const bool column_terms = col_lse.has_value() && col_lse->numel() > 0;
-  auto grad_checks = [&](int64_t n, int64_t m) {
-    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_row_lse", &g_row_lse},
-                                  {"g_row_pos", &g_row_pos}, {"row_lse", &row_lse}}) {
-      CHECK_DTYPE(name, *t, at::kFloat);
-      CHECK_SHAPE(name, *t, n);
-    }
-    CHECK_DTYPE("row_pos_count", row_pos_count, at::kLong);
-    CHECK_SHAPE("row_pos_count", row_pos_count, n);
-    if (!column_terms) return;
-    TORCH_CHECK_VALUE(g_col_lse.has_value() && g_col_pos.has_value() && col_pos_count.has_value(), OP,
-                      ": column terms need g_col_lse, g_col_pos and col_pos_count");
-    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_col_lse", &*g_col_lse},
-                                  {"g_col_pos", &*g_col_pos}, {"col_lse", &*col_lse}}) {
-      CHECK_DTYPE(name, *t, at::kFloat);
-      CHECK_SHAPE(name, *t, m);
-    }
+  c10::DeviceGuard guard(query.device());
+  Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
+                      band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
+                      chunk_cols);
+  const int64_t n = p.n, m = p.m;
+  auto vec = [&](const char* name, const Tensor& t, int64_t size) {
+    CHECK_DTYPE(name, t, at::kFloat);
+    CHECK_SHAPE(name, t, size);
+    CHECK_SAME_DEVICE(name, t, query);
+    return t.contiguous();
+  };
+  Tensor gl = vec("g_row_lse", g_row_lse, n), lse = vec("row_lse", row_lse, n);
+  CHECK_DTYPE("row_pos_count", row_pos_count, at::kLong);
+  CHECK_SHAPE("row_pos_count", row_pos_count, n);
+  Tensor gpw = (vec("g_row_pos", g_row_pos, n) / row_pos_count.clamp_min(1).to(at::kFloat)).contiguous();
+  cc::GradVecs g;
+  g.g_lse = gl.const_data_ptr<float>();
+  g.lse = lse.const_data_ptr<float>();
+  g.g_pos_w = gpw.const_data_ptr<float>();
+  Tensor glb, lb, gpair, gcl, cl, gcpw;
+  if (p.terms.hard) {
+    TORCH_CHECK_VALUE(g_row_lse_beta.has_value() && row_lse_beta.has_value(), OP,
+                      ": hard_beta needs g_row_lse_beta and row_lse_beta");
+    glb = vec("g_row_lse_beta", *g_row_lse_beta, n);
+    lb = vec("row_lse_beta", *row_lse_beta, n);
+    g.g_lse_beta = glb.const_data_ptr<float>();
+    g.lse_beta = lb.const_data_ptr<float>();
+  }
+  if (p.terms.sigmoid) {
+    TORCH_CHECK_VALUE(g_row_pair.has_value(), OP, ": pairwise_sigmoid needs g_row_pair");
+    gpair = vec("g_row_pair", *g_row_pair, n);
+    g.g_pair = gpair.const_data_ptr<float>();
+  }
+  if (column_terms) {
+    TORCH_CHECK_VALUE(g_col_lse.has_value() && g_col_pos.has_value() && col_lse.has_value() &&
+                          col_pos_count.has_value(),
+                      OP, ": column terms need g_col_lse, g_col_pos, col_lse and col_pos_count");
+    gcl = vec("g_col_lse", *g_col_lse, m);
+    cl = vec("col_lse", *col_lse, m);
     CHECK_DTYPE("col_pos_count", *col_pos_count, at::kLong);
     CHECK_SHAPE("col_pos_count", *col_pos_count, m);
-  };
-  Inputs in = check_inputs(OP, query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo,
-                           band_hi, key_negatives, decoupled, grad_checks);
-  cc::CoreArgs& a = in.args;
-  c10::DeviceGuard guard(query.device());
-  void* stream = current_stream(query);
-  inverse_norms(OP, in, normalize, stream);
-
-  // upstream gradients, with the positives' mean folded in: g_pos / max(|P|, 1)
-  Tensor g_rl = g_row_lse.contiguous(), rl = row_lse.contiguous();
-  Tensor g_rp = (g_row_pos / row_pos_count.clamp_min(1).to(at::kFloat)).contiguous();
-  Tensor g_cl, cl, g_cp;
-  cc::GradArgs g;
-  g.g_row_lse = g_rl.const_data_ptr<float>();
-  g.g_row_pos_w = g_rp.const_data_ptr<float>();
-  g.row_lse = rl.const_data_ptr<float>();
-  if (column_terms) {
-    g_cl = g_col_lse->contiguous();
-    cl = col_lse->contiguous();
-    g_cp = (*g_col_pos / col_pos_count->clamp_min(1).to(at::kFloat)).contiguous();
-    g.g_col_lse = g_cl.const_data_ptr<float>();
-    g.g_col_pos_w = g_cp.const_data_ptr<float>();
+    gcpw = (vec("g_col_pos", *g_col_pos, m) / col_pos_count->clamp_min(1).to(at::kFloat)).contiguous();
+    g.col_g_lse = gcl.const_data_ptr<float>();
     g.col_lse = cl.const_data_ptr<float>();
-    g.column_terms = true;
+    g.col_g_pos_w = gcpw.const_data_ptr<float>();
   }
-
-  auto f32 = query.options().dtype(at::kFloat);
-  Tensor grad_q = at::zeros({a.n, a.d}, f32);  // fp32 gradients of the unit rows, before the scale
-  Tensor grad_c = at::zeros({a.m + a.r, a.d}, f32);  // keys, then extra negatives
-  const int64_t blocks = (a.n + cc::kBlockRows - 1) / cc::kBlockRows;
-  Tensor scale_partials = at::empty({blocks}, f32);
-  CHECK_LAUNCH(cc::backward_rows(in.dtype, a, g, grad_q.data_ptr<float>(), scale_partials.data_ptr<float>(), stream));
-  CHECK_LAUNCH(cc::backward_cols(in.dtype, a, g, grad_c.data_ptr<float>(), stream));
-  Tensor grad_scale = scale_partials.sum();  // a fixed-size reduction: deterministic
-
-  if (in.shared) grad_q.add_(grad_c.narrow(0, 0, a.m));  // the keys are the queries: both gradients
-  auto input_grad = [&](const Tensor& x, const Tensor& g_unit) {
-    Tensor out = at::empty_like(x);
-    CHECK_LAUNCH(cc::normalize_backward(in.dtype, x.const_data_ptr(), g_unit.const_data_ptr<float>(), x.size(0),
-                                        a.d, a.scale, normalize, out.data_ptr(), stream));
-    return out;
-  };
-  Tensor grad_query = input_grad(in.query, grad_q);
-  Tensor grad_keys = in.shared ? at::empty({0}, query.options()) : input_grad(in.keys, grad_c.narrow(0, 0, a.m));
-  Tensor grad_extra = a.r > 0            ? input_grad(in.extra, grad_c.narrow(0, a.m, a.r).contiguous())
-                     : extra.has_value() ? at::zeros_like(*extra)  // zero rows
-                                         : at::empty({0}, query.options());
-  return {grad_query, grad_keys, grad_extra, grad_scale};
+  void* stream = current_stream(p.query);
+  const bool gpu = p.query.is_cuda();
+  auto f32 = p.query.options().dtype(at::kFloat);
+  Tensor dqh = at::zeros({n, p.d}, f32), dch = at::zeros({m + p.r, p.d}, f32);  // fp32 gradients of the unit rows
+  Tensor row_dscale = at::zeros({n}, f32), row_dbias = at::zeros({n}, f32);
+  const float* scale_ptr = p.scale.const_data_ptr<float>();
+  const float* bias_ptr = ptr_or_null<float>(p.bias);
+  cc::GradVecs rows_only = g;  // extra negatives' columns have no column terms
+  rows_only.col_g_lse = rows_only.col_lse = rows_only.col_g_pos_w = nullptr;
+  for (int64_t r0 = 0; r0 < n; r0 += p.chunk_rows) {
+    const int64_t r1 = std::min(r0 + p.chunk_rows, n);
+    const Tensor q = p.qh.narrow(0, r0, r1 - r0);
+    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const Tensor& s) {
+      const cc::Chunk c = as_chunk(s, r0, c0);
+      const cc::GradVecs& gv = c1 <= m ? g : rows_only;
+      Tensor ds = at::empty({c.rows, c.cols}, p.qh.options());  // scale · dL/dx, the GEMMs' dtype
+      if (gpu) {
+        CHECK_LAUNCH(cc::rows_backward(c, p.roles, p.terms, scale_ptr, bias_ptr, gv, kernel_dtype(ds), ds.data_ptr(),
+                                       row_dscale.data_ptr<float>(), row_dbias.data_ptr<float>(), stream));
+      } else {
+        cc::cpu::rows_backward(c, p.roles, p.terms, scale_ptr, bias_ptr, gv, ds.data_ptr<float>(),
+                               row_dscale.data_ptr<float>(), row_dbias.data_ptr<float>());
+      }
+      const Tensor cols = p.ch.narrow(0, c0, c1 - c0);
+      dqh.narrow(0, r0, r1 - r0).add_(product_fp32(ds, cols));
+      dch.narrow(0, c0, c1 - c0).add_(product_fp32(ds.t(), q));
+    });
+  }
+  Tensor grad_scale = row_dscale.sum();  // fixed-size reductions: deterministic
+  Tensor grad_bias = row_dbias.sum();
+  if (p.shared) dqh.add_(dch.narrow(0, 0, m));  // the keys are the queries: both gradients
+  Tensor grad_query = input_grad(p.query, dqh, normalize);
+  Tensor grad_keys = p.shared ? at::empty({0}, query.options()) : input_grad(p.keys, dch.narrow(0, 0, m), normalize);
+  Tensor grad_extra = p.r > 0 ? input_grad(p.extra, dch.narrow(0, m, p.r), normalize)
+                      : extra.has_value() ? at::zeros_like(*extra)
+                                          : at::empty({0}, query.options());
+  return {grad_query, grad_keys, grad_extra, grad_scale, grad_bias};
 }
 
 std::tuple<Tensor, Tensor> ring_band(const Tensor& query, const OptTensor& keys, const OptTensor& extra,
                                      const Tensor& scale, const OptTensor& pos_index, const OptTensor& row_labels,
                                      const OptTensor& col_labels, const OptTensor& self_index, bool key_negatives,
-                                     bool normalize, double outer, double inner) {
+                                     bool normalize, double outer, double inner, int64_t chunk_rows,
+                                     int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::ring_band";
   TORCH_CHECK_VALUE(outer >= 0.0 && outer <= 1.0, OP, ": outer must be in [0, 1], got ", outer);
   TORCH_CHECK_VALUE(inner >= 0.0 && inner <= 1.0, OP, ": inner must be in [0, 1], got ", inner);
-  Inputs in = check_inputs(OP, query, keys, extra, scale, pos_index, row_labels, col_labels, self_index,
-                           std::nullopt, std::nullopt, key_negatives, false);
   c10::DeviceGuard guard(query.device());
-  void* stream = current_stream(query);
-  inverse_norms(OP, in, normalize, stream);
-  Tensor v_lo = fp32_vector(in.query, in.args.n), v_hi = fp32_vector(in.query, in.args.n);
-  CHECK_LAUNCH(cc::ring_band(in.dtype, in.args, outer, inner, v_lo.data_ptr<float>(), v_hi.data_ptr<float>(), stream));
+  Problem p = prepare(OP, query, keys, extra, scale, std::nullopt, pos_index, row_labels, col_labels, self_index,
+                      std::nullopt, std::nullopt, key_negatives, false, normalize, std::nullopt, false, chunk_rows,
+                      chunk_cols);
+  void* stream = current_stream(p.query);
+  const bool gpu = p.query.is_cuda();
+  auto opts = p.query.options();
+  Tensor v_lo = at::empty({p.n}, opts.dtype(at::kFloat)), v_hi = at::empty({p.n}, opts.dtype(at::kFloat));
+  const float* scale_ptr = p.scale.const_data_ptr<float>();
+  for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
+    const int64_t rows = std::min(p.chunk_rows, p.n - r0);
+    Tensor hist = at::empty({rows, 2, 256}, opts.dtype(at::kInt));
+    Tensor prefix = at::zeros({rows, 2}, opts.dtype(at::kInt));  // uint32 bit patterns
+    Tensor rank = at::zeros({rows, 2}, opts.dtype(at::kLong));
+    Tensor nonempty = at::zeros({rows}, opts.dtype(at::kByte));
+    auto* prefix_ptr = reinterpret_cast<uint32_t*>(prefix.data_ptr<int32_t>());
+    for (int shift = 24; shift >= 0; shift -= 8) {  // one byte of the order keys per pass, from the top
+      hist.zero_();
+      for_each_chunk(p, r0, r0 + rows, [&](int64_t c0, int64_t, const Tensor& s) {
+        const cc::Chunk c = as_chunk(s, r0, c0);
+        if (gpu)
+          CHECK_LAUNCH(cc::ring_histogram(c, p.roles, scale_ptr, prefix_ptr, shift, hist.data_ptr<int32_t>(), stream));
+        else
+          cc::cpu::ring_histogram(c, p.roles, scale_ptr, prefix_ptr, shift, hist.data_ptr<int32_t>());
+      });
+      if (gpu)
+        CHECK_LAUNCH(cc::ring_step(hist.data_ptr<int32_t>(), rows, shift, outer, inner, prefix_ptr,
+                                   rank.data_ptr<int64_t>(), nonempty.data_ptr<uint8_t>(), stream));
+      else
+        cc::cpu::ring_step(hist.data_ptr<int32_t>(), rows, shift, outer, inner, prefix_ptr, rank.data_ptr<int64_t>(),
+                           nonempty.data_ptr<uint8_t>());
+    }
+    float* lo = v_lo.data_ptr<float>() + r0;
+    float* hi = v_hi.data_ptr<float>() + r0;
+    if (gpu)
+      CHECK_LAUNCH(cc::ring_finish(prefix_ptr, nonempty.data_ptr<uint8_t>(), rows, lo, hi, stream));
+    else
+      cc::cpu::ring_finish(prefix_ptr, nonempty.data_ptr<uint8_t>(), rows, lo, hi);
+  }
   return {v_lo, v_hi};
 }
 
@@ -339,23 +501,26 @@ std::string built_archs() { return cc::built_archs(); }
 
 TORCH_LIBRARY(contrastive_ops_cuda, m) {
   m.def(
-      "forward(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? pos_index, Tensor? row_labels, "
-      "Tensor? col_labels, Tensor? self_index, Tensor? band_lo, Tensor? band_hi, bool key_negatives, bool decoupled, "
-      "bool column_terms, bool normalize) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "forward(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, Tensor? pos_index, "
+      "Tensor? row_labels, Tensor? col_labels, Tensor? self_index, Tensor? band_lo, Tensor? band_hi, "
+      "bool key_negatives, bool decoupled, bool column_terms, bool normalize, float? hard_beta, "
+      "bool pairwise_sigmoid, int chunk_rows, int chunk_cols) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "backward(Tensor g_row_lse, Tensor g_row_pos, Tensor? g_col_lse, Tensor? g_col_pos, Tensor row_lse, "
-      "Tensor row_pos_count, Tensor? col_lse, Tensor? col_pos_count, Tensor query, Tensor? keys, Tensor? extra, "
-      "Tensor scale, Tensor? pos_index, Tensor? row_labels, Tensor? col_labels, Tensor? self_index, "
-      "Tensor? band_lo, Tensor? band_hi, bool key_negatives, bool decoupled, bool normalize) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "backward(Tensor g_row_lse, Tensor g_row_pos, Tensor? g_col_lse, Tensor? g_col_pos, Tensor? g_row_lse_beta, "
+      "Tensor? g_row_pair, Tensor row_lse, Tensor row_pos_count, Tensor? col_lse, Tensor? col_pos_count, "
+      "Tensor? row_lse_beta, Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, "
+      "Tensor? pos_index, Tensor? row_labels, Tensor? col_labels, Tensor? self_index, Tensor? band_lo, "
+      "Tensor? band_hi, bool key_negatives, bool decoupled, bool column_terms, bool normalize, float? hard_beta, "
+      "bool pairwise_sigmoid, int chunk_rows, int chunk_cols) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "ring_band(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? pos_index, Tensor? row_labels, "
-      "Tensor? col_labels, Tensor? self_index, bool key_negatives, bool normalize, float outer, float inner) "
-      "-> (Tensor, Tensor)");
+      "Tensor? col_labels, Tensor? self_index, bool key_negatives, bool normalize, float outer, float inner, "
+      "int chunk_rows, int chunk_cols) -> (Tensor, Tensor)");
   m.def("built_archs() -> str", &built_archs);
 }
 
-// The same functions for CPU tensors: every check runs, then the device check names the fix.
+// CUDA tensors run the epilogue kernels; CPU tensors the same arithmetic in loops (epilogue_cpu.h).
 TORCH_LIBRARY_IMPL(contrastive_ops_cuda, CUDA, m) {
   m.impl("forward", &forward);
   m.impl("backward", &backward);

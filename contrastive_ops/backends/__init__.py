@@ -22,17 +22,17 @@ import torch
 
 from contrastive_ops.kernels import config as tile_config  # imports no Triton
 
+from ..errors import BackendUnavailableError
 from . import chunked, naive
 from . import triton as triton_backend  # registers its torch.library ops; imports no Triton
 
+__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend_status", "compute_fn", "resolve"]
+
 BACKENDS = ("naive", "chunked", "triton", "cuda")
-# Triton first: its kernels run every loss and are checked in CI under the interpreter; the CUDA
-# extension lacks the newer roles (see cuda_supports) and has yet to be timed against it.
+# Triton first: both run every loss, and the static model puts the fused Triton kernels ahead of the
+# extension's cuBLAS products with separate epilogue passes (benchmarks/kernel_report.py); no GPU
+# measurement says otherwise yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
-
-
-class BackendUnavailableError(ValueError):
-    """The requested backend cannot run here; the message says why and what would fix it."""
 
 
 def _triton_status() -> tuple[bool, str]:
@@ -78,37 +78,17 @@ def available_backends(device: torch.device | None = None) -> list[str]:
     return [name for name in BACKENDS if backend_status(name, device)[0]]
 
 
-
-
-def cuda_supports(spec) -> str | None:
-    """``None`` if the CUDA extension implements every option of ``spec``, else what it lacks."""
-    if spec is None:
-        return None
-    if spec.hard_beta is not None:
-        return "hard-negative weighting (hard_negative_nce, debiased_nce)"
-    if spec.pairwise_sigmoid:
-        return "the pairwise sigmoid loss (siglip_loss)"
-    if spec.pos_index is not None and spec.row_labels is not None:
-        return "false-negative masking by labels"
-    return None
-
-
-def resolve(backend: str, device: torch.device, spec=None) -> str:
-    """The concrete backend name for ``backend`` on ``device`` (able to compute ``spec``, if given);
-    raises if it cannot run there."""
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend name for ``backend`` on ``device`` (every backend computes every role of
+    the core); raises if it cannot run there."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}: {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
             for name in AUTO_ORDER_CUDA:
-                if name == "cuda" and cuda_supports(spec) is not None:
-                    continue
                 if backend_status(name, device)[0]:
                     return name
         return "chunked"
-    if backend == "cuda" and cuda_supports(spec) is not None:
-        raise BackendUnavailableError(
-            f"backend='cuda' does not implement {cuda_supports(spec)}: use backend='triton' or 'chunked' (or 'auto')")
     ok, why = backend_status(backend, device)
     if not ok:
         raise BackendUnavailableError(f"backend={backend!r} cannot run here: {why}")

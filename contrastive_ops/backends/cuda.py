@@ -1,23 +1,25 @@
-"""The cuda backend: the generic core as CUDA C++ operators (``csrc/``), CUDA tensors only.
+"""The cuda backend: the generic core as CUDA C++ operators (``csrc/``), every role of it.
 
 The operators ``torch.ops.contrastive_ops_cuda.{forward, backward, ring_band}`` are defined in C++
 (``csrc/ops.cpp``); this module loads the extension (importing it is the first use: only
 :func:`contrastive_ops.backends.compute_fn` imports it) and registers their fake implementations
 and the autograd of ``forward`` with ``torch.library``, so ``torch.compile(fullgraph=True)`` traces
-through them. The algorithm is that of :mod:`contrastive_ops.backends.chunked`, in 64×64 tiles:
+through them.
 
-* forward: inverse norms (the fused L2 normalization), then per 64-row block one pass over every
-  column tile with an online log-sum-exp per row; with column terms, the same per 64-column block
-  of keys over every row tile (a second pass, O(N + M) memory, no partial buffers);
-* backward: a dQ pass over row blocks and a dK pass over column blocks, each recomputing the
-  tiles and owning its output rows (no atomics: deterministic); ``ds = Σ dS·cos`` from per-block
-  partial sums added in a fixed order; then the normalization backward;
-* Ring: per row, the band ``(v_lo, v_hi)`` by a radix select (4 bits per pass) over order keys of
-  the very fp32 logits the loss uses.
+The dataflow is the Triton backend's large-D path (``kernels.contrastive_bwd``'s dS chunks): the
+logits exist only as chunks of fp32 cosines ``S = Q̂·Ĉᵀ`` from torch's GEMM (cuBLAS), each read once
+by a fused CUDA epilogue — the forward's online log-sum-exp per row and, for symmetric losses, per
+key column; the backward's ``dS``, followed by the GEMMs ``dQ̂ += dS·Ĉ`` and ``dĈ += dSᵀ·Q̂`` into
+fp32; the Ring's radix histograms (one byte per pass, on the very logits the loss uses). Chunks are
+bounded by ``CONTRASTIVE_OPS_DS_CHUNK_BYTES`` (64 MiB of fp32 cosines by default), go in a fixed order
+and are summed without float atomics: deterministic. Every option of the core runs: labels
+(positives or false-negative masking), hard-negative weighting, the pairwise sigmoid with its bias,
+the Ring band, column terms in the same pass as the rows, extra negatives.
 
-Inputs fp32/fp16/bf16 (fp16/bf16 tile products on tensor cores, fp32 accumulation; fp32 in full
-fp32 FMA). float64 raises a TypeError pointing at ``backend="chunked"``. Index values
-(``pos_index``, ``self_index``) are not range-checked on the device.
+Inputs fp32/fp16/bf16 on one CUDA device (fp32 accumulation); float64 raises a TypeError pointing
+at ``backend="chunked"``. Index values are range-checked before any work. The operators also run on
+CPU tensors, with the same epilogue arithmetic in plain loops and fp32 products: the tests check
+that arithmetic against float64 on machines without a GPU (``compute_terms(..., allow_cpu=True)``).
 """
 from __future__ import annotations
 
@@ -25,10 +27,25 @@ import torch
 
 from .. import _ext
 from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor
+from ..errors import BackendUnavailableError
 
 _ext.load()  # raises BackendUnavailableError (reason and fix) where it is neither built nor buildable
 _OPS = torch.ops.contrastive_ops_cuda
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FIELDS = ContrastiveTerms._fields  # row_lse, row_pos, row_den_count, row_pos_count, col_*, row_lse_beta, row_pair_loss
+
+
+def chunk_shape(n: int, m_total: int) -> tuple[int, int]:
+    """``(rows, cols)`` of one chunk of fp32 cosines: at most ``kernels.config.ds_chunk_bytes()``
+    bytes (64 MiB: 4096 × 4096 by default), square where both sides allow, never more than needed."""
+    import math
+
+    from contrastive_ops.kernels import config
+
+    budget = max(1, config.ds_chunk_bytes() // 4)
+    rows = max(1, min(n, math.isqrt(budget)))
+    cols = max(1, min(m_total, budget // rows))
+    return rows, cols
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,8 +54,9 @@ _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @torch.library.register_fake("contrastive_ops_cuda::forward")
-def _forward_fake(query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-                  key_negatives, decoupled, column_terms, normalize):
+def _forward_fake(query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
+                  key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
+                  chunk_cols):
     n = query.shape[0]
     m = (query if keys is None else keys).shape[0] if column_terms else 0
     f32, i64 = torch.float32, torch.int64
@@ -47,57 +65,66 @@ def _forward_fake(query, keys, extra, scale, pos_index, row_labels, col_labels, 
         query.new_empty(n, dtype=i64), query.new_empty(n, dtype=i64),
         query.new_empty(m, dtype=f32), query.new_empty(m, dtype=f32),
         query.new_empty(m, dtype=i64), query.new_empty(m, dtype=i64),
+        query.new_empty(n if hard_beta is not None else 0, dtype=f32),
+        query.new_empty(n if pairwise_sigmoid else 0, dtype=f32),
     )
 
 
 @torch.library.register_fake("contrastive_ops_cuda::backward")
-def _backward_fake(g_row_lse, g_row_pos, g_col_lse, g_col_pos, row_lse, row_pos_count, col_lse, col_pos_count,
-                   query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-                   key_negatives, decoupled, normalize):
+def _backward_fake(g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair, row_lse, row_pos_count,
+                   col_lse, col_pos_count, row_lse_beta, query, keys, extra, scale, bias, pos_index, row_labels,
+                   col_labels, self_index, band_lo, band_hi, key_negatives, decoupled, column_terms, normalize,
+                   hard_beta, pairwise_sigmoid, chunk_rows, chunk_cols):
     grad_keys = query.new_empty(0) if keys is None else torch.empty_like(keys)
     grad_extra = query.new_empty(0) if extra is None else torch.empty_like(extra)
-    return torch.empty_like(query), grad_keys, grad_extra, query.new_empty((), dtype=torch.float32)
+    scalar = query.new_empty((), dtype=torch.float32)
+    return torch.empty_like(query), grad_keys, grad_extra, scalar, scalar.clone()
 
 
 @torch.library.register_fake("contrastive_ops_cuda::ring_band")
 def _ring_band_fake(query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, key_negatives,
-                    normalize, outer, inner):
+                    normalize, outer, inner, chunk_rows, chunk_cols):
     n = query.shape[0]
     return query.new_empty(n, dtype=torch.float32), query.new_empty(n, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd of forward: saves the inputs and the O(N + M) lse and counts, recomputes the tiles
+# Autograd of forward: saves the inputs and the O(N + M) terms, recomputes the chunks
 # ---------------------------------------------------------------------------------------------
+
+_INPUTS = ("query", "keys", "extra", "scale", "bias", "pos_index", "row_labels", "col_labels", "self_index",
+           "band_lo", "band_hi")
 
 
 def _setup_context(ctx, inputs, output):
-    (query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-     key_negatives, decoupled, column_terms, normalize) = inputs
-    ctx.save_for_backward(query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-                          output[0], output[3], output[4], output[7])
-    ctx.flags = (key_negatives, decoupled, column_terms, normalize)
+    tensors = inputs[:len(_INPUTS)]
+    ctx.options = inputs[len(_INPUTS):]  # key_negatives, decoupled, column_terms, normalize, hard_beta, ...
+    row_lse, _, _, row_pos_n, col_lse, _, _, col_pos_n, row_lse_beta, _ = output
+    ctx.save_for_backward(*tensors, row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta)
 
 
-def _backward(ctx, g_row_lse, g_row_pos, _g_row_den, _g_row_pos_n, g_col_lse, g_col_pos, _g_col_den, _g_col_pos_n):
-    (query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-     row_lse, row_pos_count, col_lse, col_pos_count) = ctx.saved_tensors
-    key_negatives, decoupled, column_terms, normalize = ctx.flags
+def _backward(ctx, g_row_lse, g_row_pos, _d0, _d1, g_col_lse, g_col_pos, _d2, _d3, g_row_lse_beta, g_row_pair):
+    saved = ctx.saved_tensors
+    inputs = dict(zip(_INPUTS, saved[:len(_INPUTS)]))
+    row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta = saved[len(_INPUTS):]
+    key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, chunk_rows, chunk_cols = ctx.options
 
     def grad(g, like):
         return torch.zeros_like(like) if g is None else g.float().contiguous()
 
-    cols = {}
-    if column_terms:
-        cols = {"g_col_lse": grad(g_col_lse, col_lse), "g_col_pos": grad(g_col_pos, col_lse), "col_lse": col_lse,
-                    "col_pos_count": col_pos_count}
-    dq, dk, de, dscale = _OPS.backward(
-        grad(g_row_lse, row_lse), grad(g_row_pos, row_lse), cols.get("g_col_lse"), cols.get("g_col_pos"),
-        row_lse, row_pos_count, cols.get("col_lse"), cols.get("col_pos_count"),
-        query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-        key_negatives, decoupled, normalize,
+    dq, dk, de, dscale, dbias = _OPS.backward(
+        grad(g_row_lse, row_lse), grad(g_row_pos, row_lse),
+        grad(g_col_lse, col_lse) if column_terms else None, grad(g_col_pos, col_lse) if column_terms else None,
+        grad(g_row_lse_beta, row_lse) if hard_beta is not None else None,
+        grad(g_row_pair, row_lse) if pairwise_sigmoid else None,
+        row_lse, row_pos_n, col_lse if column_terms else None, col_pos_n if column_terms else None,
+        row_lse_beta if hard_beta is not None else None,
+        *(inputs[name] for name in _INPUTS), key_negatives, decoupled, column_terms, normalize, hard_beta,
+        pairwise_sigmoid, chunk_rows, chunk_cols,
     )
-    return (dq, None if keys is None else dk, None if extra is None else de, dscale) + (None,) * 10
+    keys, extra, bias = inputs["keys"], inputs["extra"], inputs["bias"]
+    return (dq, None if keys is None else dk, None if extra is None else de, dscale,
+            None if bias is None else dbias) + (None,) * (len(_INPUTS) - 5 + len(ctx.options))
 
 
 torch.library.register_autograd("contrastive_ops_cuda::forward", _backward, setup_context=_setup_context)
@@ -112,15 +139,13 @@ def _long(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.long()
 
 
-def _check(query: torch.Tensor) -> None:
-    from . import BackendUnavailableError
-
+def _check(query: torch.Tensor, allow_cpu: bool) -> None:
     if query.dtype == torch.float64:
         raise TypeError("backend='cuda' computes in fp32/fp16/bf16 (fp32 accumulation), got torch.float64 inputs: "
                         "use backend='chunked' for float64 (e.g. gradcheck)")
     if query.dtype not in _FLOAT_TYPES:
         raise TypeError(f"backend='cuda' takes float32, float16 or bfloat16 inputs, got {query.dtype}")
-    if query.device.type not in ("cuda", "meta"):
+    if query.device.type not in ("cuda", "meta") and not (allow_cpu and query.device.type == "cpu"):
         raise BackendUnavailableError(
             f"backend='cuda' runs on CUDA tensors only, these are on {query.device}: move them to a GPU "
             "(tensor.cuda()) or use backend='chunked' (any device) or backend='auto'"
@@ -134,34 +159,42 @@ def compute_terms(
     scale: Scale,
     spec: RoleSpec,
     bias: Scale | None = None,
+    *,
+    allow_cpu: bool = False,
 ) -> ContrastiveTerms:
-    """The core's terms (see :mod:`contrastive_ops.core`), as :func:`chunked.compute_terms`, for the
-    roles the extension implements (``backends.cuda_supports`` names what it lacks: hard-negative
-    LSEs, the pairwise sigmoid and its ``bias``, false-negative masking by labels).
+    """The core's terms (see :mod:`contrastive_ops.core`), as :func:`chunked.compute_terms`.
 
     ``query [N, D]``, ``keys [M, D]`` (may be ``query`` itself: NT-Xent, SupCon), ``extra [R, D]`` or
     None, same dtype (fp32/fp16/bf16) and CUDA device; ``scale`` a float or a 0-d tensor (which
-    receives a gradient). Returns fp32 ``lse``/``pos`` and int64 counts per row (and per key column
-    with ``spec.column_terms``); a row with an empty denominator has ``lse = 0`` and no gradient.
-    The Ring band, when asked for, is selected first on the device (no gradient, no host sync).
+    receives a gradient), ``bias`` likewise (``spec.pairwise_sigmoid`` only). Returns fp32 terms and
+    int64 counts (absent terms as None); a row with an empty denominator has ``lse = 0`` and no
+    gradient. The Ring band, when asked for, is selected first on the device (no gradient, no host
+    sync) over the same chunks as the loss. ``allow_cpu``: run the operators' CPU implementation on
+    CPU tensors (the same epilogue arithmetic; for tests).
     """
-    from . import BackendUnavailableError, cuda_supports
-
-    missing = cuda_supports(spec)
-    if missing is not None:
-        raise BackendUnavailableError(f"backend='cuda' does not implement {missing}: use backend='triton' or 'chunked'")
-    _check(query)
+    _check(query, allow_cpu)
     scale_t = as_scale_tensor(scale, query)
+    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared_keys = None if keys is query else keys
     roles = (_long(spec.pos_index), _long(spec.row_labels), _long(spec.col_labels), _long(spec.self_index))
+    m_total = keys.shape[0] + (0 if extra is None else extra.shape[0])
+    chunk_rows, chunk_cols = chunk_shape(query.shape[0], m_total)
     band_lo = band_hi = None
     if spec.ring is not None:
         outer, inner = spec.ring
         band_lo, band_hi = _OPS.ring_band(query.detach(), None if shared_keys is None else shared_keys.detach(),
                                           None if extra is None else extra.detach(), scale_t.detach(), *roles,
-                                          spec.key_negatives, spec.normalize, float(outer), float(inner))
-    out = _OPS.forward(query, shared_keys, extra, scale_t, *roles, band_lo, band_hi,
-                       spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize)
-    if spec.column_terms:
-        return ContrastiveTerms(*out)
-    return ContrastiveTerms(*out[:4], None, None, None, None)  # row_lse_beta, row_pair_loss: None
+                                          spec.key_negatives, spec.normalize, float(outer), float(inner),
+                                          chunk_rows, chunk_cols)
+    out = _OPS.forward(query, shared_keys, extra, scale_t, bias_t, *roles, band_lo, band_hi, spec.key_negatives,
+                       spec.decoupled, spec.column_terms, spec.normalize,
+                       None if spec.hard_beta is None else float(spec.hard_beta), spec.pairwise_sigmoid,
+                       chunk_rows, chunk_cols)
+    named = dict(zip(_FIELDS, out))
+    if not spec.column_terms:
+        named.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
+    if spec.hard_beta is None:
+        named["row_lse_beta"] = None
+    if not spec.pairwise_sigmoid:
+        named["row_pair_loss"] = None
+    return ContrastiveTerms(**named)

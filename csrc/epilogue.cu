@@ -1,0 +1,282 @@
+// The fused epilogues between torch's GEMMs (see contrastive_cuda.h): each reads one chunk of
+// cosines once. Rows are owned by one warp each (lanes stride over the columns, then a butterfly
+// reduction in a fixed order), key columns by one thread each (coalesced over the columns): no
+// atomics on floats, so every result is bitwise reproducible. The arithmetic is epilogue.h's.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "contrastive_cuda.h"
+
+namespace contrastive_cuda {
+namespace {
+
+constexpr int kWarps = 8;  // rows per block (one warp each)
+constexpr int kColThreads = 256;  // key columns per block (one thread each)
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+int last_error() { return static_cast<int>(cudaGetLastError()); }
+
+__device__ __forceinline__ Lse shfl_lse(Lse a, int offset) {
+  Lse b;
+  b.m = __shfl_xor_sync(0xFFFFFFFFu, a.m, offset);
+  b.l = __shfl_xor_sync(0xFFFFFFFFu, a.l, offset);
+  return b;
+}
+
+// The warp's merged accumulator (every lane gets it; the butterfly's order is fixed).
+__device__ Acc warp_merge(Acc a) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    Acc b;
+    b.lse = shfl_lse(a.lse, offset);
+    b.lse_beta = shfl_lse(a.lse_beta, offset);
+    b.pos_sum = __shfl_xor_sync(0xFFFFFFFFu, a.pos_sum, offset);
+    b.pair = __shfl_xor_sync(0xFFFFFFFFu, a.pair, offset);
+    b.pos_n = __shfl_xor_sync(0xFFFFFFFFu, a.pos_n, offset);
+    b.den_n = __shfl_xor_sync(0xFFFFFFFFu, a.den_n, offset);
+    // merge in lane order so that both lanes of a pair compute the same value
+    a = (threadIdx.x & offset) ? acc_merge(b, a) : acc_merge(a, b);
+  }
+  return a;
+}
+
+__device__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float o = __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    v = (threadIdx.x & offset) ? o + v : v + o;
+  }
+  return v;
+}
+
+__global__ void acc_init_kernel(Acc* acc, int64_t count) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < count) acc[i] = Acc();
+}
+
+__global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
+                                    Acc* acc) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= c.rows) return;  // whole warps leave together
+  const float s = *scale;
+  if (terms.sigmoid) terms.bias = *bias;
+  const int64_t row = c.r0 + i;
+  const float* srow = c.s + i * c.ld;
+  Acc a;
+  for (int64_t j = lane; j < c.cols; j += 32) {
+    const float x = s * srow[j];
+    const Pair p = pair_role(roles, row, c.c0 + j);
+    acc_push(a, terms, p, in_denominator(roles, row, p, x), x);
+  }
+  a = warp_merge(a);
+  if (lane == 0) acc[row] = acc_merge(acc[row], a);
+}
+
+__global__ void cols_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, Acc* acc) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(kColThreads) + threadIdx.x;
+  if (j >= c.cols) return;
+  const float s = *scale;
+  const int64_t col = c.c0 + j;
+  Terms plain;  // the column terms are plain softmax terms
+  Acc a;
+  for (int64_t i = 0; i < c.rows; ++i) {
+    const float x = s * c.s[i * c.ld + j];
+    const int64_t row = c.r0 + i;
+    const Pair p = pair_role(roles, row, col);
+    acc_push(a, plain, p, in_denominator(roles, row, p, x), x);
+  }
+  acc[col] = acc_merge(acc[col], a);
+}
+
+__global__ void acc_finish_kernel(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n,
+                                  int64_t* pos_n, float* lse_beta, float* pair) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  const Acc a = acc[i];
+  lse[i] = lse_value(a.lse, a.den_n);
+  pos[i] = a.pos_sum / static_cast<float>(a.pos_n > 0 ? a.pos_n : 1);
+  den_n[i] = a.den_n;
+  pos_n[i] = a.pos_n;
+  if (lse_beta != nullptr) lse_beta[i] = lse_value(a.lse_beta, a.den_n);
+  if (pair != nullptr) pair[i] = a.pair;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
+                                     GradVecs grads, T* ds, float* row_dscale, float* row_dbias) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= c.rows) return;
+  const float s = *scale;
+  if (terms.sigmoid) terms.bias = *bias;
+  const int64_t row = c.r0 + i;
+  const RowGrad g = row_grad(grads, row);
+  const bool columns = grads.col_g_lse != nullptr;
+  const float* srow = c.s + i * c.ld;
+  T* drow = ds + i * c.cols;
+  float dscale = 0.0f, dbias = 0.0f;
+  for (int64_t j = lane; j < c.cols; j += 32) {
+    const float cosine = srow[j];
+    const float x = s * cosine;
+    const int64_t col = c.c0 + j;
+    const Pair p = pair_role(roles, row, col);
+    ColGrad cg;
+    if (columns) cg = col_grad(grads, col);
+    const float d = pair_grad(terms, p, in_denominator(roles, row, p, x), x, g, columns ? &cg : nullptr, &dbias);
+    drow[j] = from_float<T>(s * d);
+    dscale += d * cosine;
+  }
+  dscale = warp_sum(dscale);
+  dbias = warp_sum(dbias);
+  if (lane == 0) {
+    row_dscale[row] += dscale;
+    row_dbias[row] += dbias;
+  }
+}
+
+// one warp per row; a shared histogram of 2 × 256 counts per warp (integer atomics: exact)
+__global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, const uint32_t* prefix, int shift,
+                                      int32_t* hist) {
+  __shared__ int32_t shared[kWarps][2][256];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
+  for (int k = lane; k < 512; k += 32) shared[warp][k / 256][k % 256] = 0;
+  __syncwarp();
+  if (i < c.rows) {
+    const float s = *scale;
+    const int64_t row = c.r0 + i;
+    const float* srow = c.s + i * c.ld;
+    const bool first = shift >= 24;
+    const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
+    for (int64_t j = lane; j < c.cols; j += 32) {
+      if (!pair_role(roles, row, c.c0 + j).candidate) continue;
+      const uint32_t key = order_key(s * srow[j]);
+      const uint32_t digit = (key >> shift) & 255u;
+      if (matches_prefix(key, p0, shift)) atomicAdd(&shared[warp][0][digit], 1);
+      if (!first && matches_prefix(key, p1, shift)) atomicAdd(&shared[warp][1][digit], 1);
+    }
+    __syncwarp();
+    int32_t* out = hist + i * 512;
+    for (int k = lane; k < 512; k += 32) out[k] += shared[warp][k / 256][k % 256];
+  }
+}
+
+__global__ void ring_step_kernel(const int32_t* hist, int64_t rows, int shift, double outer, double inner,
+                                 uint32_t* prefix, int64_t* rank, uint8_t* nonempty) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows) return;
+  const int32_t* h = hist + i * 512;
+  if (shift >= 24) {
+    int64_t count = 0;
+    for (int b = 0; b < 256; ++b) count += h[b];
+    int64_t lo, hi;
+    ring_ranks(count, outer, inner, &lo, &hi);
+    nonempty[i] = hi > lo;
+    rank[2 * i] = hi > lo ? lo : 0;
+    rank[2 * i + 1] = hi > lo ? hi - 1 : 0;
+    prefix[2 * i] = prefix[2 * i + 1] = 0u;
+  }
+  for (int t = 0; t < 2; ++t) {
+    const int32_t* ht = h + (shift >= 24 ? 0 : t * 256);  // one histogram serves both on the first pass
+    prefix[2 * i + t] |= select_digit(ht, &rank[2 * i + t]) << shift;
+  }
+}
+
+__global__ void ring_finish_kernel(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo,
+                                   float* v_hi) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows) return;
+  v_hi[i] = nonempty[i] ? key_value(prefix[2 * i]) : -INFINITY;
+  v_lo[i] = nonempty[i] ? key_value(prefix[2 * i + 1]) : INFINITY;
+}
+
+unsigned blocks_of(int64_t count, int per_block) { return static_cast<unsigned>((count + per_block - 1) / per_block); }
+
+}  // namespace
+
+int acc_init(Acc* acc, int64_t count, void* stream) {
+  if (count == 0) return 0;
+  acc_init_kernel<<<blocks_of(count, 256), 256, 0, as_stream(stream)>>>(acc, count);
+  return last_error();
+}
+
+int rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias, Acc* acc,
+                 void* stream) {
+  if (c.rows == 0 || c.cols == 0) return 0;
+  rows_forward_kernel<<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, terms, scale, bias,
+                                                                                         acc);
+  return last_error();
+}
+
+int cols_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, Acc* acc, void* stream) {
+  if (c.rows == 0 || c.cols == 0) return 0;
+  cols_forward_kernel<<<blocks_of(c.cols, kColThreads), kColThreads, 0, as_stream(stream)>>>(c, roles, terms, scale,
+                                                                                             acc);
+  return last_error();
+}
+
+int acc_finish(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n, int64_t* pos_n, float* lse_beta,
+               float* pair, void* stream) {
+  if (count == 0) return 0;
+  acc_finish_kernel<<<blocks_of(count, 256), 256, 0, as_stream(stream)>>>(acc, count, lse, pos, den_n, pos_n,
+                                                                          lse_beta, pair);
+  return last_error();
+}
+
+int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
+                  const GradVecs& grads, DType ds_dtype, void* ds, float* row_dscale, float* row_dbias,
+                  void* stream) {
+  if (c.rows == 0 || c.cols == 0) return 0;
+  const dim3 grid(blocks_of(c.rows, kWarps)), block(32 * kWarps);
+  switch (ds_dtype) {
+    case DType::kFloat32:
+      rows_backward_kernel<float><<<grid, block, 0, as_stream(stream)>>>(c, roles, terms, scale, bias, grads,
+                                                                         static_cast<float*>(ds), row_dscale, row_dbias);
+      break;
+    case DType::kFloat16:
+      rows_backward_kernel<__half><<<grid, block, 0, as_stream(stream)>>>(c, roles, terms, scale, bias, grads,
+                                                                          static_cast<__half*>(ds), row_dscale,
+                                                                          row_dbias);
+      break;
+    case DType::kBFloat16:
+      rows_backward_kernel<__nv_bfloat16><<<grid, block, 0, as_stream(stream)>>>(
+          c, roles, terms, scale, bias, grads, static_cast<__nv_bfloat16*>(ds), row_dscale, row_dbias);
+      break;
+  }
+  return last_error();
+}
+
+int ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
+                   int32_t* hist, void* stream) {
+  if (c.rows == 0 || c.cols == 0) return 0;
+  ring_histogram_kernel<<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, scale, prefix,
+                                                                                           shift, hist);
+  return last_error();
+}
+
+int ring_step(const int32_t* hist, int64_t rows, int shift, double outer, double inner, uint32_t* prefix,
+              int64_t* rank, uint8_t* nonempty, void* stream) {
+  if (rows == 0) return 0;
+  ring_step_kernel<<<blocks_of(rows, 128), 128, 0, as_stream(stream)>>>(hist, rows, shift, outer, inner, prefix,
+                                                                        rank, nonempty);
+  return last_error();
+}
+
+int ring_finish(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo, float* v_hi,
+                void* stream) {
+  if (rows == 0) return 0;
+  ring_finish_kernel<<<blocks_of(rows, 256), 256, 0, as_stream(stream)>>>(prefix, nonempty, rows, v_lo, v_hi);
+  return last_error();
+}
+
+}  // namespace contrastive_cuda

@@ -1,0 +1,245 @@
+// The arithmetic of the extension's epilogues, shared by the CUDA kernels (epilogue.cu) and the
+// CPU implementation of the same operators (ops.cpp): pair roles, the online log-sum-exp and its
+// merge, the per-pair gradient (softmax, positives, hard-negative and pairwise-sigmoid terms), and
+// the order keys and digit selection of the Ring's radix select. Free of torch and CUDA headers.
+//
+// Conventions (contrastive_ops/core.py): columns are the in-batch keys [0, m) then the extra
+// negatives [m, m + r); a logit is x = s * <q̂_i, ĉ_j> in fp32.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef __CUDACC__
+#define CO_HD __host__ __device__ __forceinline__
+#else
+#define CO_HD inline
+#endif
+
+namespace contrastive_cuda {
+
+// The O(N + M) role vectors of one call (null = absent) and the role switches.
+struct Roles {
+  const int64_t* pos_index = nullptr;  // [n] column of row i's single positive
+  const int64_t* self_index = nullptr;  // [n] column excluded from row i
+  const int64_t* row_labels = nullptr;  // [n] ...
+  const int64_t* col_labels = nullptr;  // [m] positives (or, with pos_index, excluded) share a label
+  const float* band_lo = nullptr;  // [n] Ring band: a candidate counts only with lo <= x <= hi
+  const float* band_hi = nullptr;
+  int64_t m = 0;  // in-batch keys
+  bool key_negatives = true;  // in-batch keys other than positives are candidates
+  bool decoupled = false;  // positives are left out of the denominator
+};
+
+// The loss's options that change what a pair contributes.
+struct Terms {
+  float beta = 0.0f;  // hard-negative exponent (hard = true)
+  bool hard = false;  // row lse over (1 + beta) x, and a second one over beta x
+  bool sigmoid = false;  // SigLIP: softplus(-z (x + bias)) per valid pair
+  float bias = 0.0f;
+};
+
+struct Pair {
+  bool positive;
+  bool candidate;
+};
+
+CO_HD Pair pair_role(const Roles& ro, int64_t i, int64_t j) {
+  const bool is_key = j < ro.m;
+  const bool is_self = ro.self_index != nullptr && j == ro.self_index[i];
+  const bool same_label = ro.row_labels != nullptr && is_key && ro.row_labels[i] == ro.col_labels[j];
+  bool positive = ro.pos_index != nullptr ? j == ro.pos_index[i] : same_label;
+  positive = positive && !is_self;
+  bool candidate = !positive && !is_self && (ro.key_negatives || !is_key);
+  if (ro.pos_index != nullptr && ro.row_labels != nullptr) candidate = candidate && !same_label;  // false negatives
+  return {positive, candidate};
+}
+
+// In the denominator: a candidate inside the row's band (if any), and a positive unless decoupled.
+CO_HD bool in_denominator(const Roles& ro, int64_t i, Pair p, float x) {
+  bool cand = p.candidate;
+  if (cand && ro.band_lo != nullptr) cand = x >= ro.band_lo[i] && x <= ro.band_hi[i];
+  return cand || (p.positive && !ro.decoupled);
+}
+
+// ---------------------------------------------------------------------------------------------
+// online log-sum-exp
+// ---------------------------------------------------------------------------------------------
+
+struct Lse {
+  float m = -INFINITY;  // running max
+  float l = 0.0f;  // sum of exp(x - m)
+};
+
+CO_HD void lse_push(Lse& a, float x) {
+  if (x > a.m) {
+    a.l = a.l * expf(a.m - x) + 1.0f;  // exp(-inf) = 0 on the first value
+    a.m = x;
+  } else {
+    a.l += expf(x - a.m);
+  }
+}
+
+CO_HD Lse lse_merge(Lse a, Lse b) {
+  if (b.m > a.m) {
+    Lse t = a;
+    a = b;
+    b = t;
+  }
+  if (b.m == -INFINITY) return a;
+  a.l += b.l * expf(b.m - a.m);
+  return a;
+}
+
+// log-sum-exp of what was pushed; 0 for an empty set (count 0)
+CO_HD float lse_value(Lse a, int64_t count) { return count > 0 ? a.m + logf(a.l) : 0.0f; }
+
+// log(1 + e^t) without overflow, exact to fp32 rounding for every t
+CO_HD float softplus(float t) { return t > 0.0f ? t + log1pf(expf(-t)) : log1pf(expf(t)); }
+
+CO_HD float sigmoid(float t) {
+  if (t >= 0.0f) return 1.0f / (1.0f + expf(-t));
+  const float e = expf(t);
+  return e / (1.0f + e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward: what one row (or key column) accumulates over its pairs
+// ---------------------------------------------------------------------------------------------
+
+struct Acc {
+  Lse lse;  // over the denominator: x, or (1 + beta) x with hard negatives
+  Lse lse_beta;  // over the denominator: beta x (hard negatives)
+  float pos_sum = 0.0f;  // sum of the positives' logits
+  float pair = 0.0f;  // sum of softplus(-z (x + bias)) (pairwise sigmoid)
+  int64_t pos_n = 0;
+  int64_t den_n = 0;
+};
+
+CO_HD void acc_push(Acc& a, const Terms& t, Pair p, bool den, float x) {
+  if (den) {
+    lse_push(a.lse, t.hard ? (1.0f + t.beta) * x : x);
+    if (t.hard) lse_push(a.lse_beta, t.beta * x);
+    a.den_n += 1;
+  }
+  if (p.positive) {
+    a.pos_sum += x;
+    a.pos_n += 1;
+  }
+  if (t.sigmoid && (p.positive || p.candidate)) a.pair += softplus(p.positive ? -(x + t.bias) : x + t.bias);
+}
+
+CO_HD Acc acc_merge(Acc a, const Acc& b) {
+  a.lse = lse_merge(a.lse, b.lse);
+  a.lse_beta = lse_merge(a.lse_beta, b.lse_beta);
+  a.pos_sum += b.pos_sum;
+  a.pair += b.pair;
+  a.pos_n += b.pos_n;
+  a.den_n += b.den_n;
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward: dL/dx of one pair
+// ---------------------------------------------------------------------------------------------
+
+struct RowGrad {  // row i's upstream gradients and saved forward outputs
+  float g_lse = 0.0f, lse = 0.0f;
+  float g_lse_beta = 0.0f, lse_beta = 0.0f;  // hard negatives
+  float g_pos_w = 0.0f;  // g_pos / max(|P_i|, 1)
+  float g_pair = 0.0f;  // pairwise sigmoid
+};
+
+struct ColGrad {  // key column j's (column terms)
+  float g_lse = 0.0f, lse = 0.0f;
+  float g_pos_w = 0.0f;
+};
+
+// dL/dx_ij; adds the pair's share of dL/dbias to *dbias. `col` is null without column terms (or
+// for an extra negative's column). exp() only on denominator pairs: elsewhere it may overflow.
+CO_HD float pair_grad(const Terms& t, Pair p, bool den, float x, const RowGrad& g, const ColGrad* col,
+                      float* dbias) {
+  float ds = 0.0f;
+  if (den) {
+    if (t.hard) {
+      ds += g.g_lse * (1.0f + t.beta) * expf((1.0f + t.beta) * x - g.lse);
+      ds += g.g_lse_beta * t.beta * expf(t.beta * x - g.lse_beta);
+    } else {
+      ds += g.g_lse * expf(x - g.lse);
+    }
+    if (col != nullptr) ds += col->g_lse * expf(x - col->lse);
+  }
+  if (p.positive) ds += g.g_pos_w + (col != nullptr ? col->g_pos_w : 0.0f);
+  if (t.sigmoid && (p.positive || p.candidate)) {
+    const float z = p.positive ? 1.0f : -1.0f;  // d softplus(-z (x + b)) / dx = -z sigmoid(-z (x + b))
+    const float gp = -z * g.g_pair * sigmoid(-z * (x + t.bias));
+    ds += gp;
+    *dbias += gp;
+  }
+  return ds;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ring: order keys and the radix select's digit choice
+// ---------------------------------------------------------------------------------------------
+
+CO_HD uint32_t float_bits(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+#endif
+}
+
+CO_HD float bits_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+#endif
+}
+
+// Unsigned keys that sort like the floats (-0.0 as +0.0): negatives get every bit flipped,
+// non-negatives the sign bit set.
+CO_HD uint32_t order_key(float v) {
+  const uint32_t bits = float_bits(v + 0.0f);
+  return (bits & 0x80000000u) ? (bits ^ 0xFFFFFFFFu) : (bits | 0x80000000u);
+}
+
+CO_HD float key_value(uint32_t key) {
+  return bits_float((key & 0x80000000u) ? (key ^ 0x80000000u) : (key ^ 0xFFFFFFFFu));
+}
+
+// The Ring's rank bounds (core.ring_ranks, in float64 like every backend): hi = floor(outer M),
+// lo = floor(inner hi); the ring is the descending ranks [lo, hi).
+CO_HD void ring_ranks(int64_t candidates, double outer, double inner, int64_t* lo, int64_t* hi) {
+  *hi = static_cast<int64_t>(floor(static_cast<double>(candidates) * outer));
+  *lo = static_cast<int64_t>(floor(static_cast<double>(*hi) * inner));
+}
+
+// The digit (0..255) holding descending rank *rank among the counts hist[256]; *rank becomes the
+// rank within that digit. 0 where the counts hold fewer values than the rank.
+CO_HD uint32_t select_digit(const int32_t* hist, int64_t* rank) {
+  int64_t above = 0;
+  for (int b = 255; b >= 0; --b) {
+    const int64_t c = hist[b];
+    if (*rank < above + c) {
+      *rank -= above;
+      return static_cast<uint32_t>(b);
+    }
+    above += c;
+  }
+  return 0u;
+}
+
+// Whether a key still matches the prefix chosen above bit `shift + 8` (always on the first pass).
+CO_HD bool matches_prefix(uint32_t key, uint32_t prefix, int shift) {
+  return shift >= 24 || ((key ^ prefix) >> (shift + 8)) == 0u;
+}
+
+}  // namespace contrastive_cuda

@@ -1,0 +1,136 @@
+// The epilogues of contrastive_cuda.h for CPU tensors: the same arithmetic (epilogue.h) in plain
+// loops. The operators run on CPU tensors through these, so CI checks the very functions the GPU
+// kernels call against the float64 reference (the GPU's order of the sums differs, not the math).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "contrastive_cuda.h"
+
+namespace contrastive_cuda {
+namespace cpu {
+
+inline void acc_init(Acc* acc, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) acc[i] = Acc();
+}
+
+inline void rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
+                         Acc* acc) {
+  const float s = *scale;
+  if (terms.sigmoid) terms.bias = *bias;
+  for (int64_t i = 0; i < c.rows; ++i) {
+    const int64_t row = c.r0 + i;
+    Acc a;
+    for (int64_t j = 0; j < c.cols; ++j) {
+      const float x = s * c.s[i * c.ld + j];
+      const Pair p = pair_role(roles, row, c.c0 + j);
+      acc_push(a, terms, p, in_denominator(roles, row, p, x), x);
+    }
+    acc[row] = acc_merge(acc[row], a);
+  }
+}
+
+inline void cols_forward(const Chunk& c, const Roles& roles, const float* scale, Acc* acc) {
+  const float s = *scale;
+  const Terms plain;
+  for (int64_t j = 0; j < c.cols; ++j) {
+    const int64_t col = c.c0 + j;
+    Acc a;
+    for (int64_t i = 0; i < c.rows; ++i) {
+      const float x = s * c.s[i * c.ld + j];
+      const int64_t row = c.r0 + i;
+      const Pair p = pair_role(roles, row, col);
+      acc_push(a, plain, p, in_denominator(roles, row, p, x), x);
+    }
+    acc[col] = acc_merge(acc[col], a);
+  }
+}
+
+inline void acc_finish(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n, int64_t* pos_n,
+                       float* lse_beta, float* pair) {
+  for (int64_t i = 0; i < count; ++i) {
+    const Acc& a = acc[i];
+    lse[i] = lse_value(a.lse, a.den_n);
+    pos[i] = a.pos_sum / static_cast<float>(a.pos_n > 0 ? a.pos_n : 1);
+    den_n[i] = a.den_n;
+    pos_n[i] = a.pos_n;
+    if (lse_beta != nullptr) lse_beta[i] = lse_value(a.lse_beta, a.den_n);
+    if (pair != nullptr) pair[i] = a.pair;
+  }
+}
+
+// ds is fp32 here (the CPU products run in fp32)
+inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
+                          const GradVecs& grads, float* ds, float* row_dscale, float* row_dbias) {
+  const float s = *scale;
+  if (terms.sigmoid) terms.bias = *bias;
+  const bool columns = grads.col_g_lse != nullptr;
+  for (int64_t i = 0; i < c.rows; ++i) {
+    const int64_t row = c.r0 + i;
+    const RowGrad g = row_grad(grads, row);
+    float dscale = 0.0f, dbias = 0.0f;
+    for (int64_t j = 0; j < c.cols; ++j) {
+      const float cosine = c.s[i * c.ld + j];
+      const float x = s * cosine;
+      const int64_t col = c.c0 + j;
+      const Pair p = pair_role(roles, row, col);
+      ColGrad cg;
+      if (columns) cg = col_grad(grads, col);
+      const float d = pair_grad(terms, p, in_denominator(roles, row, p, x), x, g, columns ? &cg : nullptr, &dbias);
+      ds[i * c.cols + j] = s * d;
+      dscale += d * cosine;
+    }
+    row_dscale[row] += dscale;
+    row_dbias[row] += dbias;
+  }
+}
+
+inline void ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
+                           int32_t* hist) {
+  const float s = *scale;
+  const bool first = shift >= 24;
+  for (int64_t i = 0; i < c.rows; ++i) {
+    const int64_t row = c.r0 + i;
+    int32_t* h = hist + i * 512;
+    const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
+    for (int64_t j = 0; j < c.cols; ++j) {
+      if (!pair_role(roles, row, c.c0 + j).candidate) continue;
+      const uint32_t key = order_key(s * c.s[i * c.ld + j]);
+      const uint32_t digit = (key >> shift) & 255u;
+      if (matches_prefix(key, p0, shift)) h[digit] += 1;
+      if (!first && matches_prefix(key, p1, shift)) h[256 + digit] += 1;
+    }
+  }
+}
+
+inline void ring_step(const int32_t* hist, int64_t rows, int shift, double outer, double inner, uint32_t* prefix,
+                      int64_t* rank, uint8_t* nonempty) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t* h = hist + i * 512;
+    if (shift >= 24) {
+      int64_t count = 0;
+      for (int b = 0; b < 256; ++b) count += h[b];
+      int64_t lo, hi;
+      ring_ranks(count, outer, inner, &lo, &hi);
+      nonempty[i] = hi > lo;
+      rank[2 * i] = hi > lo ? lo : 0;
+      rank[2 * i + 1] = hi > lo ? hi - 1 : 0;
+      prefix[2 * i] = prefix[2 * i + 1] = 0u;
+    }
+    for (int t = 0; t < 2; ++t) {
+      const int32_t* ht = h + (shift >= 24 ? 0 : t * 256);
+      prefix[2 * i + t] |= select_digit(ht, &rank[2 * i + t]) << shift;
+    }
+  }
+}
+
+inline void ring_finish(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo, float* v_hi) {
+  for (int64_t i = 0; i < rows; ++i) {
+    v_hi[i] = nonempty[i] ? key_value(prefix[2 * i]) : -INFINITY;
+    v_lo[i] = nonempty[i] ? key_value(prefix[2 * i + 1]) : INFINITY;
+  }
+}
+
+}  // namespace cpu
+}  // namespace contrastive_cuda
