@@ -648,7 +648,6 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     import triton
 
     from benchmarks import triton_cache
-
     from benchmarks._env import commit
 
     print(f"# first GPU run: the plan{' (tiny)' if p.tiny else ''} at commit {commit()}; every time below is PREDICTED")

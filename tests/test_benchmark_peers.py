@@ -95,9 +95,10 @@ def test_cuda_peer_adapter_matches_naive(loss, peer, dtype, d, rel, seed):
 
 
 def test_a_backend_that_refuses_a_loss_is_listed_with_its_reason(monkeypatch):
-    """The cuda extension refuses SigLIP: the suite lists it once with the refusal, untimed."""
+    """A backend whose probe call refuses (here the cuda backend on CPU tensors, its status forced to
+    "ok"): the suite lists it once with the refusal, untimed."""
     monkeypatch.setattr(workloads.co, "backend_status", lambda name, device=None: (True, "ok"))
     listed = {name: (fn, why) for name, fn, why in workloads.implementations(WORKLOADS["siglip"], torch.device("cpu"),
                                                                              only="cuda")}
     fn, why = listed["cuda"]
-    assert fn is None and "pairwise sigmoid" in why, why
+    assert fn is None and "runs on CUDA tensors only" in why, why

@@ -45,11 +45,12 @@ def _ops():
     return torch.ops.contrastive_ops_cuda
 
 
-def _forward(query, keys=None, extra=None, scale=None, pos_index=None, row_labels=None, col_labels=None,
-             self_index=None, band_lo=None, band_hi=None, column_terms=False):
+def _forward(query, keys=None, extra=None, scale=None, bias=None, pos_index=None, row_labels=None, col_labels=None,
+             self_index=None, band_lo=None, band_hi=None, column_terms=False, hard_beta=None, pairwise_sigmoid=False,
+             chunks=(16, 16)):
     scale = torch.tensor(2.0) if scale is None else scale
-    return _ops().forward(query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-                          True, False, column_terms, True)
+    return _ops().forward(query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
+                          band_hi, True, False, column_terms, True, hard_beta, pairwise_sigmoid, *chunks)
 
 
 def test_plain_import_never_loads_the_extension():
@@ -58,12 +59,28 @@ def test_plain_import_never_loads_the_extension():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_no_import_circle_between_the_registry_and_the_loader():
+    """The loader (_ext) and the registry (backends) take their error type from contrastive_ops.errors:
+    importing the loader first imports no backend."""
+    code = ("import sys; import contrastive_ops._ext as e; "
+            "assert 'contrastive_ops.backends' not in sys.modules or e.BackendUnavailableError is "
+            "sys.modules['contrastive_ops.backends'].BackendUnavailableError; "
+            "from contrastive_ops.errors import BackendUnavailableError as E; import contrastive_ops as co; "
+            "assert co.BackendUnavailableError is E is e.BackendUnavailableError")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    import ast
+
+    loader = ast.parse((REPO / "contrastive_ops" / "_ext.py").read_text())
+    imported = {node.module for node in ast.walk(loader) if isinstance(node, ast.ImportFrom)}
+    assert "backends" not in imported and not any("backends" in (m or "") for m in imported), imported
+
+
 def test_extension_loads_with_its_operators(ext):
-    assert _ext.built_targets() == _build.targets(_build.parse_archs())  # the default: sm_80, sm_90, PTX
+    assert _ext.built_targets() == _build.targets(_build.parse_archs())  # the default: sm_80, sm_90a, PTX 80
     schemas = {name: str(getattr(_ops(), name).default._schema) for name in ("forward", "backward", "ring_band")}
-    assert "bool column_terms, bool normalize" in schemas["forward"]
-    assert "Tensor? band_lo, Tensor? band_hi" in schemas["backward"]
-    assert "float outer, float inner" in schemas["ring_band"]
+    assert "float? hard_beta, bool pairwise_sigmoid, int chunk_rows, int chunk_cols" in schemas["forward"]
+    assert "Tensor? g_row_lse_beta, Tensor? g_row_pair" in schemas["backward"]
+    assert "float outer, float inner, int chunk_rows, int chunk_cols" in schemas["ring_band"]
     assert co.backend_status("cuda")[1] == "it runs on CUDA tensors only, these are on cpu"
 
 
@@ -72,8 +89,6 @@ def test_cpu_tensors_raise_a_clear_error_naming_the_fix(ext):
         co.info_nce(X, Y, backend="cuda")
     with pytest.raises(co.BackendUnavailableError, match=r"move them to a GPU \(tensor.cuda\(\)\) or use backend='chunked'"):
         ext.compute_terms(X, Y, None, 2.0, RoleSpec())
-    with pytest.raises(ValueError, match=r"query is on cpu, but backend='cuda' runs on CUDA tensors only: move"):
-        _forward(X, Y)
 
 
 def test_float64_is_a_type_error_pointing_at_chunked(ext):
@@ -99,10 +114,18 @@ I64 = torch.arange(8)
         ({"query": X, "keys": Y, "scale": torch.tensor(2.0).double()}, TypeError, "scale must be Float, got Double"),
         ({"query": X, "keys": Y, "pos_index": I64.int()}, TypeError, "pos_index must be Long, got Int"),
         ({"query": X, "keys": Y, "pos_index": I64[:5]}, ValueError, r"pos_index must have shape \[8\], got \[5\]"),
+        ({"query": X, "keys": Y, "pos_index": I64 + 1}, ValueError,
+         r"pos_index values must be column indices in \[0, 8\), got values in \[1, 8\]"),
+        ({"query": X, "keys": Y, "extra": torch.randn(3, 4), "self_index": I64 - 1}, ValueError,
+         r"self_index values must be column indices in \[0, 11\), got values in \[-1, 6\]"),
         ({"query": X, "keys": Y, "row_labels": I64}, ValueError, "row_labels and col_labels go together"),
         ({"query": X, "keys": Y[:6], "row_labels": I64, "col_labels": I64}, ValueError, r"col_labels must have shape \[6\]"),
-        ({"query": X, "keys": Y, "pos_index": I64, "row_labels": I64, "col_labels": I64}, ValueError, "either pos_index or labels"),
         ({"query": X, "keys": Y, "band_lo": torch.zeros(8)}, ValueError, "band_lo and band_hi go together"),
+        ({"query": X, "keys": Y, "pairwise_sigmoid": True}, ValueError, "pairwise_sigmoid needs a bias"),
+        ({"query": X, "keys": Y, "bias": torch.zeros(2), "pairwise_sigmoid": True}, ValueError, "bias must hold one value"),
+        ({"query": X, "keys": Y, "hard_beta": -0.5}, ValueError, "hard_beta must be >= 0, got -0.5"),
+        ({"query": X, "keys": Y, "hard_beta": 1.0, "column_terms": True}, ValueError, "does not combine with column_terms"),
+        ({"query": X, "keys": Y, "chunks": (0, 16)}, ValueError, "chunk_rows and chunk_cols must be positive"),
     ],
 )
 def test_operator_argument_checks(ext, kwargs, error, match):
@@ -113,10 +136,15 @@ def test_operator_argument_checks(ext, kwargs, error, match):
 def test_backward_and_ring_argument_checks(ext):
     f32 = torch.zeros(8)
     with pytest.raises(ValueError, match=r"g_row_lse must have shape \[8\], got \[3\]"):
-        _ops().backward(torch.zeros(3), f32, None, None, f32, I64, None, None, X, Y, None, torch.tensor(1.0),
-                        I64, None, None, None, None, None, True, False, True)
+        _ops().backward(torch.zeros(3), f32, None, None, None, None, f32, I64, None, None, None, X, Y, None,
+                        torch.tensor(1.0), None, I64, None, None, None, None, None, True, False, False, True, None,
+                        False, 16, 16)
+    with pytest.raises(ValueError, match="hard_beta needs g_row_lse_beta and row_lse_beta"):
+        _ops().backward(f32, f32, None, None, None, None, f32, I64, None, None, None, X, Y, None,
+                        torch.tensor(1.0), None, I64, None, None, None, None, None, True, False, False, True, 1.0,
+                        False, 16, 16)
     with pytest.raises(ValueError, match="outer must be in"):
-        _ops().ring_band(X, Y, None, torch.tensor(1.0), I64, None, None, None, True, True, 1.5, 0.0)
+        _ops().ring_band(X, Y, None, torch.tensor(1.0), I64, None, None, None, True, True, 1.5, 0.0, 16, 16)
 
 
 def test_fake_implementations_give_shapes_and_dtypes(ext):
@@ -131,23 +159,19 @@ def test_fake_implementations_give_shapes_and_dtypes(ext):
         assert terms.row_lse.dtype == torch.float32 and terms.row_den_count.dtype == torch.int64
         ring = ext.compute_terms(q, k, e, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"), ring=(0.5, 0.1)))
         assert ring.row_lse.shape == (7,) and ring.col_lse is None
+        hard = ext.compute_terms(q, k, None, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"), hard_beta=0.5))
+        assert hard.row_lse_beta.shape == (7,) and hard.row_pair_loss is None
+        pairs = ext.compute_terms(q, k, None, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"),
+                                                             pairwise_sigmoid=True), bias=-1.0)
+        assert pairs.row_pair_loss.shape == (7,) and pairs.row_lse_beta is None
 
 
-@pytest.mark.parametrize("spec,missing", [
-    (RoleSpec(pos_index=torch.arange(4), decoupled=True, hard_beta=1.0), "hard-negative weighting"),
-    (RoleSpec(pos_index=torch.arange(4), pairwise_sigmoid=True), "the pairwise sigmoid loss"),
-    (RoleSpec(pos_index=torch.arange(4), row_labels=torch.arange(4), col_labels=torch.arange(4)),
-     "false-negative masking"),
-])
-def test_roles_the_extension_lacks_are_refused_and_auto_avoids_it(ext, spec, missing):
-    from contrastive_ops.backends import BackendUnavailableError, resolve
+def test_every_role_runs_no_loss_is_refused(ext):
+    """Every loss resolves to backend='cuda' on a GPU (no refusals remain), and auto keeps Triton first."""
+    from contrastive_ops.backends import AUTO_ORDER_CUDA
 
-    x = torch.randn(4, 8, device="meta")
-    with pytest.raises(BackendUnavailableError, match=f"backend='cuda' does not implement {missing}"):
-        ext.compute_terms(x, x.clone(), None, 2.0, spec)
-    with pytest.raises(BackendUnavailableError, match=f"does not implement {missing}.*'triton' or 'chunked'"):
-        resolve("cuda", torch.device("cuda"), spec)
-    assert resolve("auto", torch.device("cuda"), spec) in ("triton", "chunked")
+    assert not hasattr(co.backends, "cuda_supports")
+    assert AUTO_ORDER_CUDA[:2] == ("triton", "cuda")
 
 
 def test_autograd_gives_every_input_a_gradient_of_its_shape(ext):
@@ -159,6 +183,10 @@ def test_autograd_gives_every_input_a_gradient_of_its_shape(ext):
     assert [tuple(g.shape) for g in grads] == [(7, 12), (5, 12), (3, 12), ()]
     shared = ext.compute_terms(q, q, None, scale, RoleSpec(self_index=torch.arange(7, device="meta")))
     assert torch.autograd.grad(shared.row_lse.sum(), q)[0].shape == (7, 12)
+    bias = torch.tensor(-1.0, device="meta", requires_grad=True)
+    pairs = ext.compute_terms(q, k[:7] if k.shape[0] >= 7 else q, None, scale,
+                              RoleSpec(pos_index=torch.arange(7, device="meta"), pairwise_sigmoid=True), bias=bias)
+    assert [tuple(g.shape) for g in torch.autograd.grad(pairs.row_pair_loss.sum(), [q, scale, bias])] == [(7, 12), (), ()]
 
 
 def test_info_reports_the_extension(ext):
