@@ -241,6 +241,27 @@ Tensor product_fp32(const Tensor& a, const Tensor& b) {
 #endif
 }
 
+// acc (fp32) += a @ b with fp32 accumulation: on a GPU one GEMM whose epilogue adds into acc
+// (beta = 1), no fp32 temporary
+void accumulate_product(Tensor acc, const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat) {
+    acc.addmm_(a, b);
+    return;
+  }
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  static bool fused = true;  // torch's fp32-output addmm, where this build of torch has it for the inputs
+  if (fused) {
+    try {
+      at::addmm_out(acc, acc, a, b, at::kFloat);
+      return;
+    } catch (const c10::Error&) {
+      fused = false;
+    }
+  }
+#endif
+  acc.add_(product_fp32(a, b));
+}
+
 // The column chunks [c0, c1): keys then extra negatives, never straddling them (column terms
 // belong to key columns only).
 std::vector<std::pair<int64_t, int64_t>> column_chunks(const Problem& p) {
@@ -430,8 +451,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
                                row_dscale.data_ptr<float>(), row_dbias.data_ptr<float>());
       }
       const Tensor cols = p.ch.narrow(0, c0, c1 - c0);
-      dqh.narrow(0, r0, r1 - r0).add_(product_fp32(ds, cols));
-      dch.narrow(0, c0, c1 - c0).add_(product_fp32(ds.t(), q));
+      accumulate_product(dqh.narrow(0, r0, r1 - r0), ds, cols);
+      accumulate_product(dch.narrow(0, c0, c1 - c0), ds.t(), q);
     });
   }
   Tensor grad_scale = row_dscale.sum();  // fixed-size reductions: deterministic
