@@ -2,9 +2,15 @@
 // cosines once. Rows are owned by one warp each (lanes stride over the columns, then a butterfly
 // reduction in a fixed order), key columns by one thread each (coalesced over the columns): no
 // atomics on floats, so every result is bitwise reproducible. The arithmetic is epilogue.h's.
+//
+// Each kernel is compiled per feature set (hard negatives, pairwise sigmoid, column terms, Ring band,
+// labels): the switches are then constants, so a plain InfoNCE row carries no code of the others
+// (F = -1 is the generic fallback that reads them at run time).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "contrastive_cuda.h"
 
@@ -15,6 +21,45 @@ constexpr int kWarps = 8;  // rows per block (one warp each)
 constexpr int kColThreads = 256;  // key columns per block (one thread each)
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+enum Feature : int { kHard = 1, kSigmoid = 2, kColumns = 4, kBand = 8, kLabels = 16 };
+
+int features(const Roles& ro, const Terms& t, bool columns) {
+  return (t.hard ? kHard : 0) | (t.sigmoid ? kSigmoid : 0) | (columns ? kColumns : 0) |
+         (ro.band_lo != nullptr ? kBand : 0) | (ro.row_labels != nullptr ? kLabels : 0);
+}
+
+// The switches of feature set F as constants (F < 0: left as given).
+template <int F>
+__device__ __forceinline__ void specialize(Roles& ro, Terms& t) {
+  if constexpr (F >= 0) {
+    t.hard = (F & kHard) != 0;
+    t.sigmoid = (F & kSigmoid) != 0;
+    if (!(F & kBand)) ro.band_lo = ro.band_hi = nullptr;
+    if (!(F & kLabels)) ro.row_labels = ro.col_labels = nullptr;
+  }
+}
+
+// fn(std::integral_constant<int, F>) for the compiled feature sets: one of {plain, hard negatives,
+// pairwise sigmoid, column terms} with or without a band and labels; any other mix is generic.
+template <typename Fn>
+void with_features(int f, Fn&& fn) {
+#define CO_CASE(v) \
+  case v:          \
+    fn(std::integral_constant<int, v>{}); \
+    return;
+#define CO_CASES(kind) CO_CASE(kind) CO_CASE(kind | kBand) CO_CASE(kind | kLabels) CO_CASE(kind | kBand | kLabels)
+  switch (f) {
+    CO_CASES(0)
+    CO_CASES(kHard)
+    CO_CASES(kSigmoid)
+    CO_CASES(kColumns)
+    default:
+      fn(std::integral_constant<int, -1>{});
+  }
+#undef CO_CASES
+#undef CO_CASE
+}
 
 int last_error() { return static_cast<int>(cudaGetLastError()); }
 
@@ -54,37 +99,42 @@ __global__ void acc_init_kernel(Acc* acc, int64_t count) {
   if (i < count) acc[i] = Acc();
 }
 
+template <int F>
 __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
                                     Acc* acc) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= c.rows) return;  // whole warps leave together
+  specialize<F>(roles, terms);
   const float s = *scale;
   if (terms.sigmoid) terms.bias = *bias;
   const int64_t row = c.r0 + i;
-  const float* srow = c.s + i * c.ld;
+  const RowRoles rr = row_roles(roles, row);
+  const float* __restrict__ srow = c.s + i * c.ld;
   Acc a;
   for (int64_t j = lane; j < c.cols; j += 32) {
     const float x = s * srow[j];
-    const Pair p = pair_role(roles, row, c.c0 + j);
-    acc_push(a, terms, p, in_denominator(roles, row, p, x), x);
+    const Pair p = pair_role(roles, rr, c.c0 + j);
+    acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
   }
   a = warp_merge(a);
   if (lane == 0) acc[row] = acc_merge(acc[row], a);
 }
 
+template <int F>
 __global__ void cols_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, Acc* acc) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(kColThreads) + threadIdx.x;
   if (j >= c.cols) return;
+  specialize<F>(roles, terms);
   const float s = *scale;
   const int64_t col = c.c0 + j;
-  Terms plain;  // the column terms are plain softmax terms
+  const Terms plain;  // the column terms are plain softmax terms
   Acc a;
   for (int64_t i = 0; i < c.rows; ++i) {
     const float x = s * c.s[i * c.ld + j];
-    const int64_t row = c.r0 + i;
-    const Pair p = pair_role(roles, row, col);
-    acc_push(a, plain, p, in_denominator(roles, row, p, x), x);
+    const RowRoles rr = row_roles(roles, c.r0 + i);
+    const Pair p = pair_role(roles, rr, col);
+    acc_push(a, plain, p, in_denominator(roles, rr, p, x), x);
   }
   acc[col] = acc_merge(acc[col], a);
 }
@@ -111,28 +161,30 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-template <typename T>
+template <typename T, int F>
 __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
                                      GradVecs grads, T* ds, float* row_dscale, float* row_dbias) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= c.rows) return;
+  specialize<F>(roles, terms);
+  const bool columns = F >= 0 ? (F & kColumns) != 0 : grads.col_g_lse != nullptr;
   const float s = *scale;
   if (terms.sigmoid) terms.bias = *bias;
   const int64_t row = c.r0 + i;
   const RowGrad g = row_grad(grads, row);
-  const bool columns = grads.col_g_lse != nullptr;
-  const float* srow = c.s + i * c.ld;
-  T* drow = ds + i * c.cols;
+  const RowRoles rr = row_roles(roles, row);
+  const float* __restrict__ srow = c.s + i * c.ld;
+  T* __restrict__ drow = ds + i * c.cols;
   float dscale = 0.0f, dbias = 0.0f;
   for (int64_t j = lane; j < c.cols; j += 32) {
     const float cosine = srow[j];
     const float x = s * cosine;
     const int64_t col = c.c0 + j;
-    const Pair p = pair_role(roles, row, col);
+    const Pair p = pair_role(roles, rr, col);
     ColGrad cg;
     if (columns) cg = col_grad(grads, col);
-    const float d = pair_grad(terms, p, in_denominator(roles, row, p, x), x, g, columns ? &cg : nullptr, &dbias);
+    const float d = pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, &dbias);
     drow[j] = from_float<T>(s * d);
     dscale += d * cosine;
   }
@@ -145,6 +197,7 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
 }
 
 // one warp per row; a shared histogram of 2 × 256 counts per warp (integer atomics: exact)
+template <int F>
 __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, const uint32_t* prefix, int shift,
                                       int32_t* hist) {
   __shared__ int32_t shared[kWarps][2][256];
@@ -153,13 +206,16 @@ __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, 
   for (int k = lane; k < 512; k += 32) shared[warp][k / 256][k % 256] = 0;
   __syncwarp();
   if (i < c.rows) {
+    Terms unused;
+    specialize<F>(roles, unused);
     const float s = *scale;
     const int64_t row = c.r0 + i;
+    const RowRoles rr = row_roles(roles, row);
     const float* srow = c.s + i * c.ld;
     const bool first = shift >= 24;
     const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
     for (int64_t j = lane; j < c.cols; j += 32) {
-      if (!pair_role(roles, row, c.c0 + j).candidate) continue;
+      if (!pair_role(roles, rr, c.c0 + j).candidate) continue;
       const uint32_t key = order_key(s * srow[j]);
       const uint32_t digit = (key >> shift) & 255u;
       if (matches_prefix(key, p0, shift)) atomicAdd(&shared[warp][0][digit], 1);
@@ -213,15 +269,20 @@ int acc_init(Acc* acc, int64_t count, void* stream) {
 int rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias, Acc* acc,
                  void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
-  rows_forward_kernel<<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, terms, scale, bias,
-                                                                                         acc);
+  with_features(features(roles, terms, false), [&](auto f) {
+    rows_forward_kernel<decltype(f)::value>
+        <<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, terms, scale, bias, acc);
+  });
   return last_error();
 }
 
 int cols_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, Acc* acc, void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
-  cols_forward_kernel<<<blocks_of(c.cols, kColThreads), kColThreads, 0, as_stream(stream)>>>(c, roles, terms, scale,
-                                                                                             acc);
+  // the column pass knows nothing of hard negatives or the sigmoid: only the band and labels vary
+  with_features(features(roles, Terms(), false), [&](auto f) {
+    cols_forward_kernel<decltype(f)::value>
+        <<<blocks_of(c.cols, kColThreads), kColThreads, 0, as_stream(stream)>>>(c, roles, terms, scale, acc);
+  });
   return last_error();
 }
 
@@ -238,19 +299,23 @@ int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* 
                   void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
   const dim3 grid(blocks_of(c.rows, kWarps)), block(32 * kWarps);
+  const int f = features(roles, terms, grads.col_g_lse != nullptr);
+  auto launch = [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    with_features(f, [&](auto feat) {
+      rows_backward_kernel<T, decltype(feat)::value><<<grid, block, 0, as_stream(stream)>>>(
+          c, roles, terms, scale, bias, grads, static_cast<T*>(ds), row_dscale, row_dbias);
+    });
+  };
   switch (ds_dtype) {
     case DType::kFloat32:
-      rows_backward_kernel<float><<<grid, block, 0, as_stream(stream)>>>(c, roles, terms, scale, bias, grads,
-                                                                         static_cast<float*>(ds), row_dscale, row_dbias);
+      launch(static_cast<float*>(nullptr));
       break;
     case DType::kFloat16:
-      rows_backward_kernel<__half><<<grid, block, 0, as_stream(stream)>>>(c, roles, terms, scale, bias, grads,
-                                                                          static_cast<__half*>(ds), row_dscale,
-                                                                          row_dbias);
+      launch(static_cast<__half*>(nullptr));
       break;
     case DType::kBFloat16:
-      rows_backward_kernel<__nv_bfloat16><<<grid, block, 0, as_stream(stream)>>>(
-          c, roles, terms, scale, bias, grads, static_cast<__nv_bfloat16*>(ds), row_dscale, row_dbias);
+      launch(static_cast<__nv_bfloat16*>(nullptr));
       break;
   }
   return last_error();
@@ -259,8 +324,10 @@ int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* 
 int ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
                    int32_t* hist, void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
-  ring_histogram_kernel<<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, scale, prefix,
-                                                                                           shift, hist);
+  with_features(features(roles, Terms(), false), [&](auto f) {
+    ring_histogram_kernel<decltype(f)::value>
+        <<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, scale, prefix, shift, hist);
+  });
   return last_error();
 }
 

@@ -45,21 +45,43 @@ struct Pair {
   bool candidate;
 };
 
-CO_HD Pair pair_role(const Roles& ro, int64_t i, int64_t j) {
+// Row i's role values, read once per row (the column loops then compare against registers).
+struct RowRoles {
+  int64_t pos = -1;  // its positive's column (-1: none, or labels decide)
+  int64_t self = -1;  // its excluded column (-1: none)
+  int64_t label = 0;
+  float lo = -INFINITY, hi = INFINITY;  // its band
+};
+
+CO_HD RowRoles row_roles(const Roles& ro, int64_t i) {
+  RowRoles r;
+  if (ro.pos_index != nullptr) r.pos = ro.pos_index[i];
+  if (ro.self_index != nullptr) r.self = ro.self_index[i];
+  if (ro.row_labels != nullptr) r.label = ro.row_labels[i];
+  if (ro.band_lo != nullptr) {
+    r.lo = ro.band_lo[i];
+    r.hi = ro.band_hi[i];
+  }
+  return r;
+}
+
+CO_HD Pair pair_role(const Roles& ro, const RowRoles& r, int64_t j) {
   const bool is_key = j < ro.m;
-  const bool is_self = ro.self_index != nullptr && j == ro.self_index[i];
-  const bool same_label = ro.row_labels != nullptr && is_key && ro.row_labels[i] == ro.col_labels[j];
-  bool positive = ro.pos_index != nullptr ? j == ro.pos_index[i] : same_label;
+  const bool is_self = j == r.self;
+  const bool same_label = ro.row_labels != nullptr && is_key && r.label == ro.col_labels[j];
+  bool positive = ro.pos_index != nullptr ? j == r.pos : same_label;
   positive = positive && !is_self;
   bool candidate = !positive && !is_self && (ro.key_negatives || !is_key);
   if (ro.pos_index != nullptr && ro.row_labels != nullptr) candidate = candidate && !same_label;  // false negatives
   return {positive, candidate};
 }
 
+CO_HD Pair pair_role(const Roles& ro, int64_t i, int64_t j) { return pair_role(ro, row_roles(ro, i), j); }
+
 // In the denominator: a candidate inside the row's band (if any), and a positive unless decoupled.
-CO_HD bool in_denominator(const Roles& ro, int64_t i, Pair p, float x) {
+CO_HD bool in_denominator(const Roles& ro, const RowRoles& r, Pair p, float x) {
   bool cand = p.candidate;
-  if (cand && ro.band_lo != nullptr) cand = x >= ro.band_lo[i] && x <= ro.band_hi[i];
+  if (cand && ro.band_lo != nullptr) cand = x >= r.lo && x <= r.hi;
   return cand || (p.positive && !ro.decoupled);
 }
 

@@ -21,11 +21,12 @@ inline void rows_forward(const Chunk& c, const Roles& roles, Terms terms, const 
   if (terms.sigmoid) terms.bias = *bias;
   for (int64_t i = 0; i < c.rows; ++i) {
     const int64_t row = c.r0 + i;
+    const RowRoles rr = row_roles(roles, row);
     Acc a;
     for (int64_t j = 0; j < c.cols; ++j) {
       const float x = s * c.s[i * c.ld + j];
-      const Pair p = pair_role(roles, row, c.c0 + j);
-      acc_push(a, terms, p, in_denominator(roles, row, p, x), x);
+      const Pair p = pair_role(roles, rr, c.c0 + j);
+      acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
     }
     acc[row] = acc_merge(acc[row], a);
   }
@@ -39,9 +40,9 @@ inline void cols_forward(const Chunk& c, const Roles& roles, const float* scale,
     Acc a;
     for (int64_t i = 0; i < c.rows; ++i) {
       const float x = s * c.s[i * c.ld + j];
-      const int64_t row = c.r0 + i;
-      const Pair p = pair_role(roles, row, col);
-      acc_push(a, plain, p, in_denominator(roles, row, p, x), x);
+      const RowRoles rr = row_roles(roles, c.r0 + i);
+      const Pair p = pair_role(roles, rr, col);
+      acc_push(a, plain, p, in_denominator(roles, rr, p, x), x);
     }
     acc[col] = acc_merge(acc[col], a);
   }
@@ -69,15 +70,16 @@ inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const
   for (int64_t i = 0; i < c.rows; ++i) {
     const int64_t row = c.r0 + i;
     const RowGrad g = row_grad(grads, row);
+    const RowRoles rr = row_roles(roles, row);
     float dscale = 0.0f, dbias = 0.0f;
     for (int64_t j = 0; j < c.cols; ++j) {
       const float cosine = c.s[i * c.ld + j];
       const float x = s * cosine;
       const int64_t col = c.c0 + j;
-      const Pair p = pair_role(roles, row, col);
+      const Pair p = pair_role(roles, rr, col);
       ColGrad cg;
       if (columns) cg = col_grad(grads, col);
-      const float d = pair_grad(terms, p, in_denominator(roles, row, p, x), x, g, columns ? &cg : nullptr, &dbias);
+      const float d = pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, &dbias);
       ds[i * c.cols + j] = s * d;
       dscale += d * cosine;
     }
@@ -94,8 +96,9 @@ inline void ring_histogram(const Chunk& c, const Roles& roles, const float* scal
     const int64_t row = c.r0 + i;
     int32_t* h = hist + i * 512;
     const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
+    const RowRoles rr = row_roles(roles, row);
     for (int64_t j = 0; j < c.cols; ++j) {
-      if (!pair_role(roles, row, c.c0 + j).candidate) continue;
+      if (!pair_role(roles, rr, c.c0 + j).candidate) continue;
       const uint32_t key = order_key(s * c.s[i * c.ld + j]);
       const uint32_t digit = (key >> shift) & 255u;
       if (matches_prefix(key, p0, shift)) h[digit] += 1;
