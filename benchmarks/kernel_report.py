@@ -739,9 +739,22 @@ def main(argv=None) -> int:
             print(variant_table(variants, device) + "\n")
             rows = [variant_row(label, stats, device) for label, stats in variants]
     print(workload_table(results))
+    cuda_rows = []
+    if args.subset != "ci":
+        from contrastive_ops import _build
+
+        if _build.find_nvcc() is None:
+            print("\n(the CUDA extension's section needs nvcc: not on this machine)")
+        else:
+            from benchmarks import cuda_report
+
+            workloads = [w for w in headline_workloads(n=args.n)
+                         if args.subset == "all" or (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
+            text, cuda_rows = cuda_report.section(device, workloads)
+            print("\n" + text)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows + [row for wrows, total in results for row in wrows + [total]], fh, indent=1)
+            json.dump(rows + [row for wrows, total in results for row in wrows + [total]] + cuda_rows, fh, indent=1)
     return 0
 
 

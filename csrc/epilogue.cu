@@ -12,6 +12,14 @@
 
 #include <type_traits>
 
+// The static report (benchmarks/cuda_report.py) counts instructions per pair on a build whose pair
+// loops are not unrolled (CO_COUNT_PAIRS); the shipped build leaves unrolling to the compiler.
+#ifdef CO_COUNT_PAIRS
+#define CO_PAIR_LOOP _Pragma("unroll 1")
+#else
+#define CO_PAIR_LOOP
+#endif
+
 #include "contrastive_cuda.h"
 
 namespace contrastive_cuda {
@@ -112,7 +120,7 @@ __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   const RowRoles rr = row_roles(roles, row);
   const float* __restrict__ srow = c.s + i * c.ld;
   Acc a;
-  for (int64_t j = lane; j < c.cols; j += 32) {
+  CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
     const float x = s * srow[j];
     const Pair p = pair_role(roles, rr, c.c0 + j);
     acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
@@ -130,7 +138,7 @@ __global__ void cols_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   const int64_t col = c.c0 + j;
   const Terms plain;  // the column terms are plain softmax terms
   Acc a;
-  for (int64_t i = 0; i < c.rows; ++i) {
+  CO_PAIR_LOOP for (int64_t i = 0; i < c.rows; ++i) {
     const float x = s * c.s[i * c.ld + j];
     const RowRoles rr = row_roles(roles, c.r0 + i);
     const Pair p = pair_role(roles, rr, col);
@@ -177,7 +185,7 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   const float* __restrict__ srow = c.s + i * c.ld;
   T* __restrict__ drow = ds + i * c.cols;
   float dscale = 0.0f, dbias = 0.0f;
-  for (int64_t j = lane; j < c.cols; j += 32) {
+  CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
     const float cosine = srow[j];
     const float x = s * cosine;
     const int64_t col = c.c0 + j;
@@ -214,7 +222,7 @@ __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, 
     const float* srow = c.s + i * c.ld;
     const bool first = shift >= 24;
     const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
-    for (int64_t j = lane; j < c.cols; j += 32) {
+    CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
       if (!pair_role(roles, rr, c.c0 + j).candidate) continue;
       const uint32_t key = order_key(s * srow[j]);
       const uint32_t digit = (key >> shift) & 255u;

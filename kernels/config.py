@@ -122,6 +122,18 @@ def ds_chunk_bytes() -> int:
     return value
 
 
+def cosine_chunk_shape(n: int, m_total: int) -> tuple[int, int]:
+    """``(rows, cols)`` of one chunk of fp32 cosines of the cuda backend (its GEMMs' output and its
+    epilogues' input): at most :func:`ds_chunk_bytes` bytes (64 MiB: 4096 × 4096 by default), square
+    where both sides allow, never larger than the problem."""
+    import math
+
+    budget = max(1, ds_chunk_bytes() // 4)
+    rows = max(1, min(n, math.isqrt(budget)))
+    cols = max(1, min(m_total, budget // rows))
+    return rows, cols
+
+
 # Under the interpreter every numpy op costs the same whatever its size: 2-bit radix passes are
 # the cheapest there (on a GPU, 4 bits halve the tile recomputations).
 INTERPRETER_CONFIG = TileConfig(16, 16, 16, num_warps=1, num_stages=1, radix_bits=2)

@@ -75,7 +75,9 @@ def test_the_ring_band_equals_the_chunked_backends_on_the_same_logits(cuda_on_cp
 
     monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", chunk_bytes)
     q, k, e = torch.randn(37, 40), torch.randn(37, 40), torch.randn(23, 40)
-    rows, cols = cuda_on_cpu.chunk_shape(37, 60)
+    from contrastive_ops.kernels.config import cosine_chunk_shape
+
+    rows, cols = cosine_chunk_shape(37, 60)
     spec = RoleSpec(pos_index=torch.arange(37), ring=(0.4, 0.2))
     ours = torch.ops.contrastive_ops_cuda.ring_band(q, k, e, torch.tensor(14.0), spec.pos_index, None, None, None,
                                                       True, True, 0.4, 0.2, rows, cols)

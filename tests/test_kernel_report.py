@@ -94,3 +94,30 @@ def test_rows_only_losses_form_their_row_gradient_in_the_forward(report):
     assert "forward + row products" in info and "backward dC" in info, sorted(info)
     assert "backward dQ" not in info, sorted(info)
     assert info["forward + row products"]["mma"].startswith("wgmma")
+
+
+@pytest.mark.skipif(not __import__("contrastive_ops._build", fromlist=["x"]).find_nvcc(), reason="nvcc not found")
+def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headline():
+    """The extension's section: every epilogue kernel compiled for sm_90a without spills and with
+    its per-pair instruction count, and the headline modeled launch by launch beside Triton's."""
+    code = ("import json; from benchmarks import cuda_report as c, kernel_report as k; "
+            "s = c.epilogue_stats(); "
+            "w = k.workload('clip', 65536, 65536, 768, 'bfloat16'); rows, total = c.model_workload(w); "
+            "print(json.dumps({'stats': [vars(x) for x in s.values()], 'rows': rows, 'total': total}))")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    kernels = {s["kernel"] for s in out["stats"]}
+    for name in ("rows_forward_kernel<0>", "cols_forward_kernel<0>", "rows_backward_kernel<__nv_bfloat16, 4>",
+                 "ring_histogram_kernel<0>", "rows_forward_kernel<-1>"):
+        assert name in kernels, sorted(kernels)
+    for s in out["stats"]:
+        assert s["spill_bytes"] == 0 and s["registers"] > 0, s
+        if s["kernel"].startswith(("rows_", "cols_", "ring_histogram")):
+            assert 10 < s["per_pair"] < 400, s
+    launches = {r["kernel"] for r in out["rows"]}
+    assert any("cuBLAS" in k for k in launches) and any("epilogue" in k for k in launches), launches
+    total = out["total"]
+    assert total["modeled_ms"] == pytest.approx(sum(r["modeled_ms"] for r in out["rows"]))
+    assert total["modeled_ms"] > total["floor_ms"] and total["triton_modeled_ms"] > 0

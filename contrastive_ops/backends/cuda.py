@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from contrastive_ops.kernels.config import cosine_chunk_shape  # imports no Triton
+
 from .. import _ext
 from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor
 from ..errors import BackendUnavailableError
@@ -33,19 +35,6 @@ _ext.load()  # raises BackendUnavailableError (reason and fix) where it is neith
 _OPS = torch.ops.contrastive_ops_cuda
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 _FIELDS = ContrastiveTerms._fields  # row_lse, row_pos, row_den_count, row_pos_count, col_*, row_lse_beta, row_pair_loss
-
-
-def chunk_shape(n: int, m_total: int) -> tuple[int, int]:
-    """``(rows, cols)`` of one chunk of fp32 cosines: at most ``kernels.config.ds_chunk_bytes()``
-    bytes (64 MiB: 4096 × 4096 by default), square where both sides allow, never more than needed."""
-    import math
-
-    from contrastive_ops.kernels import config
-
-    budget = max(1, config.ds_chunk_bytes() // 4)
-    rows = max(1, min(n, math.isqrt(budget)))
-    cols = max(1, min(m_total, budget // rows))
-    return rows, cols
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +167,7 @@ def compute_terms(
     shared_keys = None if keys is query else keys
     roles = (_long(spec.pos_index), _long(spec.row_labels), _long(spec.col_labels), _long(spec.self_index))
     m_total = keys.shape[0] + (0 if extra is None else extra.shape[0])
-    chunk_rows, chunk_cols = chunk_shape(query.shape[0], m_total)
+    chunk_rows, chunk_cols = cosine_chunk_shape(query.shape[0], m_total)
     band_lo = band_hi = None
     if spec.ring is not None:
         outer, inner = spec.ring

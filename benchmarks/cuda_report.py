@@ -1,0 +1,261 @@
+"""Static report of the CUDA extension (backend="cuda") on Hopper, and its roofline model. No GPU.
+
+    python -m benchmarks.cuda_report            # markdown on stdout (also a section of kernel_report)
+
+The extension's products are torch's GEMMs (cuBLAS on a GPU: its own sm_90 wgmma kernels, which
+this report cannot inspect), its epilogues our kernels (``csrc/epilogue.cu``). Those are compiled
+here by nvcc for sm_90a with ``-Xptxas -v`` (registers, spills, shared memory) and read with
+cuobjdump: the instructions and MUFU operations per pair, counted on a build whose per-pair loops
+are not unrolled (``-DCO_COUNT_PAIRS``; the shipped build may unroll them, saving a few loop
+instructions per pair).
+
+The model (every figure *modeled*) charges, per launch group of a forward + backward:
+
+* a GEMM: its FLOPs at the matmul rate or its DRAM bytes at the copy bandwidth, whichever is larger
+  (the fp32 cosines it writes are bytes too);
+* an epilogue: the largest of its issue time (instructions per pair / 32 lanes, 4 warp-instructions
+  per clock per SM), its MUFU time (16 per clock per SM) and its DRAM bytes (the fp32 cosines read,
+  dS written);
+* torch's elementwise passes (unit rows, normalization backward): their bytes.
+
+Launches are serial on one stream (no overlap assumed). The comparison is with the Triton backend's
+model of the same workload (``kernel_report``, default configs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import kernel_report as kr
+
+REPO = Path(__file__).resolve().parents[1]
+CSRC = REPO / "csrc"
+ARCH = "90a"
+
+
+@dataclasses.dataclass(frozen=True)
+class EpilogueStats:
+    kernel: str  # demangled, e.g. "rows_forward_kernel<0>"
+    registers: int
+    spill_bytes: int
+    shared: int
+    mma: str  # the epilogues hold no MMA: "none"
+    instructions: int  # the whole kernel's SASS
+    per_pair: int  # SASS instructions of one pair (the innermost per-pair loop's body)
+    mufu_per_pair: int
+
+
+def _nvcc() -> str:
+    from contrastive_ops import _build
+
+    nvcc = _build.find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found: the CUDA extension's report needs the CUDA toolkit")
+    home = _build.cuda_home()
+    return str(home / "bin" / "nvcc") if (home / "bin" / "nvcc").is_file() else nvcc
+
+
+def _demangle(names: list[str]) -> list[str]:
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=False).stdout
+    lines = out.strip().splitlines()
+    if len(lines) != len(names):
+        return names
+    return [re.sub(r"contrastive_cuda::\(anonymous namespace\)::", "", line).split("(")[0].replace("void ", "")
+            for line in lines]
+
+
+@functools.cache
+def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
+    """Every kernel of ``csrc/epilogue.cu`` compiled for ``sm_{arch}`` (per-pair loops not unrolled)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp, "epilogue.cubin")
+        cmd = [_nvcc(), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DCO_COUNT_PAIRS", "-cubin",
+               f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", str(CSRC),
+               str(CSRC / "epilogue.cu"), "-o", str(cubin)]
+        verbose = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([kr._tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    resources = {}
+    for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
+        name = block.split("'")[0]
+        regs = re.search(r"Used (\d+) registers", block)
+        spills = re.search(r"(\d+) bytes spill stores", block)
+        smem = re.search(r"(\d+) bytes smem", block)
+        resources[name] = (int(regs.group(1)) if regs else 0, int(spills.group(1)) if spills else 0,
+                           int(smem.group(1)) if smem else 0)
+    parts = re.split(r"\n\s*Function : (\S+)", sass)
+    names, bodies = parts[1::2], parts[2::2]
+    stats = {}
+    for mangled, label, body in zip(names, _demangle(names), bodies):
+        instructions = kr._parse_sass(body)
+        loops = kr._loops(instructions)
+
+        def inside(lp, instructions=instructions):
+            return [i for i in instructions if lp[0] <= i[0] <= lp[1]]
+
+        # the per-pair loop: an innermost loop that loads from global memory (the butterfly and the
+        # histogram's shared-memory loops load nothing from it)
+        inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+        pair_loops = [lp for lp in inner if any(i[1] == "LDG" for i in inside(lp))]
+        body_ins = inside(max(pair_loops, key=lambda lp: len(inside(lp)))) if pair_loops else []
+        regs, spills, smem = resources.get(mangled, (0, 0, 0))
+        stats[label] = EpilogueStats(label, regs, spills, smem, "none", len(instructions), len(body_ins),
+                                     sum(1 for i in body_ins if i[1] == "MUFU"))
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+_FEATURES = {"hard": 1, "sigmoid": 2, "columns": 4, "band": 8, "labels": 16}
+
+
+def _feature_set(w: kr.Workload, columns: bool = False) -> int:
+    f = 0
+    if w.switch("HARD_NEGATIVES"):
+        f |= _FEATURES["hard"]
+    if w.switch("PAIRWISE_SIGMOID"):
+        f |= _FEATURES["sigmoid"]
+    if columns:
+        f |= _FEATURES["columns"]
+    if w.switch("HAS_BAND"):
+        f |= _FEATURES["band"]
+    if w.switch("HAS_LABELS") or w.switch("MASK_LABELS"):
+        f |= _FEATURES["labels"]
+    return f
+
+
+def _epilogue(stats: dict, name: str) -> EpilogueStats:
+    if name in stats:
+        return stats[name]
+    generic = re.sub(r"<(.*?)(-?\d+)>", lambda m: f"<{m.group(1)}-1>", name)
+    return stats[generic]
+
+
+def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: kr.Device) -> dict:
+    per_sm = device.sms * device.clock_hz
+    parts = {"issue_ms": pairs / 32 * e.per_pair / (device.issue_per_clock * per_sm) * 1e3,
+             "mufu_ms": pairs * e.mufu_per_pair / (device.mufu_per_clock * per_sm) * 1e3,
+             "memory_ms": dram_bytes / device.dram_bytes_s * 1e3, "mma_ms": 0.0}
+    bound = max(parts, key=parts.get)
+    return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
+
+
+def _library_ms(flops: float, dram_bytes: float, device: kr.Device, dtype: str) -> dict:
+    parts = {"mma_ms": flops / device.mma_flops[dtype] * 1e3, "memory_ms": dram_bytes / device.dram_bytes_s * 1e3,
+             "issue_ms": 0.0, "mufu_ms": 0.0}
+    bound = max(parts, key=parts.get)
+    return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
+
+
+def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[dict], dict]:
+    """Rows per launch group and the total of one forward + backward of ``w`` on the cuda backend."""
+    from contrastive_ops.kernels.config import cosine_chunk_shape
+
+    stats = epilogue_stats()
+    item = kr.ITEMSIZE[w.dtype]
+    n, mt, m, d = w.n, w.m_total, w.m, w.d
+    pairs = float(n) * mt
+    rows, cols = cosine_chunk_shape(n, mt)
+    row_chunks, col_chunks = math.ceil(n / rows), math.ceil(mt / cols)
+    operands = col_chunks * n * d * item + row_chunks * mt * d * item  # each chunk's GEMM reads its rows
+    dtype_name = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}[w.dtype]
+    columns = w.switch("COLUMN_TERMS")
+    out = []
+
+    def add(kernel, timing, note="", e: EpilogueStats | None = None):
+        out.append({"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
+                    "kernel": kernel, "registers": None if e is None else e.registers,
+                    "spill_bytes": None if e is None else e.spill_bytes, "mma": "cuBLAS" if e is None else e.mma,
+                    "instructions_per_pair": None if e is None else e.per_pair, "note": note, **timing})
+
+    unit_bytes = (2 * item + 16) * (n + mt) * d
+    add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
+    s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype)
+    if w.ring_radix_bits:
+        hist = _epilogue(stats, f"ring_histogram_kernel<{_feature_set(w) & _FEATURES['labels']}>")
+        passes = 4
+        add("ring: cosines S = Q̂·Ĉᵀ (cuBLAS) ×4 passes", {k: (v * passes if k.endswith("_ms") else v)
+                                                         for k, v in s_gemm.items()}, "one byte of the keys per pass")
+        add("ring: radix histograms ×4 passes", {k: (v * passes if k.endswith("_ms") else v) for k, v in
+                                                  _epilogue_ms(hist, pairs, 4.0 * pairs, device).items()}, e=hist)
+    add("forward: cosines S = Q̂·Ĉᵀ (cuBLAS, fp32 out)", s_gemm, f"{row_chunks}×{col_chunks} chunks of {rows}×{cols}")
+    fwd = _epilogue(stats, f"rows_forward_kernel<{_feature_set(w)}>")
+    add("forward: rows' LSE epilogue", _epilogue_ms(fwd, pairs, 4.0 * pairs, device), e=fwd)
+    if columns:
+        colk = _epilogue(stats, f"cols_forward_kernel<{_feature_set(w) & (_FEATURES['band'] | _FEATURES['labels'])}>")
+        add("forward: columns' LSE epilogue", _epilogue_ms(colk, float(n) * m, 4.0 * n * m, device), e=colk)
+    add("backward: cosines recomputed (cuBLAS, fp32 out)", s_gemm)
+    bwd = _epilogue(stats, f"rows_backward_kernel<{dtype_name}, {_feature_set(w, columns)}>")
+    add("backward: dS epilogue", _epilogue_ms(bwd, pairs, (4.0 + item) * pairs, device), e=bwd)
+    accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)  # fp32 gradients read and written per chunk
+    add("backward: dQ̂ += dS·Ĉ, dĈ += dSᵀ·Q̂ (cuBLAS, into fp32)",
+        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype))
+    add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
+    total = sum(r["modeled_ms"] for r in out)
+    floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
+    triton = kr.default_configs(w, device)[1]["modeled_ms"]
+    total_row = {"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
+                 "kernel": "total", "modeled_ms": total, "floor_ms": floor, "share_of_matrix_rate": floor / total,
+                 "triton_modeled_ms": triton, "cuda_over_triton": total / triton, "chunk": [rows, cols]}
+    return out, total_row
+
+
+def epilogue_table(stats: dict[str, EpilogueStats]) -> str:
+    lines = ["| kernel (sm_90a) | regs | spill B | shared B | MMA | SASS | SASS/pair | MUFU/pair |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in sorted(stats.values(), key=lambda s: s.kernel):
+        if re.search(r"<(float|__half), ", e.kernel):
+            continue  # the backward's fp32/fp16 variants match the bf16 one
+        lines.append(f"| {e.kernel} | {e.registers} | {e.spill_bytes} | {e.shared} | {e.mma} | {e.instructions} | "
+                     f"{e.per_pair} | {e.mufu_per_pair} |")
+    return "\n".join(lines)
+
+
+def workload_table(results) -> str:
+    lines = ["| workload | launch | regs | SASS/pair | bound | modeled ms |", "|---|---|---|---|---|---|"]
+    for rows, total in results:
+        name = f"{total['loss']} {total['dtype']} {total['n']}×{total['m']}×{total['d']}"
+        for r in rows:
+            lines.append(f"| {name} | {r['kernel']} | {kr._fmt(r['registers'])} | "
+                         f"{kr._fmt(r['instructions_per_pair'])} | {r['bound']} | {r['modeled_ms']:.2f} |")
+        lines.append(f"| **{name}** | **total** (floor {total['floor_ms']:.1f} ms; triton modeled "
+                     f"{total['triton_modeled_ms']:.1f} ms) | | | {total['cuda_over_triton']:.2f}× triton | "
+                     f"**{total['modeled_ms']:.1f}** |")
+    return "\n".join(lines)
+
+
+def section(device: kr.Device = kr.H200, workloads=None) -> tuple[str, list[dict]]:
+    """The report's markdown section and its JSON rows."""
+    stats = epilogue_stats()
+    workloads = workloads or kr.headline_workloads()
+    results = [model_workload(w, device) for w in workloads]
+    text = ("## CUDA extension (backend='cuda'): cuBLAS products, our epilogues\n\n"
+            "Epilogue kernels compiled by nvcc for sm_90a (per-pair loops not unrolled for the count). The "
+            "products are cuBLAS GEMMs chosen by torch at run time (Hopper wgmma kernels; not inspectable "
+            "here). Every time is MODELED, launches serial.\n\n"
+            + epilogue_table(stats) + "\n\n" + workload_table(results) + "\n")
+    rows = [dataclasses.asdict(s) for s in stats.values()]
+    return text, rows + [row for wrows, total in results for row in wrows + [total]]
+
+
+def main(argv=None) -> int:
+    import triton
+
+    from contrastive_ops import _build
+
+    print(f"# Static report of the CUDA extension (nvcc {_build.nvcc_version()}, Triton {triton.__version__} for the "
+          f"comparison); every time MODELED for {kr.H200.name}\n")
+    print(section()[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
