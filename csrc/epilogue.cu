@@ -65,9 +65,17 @@ void with_features(int f, Fn&& fn) {
     default:
       fn(std::integral_constant<int, -1>{});
   }
+}
+
+// The same for the passes that only the band and the labels change (column terms, Ring histograms).
+template <typename Fn>
+void with_role_features(int f, Fn&& fn) {
+  switch (f & (kBand | kLabels)) {
+    CO_CASES(0)
+  }
+}
 #undef CO_CASES
 #undef CO_CASE
-}
 
 int last_error() { return static_cast<int>(cudaGetLastError()); }
 
@@ -287,7 +295,7 @@ int rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* s
 int cols_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, Acc* acc, void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
   // the column pass knows nothing of hard negatives or the sigmoid: only the band and labels vary
-  with_features(features(roles, Terms(), false), [&](auto f) {
+  with_role_features(features(roles, terms, false), [&](auto f) {
     cols_forward_kernel<decltype(f)::value>
         <<<blocks_of(c.cols, kColThreads), kColThreads, 0, as_stream(stream)>>>(c, roles, terms, scale, acc);
   });
@@ -332,7 +340,7 @@ int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* 
 int ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
                    int32_t* hist, void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
-  with_features(features(roles, Terms(), false), [&](auto f) {
+  with_role_features(features(roles, Terms(), false), [&](auto f) {
     ring_histogram_kernel<decltype(f)::value>
         <<<blocks_of(c.rows, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(c, roles, scale, prefix, shift, hist);
   });
