@@ -6,7 +6,7 @@
 
 * ``CONTRASTIVE_OPS_BUILD_CUDA`` — unset: build the extension if nvcc and torch are found, else
   warn and install without it; ``1``: build it or fail; ``0``: never build it.
-* ``CONTRASTIVE_OPS_CUDA_ARCHS`` — SM targets (default ``80;90``); ``MAX_JOBS`` — parallel nvcc jobs.
+* ``CONTRASTIVE_OPS_CUDA_ARCHS`` — SM targets (default ``80;90a``); ``MAX_JOBS`` — parallel nvcc jobs.
 
 The extension build imports torch, so install with ``pip install --no-build-isolation -e .`` into
 an environment that already has torch (pip's isolated build environment has none; there the

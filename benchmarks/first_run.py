@@ -280,6 +280,8 @@ def step_smoke(p: Plan, out: Path) -> int:
                     _append(out, row)
                     print(_smoke_line(row), flush=True)
     failed += _determinism(p, out, device)
+    if device.type == "cuda":
+        _library_kernels(p, out, device)
     print(f"smoke: {failed} failure(s)")
     return 1 if failed else 0
 
@@ -304,6 +306,27 @@ def _determinism(p: Plan, out: Path, device) -> int:
         print(f"determinism clip {impl} {p.smoke_dtypes[0]}: {'bitwise equal' if same else 'DIFFERS'}")
         failed += not same
     return failed
+
+
+def _library_kernels(p: Plan, out: Path, device) -> None:
+    """The GPU kernels one forward+backward of the cuda backend launches (cuBLAS's GEMMs beside our
+    epilogues), from torch's profiler: what the static report cannot see."""
+    import torch
+
+    import contrastive_ops as co
+    from benchmarks.workloads import WORKLOADS, make_inputs
+
+    if not co.backend_status("cuda", device)[0]:
+        return
+    x = _cast(make_inputs(p.smoke_n, p.smoke_d[0], torch.float32, device, seed=2), torch.bfloat16)
+    _evaluate(WORKLOADS["clip"].call, x, "cuda")  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _evaluate(WORKLOADS["clip"].call, _cast(x, torch.bfloat16), "cuda")
+        torch.cuda.synchronize()
+    names = sorted({e.key for e in prof.key_averages()})
+    _append(out, {"kind": "cuda_kernels", "loss": "clip", "dtype": "bfloat16", "n": p.smoke_n, "d": p.smoke_d[0],
+                  "kernels": names})
+    print("cuda backend's GPU kernels (clip bf16):", "; ".join(names))
 
 
 def _smoke_line(row) -> str:
