@@ -58,6 +58,16 @@ CO_HD ColGrad col_grad(const GradVecs& v, int64_t j) {
   return g;
 }
 
+// dL/dx_ij of one pair of row `row` (its roles rr, its gradients g) at column `col`, logit x; column
+// terms where `columns`; adds the pair's share of dL/dbias to *dbias.
+CO_HD float pair_dlogit(const Roles& roles, const RowRoles& rr, const Terms& terms, const GradVecs& grads,
+                        const RowGrad& g, bool columns, int64_t col, float x, float* dbias) {
+  const Pair p = pair_role(roles, rr, col);
+  ColGrad cg;
+  if (columns) cg = col_grad(grads, col);
+  return pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, dbias);
+}
+
 // acc[0 .. count) = the empty accumulator.
 int acc_init(Acc* acc, int64_t count, void* stream);
 

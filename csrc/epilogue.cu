@@ -155,13 +155,8 @@ __global__ void acc_finish_kernel(const Acc* acc, int64_t count, float* lse, flo
                                   int64_t* pos_n, float* lse_beta, float* pair) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= count) return;
-  const Acc a = acc[i];
-  lse[i] = lse_value(a.lse, a.den_n);
-  pos[i] = a.pos_sum / static_cast<float>(a.pos_n > 0 ? a.pos_n : 1);
-  den_n[i] = a.den_n;
-  pos_n[i] = a.pos_n;
-  if (lse_beta != nullptr) lse_beta[i] = lse_value(a.lse_beta, a.den_n);
-  if (pair != nullptr) pair[i] = a.pair;
+  acc_finish_one(acc[i], lse + i, pos + i, den_n + i, pos_n + i, lse_beta ? lse_beta + i : nullptr,
+                 pair ? pair + i : nullptr);
 }
 
 template <typename T>
@@ -192,11 +187,7 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
     const float cosine = srow[j];
     const float x = s * cosine;
-    const int64_t col = c.c0 + j;
-    const Pair p = pair_role(roles, rr, col);
-    ColGrad cg;
-    if (columns) cg = col_grad(grads, col);
-    const float d = pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, &dbias);
+    const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, &dbias);
     drow[j] = from_float<T>(s * d);
     dscale += d * cosine;
   }
@@ -242,30 +233,13 @@ __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, 
 __global__ void ring_step_kernel(const int32_t* hist, int64_t rows, int shift, double outer, double inner,
                                  uint32_t* prefix, int64_t* rank, uint8_t* nonempty) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows) return;
-  const int32_t* h = hist + i * 512;
-  if (shift >= 24) {
-    int64_t count = 0;
-    for (int b = 0; b < 256; ++b) count += h[b];
-    int64_t lo, hi;
-    ring_ranks(count, outer, inner, &lo, &hi);
-    nonempty[i] = hi > lo;
-    rank[2 * i] = hi > lo ? lo : 0;
-    rank[2 * i + 1] = hi > lo ? hi - 1 : 0;
-    prefix[2 * i] = prefix[2 * i + 1] = 0u;
-  }
-  for (int t = 0; t < 2; ++t) {
-    const int32_t* ht = h + (shift >= 24 ? 0 : t * 256);  // one histogram serves both on the first pass
-    prefix[2 * i + t] |= select_digit(ht, &rank[2 * i + t]) << shift;
-  }
+  if (i < rows) ring_step_row(hist + i * 512, shift, outer, inner, prefix + 2 * i, rank + 2 * i, nonempty + i);
 }
 
 __global__ void ring_finish_kernel(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo,
                                    float* v_hi) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows) return;
-  v_hi[i] = nonempty[i] ? key_value(prefix[2 * i]) : -INFINITY;
-  v_lo[i] = nonempty[i] ? key_value(prefix[2 * i + 1]) : INFINITY;
+  if (i < rows) ring_band_row(prefix + 2 * i, nonempty[i] != 0, v_lo + i, v_hi + i);
 }
 
 unsigned blocks_of(int64_t count, int per_block) { return static_cast<unsigned>((count + per_block - 1) / per_block); }

@@ -264,4 +264,43 @@ CO_HD bool matches_prefix(uint32_t key, uint32_t prefix, int shift) {
   return shift >= 24 || ((key ^ prefix) >> (shift + 8)) == 0u;
 }
 
+// One row's step of the radix select after a pass (hist: its 2 × 256 counts): on the first pass
+// (shift 24) the candidates' count sets the ranks, rank[0] = lo and rank[1] = hi - 1 of the ring;
+// then each target takes the digit holding its rank into its prefix.
+CO_HD void ring_step_row(const int32_t* hist, int shift, double outer, double inner, uint32_t* prefix, int64_t* rank,
+                         uint8_t* nonempty) {
+  if (shift >= 24) {
+    int64_t count = 0;
+    for (int b = 0; b < 256; ++b) count += hist[b];
+    int64_t lo, hi;
+    ring_ranks(count, outer, inner, &lo, &hi);
+    *nonempty = hi > lo;
+    rank[0] = hi > lo ? lo : 0;
+    rank[1] = hi > lo ? hi - 1 : 0;
+    prefix[0] = prefix[1] = 0u;
+  }
+  for (int t = 0; t < 2; ++t) {
+    const int32_t* ht = hist + (shift >= 24 ? 0 : t * 256);  // one histogram serves both on the first pass
+    prefix[t] |= select_digit(ht, &rank[t]) << shift;
+  }
+}
+
+// The band of one row from its two prefixes: (v_lo, v_hi), or (+inf, -inf) for an empty ring.
+CO_HD void ring_band_row(const uint32_t* prefix, bool nonempty, float* v_lo, float* v_hi) {
+  *v_hi = nonempty ? key_value(prefix[0]) : -INFINITY;
+  *v_lo = nonempty ? key_value(prefix[1]) : INFINITY;
+}
+
+// A row's (or column's) outputs from its accumulator: lse (0 for an empty denominator), the
+// positives' mean logit (0 without positives), both counts; lse_beta and pair where non-null.
+CO_HD void acc_finish_one(const Acc& a, float* lse, float* pos, int64_t* den_n, int64_t* pos_n, float* lse_beta,
+                          float* pair) {
+  *lse = lse_value(a.lse, a.den_n);
+  *pos = a.pos_sum / static_cast<float>(a.pos_n > 0 ? a.pos_n : 1);
+  *den_n = a.den_n;
+  *pos_n = a.pos_n;
+  if (lse_beta != nullptr) *lse_beta = lse_value(a.lse_beta, a.den_n);
+  if (pair != nullptr) *pair = a.pair;
+}
+
 }  // namespace contrastive_cuda

@@ -50,15 +50,9 @@ inline void cols_forward(const Chunk& c, const Roles& roles, const float* scale,
 
 inline void acc_finish(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n, int64_t* pos_n,
                        float* lse_beta, float* pair) {
-  for (int64_t i = 0; i < count; ++i) {
-    const Acc& a = acc[i];
-    lse[i] = lse_value(a.lse, a.den_n);
-    pos[i] = a.pos_sum / static_cast<float>(a.pos_n > 0 ? a.pos_n : 1);
-    den_n[i] = a.den_n;
-    pos_n[i] = a.pos_n;
-    if (lse_beta != nullptr) lse_beta[i] = lse_value(a.lse_beta, a.den_n);
-    if (pair != nullptr) pair[i] = a.pair;
-  }
+  for (int64_t i = 0; i < count; ++i)
+    acc_finish_one(acc[i], lse + i, pos + i, den_n + i, pos_n + i, lse_beta ? lse_beta + i : nullptr,
+                   pair ? pair + i : nullptr);
 }
 
 // ds is fp32 here (the CPU products run in fp32)
@@ -75,11 +69,7 @@ inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const
     for (int64_t j = 0; j < c.cols; ++j) {
       const float cosine = c.s[i * c.ld + j];
       const float x = s * cosine;
-      const int64_t col = c.c0 + j;
-      const Pair p = pair_role(roles, rr, col);
-      ColGrad cg;
-      if (columns) cg = col_grad(grads, col);
-      const float d = pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, &dbias);
+      const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, &dbias);
       ds[i * c.cols + j] = s * d;
       dscale += d * cosine;
     }
@@ -109,30 +99,12 @@ inline void ring_histogram(const Chunk& c, const Roles& roles, const float* scal
 
 inline void ring_step(const int32_t* hist, int64_t rows, int shift, double outer, double inner, uint32_t* prefix,
                       int64_t* rank, uint8_t* nonempty) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const int32_t* h = hist + i * 512;
-    if (shift >= 24) {
-      int64_t count = 0;
-      for (int b = 0; b < 256; ++b) count += h[b];
-      int64_t lo, hi;
-      ring_ranks(count, outer, inner, &lo, &hi);
-      nonempty[i] = hi > lo;
-      rank[2 * i] = hi > lo ? lo : 0;
-      rank[2 * i + 1] = hi > lo ? hi - 1 : 0;
-      prefix[2 * i] = prefix[2 * i + 1] = 0u;
-    }
-    for (int t = 0; t < 2; ++t) {
-      const int32_t* ht = h + (shift >= 24 ? 0 : t * 256);
-      prefix[2 * i + t] |= select_digit(ht, &rank[2 * i + t]) << shift;
-    }
-  }
+  for (int64_t i = 0; i < rows; ++i)
+    ring_step_row(hist + i * 512, shift, outer, inner, prefix + 2 * i, rank + 2 * i, nonempty + i);
 }
 
 inline void ring_finish(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo, float* v_hi) {
-  for (int64_t i = 0; i < rows; ++i) {
-    v_hi[i] = nonempty[i] ? key_value(prefix[2 * i]) : -INFINITY;
-    v_lo[i] = nonempty[i] ? key_value(prefix[2 * i + 1]) : INFINITY;
-  }
+  for (int64_t i = 0; i < rows; ++i) ring_band_row(prefix + 2 * i, nonempty[i] != 0, v_lo + i, v_hi + i);
 }
 
 }  // namespace cpu

@@ -107,19 +107,24 @@ def backward_candidates(d: int) -> tuple[TileConfig, ...]:
 DS_CHUNK_BYTES = 64 * 2**20  # default bound of one dS chunk of the backward's chunk route
 
 
-def ds_chunk_bytes() -> int:
-    """Bytes of one dS chunk (rows × columns of the input dtype): ``CONTRASTIVE_OPS_DS_CHUNK_BYTES``,
-    else 64 MiB. Smaller chunks cost more, shorter GEMMs; the memory never grows like N × M."""
-    spec = os.environ.get("CONTRASTIVE_OPS_DS_CHUNK_BYTES")
+def _positive_int_env(name: str, what: str) -> int | None:
+    """The environment variable ``name`` as a positive int, None where unset; else a ValueError."""
+    spec = os.environ.get(name)
     if not spec:
-        return DS_CHUNK_BYTES
+        return None
     try:
         value = int(spec)
     except ValueError:
         value = 0
     if value <= 0:
-        raise ValueError(f"CONTRASTIVE_OPS_DS_CHUNK_BYTES must be a positive number of bytes, got {spec!r}")
+        raise ValueError(f"{name} must be a positive {what}, got {spec!r}")
     return value
+
+
+def ds_chunk_bytes() -> int:
+    """Bytes of one dS chunk (rows × columns of the input dtype): ``CONTRASTIVE_OPS_DS_CHUNK_BYTES``,
+    else 64 MiB. Smaller chunks cost more, shorter GEMMs; the memory never grows like N × M."""
+    return _positive_int_env("CONTRASTIVE_OPS_DS_CHUNK_BYTES", "number of bytes") or DS_CHUNK_BYTES
 
 
 def cosine_chunk_shape(n: int, m_total: int) -> tuple[int, int]:
@@ -198,16 +203,7 @@ def _time_config_ms(run, config) -> float:
 
 def candidate_limit() -> int | None:
     """``CONTRASTIVE_OPS_TRITON_CANDIDATES`` as a positive int, or None (every candidate)."""
-    spec = os.environ.get("CONTRASTIVE_OPS_TRITON_CANDIDATES")
-    if not spec:
-        return None
-    try:
-        value = int(spec)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"CONTRASTIVE_OPS_TRITON_CANDIDATES must be a positive number of candidates, got {spec!r}")
-    return value
+    return _positive_int_env("CONTRASTIVE_OPS_TRITON_CANDIDATES", "number of candidates")
 
 
 def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFIGS) -> TileConfig:
