@@ -76,7 +76,7 @@ def test_fp32_within_1e5_of_float64(name, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_odd_shapes_match_chunked(dtype, seed):
-    """Sizes that are no multiple of the 64×64 tiles or the 32-feature steps, N != M, a queue."""
+    """Sizes that are no multiple of the chunks, the warps or 16-byte rows (D = 123), N != M, a queue."""
     q, k, e = (torch.randn(n, 123, device=DEVICE, dtype=dtype, requires_grad=True) for n in (131, 131, 67))
     scale = torch.tensor(7.5, device=DEVICE, requires_grad=True)
     outs = {}
