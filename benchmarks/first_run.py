@@ -535,7 +535,7 @@ ASSUMED = {
     "smoke_call_s": 0.15,  # one forward+backward at the smoke's size, compiled kernels (GPU)
     "smoke_call_tiny_s": 1.5,  # the same in Triton's interpreter (CPU, tiny)
     "point_overhead_s": 0.5,  # inputs, the fit check, the peak-memory call's setup
-    "cuda_tflops": 12.0,  # the cuda backend's products (the CUDA backend issue's static estimate)
+    "cuda_tflops": 100.0,  # the cuda backend where its static model (benchmarks.cuda_report) is not at hand
     "peer_share": 0.5,  # inf-cl, memeff, siglip-kernel: this share of the matmul rate
     "naive_passes": 6,  # fp32 N × M passes of the naive loss (forward+backward), at the copy bandwidth
     "report_s": 10.0,
@@ -554,7 +554,8 @@ def predicted_call_ms(impl: str, loss: str, rows: int, cols: int, d: int, modele
     if impl == "triton":
         return modeled.get("points", {}).get(_point_key(loss, rows, cols, d, "bfloat16")) or 1.5 * floor_ms
     if impl == "cuda":
-        return 8.0 * rows * cols * d / (ASSUMED["cuda_tflops"] * 1e12) * 1e3
+        return (modeled.get("cuda_points", {}).get(_point_key(loss, rows, cols, d, "bfloat16"))
+                or 8.0 * rows * cols * d / (ASSUMED["cuda_tflops"] * 1e12) * 1e3)
     if impl in ("naive", "compiled_naive", "open_clip"):
         return max(floor_ms, ASSUMED["naive_passes"] * 4.0 * rows * cols / H200_BYTES_S * 1e3)
     return floor_ms / ASSUMED["peer_share"]
@@ -647,19 +648,26 @@ def write_model(p: Plan, path: Path) -> dict:
 
     from benchmarks import kernel_report
     from benchmarks.workloads import WORKLOADS
+    from contrastive_ops import _build
 
-    points = {}
+    points, cuda_points = {}, {}
     for g in p.groups:
-        if "triton" not in g.impls or g.loss not in kernel_report.MODELED_LOSSES:
+        if g.loss not in kernel_report.MODELED_LOSSES:
             continue
         for n in g.ns:
             rows, cols = WORKLOADS[g.loss].logits_shape(n)
-            points[_point_key(g.loss, rows, cols, g.d, p.headline_dtype)] = kernel_report.modeled_ms(
-                g.loss, rows, cols, g.d, p.headline_dtype)
+            key = _point_key(g.loss, rows, cols, g.d, p.headline_dtype)
+            if "triton" in g.impls:
+                points[key] = kernel_report.modeled_ms(g.loss, rows, cols, g.d, p.headline_dtype)
+            if "cuda" in g.impls and _build.find_nvcc() is not None:
+                from benchmarks import cuda_report
+
+                w = kernel_report.workload(g.loss, rows, cols, g.d, p.headline_dtype)
+                cuda_points[key] = cuda_report.model_workload(w)[1]["modeled_ms"]
     from benchmarks.triton_cache import kernel_source_hash
 
     model = {"triton": triton.__version__, "sources": kernel_source_hash(), "device": kernel_report.H200.name,
-             "points": points}
+             "points": points, "cuda_points": cuda_points}
     path.write_text(json.dumps(model, indent=1))
     return model
 
@@ -689,11 +697,9 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
               f"{found} kernels in the cache and compiled {compiled}")
     modeled = {}
     model_path = triton_cache.CACHE_DIR / MODELED_FILE
-    if not p.tiny and (rebuild or not model_path.is_file()
-                       or json.loads(model_path.read_text()).get("sources") != cache["sources"]):
+    if not p.tiny:  # always made anew: it depends on the CUDA sources too, and costs a minute
         subprocess.run([sys.executable, "-m", "benchmarks.first_run", "model", "--out", str(model_path)], cwd=REPO,
                        check=True, env={k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"})
-    if not p.tiny:
         modeled = json.loads(model_path.read_text())
     build_s = _measure_build_s() if measure_build else None
     workers_there = 12  # 16 cores there, nvcc keeps 4
@@ -732,7 +738,8 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
               f"{kernels} Triton kernels")
         if not g.if_time_remains or headline_s + s <= p.caps["headline"]:
             headline_s += s
-    line("headline", min(p.caps["headline"], headline_s), "the sum above (triton: modeled; others: ASSUMED rates)")
+    line("headline", min(p.caps["headline"], headline_s),
+         "the sum above (triton and cuda: the static models; peers and naive: ASSUMED rates)")
     line("report", ASSUMED["report_s"], "tables, plots, measured beside modeled")
     line("gpu tests", GPU_TESTS_MIN_S, f"at least this; they get whatever is left of the {LIMIT_S} s "
                                        f"({max(0.0, LIMIT_S - total - GPU_TESTS_MIN_S):.0f} s more predicted)")
