@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,7 @@ def _check_environment() -> None:
 
 def build(points, cache_dir: Path | None = None, workers: int | None = None, tag: dict | None = None) -> dict:
     """Census of ``points`` (``(step, callable)`` pairs: each callable makes one loss call with its
-    backward on CPU tensors), then every distinct compile into ``cache_dir``. Writes and returns the
+    backward on CPU tensors), then every distinct compile into ``cache_dir``, emptied first. Writes and returns the
     plan: ``{"triton", "sources", "target", "records": [...]}``."""
     import triton
 
@@ -198,7 +199,9 @@ def build(points, cache_dir: Path | None = None, workers: int | None = None, tag
             except Exception as exc:  # noqa: BLE001  (uninitialized outputs may upset later torch code)
                 errors.append(f"{step}: {type(exc).__name__}: {exc}"[:300])
     records = list(census.records.values())
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    # an empty folder: every record compiles, so its compile time is measured (not a cache hit)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.mkdir(parents=True)
     workers = workers or min(len(records), os.cpu_count() or 1) or 1
     shares = [records[i::workers] for i in range(workers)]
     if workers > 1:
