@@ -6,6 +6,7 @@
 #                                                     # kernels for sm_90a into .triton-cache.tgz
 #   bash tools/gpu_session.sh first                   # there: carry [".whl", ".triton-cache.tgz"]
 #   bash tools/gpu_session.sh first --tiny            # the same steps on a CPU at tiny sizes
+# (--rebuild with --dry-run: census and compile again although the cache matches the kernel sources)
 #
 # The dry run needs Triton 3.6 (the GPU machines' version; tools/bootstrap.sh puts it in
 # .venv/triton-3.6) so that the carried cache's keys are the ones the GPU machine computes.
@@ -42,14 +43,18 @@ export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 
 if [ "$STAGE" = first ]; then
-  DRY=0; TINY=()
+  DRY=0; TINY=(); REBUILD=()
   for arg in "$@"; do
-    case "$arg" in --dry-run) DRY=1 ;; --tiny) TINY=(--tiny) ;; *) echo "first: unknown option $arg" >&2; exit 2 ;; esac
+    case "$arg" in
+      --dry-run) DRY=1 ;; --tiny) TINY=(--tiny) ;; --rebuild) REBUILD=(--rebuild) ;;
+      *) echo "first: unknown option $arg" >&2; exit 2 ;;
+    esac
   done
   if [ "$DRY" = 1 ]; then
     [ -d .venv/triton-3.6/triton ] || { echo "no .venv/triton-3.6: run tools/bootstrap.sh first" >&2; exit 2; }
     # the census and compile with the GPU machines' Triton; the cache travels packed (.triton-cache.tgz)
-    PYTHONPATH=".venv/triton-3.6${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m benchmarks.first_run dry-run "${TINY[@]}"
+    PYTHONPATH=".venv/triton-3.6${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m benchmarks.first_run dry-run \
+      "${TINY[@]}" "${REBUILD[@]}"
     exit $?
   fi
   mkdir -p "$OUT"
