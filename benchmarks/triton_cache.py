@@ -26,6 +26,7 @@ on), so large benchmark points are counted at smaller stand-in sizes of the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -97,46 +98,62 @@ def _fake_gpu_driver():
     return CensusDriver()
 
 
+@contextlib.contextmanager
+def as_on_the_gpu(jit_cache_hook):
+    """Inside the block the core's Triton calls on CPU tensors take the path they take on the target
+    GPU, up to each kernel's compile: Triton's driver is the stand-in (sm_90, 132 SMs), the backend
+    accepts CPU tensors without the interpreter's tile config, symmetric forwards launch the GPU's
+    program count, the tuner holds to one candidate (as the first run does), and ``jit_cache_hook``
+    sees every compile the JIT asks for (returning True refuses it)."""
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.environ.setdefault("CONTRASTIVE_OPS_TRITON_CANDIDATES", "1")
+    import triton
+    from contrastive_ops.kernels import config
+    from triton import knobs
+
+    from contrastive_ops.backends import triton as triton_backend
+
+    saved = (knobs.runtime.jit_cache_hook, config.interpreting, config.pinned_config,
+             triton_backend._column_programs, triton.runtime.driver._active)
+    triton.runtime.driver.set_active(_fake_gpu_driver())
+    knobs.runtime.jit_cache_hook = jit_cache_hook
+    config.interpreting = lambda: True
+    config.pinned_config = lambda: None
+    triton_backend._column_programs = lambda device: TARGET_SMS
+    try:
+        yield
+    finally:
+        (knobs.runtime.jit_cache_hook, config.interpreting, config.pinned_config,
+         triton_backend._column_programs, triton.runtime.driver._active) = saved
+
+
+def _run_points(points, on_error, label=None) -> None:
+    """Each ``(step, call)``; a failure (the kernels' outputs are uninitialized, later torch code may
+    object) goes to ``on_error`` and the next point runs."""
+    for step, call in points:
+        if label is not None:
+            label(step)
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001
+            on_error(f"{step}: {type(exc).__name__}: {exc}"[:300])
+
+
 class Census:
-    """Records the kernel compiles that calls inside ``with census:`` would trigger on the target GPU.
+    """Records the kernel compiles that ``points`` would trigger on the target GPU, compiling nothing.
 
     ``records``: one dict per distinct compile (``kernel``, ``spec`` = Triton's specialization data,
-    ``steps`` = the labels it was recorded under)."""
+    ``steps`` = the labels it was recorded under); ``errors``: the points that failed."""
 
-    def __init__(self):
+    def __init__(self, points):
         self.records: dict[str, dict] = {}
+        self.errors: list[str] = []
         self.label = ""
-        self._saved = None
+        with as_on_the_gpu(self._hook):
+            _run_points(points, self.errors.append, label=self._set_label)
 
-    def __enter__(self):
-        os.environ["TRITON_INTERPRET"] = "0"
-        os.environ.setdefault("CONTRASTIVE_OPS_TRITON_CANDIDATES", "1")
-        import triton
-        from contrastive_ops.kernels import config
-        from triton import knobs
-
-        from contrastive_ops.backends import triton as triton_backend
-
-        self._saved = (knobs.runtime.jit_cache_hook, config.interpreting, config.pinned_config,
-                       triton_backend._column_programs, triton.runtime.driver._active)
-        triton.runtime.driver.set_active(_fake_gpu_driver())
-        knobs.runtime.jit_cache_hook = self._hook
-        # CPU tensors pass the backend's device check; no interpreter tile config; the GPU's program count
-        config.interpreting = lambda: True
-        config.pinned_config = lambda: None
-        triton_backend._column_programs = lambda device: TARGET_SMS
-        return self
-
-    def __exit__(self, *exc):
-        import triton
-        from contrastive_ops.kernels import config
-        from triton import knobs
-
-        from contrastive_ops.backends import triton as triton_backend
-
-        (knobs.runtime.jit_cache_hook, config.interpreting, config.pinned_config,
-         triton_backend._column_programs, triton.runtime.driver._active) = self._saved
-        return False
+    def _set_label(self, step):
+        self.label = step
 
     def _hook(self, *, key, repr, fn, compile, is_manual_warmup, already_compiled):
         spec = compile["specialization_data"]
@@ -189,15 +206,8 @@ def build(points, cache_dir: Path | None = None, workers: int | None = None, tag
         raise SystemExit(f"the census needs Triton 3.6 (the GPU machines' version), this is {triton.__version__}: "
                          "run it as bash tools/gpu_session.sh first --dry-run")
     cache_dir = CACHE_DIR if cache_dir is None else cache_dir
-    census = Census()
-    errors = []
-    with census:
-        for step, call in points:
-            census.label = step
-            try:
-                call()
-            except Exception as exc:  # noqa: BLE001  (uninitialized outputs may upset later torch code)
-                errors.append(f"{step}: {type(exc).__name__}: {exc}"[:300])
+    census = Census(points)
+    errors = census.errors
     records = list(census.records.values())
     # an empty folder: every record compiles, so its compile time is measured (not a cache hit)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -245,36 +255,17 @@ def verify(points, cache_dir: Path | None = None) -> tuple[int, int]:
     """Run ``points`` through Triton's own JIT path (no hook; the stand-in driver launches nothing)
     with ``cache_dir`` as its cache: ``(kernels the JIT found there, kernels it compiled)``. Every
     kernel found means the JIT's key equals the one the ahead-of-time compile stored."""
-    import triton
-    from contrastive_ops.kernels import config
-    from triton import knobs
-
-    from contrastive_ops.backends import triton as triton_backend
-
     cache_dir = CACHE_DIR if cache_dir is None else cache_dir
     os.environ["TRITON_CACHE_DIR"] = str(cache_dir)
-    os.environ.setdefault("CONTRASTIVE_OPS_TRITON_CANDIDATES", "1")  # as in the census and the run
     _forget_compiled()
     before = {p.name for p in cache_dir.iterdir() if p.is_dir()}
-    saved = (config.interpreting, config.pinned_config, triton_backend._column_programs, triton.runtime.driver._active)
     seen = set()
 
     def count(*, key, **kwargs):  # returns None: the JIT goes on to compile, or to find it on disk
         seen.add(str(key))
 
-    knobs.runtime.jit_cache_hook = count
-    triton.runtime.driver.set_active(_fake_gpu_driver())
-    config.interpreting, config.pinned_config = (lambda: True), (lambda: None)
-    triton_backend._column_programs = lambda device: TARGET_SMS
-    try:
-        for _, call in points:
-            try:
-                call()
-            except Exception as exc:  # noqa: BLE001  (as in the census: the kernels' outputs are uninitialized)
-                print(f"key check: {type(exc).__name__}: {exc}"[:300])
-    finally:
-        knobs.runtime.jit_cache_hook = None
-        config.interpreting, config.pinned_config, triton_backend._column_programs, triton.runtime.driver._active = saved
+    with as_on_the_gpu(count):
+        _run_points(points, lambda message: print(f"key check: {message}"))
     compiled = len({p.name for p in cache_dir.iterdir() if p.is_dir()} - before)
     return len(seen) - compiled, compiled
 

@@ -99,7 +99,6 @@ struct Problem {
   Tensor query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi;
   Tensor qh, ch;  // unit rows (or the rows themselves) in the products' dtype: queries, then keys + extra
   bool shared = false;  // keys are the queries themselves
-  bool normalize = true;
   int64_t n = 0, m = 0, r = 0, d = 0, chunk_rows = 1, chunk_cols = 1;
   cc::Roles roles;
   cc::Terms terms;
@@ -113,11 +112,12 @@ const T* ptr_or_null(const Tensor& t) {
 }
 
 // The products' operand: the unit rows 1/max(||x||, 1e-12) · x (fp32 arithmetic, rounded to the
-// input dtype on a GPU; fp32 on the CPU, whose products run in fp32).
+// input dtype on a GPU; fp32 on the CPU, whose products run in fp32), or x itself.
 Tensor unit_rows(const Tensor& x, bool normalize) {
-  Tensor xf = x.to(at::kFloat);
-  if (normalize) xf = xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(1e-12);
-  return x.is_cuda() ? xf.to(x.scalar_type()) : xf;
+  if (!normalize) return x.is_cuda() ? x : x.to(at::kFloat);
+  const Tensor xf = x.to(at::kFloat);
+  const Tensor unit = xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(1e-12);
+  return x.is_cuda() ? unit.to(x.scalar_type()) : unit;
 }
 
 // Every argument checked (devices last, so that a CPU machine tests the other checks), then the
@@ -126,7 +126,8 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
                 const Tensor& scale, const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
                 const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
                 const OptTensor& band_hi, bool key_negatives, bool decoupled, bool normalize,
-                std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols) {
+                std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols,
+                bool check_indices) {
   Problem p;
   check_float_type(OP, query);
   CHECK_2D("query", query);
@@ -186,11 +187,12 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
   CHECK_SAME_DEVICE("scale", scale, query);
   TORCH_CHECK_VALUE(query.is_cuda() || query.is_cpu(), OP, ": query is on ", query.device(),
                     ": backend='cuda' runs on CUDA tensors (and on CPU tensors, for tests)");
-  if (pos_index.has_value()) check_index_range(OP, "pos_index", *pos_index, m + r);
-  if (self_index.has_value()) check_index_range(OP, "self_index", *self_index, m + r);
+  if (check_indices) {  // the backward's are the forward's, already checked
+    if (pos_index.has_value()) check_index_range(OP, "pos_index", *pos_index, m + r);
+    if (self_index.has_value()) check_index_range(OP, "self_index", *self_index, m + r);
+  }
 
   p.n = n, p.m = m, p.r = r, p.d = d, p.chunk_rows = chunk_rows, p.chunk_cols = chunk_cols;
-  p.normalize = normalize;
   p.query = query.contiguous();
   p.keys = p.shared ? p.query : k.contiguous();
   p.extra = r > 0 ? extra->contiguous() : Tensor();
@@ -315,7 +317,7 @@ Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& ext
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
                       band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
-                      chunk_cols);
+                      chunk_cols, /*check_indices=*/true);
   void* stream = current_stream(p.query);
   const bool gpu = p.query.is_cuda();
   Tensor row_buf = acc_buffer(p.query, p.n, stream);
@@ -384,7 +386,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
                       band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
-                      chunk_cols);
+                      chunk_cols, /*check_indices=*/false);
   const int64_t n = p.n, m = p.m;
   auto vec = [&](const char* name, const Tensor& t, int64_t size) {
     CHECK_DTYPE(name, t, at::kFloat);
@@ -477,7 +479,7 @@ std::tuple<Tensor, Tensor> ring_band(const Tensor& query, const OptTensor& keys,
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, std::nullopt, pos_index, row_labels, col_labels, self_index,
                       std::nullopt, std::nullopt, key_negatives, false, normalize, std::nullopt, false, chunk_rows,
-                      chunk_cols);
+                      chunk_cols, /*check_indices=*/true);
   void* stream = current_stream(p.query);
   const bool gpu = p.query.is_cuda();
   auto opts = p.query.options();

@@ -157,8 +157,8 @@ def compute_terms(
     None, same dtype (fp32/fp16/bf16) and CUDA device; ``scale`` a float or a 0-d tensor (which
     receives a gradient), ``bias`` likewise (``spec.pairwise_sigmoid`` only). Returns fp32 terms and
     int64 counts (absent terms as None); a row with an empty denominator has ``lse = 0`` and no
-    gradient. The Ring band, when asked for, is selected first on the device (no gradient, no host
-    sync) over the same chunks as the loss. ``allow_cpu``: run the operators' CPU implementation on
+    gradient. The Ring band, when asked for, is selected first on the device (no gradient) over the
+    same chunks as the loss. Index values are range-checked first (a host sync per index vector). ``allow_cpu``: run the operators' CPU implementation on
     CPU tensors (the same epilogue arithmetic; for tests).
     """
     _check(query, allow_cpu)
