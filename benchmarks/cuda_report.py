@@ -116,7 +116,7 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
 # the model
 # ---------------------------------------------------------------------------------------------
 
-_FEATURES = {"hard": 1, "sigmoid": 2, "columns": 4, "band": 8, "labels": 16}
+_FEATURES = {"hard": 1, "sigmoid": 2, "columns": 4, "band": 8, "labels": 16}  # csrc/epilogue.cu's Feature bits
 
 
 def _feature_set(w: kr.Workload, columns: bool = False) -> int:

@@ -195,15 +195,14 @@ def step_build(p: Plan, out: Path, cap_s: float) -> int:
 
 # the tolerance's additive floor: a quarter of the dtype's unit roundoff (fp32 runs tf32 products)
 _FLOOR = {"bfloat16": 2.0**-8 / 4, "float16": 2.0**-11 / 4, "float32": 2.0**-11 / 4}
-_LEAVES = ("a", "b", "hard", "scale", "bias")
 
 
 def _evaluate(call, x: dict, backend: str):
-    """``(loss, {leaf: grad})`` of one workload call; a leaf the loss does not use gets a zero grad."""
+    """``(loss, {leaf: grad})`` of one workload call; a leaf the loss does not use is left out."""
     import torch
 
     loss = call(x, backend)
-    leaves = [k for k in _LEAVES if k in x and x[k].requires_grad]
+    leaves = [k for k, v in x.items() if v.requires_grad]
     grads = torch.autograd.grad(loss, [x[k] for k in leaves], allow_unused=True)
     return loss.detach(), {k: g.detach() for k, g in zip(leaves, grads) if g is not None}
 
