@@ -128,15 +128,21 @@ def main():
     if st is not None:  # gather_across_devices: this rank's queries against every rank's documents
         st_peer, st_ours = st
         docs_in = torch.randn(n, D, dtype=torch.float64)  # one hard-negative column
-        for dirs in (("query_to_doc",), ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")):
+        all_dirs = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+        for name, dirs, hardness in (("mnrl_1", ("query_to_doc",), None), ("mnrl_4", all_dirs, None),
+                                     ("mnrl_hard_negatives", ("query_to_doc",), "hard_negatives"),
+                                     ("mnrl_in_batch_negatives", all_dirs, "in_batch_negatives"),
+                                     ("mnrl_all_negatives", ("query_to_doc",), "all_negatives")):
             kw = {"gather_across_devices": True, "directions": dirs}
+            if hardness is not None:
+                kw |= {"hardness_mode": hardness, "hardness_strength": 5.0}
             ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True),
                        docs_in[mine].clone().requires_grad_(True)]
             peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
             ours = st_ours.MultipleNegativesRankingLoss(None, **kw).compute_loss_from_embeddings(ours_in, None)
             peer = st_peer.MultipleNegativesRankingLoss(None, **kw).compute_loss_from_embeddings(peer_in, None)
             g_ours, g_peer = torch.autograd.grad(ours, ours_in), torch.autograd.grad(peer, peer_in)
-            results[f"sentence_transformers_mnrl_{len(dirs)}"] = {
+            results[f"sentence_transformers_{name}"] = {
                 "loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
 
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

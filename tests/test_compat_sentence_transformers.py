@@ -81,15 +81,29 @@ def test_mnrl_a_batch_of_one(seed, fused_only):
         assert float(g.abs().max()) < 1e-12
 
 
-@pytest.mark.parametrize("mode", ["hard_negatives", "in_batch_negatives", "all_negatives"])
-def test_mnrl_hardness_modes_are_the_peers_own(mode, seed, caplog):
-    kw = {"hardness_mode": mode, "hardness_strength": 5.0, "directions": ("query_to_doc", "doc_to_query")}
+HARDNESS = ["hard_negatives", "in_batch_negatives", "all_negatives"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", ["cos_sim", "dot_score"])
+@pytest.mark.parametrize("hard_negatives", [0, 1, 3])
+@pytest.mark.parametrize("mode", HARDNESS)
+@pytest.mark.parametrize(("directions", "partition_mode"), [(("query_to_doc",), "joint"), (ALL, "joint"),
+                                                            (("query_to_doc", "doc_to_query"), "per_direction")])
+def test_mnrl_hardness_modes(mode, hard_negatives, directions, partition_mode, similarity, backend, seed, fused_only):
+    """The detached penalty ``α·sim`` on the fused path: the penalized class at scale ``s + α`` with
+    its gradients scaled back to ``s``."""
+    kw = {"hardness_mode": mode, "hardness_strength": 5.0, "directions": directions,
+          "partition_mode": partition_mode, "similarity_fct": getattr(util, similarity),
+          "scale": 20.0 if similarity == "cos_sim" else 0.5}
     peer = st_losses.MultipleNegativesRankingLoss(None, **kw)
-    ours = co_st.MultipleNegativesRankingLoss(None, backend="chunked", **kw)
-    with caplog.at_level(logging.WARNING, logger="contrastive_ops.compat.sentence_transformers"):
-        _compare(ours, peer, _embeddings(8, 2), f"hardness {mode}")
-    assert any("hardness_mode" in r.getMessage() for r in caplog.records)
-    # strength 0 has no effect in the peer: the fused path
+    ours = co_st.MultipleNegativesRankingLoss(None, backend=backend, **kw)
+    _compare(ours, peer, _embeddings(9, hard_negatives), f"hardness {mode} K={hard_negatives} {directions}")
+
+
+@pytest.mark.parametrize("mode", HARDNESS)
+def test_mnrl_hardness_strength_zero_is_no_penalty(mode, seed, fused_only):
+    """Strength 0 has no effect in the peer (which warns at construction)."""
     quiet = co_st.MultipleNegativesRankingLoss(None, hardness_mode=mode, hardness_strength=0.0, backend="chunked")
     _compare(quiet, st_losses.MultipleNegativesRankingLoss(None), _embeddings(8, 2), "strength 0")
 
@@ -135,9 +149,10 @@ def _model_grads(model, loss_fn, features):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("directions", [("query_to_doc",), ALL])
+@pytest.mark.parametrize(("directions", "hardness"), [(("query_to_doc",), None), (ALL, None),
+                                                     (("query_to_doc",), "in_batch_negatives")])
 @pytest.mark.parametrize("cls", ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"])
-def test_end_to_end_through_the_model(cls, directions, seed, fused_only):
+def test_end_to_end_through_the_model(cls, directions, hardness, seed, fused_only):
     """The loss and the model's parameter gradients, through the peer's own forward (and GradCache
     with mini-batches of 3 for the cached class), with one hard-negative column."""
     torch.manual_seed(int(torch.randint(0, 2**31, ())))
@@ -145,6 +160,8 @@ def test_end_to_end_through_the_model(cls, directions, seed, fused_only):
     model.double()
     features = _batch(model, words, 10, 3)
     kw = {"directions": directions} | ({"mini_batch_size": 3} if cls.startswith("Cached") else {})
+    if hardness is not None:
+        kw |= {"hardness_mode": hardness, "hardness_strength": 9.0}
     peer = getattr(st_losses, cls)(model, **kw)
     ours = getattr(co_st, cls)(model, backend="chunked", **kw)
     loss_peer, g_peer = _model_grads(model, peer, features)
@@ -193,9 +210,10 @@ def test_config_is_the_peers():
         st_losses.MultipleNegativesRankingLoss(None, **kw).get_config_dict()
 
 
-def test_mnrl_on_the_triton_backend(seed, fused_only):
+@pytest.mark.parametrize("hardness", [None, "in_batch_negatives"])
+def test_mnrl_on_the_triton_backend(hardness, seed, fused_only):
     """Every direction with hard negatives on the Triton kernels (the interpreter on a CPU), fp32
-    against the peer in float64."""
+    against the peer in float64; with a hardness penalty too."""
     import contrastive_ops as co
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,8 +221,9 @@ def test_mnrl_on_the_triton_backend(seed, fused_only):
     if not available:
         pytest.skip(f"triton backend: {why}")
     embeddings = _embeddings(9, 1)
-    peer = st_losses.MultipleNegativesRankingLoss(None, directions=ALL)
-    ours = co_st.MultipleNegativesRankingLoss(None, directions=ALL, backend="triton")
+    kw = {"directions": ALL} | ({} if hardness is None else {"hardness_mode": hardness, "hardness_strength": 5.0})
+    peer = st_losses.MultipleNegativesRankingLoss(None, **kw)
+    ours = co_st.MultipleNegativesRankingLoss(None, backend="triton", **kw)
     a = [e.float().to(device).requires_grad_(True) for e in embeddings]
     b = [e.clone().requires_grad_(True) for e in embeddings]
     loss_ours, loss_peer = ours.compute_loss_from_embeddings(a, None), peer.compute_loss_from_embeddings(b, None)

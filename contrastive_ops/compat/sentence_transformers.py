@@ -17,8 +17,20 @@ Every direction and partition mode is exact:
   row log-sum-exps, each from its own tiled pass; ``"per_direction"``: their mean.
 
 ``gather_across_devices`` gathers every rank's rows with their gradients (as the peer: this rank's
-anchors against all ranks' candidates). A ``hardness_mode`` with ``hardness_strength > 0`` (a detached
-per-pair penalty) or another ``similarity_fct`` runs the peer's own code, after a one-time warning.
+anchors against all ranks' candidates). Another ``similarity_fct`` runs the peer's own code, after a
+one-time warning.
+
+A ``hardness_mode`` with ``hardness_strength = α > 0`` adds ``α·sim`` (detached) to the query_to_doc
+logits of one class of documents. With ``s`` the scale, those logits are ``(s + α)·sim`` in value and
+``s·sim`` in gradient, so the class's log-sum-exp is one tiled pass at scale ``s + α`` whose inputs'
+gradients are scaled by ``s / (s + α)`` (the scale's own gradient is unchanged); the rest of the row
+is another pass, or a row's own ``1 + K`` documents computed directly (O(B·K·D)):
+
+* ``in_batch_negatives``: every document of another query (a pass with the owner as label, its own
+  documents left out) against the row's own ``1 + K``;
+* ``all_negatives``: every document but the positive (a decoupled pass) against the positive;
+* ``hard_negatives``: the row's own K hard negatives against the rest (a pass whose own hard
+  negatives are label-masked false negatives).
 ``GISTEmbedLoss``/``CachedGISTEmbedLoss`` are not here yet: their guide mask is a per-pair rule of a
 second model's similarities, which the core does not have.
 """
@@ -77,8 +89,33 @@ def _row_lse(terms) -> Tensor:
     return torch.where(terms.row_den_count > 0, terms.row_lse, torch.full_like(terms.row_lse, float("-inf")))
 
 
+class _GradScale(torch.autograd.Function):
+    """The identity whose backward multiplies the gradient by ``factor`` (a float)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def _own_similarities(queries: Tensor, docs: list[Tensor], normalize: bool) -> Tensor:
+    """``[B, 1 + K]``: each query's similarity to its own positive and hard negatives (``docs`` rows
+    aligned with ``queries``), in the core's accumulation dtype."""
+    dtype = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    q = queries.to(dtype)
+    own = torch.stack([d.to(dtype) for d in docs], dim=1)  # [B, 1 + K, D]
+    if normalize:
+        q, own = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(own, dim=-1)
+    return torch.einsum("bd,bkd->bk", q, own)
+
+
 def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool = True,
                  directions=("query_to_doc",), partition_mode: str = "joint", gather_across_devices: bool = False,
+                 hardness_mode: str | None = None, hardness_strength: float = 0.0,
                  backend: str = "auto") -> Tensor:
     """sentence-transformers' multiple-negatives ranking loss from embeddings, on the fused core.
 
@@ -87,7 +124,8 @@ def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool 
         docs: ``1 + K`` tensors ``[B, D]``: the positive documents, then each hard-negative column.
         scale: logits are ``scale · sim`` (float or 0-d tensor).
         normalize: cosine similarity (True) or dot product (False).
-        directions, partition_mode, gather_across_devices: as ``MultipleNegativesRankingLoss``.
+        directions, partition_mode, gather_across_devices, hardness_mode, hardness_strength: as
+            ``MultipleNegativesRankingLoss`` (the mode is ignored where the strength is 0).
     Returns:
         the mean over this rank's queries of ``log Z_i − scale·sim(q_i, d_i)`` (fp32 for half inputs).
     """
@@ -103,24 +141,57 @@ def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool 
     local_queries = queries if world_batch == batch else queries[local]
     local_docs = docs[0] if world_batch == batch else docs[0][local]
 
-    def terms(rows, columns, **roles):
+    owner = torch.arange(docs_all.shape[0], device=queries.device) % world_batch  # the query a document belongs to
+
+    def terms(rows, columns, scale=scale, **roles):
         return _compute(rows, columns, None, scale, RoleSpec(normalize=normalize, **roles), backend)
 
-    q2d = terms(local_queries, docs_all, pos_index=local)
-    lses = [q2d.row_lse]
+    alpha = float(hardness_strength) if hardness_mode is not None else 0.0
+    if hardness_mode == "hard_negatives" and len(docs) == 1:
+        alpha = 0.0  # no hard negatives: nothing is penalized
+    if alpha > 0.0:
+        q2d_lse, pos = _hard_query_to_doc(terms, local_queries, docs, docs_all, local, owner, offset, batch,
+                                          scale, alpha, normalize, hardness_mode)
+    else:
+        q2d = terms(local_queries, docs_all, pos_index=local)
+        q2d_lse, pos = q2d.row_lse, q2d.row_pos
+    lses = [q2d_lse]
     if "query_to_query" in directions:
         lses.append(_row_lse(terms(local_queries, queries, self_index=local)))
     if "doc_to_query" in directions:
         lses.append(_row_lse(terms(local_docs, queries)))
     if "doc_to_doc" in directions:
         # a document column's label is the query it belongs to; decoupled: no positive in the denominator
-        owner = torch.arange(docs_all.shape[0], device=queries.device) % world_batch
         lses.append(_row_lse(terms(local_docs, docs_all, row_labels=local, col_labels=owner, decoupled=True)))
     if partition_mode == "joint":
         log_z = torch.logsumexp(torch.stack(lses), dim=0) if len(lses) > 1 else lses[0]
     else:
         log_z = torch.stack(lses).mean(dim=0)
-    return (log_z - q2d.row_pos).mean()
+    return (log_z - pos).mean()
+
+
+def _hard_query_to_doc(terms, queries, docs, docs_all, local, owner, offset, batch, scale, alpha, normalize, mode):
+    """query_to_doc's ``(row log-sum-exp, positive logit)`` with the hardness penalty ``α·sim`` (see the
+    module's docstring): the penalized class at scale ``s + α`` with gradients ``s·∂sim``."""
+    own_docs = [d if d.shape[0] == batch else d[offset:offset + batch] for d in docs]
+    own = _own_similarities(queries, own_docs, normalize)  # [B, 1 + K]
+    own_logits = own * scale
+    pos = own_logits[:, 0]
+
+    def penalized(**roles):
+        factor = float(scale) / (float(scale) + alpha)
+        q, c = _GradScale.apply(queries, factor), _GradScale.apply(docs_all, factor)
+        return _row_lse(terms(q, c, scale=scale + alpha, **roles))
+
+    if mode == "in_batch_negatives":
+        rest = [penalized(row_labels=local, col_labels=owner, decoupled=True), torch.logsumexp(own_logits, dim=1)]
+    elif mode == "all_negatives":
+        rest = [penalized(pos_index=local, decoupled=True), pos]
+    else:  # hard_negatives: the row's own hard negatives penalized, every other document not
+        others = terms(queries, docs_all, pos_index=local, row_labels=local, col_labels=owner)
+        hard = own_logits[:, 1:] + alpha * own[:, 1:].detach()
+        return torch.logsumexp(torch.cat([others.row_lse[:, None], hard], dim=1), dim=1), pos
+    return torch.logsumexp(torch.stack(rest), dim=0), pos
 
 
 class _Fused:
@@ -134,14 +205,12 @@ class _Fused:
         if normalize is None:
             _warn_once(type(self).__name__, f"similarity_fct={_st_util.similarity_fct_name(self.similarity_fct)}")
             return None
-        if self.hardness_mode is not None and self.hardness_strength > 0.0:
-            _warn_once(type(self).__name__, f"hardness_mode={self.hardness_mode!r}")
-            return None
         return normalize
 
     def _fused_loss(self, queries, docs, normalize):
         return ranking_loss(queries, docs, scale=self.scale, normalize=normalize, directions=self.directions,
                             partition_mode=self.partition_mode, gather_across_devices=self.gather_across_devices,
+                            hardness_mode=self.hardness_mode, hardness_strength=self.hardness_strength,
                             backend=self.backend)
 
 
