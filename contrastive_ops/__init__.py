@@ -2,7 +2,7 @@
 
 Functional API: :func:`info_nce`, :func:`nt_xent`, :func:`clip_loss`, :func:`supcon_loss`,
 :func:`dcl_loss`, :func:`ring_info_nce`, :func:`hard_negative_nce`, :func:`debiased_nce`,
-:func:`siglip_loss`; modules in :mod:`contrastive_ops.nn`; drop-in copies of
+:func:`siglip_loss`, :func:`gist_loss`; modules in :mod:`contrastive_ops.nn`; drop-in copies of
 peers' loss classes in :mod:`contrastive_ops.compat`.
 """
 from . import nn
@@ -11,6 +11,7 @@ from .functional import (
     clip_loss,
     dcl_loss,
     debiased_nce,
+    gist_loss,
     hard_negative_nce,
     info_nce,
     nt_xent,
@@ -30,6 +31,7 @@ __all__ = [
     "clip_loss",
     "dcl_loss",
     "debiased_nce",
+    "gist_loss",
     "hard_negative_nce",
     "info_nce",
     "nn",

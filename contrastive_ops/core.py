@@ -14,6 +14,10 @@ cheap rules (never an N×M mask tensor):
   (extra negatives are never excluded by labels);
 * **candidate negative**: neither of the above, and either an extra negative or an in-batch key
   while ``key_negatives`` is on;
+* **guide-excluded** (a guide model's false negatives, GISTEmbed): with ``guide_rows [N, G]``,
+  ``guide_cols [M + R, G]`` and ``guide_max [N]``, a candidate ``(i, j)`` whose guide similarity
+  ``<guide_rows[i], guide_cols[j]>`` exceeds ``guide_max[i]`` is no candidate (positives are kept);
+  the guide's products are formed tile by tile beside the logits, in fp32 (float64 stays float64);
 * **denominator**: the candidate negatives (restricted to the row's band ``[lo_i, hi_i]`` of logit
   values when a ring is asked for) plus the positives unless ``decoupled``.
 
@@ -62,8 +66,27 @@ class RoleSpec:
     normalize: bool = True  # L2-normalize Q, K and E rows first (eps as F.normalize)
     hard_beta: float | None = None  # β: row_lse over (1+β)·S and row_lse_beta over β·S (hard negatives)
     pairwise_sigmoid: bool = False  # also row_pair_loss, SigLIP's per-row sum of pairwise sigmoid losses
+    guide_rows: torch.Tensor | None = None  # [N, G] a guide's row embeddings (no gradient flows to them)
+    guide_cols: torch.Tensor | None = None  # [M + R, G] ... and its column embeddings
+    guide_max: torch.Tensor | None = None  # [N] candidates with a larger guide similarity are excluded
+
+    @property
+    def has_guide(self) -> bool:
+        return self.guide_rows is not None
 
     def __post_init__(self):
+        guide = (self.guide_rows, self.guide_cols, self.guide_max)
+        if any(g is not None for g in guide):
+            if any(g is None for g in guide):
+                raise ValueError("guide_rows, guide_cols and guide_max must be given together")
+            rows, cols, limit = guide
+            if rows.dim() != 2 or cols.dim() != 2 or rows.shape[1] != cols.shape[1]:
+                raise ValueError(f"guide_rows and guide_cols must be [N, G] and [M, G], got {tuple(rows.shape)} "
+                                 f"and {tuple(cols.shape)}")
+            if limit.dim() != 1 or limit.shape[0] != rows.shape[0]:
+                raise ValueError(f"guide_max must be [N] = [{rows.shape[0]}], got {tuple(limit.shape)}")
+            if not all(g.is_floating_point() for g in guide):
+                raise TypeError("guide_rows, guide_cols and guide_max must be floating point tensors")
         if self.hard_beta is not None:
             if not self.hard_beta >= 0:
                 raise ValueError(f"hard_beta must be >= 0 or None, got {self.hard_beta!r}")
@@ -123,7 +146,21 @@ def pair_roles(
     candidate = ~positive & ~is_self & negative_pool[None, :]
     if spec.pos_index is not None and same_label is not None:
         candidate = candidate & ~same_label  # false negatives: same label, not the positive
+    if spec.has_guide:
+        candidate = candidate & ~guide_excluded(rows, cols, spec)
     return positive, candidate
+
+
+def guide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the guide's similarities are compared in: fp32, float64 for float64 guides."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def guide_excluded(rows: torch.Tensor, cols: torch.Tensor, spec: RoleSpec) -> torch.Tensor:
+    """bool ``[len(rows), len(cols)]``: pairs whose guide similarity exceeds the row's ``guide_max``."""
+    acc = guide_dtype(spec.guide_rows.dtype)
+    sim = spec.guide_rows[rows].to(acc) @ spec.guide_cols[cols].to(acc).T
+    return sim > spec.guide_max[rows].to(acc)[:, None]
 
 
 def denominator(

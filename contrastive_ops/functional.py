@@ -28,6 +28,7 @@ modified. A row whose denominator set is empty contributes 0 loss and 0 gradient
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -36,10 +37,10 @@ import torch.nn.functional as F
 from . import _checks as C
 from . import distributed as dist_
 from .backends import compute_fn, resolve
-from .core import ContrastiveTerms, RoleSpec
+from .core import ContrastiveTerms, RoleSpec, guide_dtype
 
-__all__ = ["clip_loss", "dcl_loss", "debiased_nce", "hard_negative_nce", "info_nce", "nt_xent", "ring_info_nce",
-           "siglip_loss", "supcon_loss"]
+__all__ = ["clip_loss", "dcl_loss", "debiased_nce", "gist_loss", "hard_negative_nce", "info_nce", "nt_xent",
+           "ring_info_nce", "siglip_loss", "supcon_loss"]
 
 
 def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str, **bias) -> ContrastiveTerms:
@@ -611,3 +612,109 @@ def siglip_loss(
     spec = RoleSpec(pos_index=pos, pairwise_sigmoid=True, normalize=normalize)
     terms = _compute(image_features, texts, None, scale, spec, backend, bias=bias)
     return _reduce(terms.row_pair_loss, reduction)
+
+
+def _unit_guide(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.detach().to(guide_dtype(x.dtype)), dim=1)
+
+
+def gist_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    anchor_guide: torch.Tensor,
+    positive_guide: torch.Tensor,
+    negative_guide: torch.Tensor | None = None,
+    temperature: float = 0.01,
+    margin_strategy: str = "absolute",
+    margin: float = 0.0,
+    contrast_anchors: bool = True,
+    contrast_positives: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    process_group=None,
+) -> torch.Tensor:
+    """GISTEmbed (Solatorio 2024): InfoNCE whose in-batch negatives a guide model filters.
+
+    Anchor ``i``'s softmax runs over cosine logits ``sim/τ`` against every positive (its own is the
+    target), every anchor (``contrast_anchors``), every negative, and, from its own positive's row,
+    every positive (``contrast_positives``). A candidate ``j`` is dropped as a false negative when the
+    guide's cosine similarity of the same pair exceeds ``g_i − margin`` (``"absolute"``) or
+    ``g_i − |g_i|·margin`` (``"relative"``), ``g_i`` the guide's similarity of anchor ``i`` and its
+    positive; the positive itself is never dropped (an anchor's own copy, among the anchors, is by
+    the same rule). The guide's similarities are formed tile by tile beside the logits: no
+    ``[B, (2+K)·B]`` matrix. Equal to sentence-transformers' ``GISTEmbedLoss`` on its embeddings.
+
+    Args:
+        anchor, positive: ``[B, D]``; row ``i`` of ``positive`` is anchor ``i``'s target.
+        negative: optional ``[R, D]`` hard negatives, shared by every anchor.
+        anchor_guide, positive_guide, negative_guide: the guide model's embeddings of the same rows,
+            ``[B, G]`` / ``[R, G]``, any floating dtype (no gradient flows to them).
+        temperature: finite, > 0, or a one-element tensor (learnable).
+        margin_strategy: ``"absolute"`` or ``"relative"``; margin: a finite real.
+        process_group: positives and negatives (and their guides) are gathered from every rank with
+            their gradients; anchors contrast with this rank's anchors only (as the peer).
+    Returns:
+        a scalar, or ``[B]`` per-anchor losses with ``reduction="none"``.
+    """
+    C.check_features("anchor", anchor)
+    C.check_features("positive", positive)
+    if negative is not None:
+        C.check_features("negative", negative)
+    C.check_same_kind(("anchor", "positive", "negative"), (anchor, positive, negative))
+    C.check_same_rows("anchor", anchor, "positive", positive)
+    C.check_features("anchor_guide", anchor_guide)
+    C.check_features("positive_guide", positive_guide)
+    C.check_same_rows("anchor", anchor, "anchor_guide", anchor_guide)
+    C.check_same_rows("positive", positive, "positive_guide", positive_guide)
+    if (negative is None) != (negative_guide is None):
+        raise ValueError("negative and negative_guide must be given together, got "
+                         f"negative={'None' if negative is None else 'a tensor'} and "
+                         f"negative_guide={'None' if negative_guide is None else 'a tensor'}")
+    if negative_guide is not None:
+        C.check_features("negative_guide", negative_guide)
+        C.check_same_rows("negative", negative, "negative_guide", negative_guide)
+    guides = [g for g in (anchor_guide, positive_guide, negative_guide) if g is not None]
+    for name, g in zip(("positive_guide", "negative_guide"), guides[1:]):
+        if g.shape[1] != anchor_guide.shape[1]:
+            raise ValueError(f"{name} has {g.shape[1]} columns but anchor_guide has {anchor_guide.shape[1]}")
+        if g.device != anchor.device:
+            raise ValueError(f"{name} is on {g.device} but the embeddings are on {anchor.device}")
+    if anchor_guide.device != anchor.device:
+        raise ValueError(f"anchor_guide is on {anchor_guide.device} but the embeddings are on {anchor.device}")
+    t = C.check_temperature(temperature, ref=anchor)
+    if margin_strategy not in ("absolute", "relative"):
+        raise ValueError(f"margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(float(margin)):
+        raise TypeError(f"margin must be a finite real number, got {margin!r}")
+    C.check_bool("contrast_anchors", contrast_anchors)
+    C.check_bool("contrast_positives", contrast_positives)
+    C.check_reduction(reduction)
+
+    batch = anchor.shape[0]
+    gather = (lambda x: x) if process_group is None else (lambda x: dist_.gather_rows(x, process_group))
+    positives, positive_guides = gather(positive), gather(_unit_guide(positive_guide))
+    local = torch.arange(batch, device=anchor.device) + dist_.offset(batch, process_group)
+    unit_anchor_guide = _unit_guide(anchor_guide)
+    own_guide = (unit_anchor_guide * positive_guides[local]).sum(dim=1)  # the guide's g_i
+    limit = own_guide - (margin if margin_strategy == "absolute" else own_guide.abs() * margin)
+
+    columns, column_guides = [positives], [positive_guides]
+    if contrast_anchors:
+        columns.append(anchor)
+        column_guides.append(unit_anchor_guide)
+    if negative is not None:
+        columns.append(gather(negative))
+        column_guides.append(gather(_unit_guide(negative_guide)))
+    spec = RoleSpec(pos_index=local, guide_rows=unit_anchor_guide, guide_cols=torch.cat(column_guides),
+                    guide_max=limit)
+    terms = _compute(anchor, torch.cat(columns) if len(columns) > 1 else positives, None, 1.0 / t, spec, backend)
+    log_z = terms.row_lse
+    if contrast_positives:  # row i's own positive against every positive, under anchor i's threshold
+        pp_spec = RoleSpec(guide_rows=positive_guides[local], guide_cols=positive_guides, guide_max=limit)
+        pp = _compute(positives[local] if positives.shape[0] != batch else positive, positives, None, 1.0 / t,
+                      pp_spec, backend)
+        log_z = torch.logaddexp(log_z, torch.where(pp.row_den_count > 0, pp.row_lse,
+                                                   torch.full_like(pp.row_lse, float("-inf"))))
+    return _reduce(log_z - terms.row_pos, reduction)

@@ -339,6 +339,47 @@ CASES.update({
 })
 
 
+def _gist_case(margin_strategy, margin, contrast_anchors=True, contrast_positives=True, negatives=True) -> Case:
+    """GISTEmbed with a guide whose similarities sit far from every threshold (a discontinuity, so the
+    backends and the float64 reference must decide alike in every dtype): guide embeddings are 5 class
+    directions plus 1 % noise, so guide cosines are about 1 (same class) or about 0; a few anchors get
+    a positive of another class (a threshold near -margin, which drops nearly every candidate)."""
+    kwargs = {"temperature": 0.1, "margin_strategy": margin_strategy, "margin": margin,
+              "contrast_anchors": contrast_anchors, "contrast_positives": contrast_positives}
+    guide_dim = 8
+
+    def guide(classes, dtype):
+        return (torch.eye(guide_dim)[classes] + 0.01 * torch.randn(len(classes), guide_dim)).to(dtype)
+
+    def make(dtype):
+        classes = torch.randint(0, 5, (N,))
+        positive_classes = torch.where(torch.rand(N) < 0.15, (classes + 1) % 5, classes)
+        feats = [torch.randn(N, D, dtype=dtype), torch.randn(N, D, dtype=dtype)]
+        guides = [guide(classes, dtype), guide(positive_classes, dtype)]
+        if not negatives:
+            return feats + guides
+        return feats + [torch.randn(R, D, dtype=dtype)] + guides + [guide(torch.randint(0, 5, (R,)), dtype)]
+
+    def split(t):
+        return (t[0], t[1], None, t[2], t[3], None) if not negatives else tuple(t)
+
+    def ours(t, **kw):
+        a, p, n, ga, gp, gn = split(t)
+        return co.gist_loss(a, p, n, anchor_guide=ga, positive_guide=gp, negative_guide=gn, **kwargs, **kw)
+
+    names = ["anchor", "positive"] + (["negative"] if negatives else []) + ["anchor_guide", "positive_guide"]
+    return Case(names + (["negative_guide"] if negatives else []), make, ours,
+                lambda t: ref.gist(*split(t), **kwargs))
+
+
+CASES.update({
+    "gist": _gist_case("absolute", 0.1),
+    "gist_relative_no_negatives": _gist_case("relative", 0.05, negatives=False),
+    "gist_no_anchors": _gist_case("absolute", 0.1, contrast_anchors=False),
+    "gist_no_positives": _gist_case("relative", 0.05, contrast_positives=False),
+})
+
+
 # a learnable temperature (0-d tensor): (t, q, k, e, backend) -> loss
 TEMPERATURE_LOSSES = {
     "info_nce": lambda t, q, k, e, b: co.info_nce(q, k, e, temperature=t, backend=b),

@@ -199,3 +199,27 @@ def siglip(img, txt, scale, bias, *, normalize=False):
     logits = scale * img @ txt.T + bias
     labels = 2 * torch.eye(img.shape[0], dtype=torch.float64) - 1
     return -F.logsigmoid(labels * logits).sum(dim=1)
+
+
+def gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, *, temperature=0.01,
+         margin_strategy="absolute", margin=0.0, contrast_anchors=True, contrast_positives=True):
+    """GISTEmbed's per-anchor cross-entropy over explicit score blocks with the guide's -inf mask."""
+    cos = lambda a, b: F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T  # noqa: E731
+    g_pos = cos(anchor_guide, positive_guide).diagonal()[:, None]
+    limit = g_pos - margin if margin_strategy == "absolute" else g_pos - g_pos.abs() * margin
+    n = anchor.shape[0]
+
+    def masked(sim, guide_sim, keep_diagonal=False):
+        drop = guide_sim > limit
+        if keep_diagonal:
+            drop = drop & ~torch.eye(n, dtype=torch.bool)
+        return sim.masked_fill(drop, float("-inf"))
+
+    blocks = [masked(cos(anchor, positive), cos(anchor_guide, positive_guide), keep_diagonal=True)]
+    if contrast_anchors:
+        blocks.append(masked(cos(anchor, anchor), cos(anchor_guide, anchor_guide)))
+    if contrast_positives:
+        blocks.append(masked(cos(positive, positive), cos(positive_guide, positive_guide)))
+    if negative is not None:
+        blocks.append(masked(cos(anchor, negative), cos(anchor_guide, negative_guide)))
+    return F.cross_entropy(torch.cat(blocks, 1) / temperature, torch.arange(n), reduction="none")

@@ -162,6 +162,8 @@ def compute_terms(
     CPU tensors (the same epilogue arithmetic; for tests).
     """
     _check(query, allow_cpu)
+    if spec.has_guide:  # GUIDE_PENDING
+        raise NotImplementedError("backend='cuda' does not take a guide yet")
     scale_t = as_scale_tensor(scale, query)
     bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared_keys = None if keys is query else keys

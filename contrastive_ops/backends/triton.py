@@ -275,6 +275,8 @@ def compute_terms(
             "(use backend='chunked' for float64)"
         )
     hard_beta, pairwise_sigmoid = spec.hard_beta, spec.pairwise_sigmoid
+    if spec.has_guide:  # GUIDE_PENDING
+        raise NotImplementedError("backend='triton' does not take a guide yet")
     pinned = tile_config.pinned_config()
     config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
