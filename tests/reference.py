@@ -204,7 +204,7 @@ def siglip(img, txt, scale, bias, *, normalize=False):
 def gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, *, temperature=0.01,
          margin_strategy="absolute", margin=0.0, contrast_anchors=True, contrast_positives=True):
     """GISTEmbed's per-anchor cross-entropy over explicit score blocks with the guide's -inf mask."""
-    cos = lambda a, b: F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T  # noqa: E731
+    cos = lambda a, b: F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
     g_pos = cos(anchor_guide, positive_guide).diagonal()[:, None]
     limit = g_pos - margin if margin_strategy == "absolute" else g_pos - g_pos.abs() * margin
     n = anchor.shape[0]
