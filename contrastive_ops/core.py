@@ -151,6 +151,18 @@ def pair_roles(
     return positive, candidate
 
 
+def check_guide_shapes(spec: RoleSpec, n: int, m_total: int) -> None:
+    """A guide's rows must match the ``n`` rows and its columns the ``m_total`` columns (keys, then
+    extra negatives) of the problem it filters."""
+    if not spec.has_guide:
+        return
+    if spec.guide_rows.shape[0] != n:
+        raise ValueError(f"guide_rows has {spec.guide_rows.shape[0]} rows but the query has {n}")
+    if spec.guide_cols.shape[0] != m_total:
+        raise ValueError(f"guide_cols has {spec.guide_cols.shape[0]} rows but there are {m_total} columns "
+                         "(keys, then extra negatives)")
+
+
 def guide_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the guide's similarities are compared in: fp32, float64 for float64 guides."""
     return torch.float64 if dtype == torch.float64 else torch.float32

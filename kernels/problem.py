@@ -33,6 +33,9 @@ class TileProblem:
     col_labels: torch.Tensor
     band_lo: torch.Tensor
     band_hi: torch.Tensor
+    guide_rows: torch.Tensor  # [N, G] (placeholder without a guide)
+    guide_cols: torch.Tensor  # [M_total, G]
+    guide_max: torch.Tensor  # fp32 [N]
     n: int
     m: int
     m_total: int
@@ -42,12 +45,13 @@ class TileProblem:
     @classmethod
     def build(cls, query, keys, extra, scale, *, bias=None, pos_index=None, self_index=None, row_labels=None,
               col_labels=None, band=None, key_negatives=True, decoupled=False, column_terms=False, normalize=True,
-              hard_beta=None, pairwise_sigmoid=False):
+              hard_beta=None, pairwise_sigmoid=False, guide=None):
         """``keys=None``: the columns are the rows themselves. ``scale``, ``bias``: 0-d fp32 tensors.
 
         Options as ``core.RoleSpec``: labels together with ``pos_index`` mask false negatives;
         ``hard_beta`` asks for the LSEs of ``(1+β)·S`` and ``β·S``; ``pairwise_sigmoid`` for the
-        per-row sums of ``softplus(-z·(S + bias))``."""
+        per-row sums of ``softplus(-z·(S + bias))``; ``guide``: ``(guide_rows [N, G], guide_cols
+        [M_total, G], guide_max [N])`` (same dtype; the guide's products use its dtype's precision)."""
         query = _rowwise(query)
         m = query.shape[0] if keys is None else keys.shape[0]
         if keys is None and extra is None:
@@ -61,6 +65,8 @@ class TileProblem:
         pos_index, self_index, row_labels, col_labels = (
             None if v is None else v.contiguous() for v in (pos_index, self_index, row_labels, col_labels))
         band = None if band is None else (band[0].contiguous(), band[1].contiguous())
+        if guide is not None:
+            guide = (_rowwise(guide[0]), _rowwise(guide[1]), guide[2].to(torch.float32).contiguous())
         if normalize:
             rq = inverse_norms(query)
             rc = rq if columns is query else inverse_norms(columns)
@@ -79,6 +85,9 @@ class TileProblem:
             "HARD_NEGATIVES": hard_beta is not None,
             "PAIRWISE_SIGMOID": bool(pairwise_sigmoid),
             "INPUT_PRECISION": _input_precision(query.dtype),
+            "HAS_GUIDE": guide is not None,
+            "GUIDE_BLOCK_D": 16 if guide is None else _guide_block(guide[0].shape[1]),
+            "GUIDE_PRECISION": "ieee" if guide is None else _input_precision(guide[0].dtype),
         }
         return cls(
             query=query, columns=columns, rq=rq, rc=rc, scale=scale,
@@ -89,6 +98,9 @@ class TileProblem:
             col_labels=placeholder if col_labels is None else col_labels,
             band_lo=placeholder if band is None else band[0],
             band_hi=placeholder if band is None else band[1],
+            guide_rows=placeholder if guide is None else guide[0],
+            guide_cols=placeholder if guide is None else guide[1],
+            guide_max=placeholder if guide is None else guide[2],
             n=query.shape[0], m=m, m_total=columns.shape[0], d=query.shape[1], flags=flags,
         )
 
@@ -99,6 +111,13 @@ class TileProblem:
     def constexprs(self) -> dict:
         return dict(self.flags)
 
+    def guide_args(self) -> dict:
+        """The kernels' guide arguments (by name; placeholders without a guide)."""
+        has = self.flags["HAS_GUIDE"]
+        return {"GUIDE_ROWS": self.guide_rows, "GUIDE_COLS": self.guide_cols, "GUIDE_MAX": self.guide_max,
+                "G": self.guide_rows.shape[1] if has else 0, "stride_gr": self.guide_rows.stride(0) if has else 0,
+                "stride_gc": self.guide_cols.stride(0) if has else 0}
+
     def tuning_key(self) -> tuple:
         """Problems with equal keys share one tile config (so ring selection, forward and backward
         of one call always do)."""
@@ -106,7 +125,12 @@ class TileProblem:
 
         return (triton.next_power_of_2(self.n), triton.next_power_of_2(self.m_total), self.d, self.query.dtype,
                 self.flags["NORMALIZE"], self.flags["COLUMN_TERMS"], self.flags["INPUT_PRECISION"],
-                self.query.device.index)
+                self.flags["HAS_GUIDE"], self.query.device.index)
+
+
+def _guide_block(g: int) -> int:
+    """The guide's ``BLOCK_D``: G rounded up to a power of two, from 16 to 64."""
+    return min(64, max(16, 1 << max(0, g - 1).bit_length()))
 
 
 def _input_precision(dtype: torch.dtype) -> str:

@@ -34,6 +34,7 @@ from ..core import (
     Scale,
     accumulation_dtype,
     as_scale_tensor,
+    check_guide_shapes,
     denominator,
     pair_roles,
     ring_ranks,
@@ -444,6 +445,7 @@ def compute_terms(
     """
     blocks = (_BLOCK["rows"], _BLOCK["cols"])
     band_lo = band_hi = None
+    check_guide_shapes(spec, query.shape[0], keys.shape[0] + (0 if extra is None else extra.shape[0]))
     if spec.ring is not None:
         band_lo, band_hi = ring_band(query, keys, extra, scale, spec, blocks)
     scale_t = as_scale_tensor(scale, query)

@@ -14,6 +14,7 @@ from ..core import (
     Scale,
     accumulation_dtype,
     as_scale_tensor,
+    check_guide_shapes,
     denominator,
     pair_roles,
     ring_ranks,
@@ -74,6 +75,7 @@ def compute_terms(
     ``bias`` (a float or a 0-d tensor) enters only ``row_pair_loss`` (``spec.pairwise_sigmoid``).
     """
     logits = _logits(query, keys, extra, scale, spec)
+    check_guide_shapes(spec, query.shape[0], logits.shape[1])
     num_keys = keys.shape[0]
     rows = torch.arange(query.shape[0], device=query.device)
     cols = torch.arange(logits.shape[1], device=query.device)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from contrastive_ops.kernels import config as tile_config
 
-from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, ring_ranks
+from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, check_guide_shapes, ring_ranks
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -42,13 +42,16 @@ def _column_programs(device: torch.device) -> int:
 
 
 def _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-             key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid):
+             guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
+             pairwise_sigmoid):
     problem = _kernels()[4]
     band = None if band_lo is None else (band_lo, band_hi)
+    guide = None if guide_rows is None else (guide_rows, guide_cols, guide_max)
     return problem.TileProblem.build(
         query, keys, extra, scale, bias=bias, pos_index=pos_index, self_index=self_index, row_labels=row_labels,
         col_labels=col_labels, band=band, key_negatives=key_negatives, decoupled=decoupled,
         column_terms=column_terms, normalize=normalize, hard_beta=hard_beta, pairwise_sigmoid=pairwise_sigmoid,
+        guide=guide,
     )
 
 
@@ -84,13 +87,14 @@ def _backward_config(tiles, config: List[int], row: dict, col: dict, row_grad=No
 def _ring_band_op(
     query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor,
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
-    col_labels: Optional[Tensor], key_negatives: bool, normalize: bool, outer: float, inner: float,
+    col_labels: Optional[Tensor], guide_rows: Optional[Tensor], guide_cols: Optional[Tensor],
+    guide_max: Optional[Tensor], key_negatives: bool, normalize: bool, outer: float, inner: float,
     config: List[int],
 ) -> Tuple[Tensor, Tensor]:
     """``(v_lo, v_hi)`` fp32 ``[N]``; ``(+inf, -inf)`` for a row whose ring is empty."""
     ring_select = _kernels()[3]
     tiles = _problem(query, keys, extra, scale, None, pos_index, self_index, row_labels, col_labels, None, None,
-                     key_negatives, False, False, normalize, None, False)
+                     guide_rows, guide_cols, guide_max, key_negatives, False, False, normalize, None, False)
     cfg = _config(tiles, config)
     count = ring_select.candidate_counts(tiles, cfg)
     lo, hi = ring_ranks(count.to(torch.int64), outer, inner)
@@ -103,8 +107,8 @@ def _ring_band_op(
 
 
 @_ring_band_op.register_fake
-def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, key_negatives, normalize, outer,
-      inner, config):
+def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, guide_rows, guide_cols, guide_max,
+      key_negatives, normalize, outer, inner, config):
     n = query.shape[0]
     return query.new_empty(n, dtype=torch.float32), query.new_empty(n, dtype=torch.float32)
 
@@ -120,6 +124,7 @@ def _forward_op(
     query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
     col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
+    guide_rows: Optional[Tensor], guide_cols: Optional[Tensor], guide_max: Optional[Tensor],
     key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
     pairwise_sigmoid: bool, config: List[int], row_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -129,7 +134,8 @@ def _forward_op(
     ``row_dscale [N]`` for the backward (else empty)."""
     fwd = _kernels()[1]
     tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
-                     band_hi, key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid)
+                     band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize,
+                     hard_beta, pairwise_sigmoid)
     row_grad = row_grad and tile_config.row_grad_supported(tiles.flags, tiles.d)
     out = fwd.contrastive_forward(tiles, _config(tiles, config, row_grad), _column_programs(query.device), row_grad)
     result = []
@@ -143,7 +149,8 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config, row_grad):
+      guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
+      pairwise_sigmoid, config, row_grad):
     n = query.shape[0]
     m = (query if keys is None else keys).shape[0] if column_terms else 0
     flags = {"COLUMN_TERMS": column_terms, "HARD_NEGATIVES": hard_beta is not None,
@@ -164,6 +171,7 @@ def _backward_op(
     query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
     pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
     col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
+    guide_rows: Optional[Tensor], guide_cols: Optional[Tensor], guide_max: Optional[Tensor],
     key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
     pairwise_sigmoid: bool, config: List[int],
     row_lse: Tensor, row_pos_n: Tensor, col_lse: Tensor, col_pos_n: Tensor, row_lse_beta: Tensor,
@@ -177,7 +185,8 @@ def _backward_op(
     from contrastive_ops.kernels.normalize import normalize_backward
 
     tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
-                     band_hi, key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid)
+                     band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize,
+                     hard_beta, pairwise_sigmoid)
     # incoming gradients may be expanded scalars (stride 0): the kernels need dense vectors
     dense = [g.contiguous() for g in (g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair)]
     g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair = dense
@@ -209,18 +218,20 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-      key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, config, *vectors):
+      guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
+      pairwise_sigmoid, config, *vectors):
     empty = query.new_empty(0)  # ``vectors``: the saved row/column terms, their gradients, the row products
     return (torch.empty_like(query), empty if keys is None else torch.empty_like(keys),
             empty if extra is None else torch.empty_like(extra), scale.new_empty(()),
             scale.new_empty(()) if bias is not None else query.new_empty(0, dtype=torch.float32))
 
 
-_INPUTS = 19  # arguments of the forward op
+_INPUTS = 22  # arguments of the forward op
+_TENSORS = 14  # of which tensors (the rest are options)
 
 
 def _setup_context(ctx, inputs, output):
-    tensors, options = inputs[:11], inputs[11:-1]  # the backward does not take row_grad: it reads row_dq
+    tensors, options = inputs[:_TENSORS], inputs[_TENSORS:-1]  # the backward does not take row_grad: it reads row_dq
     ctx.options = tuple(list(o) if isinstance(o, list) else o for o in options)
     ctx.has = (tensors[1] is not None, tensors[2] is not None, tensors[4] is not None)
     out = dict(zip(FORWARD_OUTPUTS, output))
@@ -230,7 +241,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, *grads):
     saved = ctx.saved_tensors
-    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta, row_dq, row_dscale) = saved[:11], saved[11:]
+    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta, row_dq, row_dscale) = (saved[:_TENSORS],
+                                                                                        saved[_TENSORS:])
     g = dict(zip(FORWARD_OUTPUTS, grads))
 
     def grad_or_zero(name, like):
@@ -255,6 +267,20 @@ torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, set
 # ---------------------------------------------------------------------------------------------
 
 
+def _guide_inputs(guide, query):
+    """The guide's rows and columns in one of the kernels' dtypes (fp32 for float64 guides) on the
+    features' device, detached, and its limits in fp32."""
+    rows, cols, limit = (g.detach() for g in guide)
+    for name, g in (("guide_rows", rows), ("guide_cols", cols), ("guide_max", limit)):
+        if g.device != query.device:
+            raise ValueError(f"{name} is on {g.device} but the features are on {query.device}")
+    if rows.dtype != cols.dtype:
+        raise TypeError(f"guide_rows and guide_cols must share a dtype, got {rows.dtype} and {cols.dtype}")
+    if rows.dtype not in _DTYPES:
+        rows, cols = rows.float(), cols.float()
+    return rows, cols, limit.float()
+
+
 def compute_terms(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -275,8 +301,10 @@ def compute_terms(
             "(use backend='chunked' for float64)"
         )
     hard_beta, pairwise_sigmoid = spec.hard_beta, spec.pairwise_sigmoid
-    if spec.has_guide:  # GUIDE_PENDING
-        raise NotImplementedError("backend='triton' does not take a guide yet")
+    guide = (spec.guide_rows, spec.guide_cols, spec.guide_max) if spec.has_guide else (None, None, None)
+    if spec.has_guide:
+        check_guide_shapes(spec, query.shape[0], keys.shape[0] + (0 if extra is None else extra.shape[0]))
+        guide = _guide_inputs(guide, query)
     pinned = tile_config.pinned_config()
     config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
@@ -287,7 +315,8 @@ def compute_terms(
     if spec.ring is not None:
         band_lo, band_hi = _ring_band_op(
             query.detach(), None if shared else keys.detach(), None if extra is None else extra.detach(),
-            scale_t.detach(), spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels, spec.key_negatives,
+            scale_t.detach(), spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels, *guide,
+            spec.key_negatives,
             spec.normalize, float(spec.ring[0]), float(spec.ring[1]), config,
         )
     # the forward computes the rows' gradient products where a backward will need them (see
@@ -295,7 +324,7 @@ def compute_terms(
     row_grad = torch.is_grad_enabled() and (query.requires_grad or scale_t.requires_grad)
     out = dict(zip(FORWARD_OUTPUTS, _forward_op(
         query, keys_arg, extra, scale_t, bias_t, spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels,
-        band_lo, band_hi, spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
+        band_lo, band_hi, *guide, spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
         None if hard_beta is None else float(hard_beta), pairwise_sigmoid, config, row_grad,
     )))
     if not spec.column_terms:
