@@ -146,7 +146,8 @@ def _model_grads(model, loss_fn, features):
     model.zero_grad()
     loss = loss_fn([dict(f) for f in features], None)
     loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+    # parameters the loss does not reach (a BERT's pooler) have no gradient: zero in both
+    return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize(("directions", "hardness"), [(("query_to_doc",), None), (ALL, None),
@@ -230,3 +231,110 @@ def test_mnrl_on_the_triton_backend(hardness, seed, fused_only):
     assert_close_rel(loss_ours.double().cpu(), loss_peer, 1e-5, "triton loss")
     for i, (x, y) in enumerate(zip(torch.autograd.grad(loss_ours, a), torch.autograd.grad(loss_peer, b))):
         assert_close_rel(x.double().cpu(), y, 1e-5, f"triton d embeddings[{i}]")
+
+
+# --- GISTEmbedLoss / CachedGISTEmbedLoss -----------------------------------------------------------
+
+GIST_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "green", "fish", "bird", "tree", "car",
+              "road", "sky", "sun", "moon", "runs", "fast", "slow", "big", "small", "old", "new"]
+
+
+def _bert(path, words, hidden):
+    """A one-layer BERT with a word-level vocabulary, saved to ``path`` and loaded as a SentenceTransformer
+    (GIST needs models with a transformers tokenizer; nothing is downloaded)."""
+    from sentence_transformers.sentence_transformer.modules import Transformer
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    transformer = Transformer(str(path), max_seq_length=16)
+    model = SentenceTransformer(modules=[transformer, Pooling(hidden, "mean")], device="cpu")
+    return model.double()
+
+
+def _gist_gap(guide, features, margin_strategy, margin):
+    """The smallest distance of a guide similarity to its row's threshold over the pairs the filter
+    decides (all but each anchor's positive), in float64: the decision is discontinuous there."""
+    with torch.no_grad():
+        g = [torch.nn.functional.normalize(guide(dict(f))["sentence_embedding"], dim=1) for f in features]
+    g_pos = (g[0] * g[1]).sum(1, keepdim=True)
+    limit = g_pos - margin if margin_strategy == "absolute" else g_pos - g_pos.abs() * margin
+    ap = g[0] @ g[1].T
+    ap.fill_diagonal_(float("inf"))
+    sims = [ap, g[0] @ g[0].T, g[1] @ g[1].T] + [g[0] @ x.T for x in g[2:]]
+    return min(float((s - limit).abs().min()) for s in sims)
+
+
+@pytest.fixture(scope="module")
+def gist_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gist")
+    model = _bert(root / "model", GIST_WORDS, 16)
+    same_vocab_guide = _bert(root / "guide", GIST_WORDS, 8)
+    other_vocab_guide = _bert(root / "other", GIST_WORDS[::-1] + ["zebra"], 8)  # re-tokenizes
+    return model, {"same_vocab": same_vocab_guide, "other_vocab": other_vocab_guide}
+
+
+def _gist_batch(model, guide, columns, kw, batch=10):
+    """Texts whose guide similarities keep clear of every threshold (redrawn otherwise)."""
+    for _ in range(50):
+        features = _batch(model, GIST_WORDS, batch, columns)
+        guide_features = [guide.preprocess(model.tokenizer.batch_decode(f["input_ids"], skip_special_tokens=True))
+                          for f in features]
+        if _gist_gap(guide, guide_features, kw.get("margin_strategy", "absolute"), kw.get("margin", 0.0)) > 1e-9:
+            return features
+    raise RuntimeError("no batch with separated guide similarities")
+
+
+@pytest.mark.parametrize("cls", ["GISTEmbedLoss", "CachedGISTEmbedLoss"])
+@pytest.mark.parametrize("guide_kind", ["same_vocab", "other_vocab"])
+@pytest.mark.parametrize(("columns", "kw"), [
+    (2, {}),
+    (3, {"margin_strategy": "absolute", "margin": 0.05, "temperature": 0.05}),
+    (3, {"margin_strategy": "relative", "margin": 0.1, "contrast_anchors": False}),
+    (2, {"contrast_positives": False, "contrast_anchors": False}),
+])
+def test_gist_end_to_end_through_the_models(cls, guide_kind, columns, kw, gist_models, seed, fused_only):
+    """The loss and the model's parameter gradients through the peer's own embedding (and GradCache with
+    mini-batches of 3), guided by a model with the same vocabulary or one that re-tokenizes."""
+    model, guides = gist_models
+    guide = guides[guide_kind]
+    torch.manual_seed(int(torch.randint(0, 2**31, ())))
+    features = _gist_batch(model, guide, columns, kw)
+    extra = {"mini_batch_size": 3} if cls.startswith("Cached") else {}
+    peer = getattr(st_losses, cls)(model, guide, **kw, **extra)
+    ours = getattr(co_st, cls)(model, guide, backend="chunked", **kw, **extra)
+    assert peer.must_retokenize == ours.must_retokenize == (guide_kind == "other_vocab")
+    loss_peer, g_peer = _model_grads(model, peer, features)
+    loss_ours, g_ours = _model_grads(model, ours, features)
+    assert_close_rel(loss_ours, loss_peer, REL, f"{cls} loss")
+    # all parameters as one vector: some (the last layer norm's bias, under the cosine) have an exactly
+    # zero gradient, which both compute as rounding noise of 1e-20
+    assert_close_rel(torch.cat([g.flatten() for g in g_ours]), torch.cat([g.flatten() for g in g_peer]), REL,
+                     f"{cls} parameter gradients")
+
+
+def test_gist_config_and_errors_are_the_peers(gist_models):
+    model, guides = gist_models
+    kw = {"temperature": 0.02, "margin_strategy": "relative", "margin": 0.1, "contrast_positives": False}
+    assert co_st.GISTEmbedLoss(model, guides["same_vocab"], **kw).get_config_dict() == \
+        st_losses.GISTEmbedLoss(model, guides["same_vocab"], **kw).get_config_dict()
+    for cls in ("GISTEmbedLoss", "CachedGISTEmbedLoss"):
+        with pytest.raises(ValueError, match="margin_strategy must be 'absolute' or 'relative'"):
+            getattr(st_losses, cls)(model, guides["same_vocab"], margin_strategy="soft")
+        with pytest.raises(ValueError, match="margin_strategy must be 'absolute' or 'relative'"):
+            getattr(co_st, cls)(model, guides["same_vocab"], margin_strategy="soft")
+    features = _batch(model, GIST_WORDS, 4, 4)
+    for loss in (st_losses.GISTEmbedLoss(model, guides["same_vocab"]), co_st.GISTEmbedLoss(model, guides["same_vocab"])):
+        with pytest.raises(ValueError, match="Expected 2 or 3 embeddings, got 4"):
+            loss([dict(f) for f in features], None)

@@ -31,8 +31,10 @@ is another pass, or a row's own ``1 + K`` documents computed directly (O(B·K·D
 * ``all_negatives``: every document but the positive (a decoupled pass) against the positive;
 * ``hard_negatives``: the row's own K hard negatives against the rest (a pass whose own hard
   negatives are label-masked false negatives).
-``GISTEmbedLoss``/``CachedGISTEmbedLoss`` are not here yet: their guide mask is a per-pair rule of a
-second model's similarities, which the core does not have.
+``GISTEmbedLoss`` and ``CachedGISTEmbedLoss`` embed with the model and the guide as the peer does
+(re-tokenizing for a guide with another vocabulary, GradCache for the cached class) and compute the
+loss by :func:`contrastive_ops.gist_loss`: the guide's false-negative filter is the core's guide role,
+decided tile by tile, so no ``[B, (2 + K)·B]`` score or guide matrix is built.
 """
 from __future__ import annotations
 
@@ -44,16 +46,18 @@ from torch import Tensor
 
 from .. import distributed as dist_
 from ..core import RoleSpec
-from ..functional import _compute
+from ..functional import _compute, gist_loss
 
 try:
     from sentence_transformers import util as _st_util
+    from sentence_transformers.base.losses.merged_forward import embed_columns as _embed_columns
     from sentence_transformers.sentence_transformer import losses as _st_losses
 except ImportError as exc:  # pragma: no cover - exercised only without the peer
     raise ImportError("contrastive_ops.compat.sentence_transformers needs sentence-transformers installed "
                       "(pip install sentence-transformers)") from exc
 
-__all__ = ["CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss", "ranking_loss"]
+__all__ = ["CachedGISTEmbedLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss", "MultipleNegativesRankingLoss",
+           "ranking_loss"]
 
 logger = logging.getLogger(__name__)
 _WARNED: set = set()
@@ -246,6 +250,82 @@ class CachedMultipleNegativesRankingLoss(_Fused, _st_losses.CachedMultipleNegati
         if normalize is None:
             return super().calculate_loss(reps, labels, with_backward=with_backward)
         loss = self._fused_loss(torch.cat(reps[0]), [torch.cat(r) for r in reps[1:]], normalize)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+
+def _world_group(gather: bool):
+    """The default process group where ``gather_across_devices`` asks for it and one exists."""
+    if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.group.WORLD
+    return None
+
+
+class _FusedGIST:
+    """What the GIST classes share: the loss of one batch's embeddings and the guide's."""
+
+    backend = "auto"
+
+    def _gist(self, embeddings: list[Tensor], guides: list[Tensor]) -> Tensor:
+        negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
+        negative_guides = torch.cat(guides[2:]) if len(guides) > 2 else None
+        return gist_loss(embeddings[0], embeddings[1], negatives, anchor_guide=guides[0], positive_guide=guides[1],
+                         negative_guide=negative_guides, temperature=self.temperature,
+                         margin_strategy=self.margin_strategy, margin=self.margin,
+                         contrast_anchors=self.contrast_anchors, contrast_positives=self.contrast_positives,
+                         backend=self.backend, process_group=_world_group(self.gather_across_devices))
+
+
+class GISTEmbedLoss(_FusedGIST, _st_losses.GISTEmbedLoss):
+    """sentence-transformers' ``GISTEmbedLoss(model, guide, temperature=0.01, margin_strategy="absolute",
+    margin=0.0, contrast_anchors=True, contrast_positives=True, gather_across_devices=False)`` with
+    the loss on the fused core. ``backend=`` (keyword only) picks the core's backend."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def _guide_features(self, features: list[dict]) -> list[dict]:
+        """The guide's inputs: the model's own, or the model's texts re-tokenized for the guide."""
+        if not self.must_retokenize:
+            return [dict(f) for f in features]
+        out = []
+        for feature in features:
+            input_ids = feature["input_ids"]
+            if "cu_seq_lens_q" in feature:  # packed sequences: one row, split at the offsets
+                flat, bounds = input_ids[0].tolist(), feature["cu_seq_lens_q"].tolist()
+                input_ids = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+            out.append(_st_util.batch_to_device(self.guide.preprocess(texts), self.guide.device))
+        return out
+
+    def forward(self, sentence_features, labels: Tensor) -> Tensor:
+        features = list(sentence_features)
+        guide_features = self._guide_features(features)
+        embeddings = _embed_columns(self.model, features)
+        with torch.no_grad():
+            guides = _embed_columns(self.guide, guide_features)
+        if len(embeddings) not in (2, 3):
+            raise ValueError(f"Expected 2 or 3 embeddings, got {len(embeddings)}")
+        return self._gist(embeddings, guides)
+
+
+class CachedGISTEmbedLoss(_FusedGIST, _st_losses.CachedGISTEmbedLoss):
+    """sentence-transformers' ``CachedGISTEmbedLoss`` (GradCache with a guide): the embeddings and the
+    guide's of every mini-batch are cached as the peer does, and the loss and its gradients with
+    respect to them come from one fused call over the whole batch."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def calculate_loss(self, reps: list[list[Tensor]], reps_guided: list[list[Tensor]], *,
+                       with_backward: bool = False) -> Tensor:
+        if len(reps) != len(reps_guided):
+            raise ValueError("reps and reps_guided must have the same length")
+        loss = self._gist([torch.cat(r) for r in reps], [torch.cat(r) for r in reps_guided])
         if with_backward:
             loss.backward()
             loss = loss.detach()
