@@ -17,7 +17,8 @@ cheap rules (never an N×M mask tensor):
 * **guide-excluded** (a guide model's false negatives, GISTEmbed): with ``guide_rows [N, G]``,
   ``guide_cols [M + R, G]`` and ``guide_max [N]``, a candidate ``(i, j)`` whose guide similarity
   ``<guide_rows[i], guide_cols[j]>`` exceeds ``guide_max[i]`` is no candidate (positives are kept);
-  the guide's products are formed tile by tile beside the logits, in fp32 (float64 stays float64);
+  the guide's products are formed tile by tile beside the logits, in fp32 (float64 stays float64 on
+  the naive and chunked backends; the triton and cuda backends compare fp32 copies);
 * **denominator**: the candidate negatives (restricted to the row's band ``[lo_i, hi_i]`` of logit
   values when a ring is asked for) plus the positives unless ``decoupled``.
 

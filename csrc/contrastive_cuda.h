@@ -1,9 +1,12 @@
 // Plain C++ interface between the torch glue (ops.cpp) and the CUDA epilogue kernels (epilogue.cu).
 //
 // The products are not here: the glue forms each chunk of cosines S = Q̂_rows · Ĉ_colsᵀ and each
-// gradient product with torch's GEMMs (cuBLAS on a GPU). These kernels are the fused epilogues
-// between them, reading a chunk of S once: logits → per-row / per-column log-sum-exp state, logits →
-// dS, logits → the Ring's radix histograms. Deliberately free of torch and CUDA headers (the CPU
+// gradient product with torch's GEMMs (cuBLAS on a GPU); with a guide also the chunk of guide
+// similarities G = guide_rows · guide_colsᵀ (fp32) of the same pairs. These kernels are the fused
+// epilogues between them, reading a chunk of S (and of G) once: logits → per-row / per-column
+// log-sum-exp state, logits → dS, logits → the Ring's radix histograms; the roles of every pair
+// (positive, self, label-excluded, guide-excluded, candidate) come from O(N + M) vectors and G, never
+// from an N×M mask. Deliberately free of torch and CUDA headers (the CPU
 // build of torch cannot compile torch's CUDA headers, DESIGN.md §7): raw pointers, the caller's
 // stream as `void*`, and every launcher returns a cudaError_t as an int (0 = success).
 #pragma once
@@ -17,9 +20,11 @@ namespace contrastive_cuda {
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
 // One chunk of cosines: rows [r0, r0 + rows) × columns [c0, c0 + cols), fp32, row-major with
-// leading dimension ld. Logits are *scale times these.
+// leading dimension ld. Logits are *scale times these. With a guide (Roles::guide_max), g holds the
+// guide similarities of the same pairs in the same layout.
 struct Chunk {
   const float* s = nullptr;
+  const float* g = nullptr;
   int64_t rows = 0, cols = 0, ld = 0;
   int64_t r0 = 0, c0 = 0;
 };
@@ -58,11 +63,16 @@ CO_HD ColGrad col_grad(const GradVecs& v, int64_t j) {
   return g;
 }
 
-// dL/dx_ij of one pair of row `row` (its roles rr, its gradients g) at column `col`, logit x; column
-// terms where `columns`; adds the pair's share of dL/dbias to *dbias.
+// The guide similarity of the chunk's pair (i, j), read only with a guide (else 0, never compared).
+CO_HD float chunk_guide(const Chunk& c, const Roles& roles, int64_t i, int64_t j) {
+  return roles.guide_max != nullptr ? c.g[i * c.ld + j] : 0.0f;
+}
+
+// dL/dx_ij of one pair of row `row` (its roles rr, its gradients g) at column `col`, logit x, guide
+// similarity `guide`; column terms where `columns`; adds the pair's share of dL/dbias to *dbias.
 CO_HD float pair_dlogit(const Roles& roles, const RowRoles& rr, const Terms& terms, const GradVecs& grads,
-                        const RowGrad& g, bool columns, int64_t col, float x, float* dbias) {
-  const Pair p = pair_role(roles, rr, col);
+                        const RowGrad& g, bool columns, int64_t col, float x, float guide, float* dbias) {
+  const Pair p = pair_role(roles, rr, col, guide);
   ColGrad cg;
   if (columns) cg = col_grad(grads, col);
   return pair_grad(terms, p, in_denominator(roles, rr, p, x), x, g, columns ? &cg : nullptr, dbias);

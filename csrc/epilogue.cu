@@ -4,8 +4,8 @@
 // atomics on floats, so every result is bitwise reproducible. The arithmetic is epilogue.h's.
 //
 // Each kernel is compiled per feature set (hard negatives, pairwise sigmoid, column terms, Ring band,
-// labels): the switches are then constants, so a plain InfoNCE row carries no code of the others
-// (F = -1 is the generic fallback that reads them at run time).
+// labels, guide): the switches are then constants, so a plain InfoNCE row carries no code of the
+// others, not even the guide's load (F = -1 is the generic fallback that reads them at run time).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -26,11 +26,12 @@ constexpr int kColThreads = 256;  // key columns per block (one thread each)
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
-enum Feature : int { kHard = 1, kSigmoid = 2, kColumns = 4, kBand = 8, kLabels = 16 };
+enum Feature : int { kHard = 1, kSigmoid = 2, kColumns = 4, kBand = 8, kLabels = 16, kGuide = 32 };
 
 int features(const Roles& ro, const Terms& t, bool columns) {
   return (t.hard ? kHard : 0) | (t.sigmoid ? kSigmoid : 0) | (columns ? kColumns : 0) |
-         (ro.band_lo != nullptr ? kBand : 0) | (ro.row_labels != nullptr ? kLabels : 0);
+         (ro.band_lo != nullptr ? kBand : 0) | (ro.row_labels != nullptr ? kLabels : 0) |
+         (ro.guide_max != nullptr ? kGuide : 0);
 }
 
 // The switches of feature set F as constants (F < 0: left as given).
@@ -41,11 +42,13 @@ __device__ __forceinline__ void specialize(Roles& ro, Terms& t) {
     t.sigmoid = (F & kSigmoid) != 0;
     if (!(F & kBand)) ro.band_lo = ro.band_hi = nullptr;
     if (!(F & kLabels)) ro.row_labels = ro.col_labels = nullptr;
+    if (!(F & kGuide)) ro.guide_max = nullptr;
   }
 }
 
 // fn(std::integral_constant<int, F>) for the compiled feature sets: one of {plain, hard negatives,
-// pairwise sigmoid, column terms} with or without a band and labels; any other mix is generic.
+// pairwise sigmoid, column terms} with or without a band and labels, and a guide alone (GISTEmbed's
+// rows); any other mix is generic.
 template <typename Fn>
 void with_features(int f, Fn&& fn) {
 #define CO_CASE(v) \
@@ -58,16 +61,20 @@ void with_features(int f, Fn&& fn) {
     CO_CASES(kHard)
     CO_CASES(kSigmoid)
     CO_CASES(kColumns)
+    CO_CASE(kGuide)
     default:
       fn(std::integral_constant<int, -1>{});
   }
 }
 
-// The same for the passes that only the band and the labels change (column terms, Ring histograms).
+// The same for the passes that only the band, the labels and the guide change (column terms, Ring
+// histograms); with a guide they are generic.
 template <typename Fn>
 void with_role_features(int f, Fn&& fn) {
-  switch (f & (kBand | kLabels)) {
+  switch (f & (kBand | kLabels | kGuide)) {
     CO_CASES(0)
+    default:
+      fn(std::integral_constant<int, -1>{});
   }
 }
 #undef CO_CASES
@@ -126,7 +133,7 @@ __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   Acc a;
   CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
     const float x = s * srow[j];
-    const Pair p = pair_role(roles, rr, c.c0 + j);
+    const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
     acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
   }
   a = warp_merge(a);
@@ -145,7 +152,7 @@ __global__ void cols_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   CO_PAIR_LOOP for (int64_t i = 0; i < c.rows; ++i) {
     const float x = s * c.s[i * c.ld + j];
     const RowRoles rr = row_roles(roles, c.r0 + i);
-    const Pair p = pair_role(roles, rr, col);
+    const Pair p = pair_role(roles, rr, col, chunk_guide(c, roles, i, j));
     acc_push(a, plain, p, in_denominator(roles, rr, p, x), x);
   }
   acc[col] = acc_merge(acc[col], a);
@@ -187,7 +194,8 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
     const float cosine = srow[j];
     const float x = s * cosine;
-    const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, &dbias);
+    const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, chunk_guide(c, roles, i, j),
+                                &dbias);
     drow[j] = from_float<T>(s * d);
     dscale += d * cosine;
   }
@@ -218,7 +226,7 @@ __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, 
     const bool first = shift >= 24;
     const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
     CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
-      if (!pair_role(roles, rr, c.c0 + j).candidate) continue;
+      if (!pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j)).candidate) continue;
       const uint32_t key = order_key(s * srow[j]);
       const uint32_t digit = (key >> shift) & 255u;
       if (matches_prefix(key, p0, shift)) atomicAdd(&shared[warp][0][digit], 1);

@@ -4,7 +4,8 @@
 // the order keys and digit selection of the Ring's radix select. Free of torch and CUDA headers.
 //
 // Conventions (contrastive_ops/core.py): columns are the in-batch keys [0, m) then the extra
-// negatives [m, m + r); a logit is x = s * <q̂_i, ĉ_j> in fp32.
+// negatives [m, m + r); a logit is x = s * <q̂_i, ĉ_j> in fp32; with a guide, a pair's guide
+// similarity is <guide_rows[i], guide_cols[j]> in fp32 (a chunk of them beside the cosines').
 #pragma once
 
 #include <cmath>
@@ -27,6 +28,7 @@ struct Roles {
   const int64_t* col_labels = nullptr;  // [m] positives (or, with pos_index, excluded) share a label
   const float* band_lo = nullptr;  // [n] Ring band: a candidate counts only with lo <= x <= hi
   const float* band_hi = nullptr;
+  const float* guide_max = nullptr;  // [n] guide: a candidate whose guide similarity exceeds it is none
   int64_t m = 0;  // in-batch keys
   bool key_negatives = true;  // in-batch keys other than positives are candidates
   bool decoupled = false;  // positives are left out of the denominator
@@ -51,6 +53,7 @@ struct RowRoles {
   int64_t self = -1;  // its excluded column (-1: none)
   int64_t label = 0;
   float lo = -INFINITY, hi = INFINITY;  // its band
+  float guide_max = INFINITY;  // its guide limit
 };
 
 CO_HD RowRoles row_roles(const Roles& ro, int64_t i) {
@@ -62,10 +65,12 @@ CO_HD RowRoles row_roles(const Roles& ro, int64_t i) {
     r.lo = ro.band_lo[i];
     r.hi = ro.band_hi[i];
   }
+  if (ro.guide_max != nullptr) r.guide_max = ro.guide_max[i];
   return r;
 }
 
-CO_HD Pair pair_role(const Roles& ro, const RowRoles& r, int64_t j) {
+// `guide`: the pair's guide similarity, compared only with a guide (ro.guide_max non-null).
+CO_HD Pair pair_role(const Roles& ro, const RowRoles& r, int64_t j, float guide) {
   const bool is_key = j < ro.m;
   const bool is_self = j == r.self;
   const bool same_label = ro.row_labels != nullptr && is_key && r.label == ro.col_labels[j];
@@ -73,10 +78,9 @@ CO_HD Pair pair_role(const Roles& ro, const RowRoles& r, int64_t j) {
   positive = positive && !is_self;
   bool candidate = !positive && !is_self && (ro.key_negatives || !is_key);
   if (ro.pos_index != nullptr && ro.row_labels != nullptr) candidate = candidate && !same_label;  // false negatives
+  if (ro.guide_max != nullptr) candidate = candidate && !(guide > r.guide_max);  // the guide's false negatives
   return {positive, candidate};
 }
-
-CO_HD Pair pair_role(const Roles& ro, int64_t i, int64_t j) { return pair_role(ro, row_roles(ro, i), j); }
 
 // In the denominator: a candidate inside the row's band (if any), and a positive unless decoupled.
 CO_HD bool in_denominator(const Roles& ro, const RowRoles& r, Pair p, float x) {

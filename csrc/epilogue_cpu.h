@@ -25,7 +25,7 @@ inline void rows_forward(const Chunk& c, const Roles& roles, Terms terms, const 
     Acc a;
     for (int64_t j = 0; j < c.cols; ++j) {
       const float x = s * c.s[i * c.ld + j];
-      const Pair p = pair_role(roles, rr, c.c0 + j);
+      const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
       acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
     }
     acc[row] = acc_merge(acc[row], a);
@@ -41,7 +41,7 @@ inline void cols_forward(const Chunk& c, const Roles& roles, const float* scale,
     for (int64_t i = 0; i < c.rows; ++i) {
       const float x = s * c.s[i * c.ld + j];
       const RowRoles rr = row_roles(roles, c.r0 + i);
-      const Pair p = pair_role(roles, rr, col);
+      const Pair p = pair_role(roles, rr, col, chunk_guide(c, roles, i, j));
       acc_push(a, plain, p, in_denominator(roles, rr, p, x), x);
     }
     acc[col] = acc_merge(acc[col], a);
@@ -69,7 +69,8 @@ inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const
     for (int64_t j = 0; j < c.cols; ++j) {
       const float cosine = c.s[i * c.ld + j];
       const float x = s * cosine;
-      const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, &dbias);
+      const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, chunk_guide(c, roles, i, j),
+                                  &dbias);
       ds[i * c.cols + j] = s * d;
       dscale += d * cosine;
     }
@@ -88,7 +89,7 @@ inline void ring_histogram(const Chunk& c, const Roles& roles, const float* scal
     const uint32_t p0 = first ? 0u : prefix[2 * i], p1 = first ? 0u : prefix[2 * i + 1];
     const RowRoles rr = row_roles(roles, row);
     for (int64_t j = 0; j < c.cols; ++j) {
-      if (!pair_role(roles, rr, c.c0 + j).candidate) continue;
+      if (!pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j)).candidate) continue;
       const uint32_t key = order_key(s * c.s[i * c.ld + j]);
       const uint32_t digit = (key >> shift) & 255u;
       if (matches_prefix(key, p0, shift)) h[digit] += 1;

@@ -7,8 +7,11 @@
 // per-row and per-column log-sum-exp state, the backward's dS (then dQ̂ += dS·Ĉ and dĈ += dSᵀ·Q̂,
 // again GEMMs into fp32), the Ring's radix histograms. Chunks go in a fixed order and no float is
 // summed by atomics, so results are bitwise reproducible; the Ring selection, the forward and the
-// backward use the same chunking, so they see bit-identical logits. Memory: the inputs, their unit
-// rows, O(N + M) vectors, fp32 gradients of the unit rows, and one chunk.
+// backward use the same chunking, so they see bit-identical logits. With a guide, each chunk of
+// cosines has beside it the chunk of guide similarities G = guide_rows · guide_colsᵀ of the same
+// pairs (fp32 GEMM of the guides cast to fp32 once), read by the same epilogues to drop the guide's
+// false negatives from the candidates. Memory: the inputs, their unit rows, O(N + M) vectors, fp32
+// gradients of the unit rows, fp32 copies of the guides, and one chunk (two with a guide).
 //
 // On CPU tensors the same operators run the same arithmetic (epilogue_cpu.h, fp32 products): what
 // CI checks against float64. Compiles against the CPU build of torch (no c10/cuda headers): the
@@ -16,16 +19,19 @@
 //
 // Operators (autograd and fake implementations are registered from Python,
 // contrastive_ops/backends/cuda.py):
-//   forward(query, keys?, extra?, scale, bias?, <roles>, band_lo?, band_hi?, key_negatives, decoupled,
-//           column_terms, normalize, hard_beta?, pairwise_sigmoid, chunk_rows, chunk_cols)
+//   forward(query, keys?, extra?, scale, bias?, <roles>, band_lo?, band_hi?, <guide>, key_negatives,
+//           decoupled, column_terms, normalize, hard_beta?, pairwise_sigmoid, chunk_rows, chunk_cols)
 //     -> row_lse, row_pos, row_den_count, row_pos_count, col_lse, col_pos, col_den_count,
 //        col_pos_count, row_lse_beta, row_pair_loss        (absent terms are empty tensors)
 //   backward(g_row_lse, g_row_pos, g_col_lse?, g_col_pos?, g_row_lse_beta?, g_row_pair?, row_lse,
 //            row_pos_count, col_lse?, col_pos_count?, row_lse_beta?, <the forward's inputs>)
 //     -> grad_query, grad_keys, grad_extra, grad_scale, grad_bias
-//   ring_band(query, keys?, extra?, scale, <roles>, key_negatives, normalize, outer, inner,
+//   ring_band(query, keys?, extra?, scale, <roles>, <guide>, key_negatives, normalize, outer, inner,
 //             chunk_rows, chunk_cols) -> v_lo, v_hi
 //   built_archs() -> str
+// <roles> = pos_index?, row_labels?, col_labels?, self_index?; <guide> = guide_rows? [N, G],
+// guide_cols? [M + R, G] (keys then extra, the logits' columns), guide_max? [N], given together: a
+// candidate (i, j) with <guide_rows[i], guide_cols[j]> > guide_max[i] (fp32) is none; no gradient.
 // keys=None means the keys are the queries themselves (NT-Xent, SupCon); grad_keys is then empty
 // and grad_query holds both gradients.
 #include <Python.h>
@@ -78,6 +84,15 @@ void check_float_type(const char* OP, const Tensor& query) {
                    ": query must be float32, float16 or bfloat16, got ", t);
 }
 
+// The guide is compared in fp32 (core.guide_dtype): float64 guide rows would be compared in float64.
+// The columns' and limits' dtypes are cast to fp32, as the core casts them to the rows'.
+void check_guide_type(const char* OP, const char* name, const Tensor& t, bool rows) {
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(at::isFloatingType(type), OP, ": ", name, " must be floating point, got ", type);
+  TORCH_CHECK_TYPE(!rows || type != at::kDouble, OP, ": ", name, " is Double: backend='cuda' compares guide ",
+                   "similarities in fp32 (float32, float16 or bfloat16 guides); use backend='chunked' for float64");
+}
+
 cc::DType kernel_dtype(const Tensor& t) {
   return t.scalar_type() == at::kHalf ? cc::DType::kFloat16
          : t.scalar_type() == at::kBFloat16 ? cc::DType::kBFloat16
@@ -97,6 +112,7 @@ void check_index_range(const char* OP, const char* name, const Tensor& index, in
 // The checked, contiguous inputs of one call, their unit rows and the epilogues' role view.
 struct Problem {
   Tensor query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi;
+  Tensor guide_rows, guide_cols, guide_max;  // fp32, contiguous (undefined without a guide)
   Tensor qh, ch;  // unit rows (or the rows themselves) in the products' dtype: queries, then keys + extra
   bool shared = false;  // keys are the queries themselves
   int64_t n = 0, m = 0, r = 0, d = 0, chunk_rows = 1, chunk_cols = 1;
@@ -125,7 +141,8 @@ Tensor unit_rows(const Tensor& x, bool normalize) {
 Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, const OptTensor& extra,
                 const Tensor& scale, const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
                 const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
-                const OptTensor& band_hi, bool key_negatives, bool decoupled, bool normalize,
+                const OptTensor& band_hi, const OptTensor& guide_rows, const OptTensor& guide_cols,
+                const OptTensor& guide_max, bool key_negatives, bool decoupled, bool normalize,
                 std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols,
                 bool check_indices) {
   Problem p;
@@ -178,10 +195,28 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
     CHECK_DTYPE("band_hi", *band_hi, at::kFloat);
     CHECK_SHAPE("band_hi", *band_hi, n);
   }
+  const int guides = guide_rows.has_value() + guide_cols.has_value() + guide_max.has_value();
+  TORCH_CHECK_VALUE(guides == 0 || guides == 3, OP, ": guide_rows, guide_cols and guide_max go together (",
+                    guides, " of the three were given)");
+  if (guides == 3) {
+    check_guide_type(OP, "guide_rows", *guide_rows, /*rows=*/true);
+    check_guide_type(OP, "guide_cols", *guide_cols, /*rows=*/false);
+    check_guide_type(OP, "guide_max", *guide_max, /*rows=*/false);
+    CHECK_2D("guide_rows", *guide_rows);
+    CHECK_2D("guide_cols", *guide_cols);
+    TORCH_CHECK_VALUE(guide_rows->size(0) == n, OP, ": guide_rows must have one row per query row (", n,
+                      "), got shape ", guide_rows->sizes());
+    TORCH_CHECK_VALUE(guide_cols->size(0) == m + r, OP, ": guide_cols must have one row per column, keys then extra (",
+                      m + r, "), got shape ", guide_cols->sizes());
+    TORCH_CHECK_VALUE(guide_cols->size(1) == guide_rows->size(1), OP, ": guide feature dims differ: guide_rows has ",
+                      guide_rows->size(1), ", guide_cols has ", guide_cols->size(1));
+    CHECK_SHAPE("guide_max", *guide_max, n);
+  }
   const std::pair<const char*, const OptTensor*> others[] = {
       {"keys", &keys},           {"extra", &extra},           {"bias", &bias},       {"pos_index", &pos_index},
       {"row_labels", &row_labels}, {"col_labels", &col_labels}, {"self_index", &self_index},
-      {"band_lo", &band_lo},     {"band_hi", &band_hi}};
+      {"band_lo", &band_lo},     {"band_hi", &band_hi},       {"guide_rows", &guide_rows},
+      {"guide_cols", &guide_cols}, {"guide_max", &guide_max}};
   for (const auto& [name, t] : others)
     if (t->has_value()) CHECK_SAME_DEVICE(name, **t, query);
   CHECK_SAME_DEVICE("scale", scale, query);
@@ -204,6 +239,11 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
   p.self_index = contiguous_or_undefined(self_index);
   p.band_lo = contiguous_or_undefined(band_lo);
   p.band_hi = contiguous_or_undefined(band_hi);
+  if (guides == 3) {  // O((N + M) · G) casts, once per call
+    p.guide_rows = guide_rows->to(at::kFloat).contiguous();
+    p.guide_cols = guide_cols->to(at::kFloat).contiguous();
+    p.guide_max = guide_max->to(at::kFloat).contiguous();
+  }
 
   p.qh = unit_rows(p.query, normalize);
   std::vector<Tensor> columns = {p.shared ? p.qh : unit_rows(p.keys, normalize)};
@@ -217,6 +257,7 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
   ro.col_labels = ptr_or_null<int64_t>(p.col_labels);
   ro.band_lo = ptr_or_null<float>(p.band_lo);
   ro.band_hi = ptr_or_null<float>(p.band_hi);
+  ro.guide_max = ptr_or_null<float>(p.guide_max);
   ro.m = m;
   ro.key_negatives = key_negatives;
   ro.decoupled = decoupled;
@@ -273,22 +314,30 @@ std::vector<std::pair<int64_t, int64_t>> column_chunks(const Problem& p) {
   return out;
 }
 
-// Calls fn(r0, r1, c0, c1, cosines) for every chunk, row chunks outer, in a fixed order.
-template <typename Fn>
-void for_each_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
-  const Tensor q = p.qh.narrow(0, r0, r1 - r0);
-  for (const auto& [c0, c1] : column_chunks(p)) {
-    const Tensor s = product_fp32(q, p.ch.narrow(0, c0, c1 - c0).t()).contiguous();
-    fn(c0, c1, s);
-  }
-}
-
 cc::Chunk as_chunk(const Tensor& s, int64_t r0, int64_t c0) {
   cc::Chunk c;
   c.s = s.const_data_ptr<float>();
   c.rows = s.size(0), c.cols = s.size(1), c.ld = s.size(1);
   c.r0 = r0, c.c0 = c0;
   return c;
+}
+
+// Calls fn(c0, c1, chunk) for every column chunk of the rows [r0, r1), in a fixed order: the chunk's
+// cosines and, with a guide, its guide similarities (both fp32 GEMM outputs of the same shape).
+template <typename Fn>
+void for_each_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
+  const Tensor q = p.qh.narrow(0, r0, r1 - r0);
+  const Tensor guide_q = p.guide_rows.defined() ? p.guide_rows.narrow(0, r0, r1 - r0) : Tensor();
+  for (const auto& [c0, c1] : column_chunks(p)) {
+    const Tensor s = product_fp32(q, p.ch.narrow(0, c0, c1 - c0).t()).contiguous();
+    cc::Chunk c = as_chunk(s, r0, c0);
+    Tensor g;
+    if (guide_q.defined()) {
+      g = at::mm(guide_q, p.guide_cols.narrow(0, c0, c1 - c0).t()).contiguous();
+      c.g = g.const_data_ptr<float>();
+    }
+    fn(c0, c1, c);
+  }
 }
 
 Tensor acc_buffer(const Tensor& like, int64_t count, void* stream) {
@@ -310,14 +359,15 @@ using Terms10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
                 const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
                 const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
-                const OptTensor& band_hi, bool key_negatives, bool decoupled, bool column_terms, bool normalize,
+                const OptTensor& band_hi, const OptTensor& guide_rows, const OptTensor& guide_cols,
+                const OptTensor& guide_max, bool key_negatives, bool decoupled, bool column_terms, bool normalize,
                 std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::forward";
   TORCH_CHECK_VALUE(!(hard_beta.has_value() && column_terms), OP, ": hard_beta does not combine with column_terms");
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
-                      band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
-                      chunk_cols, /*check_indices=*/true);
+                      band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, normalize, hard_beta,
+                      pairwise_sigmoid, chunk_rows, chunk_cols, /*check_indices=*/true);
   void* stream = current_stream(p.query);
   const bool gpu = p.query.is_cuda();
   Tensor row_buf = acc_buffer(p.query, p.n, stream);
@@ -326,8 +376,7 @@ Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& ext
   const float* bias_ptr = ptr_or_null<float>(p.bias);
   for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
     const int64_t r1 = std::min(r0 + p.chunk_rows, p.n);
-    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const Tensor& s) {
-      const cc::Chunk c = as_chunk(s, r0, c0);
+    for_each_chunk(p, r0, r1, [&](int64_t, int64_t c1, const cc::Chunk& c) {
       if (gpu) {
         CHECK_LAUNCH(cc::rows_forward(c, p.roles, p.terms, scale_ptr, bias_ptr, acc_ptr(row_buf), stream));
         if (column_terms && c1 <= p.m) CHECK_LAUNCH(cc::cols_forward(c, p.roles, p.terms, scale_ptr, acc_ptr(col_buf), stream));
@@ -379,14 +428,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     const OptTensor& col_lse, const OptTensor& col_pos_count, const OptTensor& row_lse_beta, const Tensor& query,
     const OptTensor& keys, const OptTensor& extra, const Tensor& scale, const OptTensor& bias,
     const OptTensor& pos_index, const OptTensor& row_labels, const OptTensor& col_labels,
-    const OptTensor& self_index, const OptTensor& band_lo, const OptTensor& band_hi, bool key_negatives,
-    bool decoupled, bool column_terms, bool normalize, std::optional<double> hard_beta, bool pairwise_sigmoid,
-    int64_t chunk_rows, int64_t chunk_cols) {
+    const OptTensor& self_index, const OptTensor& band_lo, const OptTensor& band_hi, const OptTensor& guide_rows,
+    const OptTensor& guide_cols, const OptTensor& guide_max, bool key_negatives, bool decoupled, bool column_terms,
+    bool normalize, std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows, int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::backward";
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
-                      band_hi, key_negatives, decoupled, normalize, hard_beta, pairwise_sigmoid, chunk_rows,
-                      chunk_cols, /*check_indices=*/false);
+                      band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, normalize, hard_beta,
+                      pairwise_sigmoid, chunk_rows, chunk_cols, /*check_indices=*/false);
   const int64_t n = p.n, m = p.m;
   auto vec = [&](const char* name, const Tensor& t, int64_t size) {
     CHECK_DTYPE(name, t, at::kFloat);
@@ -441,8 +490,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   for (int64_t r0 = 0; r0 < n; r0 += p.chunk_rows) {
     const int64_t r1 = std::min(r0 + p.chunk_rows, n);
     const Tensor q = p.qh.narrow(0, r0, r1 - r0);
-    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const Tensor& s) {
-      const cc::Chunk c = as_chunk(s, r0, c0);
+    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const cc::Chunk& c) {
       const cc::GradVecs& gv = c1 <= m ? g : rows_only;
       Tensor ds = at::empty({c.rows, c.cols}, p.qh.options());  // scale · dL/dx, the GEMMs' dtype
       if (gpu) {
@@ -470,16 +518,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
 
 std::tuple<Tensor, Tensor> ring_band(const Tensor& query, const OptTensor& keys, const OptTensor& extra,
                                      const Tensor& scale, const OptTensor& pos_index, const OptTensor& row_labels,
-                                     const OptTensor& col_labels, const OptTensor& self_index, bool key_negatives,
-                                     bool normalize, double outer, double inner, int64_t chunk_rows,
-                                     int64_t chunk_cols) {
+                                     const OptTensor& col_labels, const OptTensor& self_index,
+                                     const OptTensor& guide_rows, const OptTensor& guide_cols,
+                                     const OptTensor& guide_max, bool key_negatives, bool normalize, double outer,
+                                     double inner, int64_t chunk_rows, int64_t chunk_cols) {
   const char* OP = "contrastive_ops_cuda::ring_band";
   TORCH_CHECK_VALUE(outer >= 0.0 && outer <= 1.0, OP, ": outer must be in [0, 1], got ", outer);
   TORCH_CHECK_VALUE(inner >= 0.0 && inner <= 1.0, OP, ": inner must be in [0, 1], got ", inner);
   c10::DeviceGuard guard(query.device());
   Problem p = prepare(OP, query, keys, extra, scale, std::nullopt, pos_index, row_labels, col_labels, self_index,
-                      std::nullopt, std::nullopt, key_negatives, false, normalize, std::nullopt, false, chunk_rows,
-                      chunk_cols, /*check_indices=*/true);
+                      std::nullopt, std::nullopt, guide_rows, guide_cols, guide_max, key_negatives, false, normalize,
+                      std::nullopt, false, chunk_rows, chunk_cols, /*check_indices=*/true);
   void* stream = current_stream(p.query);
   const bool gpu = p.query.is_cuda();
   auto opts = p.query.options();
@@ -494,8 +543,7 @@ std::tuple<Tensor, Tensor> ring_band(const Tensor& query, const OptTensor& keys,
     auto* prefix_ptr = reinterpret_cast<uint32_t*>(prefix.data_ptr<int32_t>());
     for (int shift = 24; shift >= 0; shift -= 8) {  // one byte of the order keys per pass, from the top
       hist.zero_();
-      for_each_chunk(p, r0, r0 + rows, [&](int64_t c0, int64_t, const Tensor& s) {
-        const cc::Chunk c = as_chunk(s, r0, c0);
+      for_each_chunk(p, r0, r0 + rows, [&](int64_t, int64_t, const cc::Chunk& c) {
         if (gpu)
           CHECK_LAUNCH(cc::ring_histogram(c, p.roles, scale_ptr, prefix_ptr, shift, hist.data_ptr<int32_t>(), stream));
         else
@@ -526,20 +574,22 @@ TORCH_LIBRARY(contrastive_ops_cuda, m) {
   m.def(
       "forward(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, Tensor? pos_index, "
       "Tensor? row_labels, Tensor? col_labels, Tensor? self_index, Tensor? band_lo, Tensor? band_hi, "
-      "bool key_negatives, bool decoupled, bool column_terms, bool normalize, float? hard_beta, "
-      "bool pairwise_sigmoid, int chunk_rows, int chunk_cols) "
+      "Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, bool key_negatives, bool decoupled, "
+      "bool column_terms, bool normalize, float? hard_beta, bool pairwise_sigmoid, int chunk_rows, int chunk_cols) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor g_row_lse, Tensor g_row_pos, Tensor? g_col_lse, Tensor? g_col_pos, Tensor? g_row_lse_beta, "
       "Tensor? g_row_pair, Tensor row_lse, Tensor row_pos_count, Tensor? col_lse, Tensor? col_pos_count, "
       "Tensor? row_lse_beta, Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, "
       "Tensor? pos_index, Tensor? row_labels, Tensor? col_labels, Tensor? self_index, Tensor? band_lo, "
-      "Tensor? band_hi, bool key_negatives, bool decoupled, bool column_terms, bool normalize, float? hard_beta, "
-      "bool pairwise_sigmoid, int chunk_rows, int chunk_cols) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? band_hi, Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, bool key_negatives, "
+      "bool decoupled, bool column_terms, bool normalize, float? hard_beta, bool pairwise_sigmoid, int chunk_rows, "
+      "int chunk_cols) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "ring_band(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? pos_index, Tensor? row_labels, "
-      "Tensor? col_labels, Tensor? self_index, bool key_negatives, bool normalize, float outer, float inner, "
-      "int chunk_rows, int chunk_cols) -> (Tensor, Tensor)");
+      "Tensor? col_labels, Tensor? self_index, Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, "
+      "bool key_negatives, bool normalize, float outer, float inner, int chunk_rows, int chunk_cols) "
+      "-> (Tensor, Tensor)");
   m.def("built_archs() -> str", &built_archs);
 }
 

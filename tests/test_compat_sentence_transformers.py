@@ -7,6 +7,7 @@ import peers
 import pytest
 import torch
 from conftest import assert_close_rel
+from tiny_models import tiny_bert
 
 from contrastive_ops.backends import chunked
 
@@ -239,30 +240,6 @@ GIST_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "gree
               "road", "sky", "sun", "moon", "runs", "fast", "slow", "big", "small", "old", "new"]
 
 
-def _bert(path, words, hidden):
-    """A one-layer BERT with a word-level vocabulary, saved to ``path`` and loaded as a SentenceTransformer
-    (GIST needs models with a transformers tokenizer; nothing is downloaded)."""
-    from sentence_transformers.sentence_transformer.modules import Transformer
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                        sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(words) + 5, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    transformer = Transformer(str(path), max_seq_length=16)
-    model = SentenceTransformer(modules=[transformer, Pooling(hidden, "mean")], device="cpu")
-    return model.double()
-
-
 def _gist_gap(guide, features, margin_strategy, margin):
     """The smallest distance of a guide similarity to its row's threshold over the pairs the filter
     decides (all but each anchor's positive), in float64: the decision is discontinuous there."""
@@ -279,9 +256,9 @@ def _gist_gap(guide, features, margin_strategy, margin):
 @pytest.fixture(scope="module")
 def gist_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("gist")
-    model = _bert(root / "model", GIST_WORDS, 16)
-    same_vocab_guide = _bert(root / "guide", GIST_WORDS, 8)
-    other_vocab_guide = _bert(root / "other", GIST_WORDS[::-1] + ["zebra"], 8)  # re-tokenizes
+    model = tiny_bert(root / "model", GIST_WORDS, 16)
+    same_vocab_guide = tiny_bert(root / "guide", GIST_WORDS, 8)
+    other_vocab_guide = tiny_bert(root / "other", GIST_WORDS[::-1] + ["zebra"], 8)  # re-tokenizes
     return model, {"same_vocab": same_vocab_guide, "other_vocab": other_vocab_guide}
 
 

@@ -46,11 +46,12 @@ def _ops():
 
 
 def _forward(query, keys=None, extra=None, scale=None, bias=None, pos_index=None, row_labels=None, col_labels=None,
-             self_index=None, band_lo=None, band_hi=None, column_terms=False, hard_beta=None, pairwise_sigmoid=False,
-             chunks=(16, 16)):
+             self_index=None, band_lo=None, band_hi=None, guide_rows=None, guide_cols=None, guide_max=None,
+             column_terms=False, hard_beta=None, pairwise_sigmoid=False, chunks=(16, 16)):
     scale = torch.tensor(2.0) if scale is None else scale
     return _ops().forward(query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
-                          band_hi, True, False, column_terms, True, hard_beta, pairwise_sigmoid, *chunks)
+                          band_hi, guide_rows, guide_cols, guide_max, True, False, column_terms, True, hard_beta,
+                          pairwise_sigmoid, *chunks)
 
 
 def test_plain_import_never_loads_the_extension():
@@ -81,6 +82,8 @@ def test_extension_loads_with_its_operators(ext):
     assert "float? hard_beta, bool pairwise_sigmoid, int chunk_rows, int chunk_cols" in schemas["forward"]
     assert "Tensor? g_row_lse_beta, Tensor? g_row_pair" in schemas["backward"]
     assert "float outer, float inner, int chunk_rows, int chunk_cols" in schemas["ring_band"]
+    guide = "Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, bool key_negatives"
+    assert all(guide in schema for schema in schemas.values()), schemas
     assert co.backend_status("cuda")[1] == "it runs on CUDA tensors only, these are on cpu"
 
 
@@ -99,6 +102,12 @@ def test_float64_is_a_type_error_pointing_at_chunked(ext):
 
 
 I64 = torch.arange(8)
+GUIDE = {"guide_rows": torch.randn(8, 3), "guide_cols": torch.randn(8, 3), "guide_max": torch.zeros(8)}
+
+
+def _guide(**changed):
+    return {"query": X, "keys": Y, **GUIDE, **changed}
+
 
 
 @pytest.mark.parametrize(
@@ -126,6 +135,18 @@ I64 = torch.arange(8)
         ({"query": X, "keys": Y, "hard_beta": -0.5}, ValueError, "hard_beta must be >= 0, got -0.5"),
         ({"query": X, "keys": Y, "hard_beta": 1.0, "column_terms": True}, ValueError, "does not combine with column_terms"),
         ({"query": X, "keys": Y, "chunks": (0, 16)}, ValueError, "chunk_rows and chunk_cols must be positive"),
+        (_guide(guide_max=None), ValueError, r"guide_rows, guide_cols and guide_max go together \(2 of the three"),
+        (_guide(guide_rows=torch.ones(8, 3, dtype=torch.long)), TypeError, "guide_rows must be floating point, got Long"),
+        (_guide(guide_max=torch.zeros(8, dtype=torch.int32)), TypeError, "guide_max must be floating point, got Int"),
+        (_guide(guide_rows=GUIDE["guide_rows"].double()), TypeError,
+         "guide_rows is Double: backend='cuda' compares guide similarities in fp32.*backend='chunked'"),
+        (_guide(guide_rows=torch.randn(3)), ValueError, r"guide_rows must be 2-D \[rows, features\], got shape \[3\]"),
+        (_guide(guide_rows=torch.randn(5, 3)), ValueError,
+         r"guide_rows must have one row per query row \(8\), got shape \[5, 3\]"),
+        (_guide(extra=torch.randn(3, 4)), ValueError,
+         r"guide_cols must have one row per column, keys then extra \(11\), got shape \[8, 3\]"),
+        (_guide(guide_cols=torch.randn(8, 2)), ValueError, "guide feature dims differ: guide_rows has 3, guide_cols has 2"),
+        (_guide(guide_max=torch.zeros(5)), ValueError, r"guide_max must have shape \[8\], got \[5\]"),
     ],
 )
 def test_operator_argument_checks(ext, kwargs, error, match):
@@ -137,14 +158,33 @@ def test_backward_and_ring_argument_checks(ext):
     f32 = torch.zeros(8)
     with pytest.raises(ValueError, match=r"g_row_lse must have shape \[8\], got \[3\]"):
         _ops().backward(torch.zeros(3), f32, None, None, None, None, f32, I64, None, None, None, X, Y, None,
-                        torch.tensor(1.0), None, I64, None, None, None, None, None, True, False, False, True, None,
-                        False, 16, 16)
+                        torch.tensor(1.0), None, I64, None, None, None, None, None, None, None, None, True, False,
+                        False, True, None, False, 16, 16)
     with pytest.raises(ValueError, match="hard_beta needs g_row_lse_beta and row_lse_beta"):
         _ops().backward(f32, f32, None, None, None, None, f32, I64, None, None, None, X, Y, None,
-                        torch.tensor(1.0), None, I64, None, None, None, None, None, True, False, False, True, 1.0,
-                        False, 16, 16)
+                        torch.tensor(1.0), None, I64, None, None, None, None, None, None, None, None, True, False,
+                        False, True, 1.0, False, 16, 16)
+    with pytest.raises(ValueError, match=r"guide_cols must have one row per column, keys then extra \(8\)"):
+        _ops().backward(f32, f32, None, None, None, None, f32, I64, None, None, None, X, Y, None,
+                        torch.tensor(1.0), None, I64, None, None, None, None, None, GUIDE["guide_rows"],
+                        torch.randn(6, 3), GUIDE["guide_max"], True, False, False, True, None, False, 16, 16)
     with pytest.raises(ValueError, match="outer must be in"):
-        _ops().ring_band(X, Y, None, torch.tensor(1.0), I64, None, None, None, True, True, 1.5, 0.0, 16, 16)
+        _ops().ring_band(X, Y, None, torch.tensor(1.0), I64, None, None, None, None, None, None, True, True, 1.5, 0.0,
+                         16, 16)
+    with pytest.raises(ValueError, match="guide_rows, guide_cols and guide_max go together"):
+        _ops().ring_band(X, Y, None, torch.tensor(1.0), I64, None, None, None, GUIDE["guide_rows"], None, None, True,
+                         True, 0.5, 0.0, 16, 16)
+
+
+def test_float64_guides_are_compared_as_fp32_copies(ext):
+    """As on the Triton backend: the same terms as fp32 guides give (integer guides: exact products)."""
+    guide = {"guide_rows": torch.randint(-2, 3, (8, 3)).float(), "guide_cols": torch.randint(-2, 3, (8, 3)).float(),
+             "guide_max": torch.randint(-3, 4, (8,)).float() + 0.5}
+    spec32 = RoleSpec(pos_index=I64, **guide)
+    spec64 = RoleSpec(pos_index=I64, **{name: g.double() for name, g in guide.items()})
+    for a, b in zip(ext.compute_terms(X, Y, None, 2.0, spec32, allow_cpu=True),
+                    ext.compute_terms(X, Y, None, 2.0, spec64, allow_cpu=True)):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_fake_implementations_give_shapes_and_dtypes(ext):
@@ -164,6 +204,11 @@ def test_fake_implementations_give_shapes_and_dtypes(ext):
         pairs = ext.compute_terms(q, k, None, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"),
                                                              pairwise_sigmoid=True), bias=-1.0)
         assert pairs.row_pair_loss.shape == (7,) and pairs.row_lse_beta is None
+        guide = {"guide_rows": torch.randn(7, 4, device="cuda", dtype=torch.bfloat16),
+                 "guide_cols": torch.randn(8, 4, device="cuda"), "guide_max": torch.zeros(7, device="cuda")}
+        guided = ext.compute_terms(q, k, e, 2.0, RoleSpec(pos_index=torch.arange(7, device="cuda"), ring=(0.5, 0.1),
+                                                          **guide))
+        assert guided.row_lse.shape == (7,) and guided.row_den_count.dtype == torch.int64
 
 
 def test_every_role_runs_no_loss_is_refused(ext):
@@ -187,6 +232,12 @@ def test_autograd_gives_every_input_a_gradient_of_its_shape(ext):
     pairs = ext.compute_terms(q, k[:7] if k.shape[0] >= 7 else q, None, scale,
                               RoleSpec(pos_index=torch.arange(7, device="meta"), pairwise_sigmoid=True), bias=bias)
     assert [tuple(g.shape) for g in torch.autograd.grad(pairs.row_pair_loss.sum(), [q, scale, bias])] == [(7, 12), (), ()]
+    guide = torch.randn(7, 4, device="meta", requires_grad=True)  # no gradient flows to a guide
+    guided = ext.compute_terms(q, k, e, scale, RoleSpec(pos_index=torch.arange(7, device="meta"), column_terms=True,
+                                                        guide_rows=guide, guide_cols=torch.randn(8, 4, device="meta"),
+                                                        guide_max=torch.zeros(7, device="meta")))
+    grads = torch.autograd.grad(guided.row_lse.sum() + guided.col_lse.sum(), [q, k, e, guide], allow_unused=True)
+    assert [None if g is None else tuple(g.shape) for g in grads] == [(7, 12), (5, 12), (3, 12), None]
 
 
 def test_info_reports_the_extension(ext):
