@@ -658,6 +658,30 @@ def gist_loss(
     Returns:
         a scalar, or ``[B]`` per-anchor losses with ``reduction="none"``.
     """
+    t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
+                    margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
+    gather = None
+    if process_group is not None:
+        gather = (lambda x: dist_.gather_rows(x, process_group), dist_.offset(anchor.shape[0], process_group))
+    return _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy,
+                      margin, contrast_anchors, contrast_positives, reduction, backend, gather)
+
+
+def _gist_loss(anchor, positive, negative=None, *, anchor_guide, positive_guide, negative_guide=None,
+               temperature=0.01, margin_strategy="absolute", margin=0.0, contrast_anchors=True,
+               contrast_positives=True, reduction="mean", backend="auto", gather=None):
+    """:func:`gist_loss` (the same checks) with a gather of the caller's: ``gather = (gather_fn, offset)``,
+    ``gather_fn(x)`` every rank's rows of ``x`` with their gradients and ``offset`` this rank's first
+    anchor among them (sentence-transformers' own helpers, for its compat classes); None: no gather."""
+    t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
+                    margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
+    return _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy,
+                      margin, contrast_anchors, contrast_positives, reduction, backend, gather)
+
+
+def _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
+                margin_strategy, margin, contrast_anchors, contrast_positives, reduction):
+    """The checks of :func:`gist_loss`; returns the temperature."""
     C.check_features("anchor", anchor)
     C.check_features("positive", positive)
     if negative is not None:
@@ -691,11 +715,17 @@ def gist_loss(
     C.check_bool("contrast_anchors", contrast_anchors)
     C.check_bool("contrast_positives", contrast_positives)
     C.check_reduction(reduction)
+    return t
 
+
+def _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy, margin,
+               contrast_anchors, contrast_positives, reduction, backend, gather):
+    """GISTEmbed's per-anchor losses as two core calls: anchors against ``[positives; anchors; negatives]``
+    and each anchor's own positive against the positives, both under the anchor's guide limit."""
     batch = anchor.shape[0]
-    gather = (lambda x: x) if process_group is None else (lambda x: dist_.gather_rows(x, process_group))
-    positives, positive_guides = gather(positive), gather(_unit_guide(positive_guide))
-    local = torch.arange(batch, device=anchor.device) + dist_.offset(batch, process_group)
+    gather_fn, offset = gather if gather is not None else ((lambda x: x), 0)
+    positives, positive_guides = gather_fn(positive), gather_fn(_unit_guide(positive_guide))
+    local = torch.arange(batch, device=anchor.device) + offset
     unit_anchor_guide = _unit_guide(anchor_guide)
     own_guide = (unit_anchor_guide * positive_guides[local]).sum(dim=1)  # the guide's g_i
     limit = own_guide - (margin if margin_strategy == "absolute" else own_guide.abs() * margin)
@@ -705,8 +735,8 @@ def gist_loss(
         columns.append(anchor)
         column_guides.append(unit_anchor_guide)
     if negative is not None:
-        columns.append(gather(negative))
-        column_guides.append(gather(_unit_guide(negative_guide)))
+        columns.append(gather_fn(negative))
+        column_guides.append(gather_fn(_unit_guide(negative_guide)))
     spec = RoleSpec(pos_index=local, guide_rows=unit_anchor_guide, guide_cols=torch.cat(column_guides),
                     guide_max=limit)
     terms = _compute(anchor, torch.cat(columns) if len(columns) > 1 else positives, None, 1.0 / t, spec, backend)

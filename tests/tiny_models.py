@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def tiny_bert(path, words, hidden, dtype=torch.float64):
-    """A one-layer BERT (random weights, ``hidden`` wide, mean pooling) with a word-level tokenizer over
+def tiny_bert(path, words, hidden, dtype=torch.float64, *, layers=1, dropout=0.0):
+    """A BERT of ``layers`` layers (random weights, ``hidden`` wide, ``dropout``, mean pooling) with a word-level tokenizer over
     ``words``, saved to ``path`` and loaded as a SentenceTransformer: a model with a transformers
     tokenizer (as GIST needs) that needs no download."""
     from sentence_transformers import SentenceTransformer
@@ -21,9 +21,9 @@ def tiny_bert(path, words, hidden, dtype=torch.float64):
     core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                         sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(words) + 5, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=32, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     transformer = Transformer(str(path), max_seq_length=16)

@@ -16,8 +16,10 @@ Every direction and partition mode is exact:
 * ``partition_mode="joint"``: one softmax over all of them — the log-sum-exp of the directions'
   row log-sum-exps, each from its own tiled pass; ``"per_direction"``: their mean.
 
-``gather_across_devices`` gathers every rank's rows with their gradients (as the peer: this rank's
-anchors against all ranks' candidates). Another ``similarity_fct`` runs the peer's own code, after a
+``gather_across_devices`` gathers every rank's rows with their gradients by the peer's own
+``all_gather_with_grad`` and ``get_rank`` (this rank's anchors against all ranks' candidates, as the
+peer), so a gather the peer's code would use is ours too. The loss comes back in the embeddings'
+dtype, as the peer's (computed in fp32). Another ``similarity_fct`` runs the peer's own code, after a
 one-time warning.
 
 A ``hardness_mode`` with ``hardness_strength = α > 0`` adds ``α·sim`` (detached) to the query_to_doc
@@ -39,14 +41,14 @@ decided tile by tile, so no ``[B, (2 + K)·B]`` score or guide matrix is built.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 import torch
 from torch import Tensor
 
-from .. import distributed as dist_
 from ..core import RoleSpec
-from ..functional import _compute, gist_loss
+from ..functional import _compute, _gist_loss
 
 try:
     from sentence_transformers import util as _st_util
@@ -79,12 +81,15 @@ def _normalize_for(similarity_fct):
     return None
 
 
-def _gather(x: Tensor) -> Tensor:
-    """Every rank's rows in rank order with their gradients, or ``x`` outside a process group (as
-    the peer, which then gathers nothing)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return x
-    return dist_.gather_rows(x, None)
+def _peer_distributed(cls) -> tuple:
+    """``(all_gather_with_grad, get_rank)`` as the peer's module of ``cls`` names them now (so that
+    whatever the peer's code would gather with, ours does too), sentence-transformers' own otherwise."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("sentence_transformers."):
+            module = sys.modules[base.__module__]
+            return (getattr(module, "all_gather_with_grad", _st_util.all_gather_with_grad),
+                    getattr(module, "get_rank", _st_util.get_rank))
+    return _st_util.all_gather_with_grad, _st_util.get_rank
 
 
 def _row_lse(terms) -> Tensor:
@@ -120,7 +125,7 @@ def _own_similarities(queries: Tensor, docs: list[Tensor], normalize: bool) -> T
 def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool = True,
                  directions=("query_to_doc",), partition_mode: str = "joint", gather_across_devices: bool = False,
                  hardness_mode: str | None = None, hardness_strength: float = 0.0,
-                 backend: str = "auto") -> Tensor:
+                 backend: str = "auto", distributed: tuple | None = None) -> Tensor:
     """sentence-transformers' multiple-negatives ranking loss from embeddings, on the fused core.
 
     Args:
@@ -130,15 +135,19 @@ def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool 
         normalize: cosine similarity (True) or dot product (False).
         directions, partition_mode, gather_across_devices, hardness_mode, hardness_strength: as
             ``MultipleNegativesRankingLoss`` (the mode is ignored where the strength is 0).
+        distributed: ``(all_gather_with_grad, get_rank)`` for ``gather_across_devices``;
+            sentence-transformers' own by default (every rank's rows with their gradients, this rank's
+            queries at offset ``rank · B``; outside a process group they gather nothing).
     Returns:
         the mean over this rank's queries of ``log Z_i − scale·sim(q_i, d_i)`` (fp32 for half inputs).
     """
     batch = queries.shape[0]
     offset = 0
     if gather_across_devices:
-        queries = _gather(queries)
-        docs = [_gather(d) for d in docs]
-        offset = torch.distributed.get_rank() * batch if queries.shape[0] != batch else 0
+        gather, get_rank = distributed or (_st_util.all_gather_with_grad, _st_util.get_rank)
+        queries = gather(queries)
+        docs = [gather(d) for d in docs]
+        offset = get_rank() * batch
     world_batch = queries.shape[0]
     docs_all = torch.cat(docs, dim=0) if len(docs) > 1 else docs[0]
     local = torch.arange(offset, offset + batch, device=queries.device)
@@ -212,10 +221,12 @@ class _Fused:
         return normalize
 
     def _fused_loss(self, queries, docs, normalize):
-        return ranking_loss(queries, docs, scale=self.scale, normalize=normalize, directions=self.directions,
+        """The loss, in the embeddings' dtype as the peer's (computed in fp32 for half embeddings)."""
+        loss = ranking_loss(queries, docs, scale=self.scale, normalize=normalize, directions=self.directions,
                             partition_mode=self.partition_mode, gather_across_devices=self.gather_across_devices,
                             hardness_mode=self.hardness_mode, hardness_strength=self.hardness_strength,
-                            backend=self.backend)
+                            backend=self.backend, distributed=_peer_distributed(type(self)))
+        return loss.to(queries.dtype)
 
 
 class MultipleNegativesRankingLoss(_Fused, _st_losses.MultipleNegativesRankingLoss):
@@ -256,13 +267,6 @@ class CachedMultipleNegativesRankingLoss(_Fused, _st_losses.CachedMultipleNegati
         return loss
 
 
-def _world_group(gather: bool):
-    """The default process group where ``gather_across_devices`` asks for it and one exists."""
-    if gather and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.group.WORLD
-    return None
-
-
 class _FusedGIST:
     """What the GIST classes share: the loss of one batch's embeddings and the guide's."""
 
@@ -271,11 +275,16 @@ class _FusedGIST:
     def _gist(self, embeddings: list[Tensor], guides: list[Tensor]) -> Tensor:
         negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
         negative_guides = torch.cat(guides[2:]) if len(guides) > 2 else None
-        return gist_loss(embeddings[0], embeddings[1], negatives, anchor_guide=guides[0], positive_guide=guides[1],
-                         negative_guide=negative_guides, temperature=self.temperature,
-                         margin_strategy=self.margin_strategy, margin=self.margin,
-                         contrast_anchors=self.contrast_anchors, contrast_positives=self.contrast_positives,
-                         backend=self.backend, process_group=_world_group(self.gather_across_devices))
+        gather = None
+        if self.gather_across_devices:  # gathered as the peer would, this rank's anchors at rank · B
+            gather_fn, get_rank = _peer_distributed(type(self))
+            gather = (gather_fn, get_rank() * embeddings[0].shape[0])
+        loss = _gist_loss(embeddings[0], embeddings[1], negatives, anchor_guide=guides[0], positive_guide=guides[1],
+                          negative_guide=negative_guides, temperature=self.temperature,
+                          margin_strategy=self.margin_strategy, margin=self.margin,
+                          contrast_anchors=self.contrast_anchors, contrast_positives=self.contrast_positives,
+                          backend=self.backend, gather=gather)
+        return loss.to(embeddings[0].dtype)
 
 
 class GISTEmbedLoss(_FusedGIST, _st_losses.GISTEmbedLoss):
