@@ -117,8 +117,9 @@ def main() -> int:
 
     commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip() or "unknown"
-    lines = [f"sentence-transformers {sentence_transformers.__version__} installed, contrastive_ops "
-             f"{contrastive_ops.__version__} at {commit}; tests from {args.source or args.checkout}",
+    header = (f"sentence-transformers {sentence_transformers.__version__} installed, contrastive_ops "
+              f"{contrastive_ops.__version__} at {commit}; tests from {args.source or args.checkout}")
+    lines = [header,
              "", "| test | peer's classes | contrastive_ops' classes | note |", "|---|---|---|---|"]
     counts: dict = {}
     for test in tests:
