@@ -160,11 +160,15 @@ def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
     g_own = _grads(torch_own.sum(), tensors)
     g_ours = _grads(ours.sum(), tensors)
     g_ref = _grads(expected.sum(), ref_tensors)
+    # the gradients come back in the dtype: rounding them to it alone costs up to half its ulp, which
+    # for bf16 (2^-9 relative) exceeds 1e-3; a draw where naive's own error happens to be far below that
+    # must not fail on rounding
+    rounding = max(1e-3, torch.finfo(dtype).eps / 2)
     for nm, a, b, r in zip(case.names, g_ours, g_own, g_ref):
         assert a.dtype == dtype
         our_err = (a.double() - r).abs().max().item()
         own_err = (b.double() - r).abs().max().item()
-        assert our_err <= 2 * own_err + 1e-3 * r.abs().max().item(), (nm, our_err, own_err)
+        assert our_err <= 2 * own_err + rounding * r.abs().max().item(), (nm, our_err, own_err)
 
 
 # ---------------------------------------------------------------------------------------------

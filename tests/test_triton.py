@@ -236,8 +236,8 @@ def test_row_products_only_when_a_gradient_is_needed(seed):
     row products, and the keys' gradient is still right."""
     q, k = (torch.randn(21, 24, device=DEVICE) for _ in range(2))
     ops = torch.ops.contrastive_ops
-    args = (q, k, None, torch.tensor(5.0), None, torch.arange(21), None, None, None, None, None, True, False, False,
-            True, None, False, TileConfig(16, 16, 32, 1, 1, 2).as_list())
+    args = (q, k, None, torch.tensor(5.0), None, torch.arange(21), None, None, None, None, None, None, None, None, True,
+            False, False, True, None, False, TileConfig(16, 16, 32, 1, 1, 2).as_list())
     assert ops.tiled_forward(*args, True)[10].shape == (21, 24)
     assert ops.tiled_forward(*args, False)[10].numel() == 0
     key = k.clone().requires_grad_(True)
@@ -324,31 +324,40 @@ def test_custom_ops_pass_torch_library_opcheck(seed):
     pos = torch.arange(18, device=DEVICE)
     config = TileConfig(16, 16, 16, 1, 1, 2).as_list()
     ops = torch.ops.contrastive_ops
-    band = ops.ring_band(q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None, True, True,
-                         0.5, 0.2, config)
+    no_guide = (None, None, None)
+    band = ops.ring_band(q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None, *no_guide, True,
+                         True, 0.5, 0.2, config)
     torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
-                                          True, True, 0.5, 0.2, config))
+                                          *no_guide, True, True, 0.5, 0.2, config))
+    # integer guides, limits at half-integers: [rows, columns (keys then queue), limits]
+    guide = (torch.randint(-2, 3, (18, 5), device=DEVICE).float(), torch.randint(-2, 3, (25, 5), device=DEVICE).float(),
+             torch.randint(-3, 4, (18,), device=DEVICE).float() + 0.5)
+    torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
+                                          *guide, True, True, 0.5, 0.2, config))
     bias = torch.tensor(-2.0, device=DEVICE, requires_grad=True)
     labels = torch.arange(18, device=DEVICE) % 4
     for args in [
         # symmetric with a queue and false-negative masking by labels
-        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, True, True, None, False, config,
-         True),
+        (q, k, e, scale, None, pos, None, labels, labels, None, None, *no_guide, True, False, True, True, None, False,
+         config, True),
         # rows only with a queue and label masking: the forward's row-gradient products
-        (q, k, e, scale, None, pos, None, labels, labels, None, None, True, False, False, True, None, False, config,
-         True),
+        (q, k, e, scale, None, pos, None, labels, labels, None, None, *no_guide, True, False, False, True, None, False,
+         config, True),
         # keys shared with the queries, decoupled, hard negatives
-        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, 0.5, False, config,
-         False),
+        (q, None, None, scale, None, pos, pos, None, None, None, None, *no_guide, True, True, False, False, 0.5, False,
+         config, False),
         # keys shared with the queries, decoupled (nt_xent-like rows): row-gradient products
-        (q, None, None, scale, None, pos, pos, None, None, None, None, True, True, False, False, None, False, config,
-         True),
+        (q, None, None, scale, None, pos, pos, None, None, None, None, *no_guide, True, True, False, False, None, False,
+         config, True),
         # a Ring band
-        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], True, False, False, True, None, False, config,
-         True),
+        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], *no_guide, True, False, False, True, None,
+         False, config, True),
         # pairwise sigmoid with a bias
-        (q, k, None, scale, bias, pos, None, None, None, None, None, True, False, False, False, None, True, config,
-         False),
+        (q, k, None, scale, bias, pos, None, None, None, None, None, *no_guide, True, False, False, False, None, True,
+         config, False),
+        # a guide (GISTEmbed's role) with column terms and a queue
+        (q, k, e, scale, None, pos, None, None, None, None, None, *guide, True, False, True, True, None, False, config,
+         True),
     ]:
         torch.library.opcheck(ops.tiled_forward, args)
 
