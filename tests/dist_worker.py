@@ -35,6 +35,21 @@ def sentence_transformers_losses():
     return losses, sentence_transformers
 
 
+def gist_like(cls, projection, margin_strategy, margin):
+    """A GISTEmbedLoss of ``cls`` without models (as sentence-transformers' own tests build one): the
+    model returns the embeddings carried by the features, the guide their projection."""
+    obj = cls.__new__(cls)
+    torch.nn.Module.__init__(obj)
+    obj.temperature, obj.margin_strategy, obj.margin = 0.05, margin_strategy, margin
+    obj.similarity_fct = torch.nn.CosineSimilarity(dim=-1)
+    obj.contrast_anchors = obj.contrast_positives = obj.gather_across_devices = True
+    obj.must_retokenize = False
+    obj.cross_entropy_loss = torch.nn.CrossEntropyLoss()
+    obj.model = lambda f: {"sentence_embedding": f["sentence_embedding"]}
+    obj.guide = lambda f: {"sentence_embedding": f["sentence_embedding"] @ projection}
+    return obj
+
+
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
@@ -144,6 +159,26 @@ def main():
             g_ours, g_peer = torch.autograd.grad(ours, ours_in), torch.autograd.grad(peer, peer_in)
             results[f"sentence_transformers_{name}"] = {
                 "loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
+        # GIST: a guide that projects the embeddings (the same on every rank); positives and negatives
+        # gathered, anchors local; the class (fake models, as the peer's own tests build it) and gist_loss
+        projection = torch.randn(D, 4, dtype=torch.float64)
+        for margin_strategy, margin in (("absolute", 0.1), ("relative", 0.05)):
+            ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True),
+                       docs_in[mine].clone().requires_grad_(True)]
+            peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+            features = lambda xs: [{"sentence_embedding": x} for x in xs]
+            peer = gist_like(st_peer.GISTEmbedLoss, projection, margin_strategy, margin)(features(peer_in), None)
+            ours = gist_like(st_ours.GISTEmbedLoss, projection, margin_strategy, margin)(features(ours_in), None)
+            fn_in = [t.detach().clone().requires_grad_(True) for t in ours_in]
+            functional = co.gist_loss(*fn_in, anchor_guide=fn_in[0].detach() @ projection,
+                                      positive_guide=fn_in[1].detach() @ projection,
+                                      negative_guide=fn_in[2].detach() @ projection, temperature=0.05,
+                                      margin_strategy=margin_strategy, margin=margin, process_group=group)
+            g_peer = torch.autograd.grad(peer, peer_in)
+            for key, loss, inputs in (("gist", ours, ours_in), ("gist_loss", functional, fn_in)):
+                grads = torch.autograd.grad(loss, inputs)
+                results[f"sentence_transformers_{key}_{margin_strategy}"] = {
+                    "loss": rel_err(loss, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(grads, g_peer))}}
 
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)

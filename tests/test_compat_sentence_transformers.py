@@ -89,8 +89,7 @@ HARDNESS = ["hard_negatives", "in_batch_negatives", "all_negatives"]
 @pytest.mark.parametrize("similarity", ["cos_sim", "dot_score"])
 @pytest.mark.parametrize("hard_negatives", [0, 1, 3])
 @pytest.mark.parametrize("mode", HARDNESS)
-@pytest.mark.parametrize(("directions", "partition_mode"), [(("query_to_doc",), "joint"), (ALL, "joint"),
-                                                            (("query_to_doc", "doc_to_query"), "per_direction")])
+@pytest.mark.parametrize(("directions", "partition_mode"), MODES)
 def test_mnrl_hardness_modes(mode, hard_negatives, directions, partition_mode, similarity, backend, seed, fused_only):
     """The detached penalty ``α·sim`` on the fused path: the penalized class at scale ``s + α`` with
     its gradients scaled back to ``s``."""

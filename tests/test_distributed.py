@@ -27,7 +27,9 @@ EXPECTED = ["info_nce_queue", "info_nce_symmetric", "clip", "nt_xent", "dcl", "s
             "lightly_ntxent", "lightly_dcl", "info_nce_labels", "clip_labels", "ring_labels", "hard_negative",
             "debiased", "siglip", "open_clip_siglip_bidir", "open_clip_siglip_gather"]
 ST_EXPECTED = [f"sentence_transformers_{name}" for name in ("mnrl_1", "mnrl_4", "mnrl_hard_negatives",
-                                                           "mnrl_in_batch_negatives", "mnrl_all_negatives")]
+                                                           "mnrl_in_batch_negatives", "mnrl_all_negatives",
+                                                           "gist_absolute", "gist_relative", "gist_loss_absolute",
+                                                           "gist_loss_relative")]
 
 
 @pytest.mark.parametrize("check", EXPECTED + ST_EXPECTED)
