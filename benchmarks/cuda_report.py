@@ -7,7 +7,10 @@ this report cannot inspect), its epilogues our kernels (``csrc/epilogue.cu``). T
 here by nvcc for sm_90a with ``-Xptxas -v`` (registers, spills, shared memory) and read with
 cuobjdump: the instructions and MUFU operations per pair, from the largest innermost loop that loads
 from global memory (the per-pair loop, unrolled :data:`PAIR_UNROLL` times in ``epilogue.cu``;
-where the compiler versions a loop, the larger version counts).
+where the compiler versions a loop, the larger version counts). Kernels of the plain feature sets
+also have a plain-quad loop (128-bit loads, :data:`QUAD_PAIRS` pairs per iteration, the role tests
+of a quad that is not plain out of line): its instructions per pair are reported beside, and the
+model charges them, since nearly every pair of a large plain batch is in a plain quad.
 
 The model (every figure *modeled*) charges, per launch group of a forward + backward:
 
@@ -38,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 ARCH = "90a"
 PAIR_UNROLL = 4  # CO_PAIR_LOOP in csrc/epilogue.cu
+QUAD_PAIRS = 4 * 2  # CO_QUAD_LOOP: a float4 of pairs per step, unrolled twice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,8 @@ class EpilogueStats:
     instructions: int  # the whole kernel's SASS
     per_pair: int  # SASS instructions of one pair (the innermost per-pair loop's body)
     mufu_per_pair: int
+    quad_per_pair: int | None = None  # the plain-quad loop's, where the kernel has one
+    quad_mufu_per_pair: int | None = None
 
 
 def _nvcc() -> str:
@@ -103,12 +109,19 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
         # the per-pair loop: an innermost loop that loads from global memory (the butterfly and the
         # histogram's shared-memory loops load nothing from it)
         inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
-        pair_loops = [lp for lp in inner if any(i[1] == "LDG" for i in inside(lp))]
+        def wide(lp):
+            return any(i[1] == "LDG" and ".128" in i[2] for i in inside(lp))
+
+        pair_loops = [lp for lp in inner if any(i[1] == "LDG" for i in inside(lp)) and not wide(lp)]
+        quad_loops = [lp for lp in inner if wide(lp)]
         body_ins = inside(max(pair_loops, key=lambda lp: len(inside(lp)))) if pair_loops else []
+        quad_ins = inside(max(quad_loops, key=lambda lp: len(inside(lp)))) if quad_loops else None
         regs, spills, smem = resources.get(mangled, (0, 0, 0))
-        stats[label] = EpilogueStats(label, regs, spills, smem, "none", len(instructions),
-                                     round(len(body_ins) / PAIR_UNROLL),
-                                     round(sum(1 for i in body_ins if i[1] == "MUFU") / PAIR_UNROLL))
+        stats[label] = EpilogueStats(
+            label, regs, spills, smem, "none", len(instructions), round(len(body_ins) / PAIR_UNROLL),
+            round(sum(1 for i in body_ins if i[1] == "MUFU") / PAIR_UNROLL),
+            None if quad_ins is None else round(len(quad_ins) / QUAD_PAIRS, 1),
+            None if quad_ins is None else round(sum(1 for i in quad_ins if i[1] == "MUFU") / QUAD_PAIRS, 1))
     return stats
 
 
@@ -141,10 +154,19 @@ def _epilogue(stats: dict, name: str) -> EpilogueStats:
     return stats[generic]
 
 
+def _charged(e: EpilogueStats) -> tuple[float, float]:
+    """(instructions, MUFU) per pair the model charges: the plain-quad loop's where the kernel has one
+    (the modeled workloads of those feature sets are plain batches: nearly every pair in a plain quad)."""
+    if e.quad_per_pair is not None:
+        return e.quad_per_pair, e.quad_mufu_per_pair
+    return e.per_pair, e.mufu_per_pair
+
+
 def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: kr.Device) -> dict:
     per_sm = device.sms * device.clock_hz
-    parts = {"issue_ms": pairs / 32 * e.per_pair / (device.issue_per_clock * per_sm) * 1e3,
-             "mufu_ms": pairs * e.mufu_per_pair / (device.mufu_per_clock * per_sm) * 1e3,
+    per_pair, mufu_per_pair = _charged(e)
+    parts = {"issue_ms": pairs / 32 * per_pair / (device.issue_per_clock * per_sm) * 1e3,
+             "mufu_ms": pairs * mufu_per_pair / (device.mufu_per_clock * per_sm) * 1e3,
              "memory_ms": dram_bytes / device.dram_bytes_s * 1e3, "mma_ms": 0.0}
     bound = max(parts, key=parts.get)
     return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
@@ -176,7 +198,7 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
         out.append({"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
                     "kernel": kernel, "registers": None if e is None else e.registers,
                     "spill_bytes": None if e is None else e.spill_bytes, "mma": "cuBLAS" if e is None else e.mma,
-                    "instructions_per_pair": None if e is None else e.per_pair, "note": note, **timing})
+                    "instructions_per_pair": None if e is None else _charged(e)[0], "note": note, **timing})
 
     unit_bytes = (2 * item + 16) * (n + mt) * d
     add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
@@ -192,7 +214,9 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
     fwd = _epilogue(stats, f"rows_forward_kernel<{_feature_set(w)}>")
     add("forward: rows' LSE epilogue", _epilogue_ms(fwd, pairs, 4.0 * pairs, device), e=fwd)
     if columns:
-        colk = _epilogue(stats, f"cols_forward_kernel<{_feature_set(w) & (_FEATURES['band'] | _FEATURES['labels'])}>")
+        role_set = _feature_set(w) & (_FEATURES["band"] | _FEATURES["labels"])
+        # plain roles take the quad kernel (csrc/epilogue.cu's cols_forward launcher)
+        colk = _epilogue(stats, "cols_forward_quads_kernel" if role_set == 0 else f"cols_forward_kernel<{role_set}>")
         add("forward: columns' LSE epilogue", _epilogue_ms(colk, float(n) * m, 4.0 * n * m, device), e=colk)
     add("backward: cosines recomputed (cuBLAS, fp32 out)", s_gemm)
     bwd = _epilogue(stats, f"rows_backward_kernel<{dtype_name}, {_feature_set(w, columns)}>")
@@ -211,13 +235,14 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
 
 
 def epilogue_table(stats: dict[str, EpilogueStats]) -> str:
-    lines = ["| kernel (sm_90a) | regs | spill B | shared B | MMA | SASS | SASS/pair | MUFU/pair |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel (sm_90a) | regs | spill B | shared B | MMA | SASS | SASS/pair | MUFU/pair | plain quads: SASS/pair "
+             "| MUFU/pair |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(stats.values(), key=lambda s: s.kernel):
         if re.search(r"<(float|__half), ", e.kernel):
             continue  # the backward's fp32/fp16 variants match the bf16 one
+        quad = "| |" if e.quad_per_pair is None else f"| {e.quad_per_pair} | {e.quad_mufu_per_pair} |"
         lines.append(f"| {e.kernel} | {e.registers} | {e.spill_bytes} | {e.shared} | {e.mma} | {e.instructions} | "
-                     f"{e.per_pair} | {e.mufu_per_pair} |")
+                     f"{e.per_pair} | {e.mufu_per_pair} {quad}")
     return "\n".join(lines)
 
 

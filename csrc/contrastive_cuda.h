@@ -63,6 +63,10 @@ CO_HD ColGrad col_grad(const GradVecs& v, int64_t j) {
   return g;
 }
 
+// Whether a row pass may take plain quads (epilogue.h's plain_quad): rows 16-byte aligned (the
+// kernels load a quad as one float4) and no per-pair term that plain quads leave out.
+CO_HD bool quads(const Chunk& c, const Terms& t) { return c.ld % 4 == 0 && !t.hard && !t.sigmoid; }
+
 // The guide similarity of the chunk's pair (i, j), read only with a guide (else 0, never compared).
 CO_HD float chunk_guide(const Chunk& c, const Roles& roles, int64_t i, int64_t j) {
   return roles.guide_max != nullptr ? c.g[i * c.ld + j] : 0.0f;

@@ -15,6 +15,9 @@
 // Every per-pair loop is unrolled 4 times (four independent loads in flight per lane); the static
 // report (benchmarks/cuda_report.py) divides the unrolled body's instructions by this factor.
 #define CO_PAIR_LOOP _Pragma("unroll 4")
+// The plain-quad loops (a float4 of four pairs per lane and step) are unrolled twice: 8 pairs per
+// iteration, which the report divides by.
+#define CO_QUAD_LOOP _Pragma("unroll 2")
 
 #include "contrastive_cuda.h"
 
@@ -118,6 +121,8 @@ __global__ void acc_init_kernel(Acc* acc, int64_t count) {
   if (i < count) acc[i] = Acc();
 }
 
+__device__ __forceinline__ float4 scaled(float4 v, float s) { return make_float4(s * v.x, s * v.y, s * v.z, s * v.w); }
+
 template <int F>
 __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
                                     Acc* acc) {
@@ -131,7 +136,33 @@ __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   const RowRoles rr = row_roles(roles, row);
   const float* __restrict__ srow = c.s + i * c.ld;
   Acc a;
-  CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
+  int64_t rest = 0;  // the pairs from here on go one by one
+  if constexpr (F == 0) {
+    if (quads(c, terms)) {  // lane l takes the quads 4l, 4l + 128, ...: whole 512-byte lines per warp step
+      const QuadRoles q = quad_roles(roles, rr, c.c0, c.cols);
+      const int end = static_cast<int>(c.cols / 4 * 4);
+      int j = 4 * lane;
+      while (j < end) {
+        // the plain quads in a loop of their own; a quad that is not plain leaves it, goes pair by
+        // pair, and the loop resumes after it
+        CO_QUAD_LOOP for (; j < end; j += 128) {
+          if (!plain_quad(q, j)) break;
+          const float4 x = scaled(*reinterpret_cast<const float4*>(srow + j), s);
+          acc_push_plain4(a, x.x, x.y, x.z, x.w);
+        }
+        if (j < end) {
+          for (int k = 0; k < 4; ++k) {
+            const float x = s * srow[j + k];
+            const Pair p = pair_role(roles, rr, c.c0 + j + k, 0.0f);
+            acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
+          }
+          j += 128;
+        }
+      }
+      rest = end;
+    }
+  }
+  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) {
     const float x = s * srow[j];
     const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
     acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
@@ -158,6 +189,45 @@ __global__ void cols_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   acc[col] = acc_merge(acc[col], a);
 }
 
+// The column pass of a plain feature set on 16-byte aligned rows: a thread per quad of key columns
+// (positions 4t .. 4t + 3, coalesced float4 loads down the rows), the quads of a row that are plain
+// (plain_quad) without role tests.
+__global__ void cols_forward_quads_kernel(Chunk c, Roles roles, const float* scale, Acc* acc) {
+  const int j = 4 * static_cast<int>(blockIdx.x * kColThreads + threadIdx.x);
+  if (j >= c.cols) return;
+  Terms plain;  // the column terms are plain softmax terms
+  specialize<0>(roles, plain);
+  const float s = *scale;
+  const int width = static_cast<int>(c.cols - j < 4 ? c.cols - j : 4);
+  Acc a[4];
+  int64_t i = 0;
+  while (i < c.rows) {
+    // the rows whose quad here is plain in a loop of their own (a plain candidate's push is
+    // acc_push's, without the role test); another row's quad leaves it and goes pair by pair
+    if (width == 4) {
+      CO_QUAD_LOOP for (; i < c.rows; ++i) {
+        if (!plain_quad(quad_roles(roles, row_roles(roles, c.r0 + i), c.c0, c.cols), j)) break;
+        const float4 x = scaled(*reinterpret_cast<const float4*>(c.s + i * c.ld + j), s);
+        lse_push(a[0].lse, x.x);
+        lse_push(a[1].lse, x.y);
+        lse_push(a[2].lse, x.z);
+        lse_push(a[3].lse, x.w);
+        for (int k = 0; k < 4; ++k) a[k].den_n += 1;
+      }
+    }
+    if (i < c.rows) {
+      const RowRoles rr = row_roles(roles, c.r0 + i);
+      for (int k = 0; k < width; ++k) {
+        const float x = s * c.s[i * c.ld + j + k];
+        const Pair p = pair_role(roles, rr, c.c0 + j + k, 0.0f);
+        acc_push(a[k], plain, p, in_denominator(roles, rr, p, x), x);
+      }
+      ++i;
+    }
+  }
+  for (int k = 0; k < width; ++k) acc[c.c0 + j + k] = acc_merge(acc[c.c0 + j + k], a[k]);
+}
+
 __global__ void acc_finish_kernel(const Acc* acc, int64_t count, float* lse, float* pos, int64_t* den_n,
                                   int64_t* pos_n, float* lse_beta, float* pair) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -175,6 +245,32 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Four dS values at once (8 bytes for fp16/bf16, 16 for fp32: the row is 4-aligned with the quads).
+template <typename T>
+__device__ __forceinline__ void store_quad(T* out, float4 v) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(out) = v;
+  } else {
+    struct alignas(4 * sizeof(T)) Quad { T v[4]; };
+    *reinterpret_cast<Quad*>(out) = Quad{{from_float<T>(v.x), from_float<T>(v.y), from_float<T>(v.z),
+                                          from_float<T>(v.w)}};
+  }
+}
+
+// dL/dx of a plain quad's pairs (plain_grad), with the key columns' terms where COLUMNS.
+template <bool COLUMNS>
+__device__ __forceinline__ float4 plain_quad_grad(const RowGrad& g, const GradVecs& grads, int64_t col, float4 x) {
+  if constexpr (COLUMNS) {
+    const ColGrad c0 = col_grad(grads, col), c1 = col_grad(grads, col + 1), c2 = col_grad(grads, col + 2),
+                   c3 = col_grad(grads, col + 3);
+    return make_float4(plain_grad(g, &c0, x.x), plain_grad(g, &c1, x.y), plain_grad(g, &c2, x.z),
+                       plain_grad(g, &c3, x.w));
+  } else {
+    return make_float4(plain_grad(g, nullptr, x.x), plain_grad(g, nullptr, x.y), plain_grad(g, nullptr, x.z),
+                       plain_grad(g, nullptr, x.w));
+  }
+}
+
 template <typename T, int F>
 __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
                                      GradVecs grads, T* ds, float* row_dscale, float* row_dbias) {
@@ -191,7 +287,34 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   const float* __restrict__ srow = c.s + i * c.ld;
   T* __restrict__ drow = ds + i * c.cols;
   float dscale = 0.0f, dbias = 0.0f;
-  CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
+  int64_t rest = 0;  // the pairs from here on go one by one
+  if constexpr (F == 0 || F == kColumns) {
+    if (quads(c, terms)) {  // as the forward: lane l takes the quads 4l, 4l + 128, ...
+      const QuadRoles q = quad_roles(roles, rr, c.c0, c.cols);
+      const int end = static_cast<int>(c.cols / 4 * 4);
+      int j = 4 * lane;
+      while (j < end) {
+        CO_QUAD_LOOP for (; j < end; j += 128) {  // the plain quads (as the forward)
+          if (!plain_quad(q, j)) break;
+          const float4 cos4 = *reinterpret_cast<const float4*>(srow + j);
+          const float4 d = plain_quad_grad<F == kColumns>(g, grads, c.c0 + j, scaled(cos4, s));
+          store_quad(drow + j, scaled(d, s));
+          dscale += (d.x * cos4.x + d.y * cos4.y) + (d.z * cos4.z + d.w * cos4.w);
+        }
+        if (j < end) {
+          for (int k = 0; k < 4; ++k) {
+            const float cosine = srow[j + k];
+            const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j + k, s * cosine, 0.0f, &dbias);
+            drow[j + k] = from_float<T>(s * d);
+            dscale += d * cosine;
+          }
+          j += 128;
+        }
+      }
+      rest = end;
+    }
+  }
+  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) {
     const float cosine = srow[j];
     const float x = s * cosine;
     const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, chunk_guide(c, roles, i, j),
@@ -273,8 +396,14 @@ int rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* s
 int cols_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, Acc* acc, void* stream) {
   if (c.rows == 0 || c.cols == 0) return 0;
   // the column pass knows nothing of hard negatives or the sigmoid: only the band and labels vary
-  with_role_features(features(roles, terms, false), [&](auto f) {
-    cols_forward_kernel<decltype(f)::value>
+  const int f = features(roles, terms, false) & (kBand | kLabels | kGuide);
+  if (f == 0 && c.ld % 4 == 0) {  // plain roles on aligned rows: a thread per quad of columns
+    cols_forward_quads_kernel<<<blocks_of((c.cols + 3) / 4, kColThreads), kColThreads, 0, as_stream(stream)>>>(
+        c, roles, scale, acc);
+    return last_error();
+  }
+  with_role_features(f, [&](auto fv) {
+    cols_forward_kernel<decltype(fv)::value>
         <<<blocks_of(c.cols, kColThreads), kColThreads, 0, as_stream(stream)>>>(c, roles, terms, scale, acc);
   });
   return last_error();

@@ -93,6 +93,19 @@ CO_HD bool in_denominator(const Roles& ro, const RowRoles& r, Pair p, float x) {
 // online log-sum-exp
 // ---------------------------------------------------------------------------------------------
 
+// e^x of the softmax terms (x <= 0 after the shift by a running max or an LSE): on the device the
+// intrinsic ex2.approx of x·log2(e) (two instructions, flush-to-zero, about 2 ulp: as the Triton
+// kernels), on the host std::exp (the CPU operators' check against float64 is at 1e-5).
+CO_HD float exp_term(float x) {
+#ifdef __CUDA_ARCH__
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+#else
+  return std::exp(x);
+#endif
+}
+
 struct Lse {
   float m = -INFINITY;  // running max
   float l = 0.0f;  // sum of exp(x - m)
@@ -100,10 +113,10 @@ struct Lse {
 
 CO_HD void lse_push(Lse& a, float x) {
   if (x > a.m) {
-    a.l = a.l * expf(a.m - x) + 1.0f;  // exp(-inf) = 0 on the first value
+    a.l = a.l * exp_term(a.m - x) + 1.0f;  // exp(-inf) = 0 on the first value
     a.m = x;
   } else {
-    a.l += expf(x - a.m);
+    a.l += exp_term(x - a.m);
   }
 }
 
@@ -114,7 +127,7 @@ CO_HD Lse lse_merge(Lse a, Lse b) {
     b = t;
   }
   if (b.m == -INFINITY) return a;
-  a.l += b.l * expf(b.m - a.m);
+  a.l += b.l * exp_term(b.m - a.m);
   return a;
 }
 
@@ -156,6 +169,54 @@ CO_HD void acc_push(Acc& a, const Terms& t, Pair p, bool den, float x) {
   if (t.sigmoid && (p.positive || p.candidate)) a.pair += softplus(p.positive ? -(x + t.bias) : x + t.bias);
 }
 
+// ---------------------------------------------------------------------------------------------
+// plain quads: four consecutive columns whose pairs are all candidate negatives in the denominator
+// ---------------------------------------------------------------------------------------------
+
+// A row's roles relative to a chunk of `cols` columns from c0, in 32-bit chunk positions (the
+// plain-quad test then compares registers of one word): its positive's and self column's positions
+// (-8 when outside the chunk: no quad holds them), the first extra column's, and whether the quads
+// may be plain at all (no labels, band or guide; the caller's feature set has no hard negatives or
+// sigmoid either).
+struct QuadRoles {
+  int pos = -8, self = -8;
+  int extra = 0;  // chunk position of the first extra negative (cols when there is none in the chunk)
+  bool key_negatives = true;
+  bool any = false;
+};
+
+CO_HD int chunk_position(int64_t col, int64_t c0, int64_t cols) {
+  return (col >= c0 && col < c0 + cols) ? static_cast<int>(col - c0) : -8;
+}
+
+CO_HD QuadRoles quad_roles(const Roles& ro, const RowRoles& r, int64_t c0, int64_t cols) {
+  QuadRoles q;
+  q.any = ro.row_labels == nullptr && ro.band_lo == nullptr && ro.guide_max == nullptr;
+  q.pos = chunk_position(r.pos, c0, cols);
+  q.self = chunk_position(r.self, c0, cols);
+  q.extra = static_cast<int>(ro.m <= c0 ? 0 : (ro.m >= c0 + cols ? cols : ro.m - c0));
+  q.key_negatives = ro.key_negatives;
+  return q;
+}
+
+// Whether the chunk positions [j, j + 4) of the row are plain: all four on one side of the key/extra
+// boundary and candidates there, none its positive or self column. Most quads of a large batch are;
+// their pairs then need no role test (the kernels load them as one float4).
+CO_HD bool plain_quad(const QuadRoles& q, int j) {
+  const bool extra = j >= q.extra, keys = j + 4 <= q.extra;
+  return q.any && (extra || (keys && q.key_negatives)) && static_cast<unsigned>(q.pos - j) >= 4u &&
+         static_cast<unsigned>(q.self - j) >= 4u;
+}
+
+// A plain quad's four logits into the denominator's online log-sum-exp: one rescale for the four.
+CO_HD void acc_push_plain4(Acc& a, float x0, float x1, float x2, float x3) {
+  const float m = fmaxf(a.lse.m, fmaxf(fmaxf(x0, x1), fmaxf(x2, x3)));
+  a.lse.l = a.lse.l * exp_term(a.lse.m - m) +
+            ((exp_term(x0 - m) + exp_term(x1 - m)) + (exp_term(x2 - m) + exp_term(x3 - m)));
+  a.lse.m = m;
+  a.den_n += 4;
+}
+
 CO_HD Acc acc_merge(Acc a, const Acc& b) {
   a.lse = lse_merge(a.lse, b.lse);
   a.lse_beta = lse_merge(a.lse_beta, b.lse_beta);
@@ -189,12 +250,12 @@ CO_HD float pair_grad(const Terms& t, Pair p, bool den, float x, const RowGrad& 
   float ds = 0.0f;
   if (den) {
     if (t.hard) {
-      ds += g.g_lse * (1.0f + t.beta) * expf((1.0f + t.beta) * x - g.lse);
-      ds += g.g_lse_beta * t.beta * expf(t.beta * x - g.lse_beta);
+      ds += g.g_lse * (1.0f + t.beta) * exp_term((1.0f + t.beta) * x - g.lse);
+      ds += g.g_lse_beta * t.beta * exp_term(t.beta * x - g.lse_beta);
     } else {
-      ds += g.g_lse * expf(x - g.lse);
+      ds += g.g_lse * exp_term(x - g.lse);
     }
-    if (col != nullptr) ds += col->g_lse * expf(x - col->lse);
+    if (col != nullptr) ds += col->g_lse * exp_term(x - col->lse);
   }
   if (p.positive) ds += g.g_pos_w + (col != nullptr ? col->g_pos_w : 0.0f);
   if (t.sigmoid && (p.positive || p.candidate)) {
@@ -203,6 +264,14 @@ CO_HD float pair_grad(const Terms& t, Pair p, bool den, float x, const RowGrad& 
     ds += gp;
     *dbias += gp;
   }
+  return ds;
+}
+
+// dL/dx of a pair of a plain quad (a candidate in the denominator; no hard negatives or sigmoid):
+// pair_grad's value for it without the role tests.
+CO_HD float plain_grad(const RowGrad& g, const ColGrad* col, float x) {
+  float ds = g.g_lse * exp_term(x - g.lse);
+  if (col != nullptr) ds += col->g_lse * exp_term(x - col->lse);
   return ds;
 }
 

@@ -15,6 +15,13 @@ inline void acc_init(Acc* acc, int64_t count) {
   for (int64_t i = 0; i < count; ++i) acc[i] = Acc();
 }
 
+inline void push_pair(Acc& a, const Chunk& c, const Roles& roles, const RowRoles& rr, const Terms& terms, float s,
+                      int64_t i, int64_t j) {
+  const float x = s * c.s[i * c.ld + j];
+  const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
+  acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
+}
+
 inline void rows_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
                          Acc* acc) {
   const float s = *scale;
@@ -23,11 +30,19 @@ inline void rows_forward(const Chunk& c, const Roles& roles, Terms terms, const 
     const int64_t row = c.r0 + i;
     const RowRoles rr = row_roles(roles, row);
     Acc a;
-    for (int64_t j = 0; j < c.cols; ++j) {
-      const float x = s * c.s[i * c.ld + j];
-      const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
-      acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
+    const float* srow = c.s + i * c.ld;
+    int64_t j = 0;
+    if (quads(c, terms)) {  // as the GPU kernel: plain quads without role tests, the others pair by pair
+      const QuadRoles q = quad_roles(roles, rr, c.c0, c.cols);
+      for (; j + 4 <= c.cols; j += 4) {
+        if (plain_quad(q, static_cast<int>(j))) {
+          acc_push_plain4(a, s * srow[j], s * srow[j + 1], s * srow[j + 2], s * srow[j + 3]);
+          continue;
+        }
+        for (int k = 0; k < 4; ++k) push_pair(a, c, roles, rr, terms, s, i, j + k);
+      }
     }
+    for (; j < c.cols; ++j) push_pair(a, c, roles, rr, terms, s, i, j);
     acc[row] = acc_merge(acc[row], a);
   }
 }
@@ -66,14 +81,33 @@ inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const
     const RowGrad g = row_grad(grads, row);
     const RowRoles rr = row_roles(roles, row);
     float dscale = 0.0f, dbias = 0.0f;
-    for (int64_t j = 0; j < c.cols; ++j) {
+    auto one = [&](int64_t j) {
       const float cosine = c.s[i * c.ld + j];
       const float x = s * cosine;
       const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, chunk_guide(c, roles, i, j),
                                   &dbias);
       ds[i * c.cols + j] = s * d;
       dscale += d * cosine;
+    };
+    int64_t j = 0;
+    if (quads(c, terms)) {  // as the GPU kernel
+      const QuadRoles q = quad_roles(roles, rr, c.c0, c.cols);
+      for (; j + 4 <= c.cols; j += 4) {
+        if (!plain_quad(q, static_cast<int>(j))) {
+          for (int k = 0; k < 4; ++k) one(j + k);
+          continue;
+        }
+        for (int k = 0; k < 4; ++k) {
+          const float cosine = c.s[i * c.ld + j + k];
+          ColGrad cg;
+          if (columns) cg = col_grad(grads, c.c0 + j + k);
+          const float d = plain_grad(g, columns ? &cg : nullptr, s * cosine);
+          ds[i * c.cols + j + k] = s * d;
+          dscale += d * cosine;
+        }
+      }
     }
+    for (; j < c.cols; ++j) one(j);
     row_dscale[row] += dscale;
     row_dbias[row] += dbias;
   }

@@ -19,6 +19,9 @@ from contrastive_ops.core import RoleSpec
 FP32_REL = 1e-5
 # 8 × 9 fp32 cosines per chunk at the tests' shapes (N = 37): partial chunks both ways
 SMALL_CHUNK_BYTES = str(4 * 72)
+# 8 × 8: rows of whole quads (the epilogues' plain-quad paths), quads cut by the key/extra boundary
+QUAD_CHUNK_BYTES = str(4 * 64)
+CHUNK_BYTES = {"small": SMALL_CHUNK_BYTES, "quads": QUAD_CHUNK_BYTES}
 
 pytestmark = pytest.mark.skipif(
     not _ext.prebuilt() and os.environ.get("CONTRASTIVE_OPS_REQUIRE_CUDA_EXT") != "1",
@@ -47,11 +50,11 @@ def _grads(loss, tensors):
     return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
 
 
-@pytest.mark.parametrize("chunks", ["one", "small"])
+@pytest.mark.parametrize("chunks", ["one", "small", "quads"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_loss_and_gradient_against_float64(cuda_on_cpu, name, chunks, seed, monkeypatch):
-    if chunks == "small":
-        monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", SMALL_CHUNK_BYTES)
+    if chunks in CHUNK_BYTES:
+        monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", CHUNK_BYTES[chunks])
     case = CASES[name]
     tensors = [t.requires_grad_(True) if t.dtype.is_floating_point else t for t in case.make(torch.float32)]
     ours = case.ours(tensors, backend="cuda", reduction="none")
