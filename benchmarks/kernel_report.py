@@ -71,7 +71,7 @@ INTS = {"N", "M", "M_TOTAL", "D", "G", "stride_q", "stride_c", "stride_gr", "str
 INT_POINTERS = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
                 "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
                 "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}
-FEATURES = {"Q", "C", "QH", "CH", "X", "DX", "DS"}
+FEATURES = {"Q", "C", "QH", "CH", "X", "DX", "DS", "GUIDE_ROWS", "GUIDE_COLS"}  # the guide in the features' dtype
 SWITCHES = ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "DECOUPLED", "HAS_BAND",
             "NORMALIZE", "COLUMN_TERMS", "HARD_NEGATIVES", "PAIRWISE_SIGMOID")
 
