@@ -200,8 +200,10 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
                     "spill_bytes": None if e is None else e.spill_bytes, "mma": "cuBLAS" if e is None else e.mma,
                     "instructions_per_pair": None if e is None else _charged(e)[0], "note": note, **timing})
 
-    unit_bytes = (2 * item + 16) * (n + mt) * d
-    add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
+    normalize = w.switch("NORMALIZE")
+    if normalize:  # without normalization the inputs are the products' operands (csrc/ops.cpp, unit_rows)
+        unit_bytes = (2 * item + 16) * (n + mt) * d
+        add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
     s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype)
     if w.ring_radix_bits:
         hist = _epilogue(stats, f"ring_histogram_kernel<{_feature_set(w) & _FEATURES['labels']}>")
@@ -224,7 +226,10 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
     accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)  # fp32 gradients read and written per chunk
     add("backward: dQ̂ += dS·Ĉ, dĈ += dSᵀ·Q̂ (cuBLAS, into fp32)",
         _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype))
-    add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
+    if normalize:
+        add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
+    else:  # the fp32 gradients cast to the input dtype
+        add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
     total = sum(r["modeled_ms"] for r in out)
     floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
     triton = kr.default_configs(w, device)[1]["modeled_ms"]

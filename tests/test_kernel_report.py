@@ -116,6 +116,12 @@ def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headli
         assert s["spill_bytes"] == 0 and s["registers"] > 0, s
         if s["kernel"].startswith(("rows_", "cols_", "ring_histogram")):
             assert 10 < s["per_pair"] < 400, s
+    stats = {s["kernel"]: s for s in out["stats"]}
+    # the plain feature sets have a plain-quad loop, cheaper per pair than their pair-by-pair loop;
+    # the others (labels here) none
+    for name in ("rows_forward_kernel<0>", "rows_backward_kernel<__nv_bfloat16, 4>", "cols_forward_quads_kernel"):
+        assert stats[name]["quad_per_pair"] is not None and stats[name]["quad_per_pair"] < stats[name]["per_pair"]
+    assert stats["rows_forward_kernel<16>"]["quad_per_pair"] is None
     launches = {r["kernel"] for r in out["rows"]}
     assert any("cuBLAS" in k for k in launches) and any("epilogue" in k for k in launches), launches
     total = out["total"]
