@@ -66,8 +66,8 @@ H200 = Device(name="H200 (sm_90a, 132 SMs)", sms=132, clock_hz=1.83e9,
 
 DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
-INTS = {"N", "M", "M_TOTAL", "D", "G", "stride_q", "stride_c", "stride_gr", "stride_gc", "stride_dq", "stride_dc", "stride_x", "stride_g",
-        "stride_dx", "stride_ds", "row0", "col0", "chunk_rows", "chunk_cols"}
+INTS = {"N", "M", "M_TOTAL", "D", "GUIDE_D", "stride_q", "stride_c", "stride_gr", "stride_gc", "stride_dq", "stride_dc",
+        "stride_x", "stride_g", "stride_dx", "stride_ds", "row0", "col0", "chunk_rows", "chunk_cols"}
 INT_POINTERS = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
                 "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
                 "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}

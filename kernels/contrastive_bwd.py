@@ -32,18 +32,22 @@ _DS_TARGET = 2.0 ** 14
 
 
 @triton.jit
-def _tile_grad(cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+def _tile_grad(cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+               GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
                BAND_LO, BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE,
                G_COL_LSE, G_COL_POS_W, beta,
                HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-               KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+               KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
+               GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
                COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """``(dL/dS, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
     recomputed exactly as the forward computes them; ``PLAIN`` as ``tiles.plain_tile``."""
     logits = scale * cosines
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
+                                     GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
                                      PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
     return tile_logit_grad(
@@ -53,11 +57,13 @@ def _tile_grad(cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SEL
 
 
 @triton.jit
-def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX,
+                   GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
                    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
                    G_COL_POS_W, row0, c0, inside, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
                    stride_c, beta, HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr,
-                   HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr,
+                   HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr,
+                   GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr,
                    HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
                    HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -73,15 +79,19 @@ def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS,
                            KEY_NEGATIVES, BLOCK_M, BLOCK_N)
     if plain:
         grad, pair_grad = _tile_grad(
-            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO,
+            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+            GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
             BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND,
+            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
+            GUIDE_PRECISION, DECOUPLED, HAS_BAND,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
     else:
         grad, pair_grad = _tile_grad(
-            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO,
+            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+            GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
             BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND,
+            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
+            GUIDE_PRECISION, DECOUPLED, HAS_BAND,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
     return grad, cosines, pair_grad
 
@@ -92,7 +102,7 @@ def _contrastive_bwd_dq_kernel(
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
     CH, DS_SCALE, DQ, DSCALE_PART, DBIAS_PART,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
@@ -115,11 +125,13 @@ def _contrastive_bwd_dq_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
         grad, cosines, pair_grad = _tile_grad_any(
-            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
+            stride_gr, stride_gc, BAND_LO, BAND_HI,
             ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
             G_COL_POS_W, row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
             stride_c, beta,
-            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, NORMALIZE,
+            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
+            DECOUPLED, HAS_BAND, NORMALIZE,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
@@ -140,7 +152,7 @@ def _contrastive_bwd_dc_kernel(
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
     QH, DS_SCALE, DC,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dc,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
@@ -162,11 +174,13 @@ def _contrastive_bwd_dc_kernel(
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
         grad, _, _ = _tile_grad_any(
-            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
+            stride_gr, stride_gc, BAND_LO, BAND_HI,
             ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
             G_COL_POS_W, r0, col_block * BLOCK_N, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
             stride_c, beta,
-            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, NORMALIZE,
+            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
+            DECOUPLED, HAS_BAND, NORMALIZE,
             COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         # dĈ = s·dSᵀ·Q̂ on the unit rows QH
         q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
@@ -182,7 +196,7 @@ def _contrastive_bwd_ds_kernel(
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
     DS_SCALE, DS, DSCALE_PART, DBIAS_PART,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_ds, row0, col0, chunk_rows, chunk_cols,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
@@ -204,12 +218,14 @@ def _contrastive_bwd_ds_kernel(
     row_mask = (local_rows < chunk_rows) & (rows < N)
     col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
     grad, cosines, pair_grad = _tile_grad_any(
-        Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+        Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
+        stride_gr, stride_gc, BAND_LO, BAND_HI,
         ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
         G_COL_POS_W, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N,
         ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols), rows, cols, row_mask,
         col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
-        HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, NORMALIZE,
+        HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
+        DECOUPLED, HAS_BAND, NORMALIZE,
         COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
     out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]
     tl.store(out, (grad * sigma).to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])

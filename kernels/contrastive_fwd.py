@@ -66,18 +66,22 @@ def _finish_lse(run_max, run_sum, count):
 
 
 @triton.jit
-def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+              GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
               PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
               run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-              KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+              KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
+              GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms (returned) and of this program's column partials (stored).
     ``PLAIN`` (see ``tiles.plain_tile``): every pair is a candidate negative, so no role is tested, no
     positive is summed and the counts grow by the tile's size."""
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
+                                     GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
                                      PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
     if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
@@ -118,17 +122,21 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
 
 
 @triton.jit
-def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO,
+def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+                   GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
                    BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
                    HAS_POS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-                   KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+                   KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
+                   GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
                    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr,
                    PLAIN: tl.constexpr):
     """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
     and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
     by the final sum they are ``A_i`` and ``E_i``)."""
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-                                     HAS_POS, False, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N, PLAIN)
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+                                     HAS_POS, False, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
+                                     GUIDE_PRECISION, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
     new_max, alpha, p = _online_step(run_max, logits, den, PLAIN)  # the exponentials feed the products too
     run_sum = run_sum * alpha + tl.sum(p, axis=1)
@@ -148,7 +156,7 @@ def _contrastive_fwd_kernel(
     ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS,
     PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, CH, ROW_DQ, ROW_DSCALE,
     N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
     HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
     KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
@@ -190,29 +198,37 @@ def _contrastive_fwd_kernel(
             if ROW_GRAD:
                 if plain:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                        GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
                         BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
-                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, INPUT_PRECISION,
+                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
+                        DECOUPLED, HAS_BAND, INPUT_PRECISION,
                         BLOCK_M, BLOCK_N, ACC_D, True)
                 else:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                        GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
                         BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
-                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, INPUT_PRECISION,
+                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
+                        DECOUPLED, HAS_BAND, INPUT_PRECISION,
                         BLOCK_M, BLOCK_N, ACC_D, False)
             elif plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+                    GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
                     PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
                     run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
-                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
+                    GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc, BAND_LO, BAND_HI,
+                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
+                    GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
                     PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
                     run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
-                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
+                    GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
         if ROW_GRAD:
@@ -239,9 +255,10 @@ def contrastive_forward(tiles, config, column_programs: int, row_grad: bool = Fa
     ``col_pos_count`` (int32). ``column_programs`` caps the programs (and the ``[P, M]`` partial
     buffers) of a symmetric loss.
 
-    ``row_grad`` (where :func:`~contrastive_ops.kernels.config.row_grad_supported`): also ``row_dq`` fp32 ``[N, D]``, the softmax-weighted
-    mean of the unit columns ``A_i = Σ_j p_ij·ĉ_j``, and ``row_dscale`` fp32 ``[N]``,
-    ``E_i = Σ_j p_ij·<q̂_i, ĉ_j>`` (both 0 for a row with an empty denominator).
+    ``row_grad`` (where :func:`~contrastive_ops.kernels.config.row_grad_supported`): also ``row_dq``
+    fp32 ``[N, D]``, the softmax-weighted mean of the unit columns ``A_i = Σ_j p_ij·ĉ_j``, and
+    ``row_dscale`` fp32 ``[N]``, ``E_i = Σ_j p_ij·<q̂_i, ĉ_j>`` (both 0 for a row with an empty
+    denominator).
     """
     t = tiles
     device = t.query.device

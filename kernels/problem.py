@@ -115,7 +115,8 @@ class TileProblem:
         """The kernels' guide arguments (by name; placeholders without a guide)."""
         has = self.flags["HAS_GUIDE"]
         return {"GUIDE_ROWS": self.guide_rows, "GUIDE_COLS": self.guide_cols, "GUIDE_MAX": self.guide_max,
-                "G": self.guide_rows.shape[1] if has else 0, "stride_gr": self.guide_rows.stride(0) if has else 0,
+                "GUIDE_D": self.guide_rows.shape[1] if has else 0,
+                "stride_gr": self.guide_rows.stride(0) if has else 0,
                 "stride_gc": self.guide_cols.stride(0) if has else 0}
 
     def tuning_key(self) -> tuple:

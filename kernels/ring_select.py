@@ -24,8 +24,9 @@ from .tiles import key_value, order_key, tile_cosines, tile_roles
 def _ring_count_kernel(
     POS, SELF, ROW_LABELS, COL_LABELS, COUNT,
     N, M, M_TOTAL,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
 ):
@@ -34,8 +35,10 @@ def _ring_count_kernel(
     count = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
-        _, candidate = tile_roles(rows, cols, row_mask, cols < M_TOTAL, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-                                  HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
+        _, candidate = tile_roles(rows, cols, row_mask, cols < M_TOTAL, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                  GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+                                  HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
+                                  GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
         count += tl.sum(candidate.to(tl.int32), axis=1)
     tl.store(COUNT + rows, count, mask=row_mask)
 
@@ -45,8 +48,9 @@ def _ring_select_kernel(
     Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, RANK_TOP, RANK_BOTTOM,
     V_HI, V_LO,
     N, M, M_TOTAL, D, stride_q, stride_c,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr,
+    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
+    KEY_NEGATIVES: tl.constexpr,
     NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, RADIX_BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
@@ -70,8 +74,10 @@ def _ring_select_kernel(
             col_mask = cols < M_TOTAL
             logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-            _, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
-                                      HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
+            _, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
+                                      GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
+                                      HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
+                                      GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
             keys = order_key(logits)
             for d in tl.static_range(1, RADIX):
                 step_d = tl.full((BLOCK_M,), d, dtype=tl.uint32) << shift

@@ -46,7 +46,7 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
 
 @triton.jit
 def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-               GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, G, stride_gr, stride_gc,
+               GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
                HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
                KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
                GUIDE_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -59,7 +59,7 @@ def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LAB
     everything. From O(N + M) index and label vectors only; positions outside the masks are neither.
     ``PLAIN``: the caller knows (:func:`plain_tile`) that every pair is a candidate negative, so the
     roles are constants and the code that tests them folds away.
-    ``HAS_GUIDE``: a candidate whose guide similarity ``<GUIDE_ROWS[i], GUIDE_COLS[j]>`` (``G`` wide,
+    ``HAS_GUIDE``: a candidate whose guide similarity ``<GUIDE_ROWS[i], GUIDE_COLS[j]>`` (``GUIDE_D`` wide,
     fp32 accumulation) exceeds ``GUIDE_MAX[i]`` is none (never with ``PLAIN``).
     """
     if PLAIN:
@@ -70,7 +70,7 @@ def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LAB
                                                   HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES,
                                                   BLOCK_M, BLOCK_N)
         if HAS_GUIDE:
-            sim = tile_cosines(GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_MAX, rows, cols, row_mask, col_mask, G,
+            sim = tile_cosines(GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_MAX, rows, cols, row_mask, col_mask, GUIDE_D,
                                stride_gr, stride_gc, False, BLOCK_M, BLOCK_N, GUIDE_BLOCK_D, GUIDE_PRECISION)
             limit = tl.load(GUIDE_MAX + rows, mask=row_mask, other=float("inf"))
             candidate = candidate & ((sim > limit[:, None]) == 0)
