@@ -164,14 +164,9 @@ def check_guide_shapes(spec: RoleSpec, n: int, m_total: int) -> None:
                          "(keys, then extra negatives)")
 
 
-def guide_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the guide's similarities are compared in: fp32, float64 for float64 guides."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def guide_excluded(rows: torch.Tensor, cols: torch.Tensor, spec: RoleSpec) -> torch.Tensor:
     """bool ``[len(rows), len(cols)]``: pairs whose guide similarity exceeds the row's ``guide_max``."""
-    acc = guide_dtype(spec.guide_rows.dtype)
+    acc = accumulation_dtype(spec.guide_rows.dtype)  # fp32, float64 for float64 guides
     sim = spec.guide_rows[rows].to(acc) @ spec.guide_cols[cols].to(acc).T
     return sim > spec.guide_max[rows].to(acc)[:, None]
 

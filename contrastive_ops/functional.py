@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from . import _checks as C
 from . import distributed as dist_
 from .backends import compute_fn, resolve
-from .core import ContrastiveTerms, RoleSpec, guide_dtype
+from .core import ContrastiveTerms, RoleSpec, accumulation_dtype
 
 __all__ = ["clip_loss", "dcl_loss", "debiased_nce", "gist_loss", "hard_negative_nce", "info_nce", "nt_xent",
            "ring_info_nce", "siglip_loss", "supcon_loss"]
@@ -615,7 +615,7 @@ def siglip_loss(
 
 
 def _unit_guide(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.detach().to(guide_dtype(x.dtype)), dim=1)
+    return torch.nn.functional.normalize(x.detach().to(accumulation_dtype(x.dtype)), dim=1)
 
 
 def gist_loss(

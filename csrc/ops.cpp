@@ -84,7 +84,8 @@ void check_float_type(const char* OP, const Tensor& query) {
                    ": query must be float32, float16 or bfloat16, got ", t);
 }
 
-// The guide is compared in fp32 (core.guide_dtype): float64 guide rows would be compared in float64.
+// The guide is compared in fp32 (core.guide_excluded compares float64 guides in float64: the backend's
+// Python casts those to fp32 first, as the Triton backend does).
 // The columns' and limits' dtypes are cast to fp32, as the core casts them to the rows'.
 void check_guide_type(const char* OP, const char* name, const Tensor& t, bool rows) {
   const auto type = t.scalar_type();
