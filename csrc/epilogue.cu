@@ -136,6 +136,11 @@ __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
   const RowRoles rr = row_roles(roles, row);
   const float* __restrict__ srow = c.s + i * c.ld;
   Acc a;
+  auto push_pair = [&](int64_t j) {
+    const float x = s * srow[j];
+    const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
+    acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
+  };
   int64_t rest = 0;  // the pairs from here on go one by one
   if constexpr (F == 0) {
     if (quads(c, terms)) {  // lane l takes the quads 4l, 4l + 128, ...: whole 512-byte lines per warp step
@@ -151,22 +156,14 @@ __global__ void rows_forward_kernel(Chunk c, Roles roles, Terms terms, const flo
           acc_push_plain4(a, x.x, x.y, x.z, x.w);
         }
         if (j < end) {
-          for (int k = 0; k < 4; ++k) {
-            const float x = s * srow[j + k];
-            const Pair p = pair_role(roles, rr, c.c0 + j + k, 0.0f);
-            acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
-          }
+          for (int k = 0; k < 4; ++k) push_pair(j + k);
           j += 128;
         }
       }
       rest = end;
     }
   }
-  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) {
-    const float x = s * srow[j];
-    const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
-    acc_push(a, terms, p, in_denominator(roles, rr, p, x), x);
-  }
+  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) push_pair(j);
   a = warp_merge(a);
   if (lane == 0) acc[row] = acc_merge(acc[row], a);
 }
@@ -287,6 +284,13 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   const float* __restrict__ srow = c.s + i * c.ld;
   T* __restrict__ drow = ds + i * c.cols;
   float dscale = 0.0f, dbias = 0.0f;
+  auto pair = [&](int64_t j) {
+    const float cosine = srow[j];
+    const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, s * cosine,
+                                chunk_guide(c, roles, i, j), &dbias);
+    drow[j] = from_float<T>(s * d);
+    dscale += d * cosine;
+  };
   int64_t rest = 0;  // the pairs from here on go one by one
   if constexpr (F == 0 || F == kColumns) {
     if (quads(c, terms)) {  // as the forward: lane l takes the quads 4l, 4l + 128, ...
@@ -302,26 +306,14 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
           dscale += (d.x * cos4.x + d.y * cos4.y) + (d.z * cos4.z + d.w * cos4.w);
         }
         if (j < end) {
-          for (int k = 0; k < 4; ++k) {
-            const float cosine = srow[j + k];
-            const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j + k, s * cosine, 0.0f, &dbias);
-            drow[j + k] = from_float<T>(s * d);
-            dscale += d * cosine;
-          }
+          for (int k = 0; k < 4; ++k) pair(j + k);
           j += 128;
         }
       }
       rest = end;
     }
   }
-  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) {
-    const float cosine = srow[j];
-    const float x = s * cosine;
-    const float d = pair_dlogit(roles, rr, terms, grads, g, columns, c.c0 + j, x, chunk_guide(c, roles, i, j),
-                                &dbias);
-    drow[j] = from_float<T>(s * d);
-    dscale += d * cosine;
-  }
+  CO_PAIR_LOOP for (int64_t j = rest + lane; j < c.cols; j += 32) pair(j);
   dscale = warp_sum(dscale);
   dbias = warp_sum(dbias);
   if (lane == 0) {

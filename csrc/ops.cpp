@@ -9,9 +9,9 @@
 // summed by atomics, so results are bitwise reproducible; the Ring selection, the forward and the
 // backward use the same chunking, so they see bit-identical logits. With a guide, each chunk of
 // cosines has beside it the chunk of guide similarities G = guide_rows · guide_colsᵀ of the same
-// pairs (fp32 GEMM of the guides cast to fp32 once), read by the same epilogues to drop the guide's
-// false negatives from the candidates. Memory: the inputs, their unit rows, O(N + M) vectors, fp32
-// gradients of the unit rows, fp32 copies of the guides, and one chunk (two with a guide).
+// pairs (the GEMM of the guides in their dtype into fp32, as the cosines'), read by the same epilogues
+// to drop the guide's false negatives from the candidates. Memory: the inputs, their unit rows,
+// O(N + M) vectors, fp32 gradients of the unit rows, and one chunk (two with a guide).
 //
 // On CPU tensors the same operators run the same arithmetic (epilogue_cpu.h, fp32 products): what
 // CI checks against float64. Compiles against the CPU build of torch (no c10/cuda headers): the
@@ -84,9 +84,9 @@ void check_float_type(const char* OP, const Tensor& query) {
                    ": query must be float32, float16 or bfloat16, got ", t);
 }
 
-// The guide is compared in fp32 (core.guide_excluded compares float64 guides in float64: the backend's
-// Python casts those to fp32 first, as the Triton backend does).
-// The columns' and limits' dtypes are cast to fp32, as the core casts them to the rows'.
+// The guide's products are fp32 (core.guide_excluded compares float64 guides in float64: the
+// backend's Python casts those to fp32 first, as the Triton backend does). The columns take the rows'
+// dtype, the limits fp32, as the core casts them.
 void check_guide_type(const char* OP, const char* name, const Tensor& t, bool rows) {
   const auto type = t.scalar_type();
   TORCH_CHECK_TYPE(at::isFloatingType(type), OP, ": ", name, " must be floating point, got ", type);
@@ -113,7 +113,7 @@ void check_index_range(const char* OP, const char* name, const Tensor& index, in
 // The checked, contiguous inputs of one call, their unit rows and the epilogues' role view.
 struct Problem {
   Tensor query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi;
-  Tensor guide_rows, guide_cols, guide_max;  // fp32, contiguous (undefined without a guide)
+  Tensor guide_rows, guide_cols, guide_max;  // contiguous; the limits fp32 (undefined without a guide)
   Tensor qh, ch;  // unit rows (or the rows themselves) in the products' dtype: queries, then keys + extra
   bool shared = false;  // keys are the queries themselves
   int64_t n = 0, m = 0, r = 0, d = 0, chunk_rows = 1, chunk_cols = 1;
@@ -240,9 +240,10 @@ Problem prepare(const char* OP, const Tensor& query, const OptTensor& keys, cons
   p.self_index = contiguous_or_undefined(self_index);
   p.band_lo = contiguous_or_undefined(band_lo);
   p.band_hi = contiguous_or_undefined(band_hi);
-  if (guides == 3) {  // O((N + M) · G) casts, once per call
-    p.guide_rows = guide_rows->to(at::kFloat).contiguous();
-    p.guide_cols = guide_cols->to(at::kFloat).contiguous();
+  if (guides == 3) {  // the guide's GEMM operands as the cosines': their dtype on a GPU, fp32 on the CPU
+    const auto type = query.is_cuda() ? guide_rows->scalar_type() : at::kFloat;
+    p.guide_rows = guide_rows->to(type).contiguous();
+    p.guide_cols = guide_cols->to(type).contiguous();
     p.guide_max = guide_max->to(at::kFloat).contiguous();
   }
 
@@ -334,7 +335,7 @@ void for_each_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
     cc::Chunk c = as_chunk(s, r0, c0);
     Tensor g;
     if (guide_q.defined()) {
-      g = at::mm(guide_q, p.guide_cols.narrow(0, c0, c1 - c0).t()).contiguous();
+      g = product_fp32(guide_q, p.guide_cols.narrow(0, c0, c1 - c0).t()).contiguous();
       c.g = g.const_data_ptr<float>();
     }
     fn(c0, c1, c);
