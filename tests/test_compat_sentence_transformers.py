@@ -314,3 +314,22 @@ def test_gist_config_and_errors_are_the_peers(gist_models):
     for loss in (st_losses.GISTEmbedLoss(model, guides["same_vocab"]), co_st.GISTEmbedLoss(model, guides["same_vocab"])):
         with pytest.raises(ValueError, match="Expected 2 or 3 embeddings, got 4"):
             loss([dict(f) for f in features], None)
+
+
+@pytest.mark.parametrize("mode", HARDNESS)
+def test_ranking_loss_hardness_with_a_learnable_scale(mode, seed):
+    """``ranking_loss`` with a 0-d tensor scale: the same loss and embedding gradients as the float
+    scale, and the scale's gradient equal to a central difference of the loss (float64)."""
+    embeddings = [e.requires_grad_(True) for e in _embeddings(7, 2)]
+    kw = {"hardness_mode": mode, "hardness_strength": 5.0, "directions": ALL, "backend": "chunked"}
+    scale = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    loss = co_st.ranking_loss(embeddings[0], embeddings[1:], scale=scale, **kw)
+    grads = torch.autograd.grad(loss, embeddings + [scale])
+    as_float = co_st.ranking_loss(embeddings[0], embeddings[1:], scale=20.0, **kw)
+    assert_close_rel(loss, as_float, 1e-12, "loss")
+    for g, g_float in zip(grads[:-1], torch.autograd.grad(as_float, embeddings)):
+        assert_close_rel(g, g_float, 1e-12, "embedding gradient")
+    with torch.no_grad():
+        h = 1e-5
+        up, down = (co_st.ranking_loss(embeddings[0], embeddings[1:], scale=20.0 + t, **kw) for t in (h, -h))
+    assert_close_rel(grads[-1], (up - down) / (2 * h), 1e-6, "d loss / d scale")

@@ -268,17 +268,14 @@ torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, set
 
 
 def _guide_inputs(guide, query):
-    """The guide's rows and columns in one of the kernels' dtypes (fp32 for float64 guides) on the
-    features' device, detached, and its limits in fp32."""
+    """The guide's rows and columns in the rows' dtype where the kernels take it (fp32 for float64
+    guides, as the cuda backend), detached, and its limits in fp32."""
     rows, cols, limit = (g.detach() for g in guide)
     for name, g in (("guide_rows", rows), ("guide_cols", cols), ("guide_max", limit)):
         if g.device != query.device:
             raise ValueError(f"{name} is on {g.device} but the features are on {query.device}")
-    if rows.dtype != cols.dtype:
-        raise TypeError(f"guide_rows and guide_cols must share a dtype, got {rows.dtype} and {cols.dtype}")
-    if rows.dtype not in _DTYPES:
-        rows, cols = rows.float(), cols.float()
-    return rows, cols, limit.float()
+    dtype = rows.dtype if rows.dtype in _DTYPES else torch.float32
+    return rows.to(dtype), cols.to(dtype), limit.float()
 
 
 def compute_terms(

@@ -99,7 +99,8 @@ def _row_lse(terms) -> Tensor:
 
 
 class _GradScale(torch.autograd.Function):
-    """The identity whose backward multiplies the gradient by ``factor`` (a float)."""
+    """The identity whose backward multiplies the gradient by ``factor`` (a float or a 0-d tensor
+    without a gradient)."""
 
     @staticmethod
     def forward(ctx, x, factor):
@@ -192,7 +193,8 @@ def _hard_query_to_doc(terms, queries, docs, docs_all, local, owner, offset, bat
     pos = own_logits[:, 0]
 
     def penalized(**roles):
-        factor = float(scale) / (float(scale) + alpha)
+        # a tensor scale stays on its device (no host sync); the factor itself gets no gradient
+        factor = scale.detach() / (scale.detach() + alpha) if isinstance(scale, Tensor) else scale / (scale + alpha)
         q, c = _GradScale.apply(queries, factor), _GradScale.apply(docs_all, factor)
         return _row_lse(terms(q, c, scale=scale + alpha, **roles))
 
