@@ -30,7 +30,7 @@ CSRC = REPO / "csrc"
 # Ampere machine code (and its PTX, for newer GPUs) and Hopper's arch-specific sm_90a (wgmma, TMA:
 # what cuBLAS and CUTLASS-class kernels use there); nvcc 12.0 or newer has it
 DEFAULT_ARCHS = "80;90a"
-CU_SOURCES = ("epilogue.cu", "runtime.cu")
+CU_SOURCES = ("epilogue.cu", "fused_sm90.cu", "runtime.cu")
 CPP_SOURCES = ("ops.cpp",)
 HEADERS = ("contrastive_cuda.h", "epilogue.h", "epilogue_cpu.h")
 

@@ -121,6 +121,43 @@ int ring_step(const int32_t* hist, int64_t rows, int shift, double outer, double
 int ring_finish(const uint32_t* prefix, const uint8_t* nonempty, int64_t rows, float* v_lo, float* v_hi,
                 void* stream);
 
+// ---------------------------------------------------------------------------------------------
+// the fused sm_90a path (fused_sm90.cu): the plain roles (positive / self index, extra negatives,
+// decoupled; no labels, band, guide, hard negatives or sigmoid) of bf16/fp16 operands with d % 8 == 0
+// ---------------------------------------------------------------------------------------------
+
+// One chunk's operands: q the unit rows of the chunk's rows [rows, d], c those of its columns
+// [cols, d], row-major and 16-byte aligned (d % 8 == 0), in `dtype` (kBFloat16 or kFloat16).
+struct Operands {
+  const void* q = nullptr;
+  const void* c = nullptr;
+  int64_t d = 0;
+  DType dtype = DType::kBFloat16;
+};
+
+constexpr int kFusedTile = 128;  // rows and columns of one tile
+CO_HD int64_t fused_tile_count(int64_t extent) { return (extent + kFusedTile - 1) / kFusedTile; }
+
+// Whether the fused kernels run on CUDA device `device`: the library holds their sm_90a code (and no
+// plain sm_90 code the runtime could prefer) and the device is sm_90.
+bool fused_available(int device);
+
+// The chunk's tiles (c.s unused: the cosines are formed from o), each leaving its partial
+// accumulators: row_part[i · T_n + t] for chunk row i and column tile t (T_n =
+// fused_tile_count(c.cols)) and, where col_part is non-null (key columns, column terms),
+// col_part[j · T_m + t] for chunk column j and row tile t (T_m = fused_tile_count(c.rows)).
+int fused_forward(const Operands& o, const Chunk& c, const Roles& roles, const float* scale, Acc* row_part,
+                  Acc* col_part, void* stream);
+
+// ds [rows, ld] (the operands' dtype, ld even) = scale · dL/dx of the chunk's pairs (column terms
+// where grads.col_g_lse is non-null), dscale_part[i · T_n + t] = Σ over column tile t of
+// dL/dx_ij · cos_ij.
+int fused_backward(const Operands& o, const Chunk& c, const Roles& roles, const float* scale, const GradVecs& grads,
+                   void* ds, int64_t ld, float* dscale_part, void* stream);
+
+// acc[i] = acc_merge(acc[i], part[i · tiles + t]) for t = 0 .. tiles - 1 in order, i < count.
+int merge_partials(const Acc* part, int64_t count, int64_t tiles, Acc* acc, void* stream);
+
 // cudaGetErrorString of a launcher's return code.
 const char* error_string(int code);
 

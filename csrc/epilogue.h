@@ -199,14 +199,17 @@ CO_HD QuadRoles quad_roles(const Roles& ro, const RowRoles& r, int64_t c0, int64
   return q;
 }
 
-// Whether the chunk positions [j, j + 4) of the row are plain: all four on one side of the key/extra
-// boundary and candidates there, none its positive or self column. Most quads of a large batch are;
-// their pairs then need no role test (the kernels load them as one float4).
-CO_HD bool plain_quad(const QuadRoles& q, int j) {
-  const bool extra = j >= q.extra, keys = j + 4 <= q.extra;
-  return q.any && (extra || (keys && q.key_negatives)) && static_cast<unsigned>(q.pos - j) >= 4u &&
-         static_cast<unsigned>(q.self - j) >= 4u;
+// Whether the chunk positions [j, j + width) of the row are plain: all on one side of the key/extra
+// boundary and candidates there, none its positive or self column. Most quads (and most 128-column
+// tiles of the fused sm_90a kernels) of a large batch are; their pairs then need no role test.
+CO_HD bool plain_span(const QuadRoles& q, int j, int width) {
+  const bool extra = j >= q.extra, keys = j + width <= q.extra;
+  return q.any && (extra || (keys && q.key_negatives)) && static_cast<unsigned>(q.pos - j) >= unsigned(width) &&
+         static_cast<unsigned>(q.self - j) >= unsigned(width);
 }
+
+// plain_span of a quad (the epilogues load it as one float4)
+CO_HD bool plain_quad(const QuadRoles& q, int j) { return plain_span(q, j, 4); }
 
 // A plain quad's four logits into the denominator's online log-sum-exp: one rescale for the four.
 CO_HD void acc_push_plain4(Acc& a, float x0, float x1, float x2, float x3) {
