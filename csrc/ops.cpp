@@ -41,6 +41,8 @@
 #include <torch/library.h>
 #include <torch/version.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -342,6 +344,48 @@ void for_each_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
   }
 }
 
+// Whether the chunks go through the fused sm_90a kernels (fused_sm90.cu) instead of cuBLAS and the
+// epilogues: CUDA bf16/fp16 operands, 16-byte aligned rows (d % 8 == 0), the plain roles (no labels,
+// band, guide, hard negatives or sigmoid), a device they run on, and CONTRASTIVE_OPS_CUDA_FUSED not "0".
+bool fused_path(const Problem& p) {
+  if (!p.query.is_cuda() || p.d % 8 != 0) return false;
+  const auto type = p.qh.scalar_type();
+  if (type != at::kBFloat16 && type != at::kHalf) return false;
+  const cc::Roles& ro = p.roles;
+  if (p.terms.hard || p.terms.sigmoid || ro.row_labels != nullptr || ro.band_lo != nullptr || ro.guide_max != nullptr)
+    return false;
+  if (reinterpret_cast<uintptr_t>(p.qh.const_data_ptr()) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(p.ch.const_data_ptr()) % 16 != 0)
+    return false;
+  const char* env = std::getenv("CONTRASTIVE_OPS_CUDA_FUSED");
+  if (env != nullptr && std::string(env) == "0") return false;
+  return cc::fused_available(p.query.get_device());
+}
+
+// Calls fn(c0, c1, chunk, operands) for every column chunk of the rows [r0, r1) in for_each_chunk's
+// order, for the fused kernels: no product is formed (chunk.s is null), the operands are the unit rows.
+template <typename Fn>
+void for_each_fused_chunk(const Problem& p, int64_t r0, int64_t r1, Fn&& fn) {
+  const auto* q = static_cast<const uint8_t*>(p.qh.const_data_ptr());
+  const auto* k = static_cast<const uint8_t*>(p.ch.const_data_ptr());
+  const int64_t row_bytes = p.d * p.qh.element_size();
+  for (const auto& [c0, c1] : column_chunks(p)) {
+    cc::Chunk c;
+    c.rows = r1 - r0, c.cols = c1 - c0, c.r0 = r0, c.c0 = c0;
+    cc::Operands o;
+    o.q = q + r0 * row_bytes;
+    o.c = k + c0 * row_bytes;
+    o.d = p.d;
+    o.dtype = kernel_dtype(p.qh);
+    fn(c0, c1, c, o);
+  }
+}
+
+// Partial accumulators of the fused forward: count × tiles of them
+Tensor partial_buffer(const Tensor& like, int64_t count, int64_t tiles) {
+  return at::empty({static_cast<int64_t>(count * tiles * sizeof(cc::Acc))}, like.options().dtype(at::kByte));
+}
+
 Tensor acc_buffer(const Tensor& like, int64_t count, void* stream) {
   Tensor buf = at::empty({static_cast<int64_t>(count * sizeof(cc::Acc))}, like.options().dtype(at::kByte));
   auto* acc = reinterpret_cast<cc::Acc*>(buf.data_ptr<uint8_t>());
@@ -376,7 +420,25 @@ Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& ext
   Tensor col_buf = acc_buffer(p.query, column_terms ? p.m : 0, stream);
   const float* scale_ptr = p.scale.const_data_ptr<float>();
   const float* bias_ptr = ptr_or_null<float>(p.bias);
-  for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
+  const bool fused = fused_path(p);
+  if (fused) {  // cosines, LSE partials and their merge without a chunk of cosines in memory
+    const int64_t rows_max = std::min(p.chunk_rows, p.n), cols_max = std::min(p.chunk_cols, p.m + p.r);
+    Tensor row_part = partial_buffer(p.query, rows_max, cc::fused_tile_count(cols_max));
+    Tensor col_part = partial_buffer(p.query, column_terms ? cols_max : 0, cc::fused_tile_count(rows_max));
+    for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
+      const int64_t r1 = std::min(r0 + p.chunk_rows, p.n);
+      for_each_fused_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const cc::Chunk& c, const cc::Operands& o) {
+        const bool cols = column_terms && c1 <= p.m;
+        cc::Acc* rp = acc_ptr(row_part);
+        cc::Acc* cp = cols ? acc_ptr(col_part) : nullptr;
+        CHECK_LAUNCH(cc::fused_forward(o, c, p.roles, scale_ptr, rp, cp, stream));
+        CHECK_LAUNCH(cc::merge_partials(rp, c.rows, cc::fused_tile_count(c.cols), acc_ptr(row_buf) + r0, stream));
+        if (cols)
+          CHECK_LAUNCH(cc::merge_partials(cp, c.cols, cc::fused_tile_count(c.rows), acc_ptr(col_buf) + c0, stream));
+      });
+    }
+  }
+  for (int64_t r0 = 0; r0 < p.n && !fused; r0 += p.chunk_rows) {
     const int64_t r1 = std::min(r0 + p.chunk_rows, p.n);
     for_each_chunk(p, r0, r1, [&](int64_t, int64_t c1, const cc::Chunk& c) {
       if (gpu) {
@@ -489,7 +551,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   const float* bias_ptr = ptr_or_null<float>(p.bias);
   cc::GradVecs rows_only = g;  // extra negatives' columns have no column terms
   rows_only.col_g_lse = rows_only.col_lse = rows_only.col_g_pos_w = nullptr;
-  for (int64_t r0 = 0; r0 < n; r0 += p.chunk_rows) {
+  const bool fused = fused_path(p);
+  for (int64_t r0 = 0; r0 < n && fused; r0 += p.chunk_rows) {  // dS from the fused kernels, then the GEMMs
+    const int64_t r1 = std::min(r0 + p.chunk_rows, n);
+    const Tensor q = p.qh.narrow(0, r0, r1 - r0);
+    for_each_fused_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const cc::Chunk& c, const cc::Operands& o) {
+      const cc::GradVecs& gv = c1 <= m ? g : rows_only;
+      const int64_t ld = (c.cols + 7) / 8 * 8;  // even rows for the kernels' paired stores
+      Tensor ds = at::empty({c.rows, ld}, p.qh.options());
+      Tensor dscale_part = at::empty({c.rows, cc::fused_tile_count(c.cols)}, f32);
+      CHECK_LAUNCH(cc::fused_backward(o, c, p.roles, scale_ptr, gv, ds.data_ptr(), ld, dscale_part.data_ptr<float>(),
+                                      stream));
+      row_dscale.narrow(0, r0, c.rows).add_(dscale_part.sum(1));  // fixed-shape reduction: deterministic
+      const Tensor dsv = ds.narrow(1, 0, c.cols);
+      accumulate_product(dqh.narrow(0, r0, r1 - r0), dsv, p.ch.narrow(0, c0, c1 - c0));
+      accumulate_product(dch.narrow(0, c0, c1 - c0), dsv.t(), q);
+    });
+  }
+  for (int64_t r0 = 0; r0 < n && !fused; r0 += p.chunk_rows) {
     const int64_t r1 = std::min(r0 + p.chunk_rows, n);
     const Tensor q = p.qh.narrow(0, r0, r1 - r0);
     for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const cc::Chunk& c) {
