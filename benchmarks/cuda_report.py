@@ -42,6 +42,9 @@ CSRC = REPO / "csrc"
 ARCH = "90a"
 PAIR_UNROLL = 4  # CO_PAIR_LOOP in csrc/epilogue.cu
 QUAD_PAIRS = 4 * 2  # CO_QUAD_LOOP: a float4 of pairs per step, unrolled twice
+FUSED_TILE, FUSED_TILE_K = 128, 64  # csrc/fused_sm90.cu: 128 × 128 tiles, K in steps of 64
+FUSED_WARPS, FUSED_STAGES = 8, 3
+FUSED_SMEM = FUSED_STAGES * 2 * FUSED_TILE * FUSED_TILE_K * 2 + 1024  # kSmemBytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,42 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
     return stats
 
 
+@functools.cache
+def fused_stats(arch: str = ARCH) -> dict[str, kr.KernelStats]:
+    """The fused sm_90a kernels of ``csrc/fused_sm90.cu`` (wgmma tiles with the epilogue in registers),
+    compiled with the plain tiles' epilogue alone (``CO_FUSED_REPORT_PLAIN``: what nearly every tile of
+    a large plain batch runs), read as the Triton kernels are (``kernel_report._sass_stats``: the whole
+    kernel is one tile, its k-loop the loop holding the HGMMAs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp, "fused.cubin")
+        cmd = [_nvcc(), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-cubin", "-DCO_FUSED_REPORT_PLAIN=1",
+               f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", str(CSRC),
+               str(CSRC / "fused_sm90.cu"), "-o", str(cubin)]
+        verbose = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([kr._tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    resources = {}
+    for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
+        name = block.split("'")[0]
+        regs = re.search(r"Used (\d+) registers", block)
+        spills = re.search(r"(\d+) bytes spill stores", block)
+        loads = re.search(r"(\d+) bytes spill loads", block)
+        resources[name] = (int(regs.group(1)) if regs else 0, int(spills.group(1)) if spills else 0,
+                           int(loads.group(1)) if loads else 0)
+    parts = re.split(r"\n\s*Function : (\S+)", sass)
+    names, bodies = parts[1::2], parts[2::2]
+    stats = {}
+    for mangled, label, body in zip(names, _demangle(names), bodies):
+        if not label.startswith("fused_"):
+            continue
+        kind, mma_count, tile, kloop, mufu = kr._sass_stats(kr._parse_sass(body))
+        regs, spill_stores, spill_loads = resources.get(mangled, (0, 0, 0))
+        stats[label] = kr.KernelStats(label, FUSED_WARPS, FUSED_STAGES, regs, spill_stores, spill_loads,
+                                      FUSED_SMEM, kind, mma_count, tile, kloop, mufu,
+                                      total_instructions=len(kr._parse_sass(body)))
+    return stats
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +243,8 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
     if normalize:  # without normalization the inputs are the products' operands (csrc/ops.cpp, unit_rows)
         unit_bytes = (2 * item + 16) * (n + mt) * d
         add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
+    if fused_applies(w):
+        return _fused_workload(w, device, add, out, operands, pairs, rows, cols)
     s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype)
     if w.ring_radix_bits:
         hist = _epilogue(stats, f"ring_histogram_kernel<{_feature_set(w) & _FEATURES['labels']}>")
@@ -230,13 +271,62 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
         add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
     else:  # the fp32 gradients cast to the input dtype
         add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
+    return out, _total_row(w, device, out, rows, cols, "cuBLAS + epilogues")
+
+
+def fused_applies(w: kr.Workload) -> bool:
+    """Whether csrc/ops.cpp's fused_path takes the workload on an sm_90 device: bf16/fp16, d % 8 == 0
+    and the plain roles (no labels, band, hard negatives or sigmoid)."""
+    return (w.dtype in ("bfloat16", "float16") and w.d % 8 == 0 and not w.ring_radix_bits
+            and _feature_set(w) == 0)
+
+
+def _fused_workload(w: kr.Workload, device: kr.Device, add, out, operands, pairs, rows, cols):
+    """The fused sm_90a path: the forward's and the backward's tile kernels (modeled as the Triton
+    kernels are, kernel_report.Launch), the partials' merges, the dS GEMMs."""
+    stats = fused_stats()
+    item = kr.ITEMSIZE[w.dtype]
+    n, mt, m, d = w.n, w.m_total, w.m, w.d
+    type_name = {"bfloat16": "__nv_bfloat16", "float16": "__half"}[w.dtype]
+    columns = w.switch("COLUMN_TERMS")
+    row_chunks, col_chunks = math.ceil(n / rows), math.ceil(mt / cols)
+    tiles = row_chunks * col_chunks * math.ceil(rows / FUSED_TILE) * math.ceil(cols / FUSED_TILE)
+    ksteps = math.ceil(d / FUSED_TILE_K)
+    acc_bytes = 40  # sizeof(Acc)
+    partials = acc_bytes * (n * math.ceil(mt / FUSED_TILE) + (m * math.ceil(n / FUSED_TILE) if columns else 0))
+
+    def launch(name, flops, dram, note):
+        e = stats[name]
+        timing = kr.Launch(name, e, tiles, 1, ksteps, flops, dram, note).model(device, w.dtype)
+        out.append({"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
+                    "kernel": name, "registers": e.registers, "spill_bytes": e.spill_stores, "mma": e.mma_kind,
+                    "instructions_per_pair": None, "instructions_per_tile": e.per_tile(ksteps), "note": note,
+                    **timing})
+
+    launch(f"fused_forward_kernel<{type_name}>", 2.0 * pairs * d, operands + partials,
+           f"{tiles} tiles of {FUSED_TILE}²; rows'{' and columns' if columns else ''} LSE partials")
+    add("forward: partials merged (a thread per row / column)", _library_ms(0.0, 2.0 * partials, device, w.dtype))
+    launch(f"fused_backward_kernel<{type_name}, {'true' if columns else 'false'}>", 2.0 * pairs * d,
+           operands + item * pairs + 4.0 * n * math.ceil(mt / FUSED_TILE), "dS written in the operands' dtype")
+    accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)
+    add("backward: dQ̂ += dS·Ĉ, dĈ += dSᵀ·Q̂ (cuBLAS, into fp32)",
+        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype))
+    if w.switch("NORMALIZE"):
+        add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
+    else:
+        add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
+    return out, _total_row(w, device, out, rows, cols, "fused sm_90a tiles")
+
+
+def _total_row(w: kr.Workload, device: kr.Device, out, rows, cols, path: str) -> dict:
+    n, mt, d = w.n, w.m_total, w.d
     total = sum(r["modeled_ms"] for r in out)
     floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
     triton = kr.default_configs(w, device)[1]["modeled_ms"]
     total_row = {"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
                  "kernel": "total", "modeled_ms": total, "floor_ms": floor, "share_of_matrix_rate": floor / total,
-                 "triton_modeled_ms": triton, "cuda_over_triton": total / triton, "chunk": [rows, cols]}
-    return out, total_row
+                 "triton_modeled_ms": triton, "cuda_over_triton": total / triton, "chunk": [rows, cols], "path": path}
+    return total_row
 
 
 def epilogue_table(stats: dict[str, EpilogueStats]) -> str:
@@ -257,11 +347,24 @@ def workload_table(results) -> str:
     for rows, total in results:
         name = f"{total['loss']} {total['dtype']} {total['n']}×{total['m']}×{total['d']}"
         for r in rows:
+            per = (f"{r['instructions_per_tile']:.0f}/tile" if r.get("instructions_per_tile") is not None
+                   else kr._fmt(r['instructions_per_pair']))
             lines.append(f"| {name} | {r['kernel']} | {kr._fmt(r['registers'])} | "
-                         f"{kr._fmt(r['instructions_per_pair'])} | {r['bound']} | {r['modeled_ms']:.2f} |")
-        lines.append(f"| **{name}** | **total** (floor {total['floor_ms']:.1f} ms; triton modeled "
+                         f"{per} | {r['bound']} | {r['modeled_ms']:.2f} |")
+        lines.append(f"| **{name}** | **total**, {total['path']} (floor {total['floor_ms']:.1f} ms; triton modeled "
                      f"{total['triton_modeled_ms']:.1f} ms) | | | {total['cuda_over_triton']:.2f}× triton | "
                      f"**{total['modeled_ms']:.1f}** |")
+    return "\n".join(lines)
+
+
+def fused_table(stats: dict[str, kr.KernelStats]) -> str:
+    lines = ["| kernel (sm_90a, plain tiles) | regs | spill B | shared B | CTAs/SM | MMA | HGMMA | SASS/tile (k-loop once) "
+             "| SASS per k-step | MUFU/tile |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(stats.values(), key=lambda s: s.kernel):
+        if "__half" in e.kernel:
+            continue  # the fp16 variants match the bf16 ones
+        lines.append(f"| {e.kernel} | {e.registers} | {e.spill_stores} | {e.shared} | {e.ctas_per_sm(kr.H200)} | "
+                     f"{e.mma_kind} | {e.mma_count} | {e.tile_instructions} | {e.kloop_instructions} | {e.tile_mufu} |")
     return "\n".join(lines)
 
 
@@ -275,8 +378,12 @@ def section(device: kr.Device = kr.H200, workloads=None) -> tuple[str, list[dict
             "over its pairs). The "
             "products are cuBLAS GEMMs chosen by torch at run time (Hopper wgmma kernels; not inspectable "
             "here). Every time is MODELED, launches serial.\n\n"
-            + epilogue_table(stats) + "\n\n" + workload_table(results) + "\n")
-    rows = [dataclasses.asdict(s) for s in stats.values()]
+            + epilogue_table(stats) + "\n\n"
+            + "Fused sm_90a kernels (`csrc/fused_sm90.cu`, taken on an sm_90 device for bf16/fp16 plain roles, "
+            "d % 8 == 0): wgmma (HGMMA) tiles of 128 × 128 with the epilogue in registers, modeled per tile as "
+            "the Triton kernels are (`kernel_report.Launch`).\n\n"
+            + fused_table(fused_stats()) + "\n\n" + workload_table(results) + "\n")
+    rows = [dataclasses.asdict(s) for s in stats.values()] + [dataclasses.asdict(s) for s in fused_stats().values()]
     return text, rows + [row for wrows, total in results for row in wrows + [total]]
 
 

@@ -54,15 +54,17 @@ cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 // chunk c ^ (r % 8). Rows at or past `valid_rows` and features past d are zero-filled.
 template <typename T>
 __device__ __forceinline__ void load_operand(uint32_t tile, const T* base, int64_t valid_rows, int64_t d, int64_t k0) {
+  // thread t copies chunk t % 8 of the rows t / 8 + 32 k: one chunk column and one swizzle phase
+  // (32 k keeps r % 8) for all four, so only the row offset changes between them
+  const int row = threadIdx.x >> 3, chunk = threadIdx.x & 7;
+  const bool col_ok = k0 + chunk * 8 < d;
+  const T* src = base + row * d + k0 + chunk * 8;
+  const uint32_t dst = tile + row * 128 + ((chunk ^ (row & 7)) << 4);
 #pragma unroll
   for (int k = 0; k < kTile * kTileK / 8 / kThreads; ++k) {
-    const int idx = threadIdx.x + kThreads * k;
-    const int row = idx >> 3, chunk = idx & 7;
-    const int64_t col = k0 + chunk * 8;
-    const bool ok = row < valid_rows && col < d;
-    const T* src = ok ? base + row * d + col : base;
-    const uint32_t dst = tile + row * 128 + ((chunk ^ (row & 7)) << 4);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+    const bool ok = col_ok && row + 32 * k < valid_rows;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + k * 32 * 128),
+                 "l"(ok ? src + 32 * k * d : base), "r"(ok ? 16 : 0));
   }
 }
 
@@ -416,6 +418,7 @@ __device__ __forceinline__ void backward_epilogue(const float (&cosine)[64], flo
   }
 }
 
+#if !CO_FUSED_REPORT_PLAIN
 // The tiles holding a positive, a self column, the key/extra boundary or the chunk's edge (a few of
 // a large batch) take the role-testing epilogues out of line: their accumulator goes through local
 // memory, so that the plain tiles' code keeps every value in registers.
@@ -431,6 +434,7 @@ __device__ __noinline__ void backward_general(const float (&cosine)[64], float s
                                               T* ds, int64_t ld, float* dscale_part) {
   backward_epilogue<T, false, COLUMNS>(cosine, s, c, roles, grads, f, tile_r0, tile_c0, ds, ld, dscale_part);
 }
+#endif
 
 #endif  // CO_FUSED_BODY
 
