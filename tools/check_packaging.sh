@@ -34,6 +34,9 @@ for target in $EXPECTED; do
     compute_*) grep -q "\.sm_${target#compute_}\.ptx" <<<"$PTX" || { echo "wheel's extension lacks $target PTX:"$'\n'"$PTX" >&2; exit 1; } ;;
   esac
 done
+if grep -qw sm_90a <<<"$EXPECTED"; then  # the fused tiles' wgmma in the sm_90a machine code
+  "$CUOBJDUMP" -sass "$SO" | grep -q "HGMMA.64x128x16.F32" || { echo "wheel's sm_90a code holds no HGMMA" >&2; exit 1; }
+fi
 echo "wheel $(basename "$WHEEL"): kernels + extension with $EXPECTED"
 
 echo "== the wheel in a fresh venv"
