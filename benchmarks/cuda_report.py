@@ -80,17 +80,23 @@ def _demangle(names: list[str]) -> list[str]:
             for line in lines]
 
 
-@functools.cache
-def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
-    """Every kernel of ``csrc/epilogue.cu`` compiled for ``sm_{arch}`` as the build compiles it."""
+def _compile(source: str, arch: str, extra: tuple = ()) -> tuple[str, str]:
+    """``(ptxas -v output, SASS)`` of ``csrc/<source>`` compiled for ``sm_{arch}`` as the build does."""
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp, "epilogue.cubin")
-        cmd = [_nvcc(), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-cubin",
+        cubin = Path(tmp, "kernels.cubin")
+        cmd = [_nvcc(), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-cubin", *extra,
                f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", str(CSRC),
-               str(CSRC / "epilogue.cu"), "-o", str(cubin)]
+               str(CSRC / source), "-o", str(cubin)]
         verbose = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
         sass = subprocess.run([kr._tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                               check=True).stdout
+    return verbose, sass
+
+
+@functools.cache
+def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
+    """Every kernel of ``csrc/epilogue.cu`` compiled for ``sm_{arch}`` as the build compiles it."""
+    verbose, sass = _compile("epilogue.cu", arch)
     resources = {}
     for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
         name = block.split("'")[0]
@@ -134,14 +140,7 @@ def fused_stats(arch: str = ARCH) -> dict[str, kr.KernelStats]:
     compiled with the plain tiles' epilogue alone (``CO_FUSED_REPORT_PLAIN``: what nearly every tile of
     a large plain batch runs), read as the Triton kernels are (``kernel_report._sass_stats``: the whole
     kernel is one tile, its k-loop the loop holding the HGMMAs)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp, "fused.cubin")
-        cmd = [_nvcc(), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-cubin", "-DCO_FUSED_REPORT_PLAIN=1",
-               f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", str(CSRC),
-               str(CSRC / "fused_sm90.cu"), "-o", str(cubin)]
-        verbose = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run([kr._tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
+    verbose, sass = _compile("fused_sm90.cu", arch, ("-DCO_FUSED_REPORT_PLAIN=1",))
     resources = {}
     for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
         name = block.split("'")[0]
