@@ -46,8 +46,8 @@ from benchmarks.workloads import (
 GRIDS = {
     "small": {"n": [256, 512, 1024], "d": [64], "dtypes": ["float32"]},
     "cpu": {"n": [1024, 2048, 4096, 8192], "d": [128], "dtypes": ["float32"]},
-    # what one 10-minute GPU call can hold: the issue's headline shape (65536² × 768, bf16) and below
-    "lease": {"n": [4096, 16384, 65536], "d": [768], "dtypes": ["bfloat16"]},
+    # what a run of a few minutes on a GPU can hold: the headline shape (65536² × 768, bf16) and below
+    "timeboxed": {"n": [4096, 16384, 65536], "d": [768], "dtypes": ["bfloat16"]},
     "full": {"n": [4096, 16384, 65536, 262144, 1048576], "d": [128, 512, 768, 1024], "dtypes": ["bfloat16", "float32"]},
 }
 # calls one slow measured point costs: its warm-up, measure.SLOW_CALL_REPS timed calls, one for peak memory
@@ -263,9 +263,9 @@ def _modeled(loss, rows, cols, d, dtype_name, tflops, gib_per_s):
     """The static kernel report's modeled ms for this point (None where the model has no such loss or
     the compile fails: a model never stops a measurement)."""
     try:
-        from benchmarks import kernel_report
+        from benchmarks.static import triton_report
 
-        return kernel_report.modeled_ms(loss, rows, cols, d, dtype_name, tflops, gib_per_s * 2**30)
+        return triton_report.modeled_ms(loss, rows, cols, d, dtype_name, tflops, gib_per_s * 2**30)
     except Exception as exc:  # noqa: BLE001
         print(f"modeled_ms for {loss} n={rows} d={d}: {type(exc).__name__}: {exc}")
         return None

@@ -59,7 +59,7 @@ def main(arch: int) -> int:
     from triton.compiler import ASTSource
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-    from benchmarks.kernel_report import aligned, kernel_signature, with_defaults
+    from benchmarks.static.triton_report import aligned, kernel_signature, with_defaults
 
     target = GPUTarget("cuda", arch, 32)
     failures = 0

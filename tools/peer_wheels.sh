@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download the benchmark's peers as wheels into .whl/ (git-ignored), for a GPU machine without
-# network: tools/gpu_session.sh installs whatever .whl/ holds, and the device tool carries it
+# network: tools/gpu_run/session.sh installs whatever .whl/ holds, and the device tool carries it
 # (carry [".whl"]). All four are pure-Python wheels; their dependencies (torch, triton, numpy) are
 # expected on the GPU machine. Pins match tools/bootstrap.sh.
 set -euo pipefail

@@ -30,7 +30,7 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 # Triton first: both run every loss, and the static model puts the fused Triton kernels ahead of the
-# extension's cuBLAS products with separate epilogue passes (benchmarks/kernel_report.py); no GPU
+# extension's cuBLAS products with separate epilogue passes (benchmarks/static/); no GPU
 # measurement says otherwise yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
 

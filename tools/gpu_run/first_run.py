@@ -1,8 +1,8 @@
-"""The first run on a GPU, in one 10-minute slot: what it does, in which order, and its dry run.
+"""The first run on a fresh GPU machine, within a time limit: what it does, in which order, and its dry run.
 
-    python -m benchmarks.first_run run --out DIR            # on the GPU machine (tools/gpu_session.sh first)
-    python -m benchmarks.first_run run --tiny --out DIR     # the same steps on a CPU at tiny sizes
-    python -m benchmarks.first_run dry-run [--tiny]         # on a CPU: the plan, predicted times, compile counts
+    python -m tools.gpu_run.first_run run --out DIR            # on the GPU machine (tools/gpu_run/session.sh first)
+    python -m tools.gpu_run.first_run run --tiny --out DIR     # the same steps on a CPU at tiny sizes
+    python -m tools.gpu_run.first_run dry-run [--tiny]         # on a CPU: the plan, predicted times, compile counts
 
 Steps, each capped in time and run in a process of its own, each writing into ``DIR`` as soon as
 it has a result (six files at most: ``session.log``, ``results.jsonl``, ``results.md``, one PNG per
@@ -10,8 +10,8 @@ dtype × D of the timings, ``kernel-report.md``):
 
 1. ``environment``: GPU, driver, torch, triton, the matmul rates and the copy bandwidth;
 2. ``build``: the Python package (editable), then at once the CUDA extension for this GPU's own arch
-   (nvcc in parallel) beside the Triton precompile (:mod:`benchmarks.triton_cache`: kernels the
-   carried cache lacks are compiled on every core before the timings);
+   (nvcc in parallel) beside the Triton precompile (:mod:`tools.gpu_run.triton_cache`: kernels the
+   copied cache lacks are compiled on every core before the timings);
 3. ``smoke``: every benchmark loss × {triton, cuda} × {bf16, fp32} × {D = 768, an odd D} at one modest
    size against float64 (``chunked``), judged against PyTorch's own error in that dtype (``naive``),
    and a bitwise determinism check of both backends;
@@ -19,10 +19,10 @@ dtype × D of the timings, ``kernel-report.md``):
    candidate per list (``CONTRASTIVE_OPS_TRITON_CANDIDATES=1``: the kernel report's default configs,
    and one compile per kernel), the largest point last and only if time remains;
 5. ``report``: the tables and plots, the triton rows measured beside the model's figures (made on
-   the CPU by the dry run and carried with the cache);
+   the CPU by the dry run and copied with the cache);
 6. ``gpu tests``: ``pytest -m gpu`` in whatever time is left.
 
-Every figure the dry run prints is a prediction: compile seconds are measured here (Triton's
+Every figure the dry run prints is a prediction: compile seconds are measured on this machine (Triton's
 ahead-of-time compile for sm_90a, on this machine's cores), kernel times come from the static kernel
 report's model, and the rest are stated assumptions.
 """
@@ -40,9 +40,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPU_TESTS_MIN_S = 60  # what the plan keeps for pytest -m gpu at least
-LIMIT_S = 480  # the slot's 10 minutes, less the machine's start, the transfers and a margin
+LIMIT_S = 480  # the default time limit: a 10-minute allowance less the machine's start, the copies and a margin
 MODELED_FILE = "modeled.json"  # beside the Triton cache: the model's ms of each triton headline point
 TRAVEL_LIMIT_MIB = 64
 
@@ -168,8 +168,8 @@ def step_build(p: Plan, out: Path, cap_s: float) -> int:
             env.update(CONTRASTIVE_OPS_BUILD_CUDA="1", CONTRASTIVE_OPS_CUDA_ARCHS="90a")
             rc = _capped([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", f"{tmp}/t",
                           "--build-lib", f"{tmp}/l"], cap_s, env)
-        print(f"extension for sm_90a: exit {rc} in {time.monotonic() - start:.0f} s (a temporary build: no GPU here)")
-        print("Triton precompile: not on a CPU (the dry run compiles the plan's kernels here)")
+        print(f"extension for sm_90a: exit {rc} in {time.monotonic() - start:.0f} s (a temporary build: no GPU on this machine)")
+        print("Triton precompile: not on a CPU (the dry run compiles the plan's kernels on this machine)")
         return rc
     rc = _capped([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."],
                  cap_s, dict(env, CONTRASTIVE_OPS_BUILD_CUDA="0"))
@@ -180,7 +180,7 @@ def step_build(p: Plan, out: Path, cap_s: float) -> int:
     build = subprocess.Popen([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], start_new_session=True,
                              env=dict(env, CONTRASTIVE_OPS_BUILD_CUDA="1", CONTRASTIVE_OPS_CUDA_ARCHS=arch))
     workers = max(1, (os.cpu_count() or 2) - 4)  # nvcc keeps a few cores
-    pre = subprocess.Popen([sys.executable, "-m", "benchmarks.triton_cache", "precompile", "--deadline-s",
+    pre = subprocess.Popen([sys.executable, "-m", "tools.gpu_run.triton_cache", "precompile", "--deadline-s",
                             str(max(10, left - 10)), "--workers", str(workers)], start_new_session=True)
     rc_build = _wait(build, left)
     print(f"extension for sm_{arch}: exit {rc_build} in {time.monotonic() - start:.0f} s")
@@ -373,7 +373,7 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _modeled(out: Path | None = None) -> dict:
-    from benchmarks.triton_cache import CACHE_DIR
+    from tools.gpu_run.triton_cache import CACHE_DIR
 
     path = CACHE_DIR / MODELED_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -434,7 +434,7 @@ def step_report(p: Plan, out: Path) -> int:
 
 def measured_beside_modeled(bench: list[dict], modeled: dict) -> str:
     lines = ["# The triton backend: measured beside modeled", "",
-             ("Modeled: the static kernel report (`python -m benchmarks.kernel_report`) with its H200 constants "
+             ("Modeled: the static kernel report (`python -m benchmarks.static`) with its H200 constants "
              f"and the default tile configs, computed on a CPU{' with Triton ' + modeled['triton'] if modeled else ''}"
              " before the run. Measured: this run (median forward+backward ms)."), "",
              "| loss | N × M | D | dtype | measured ms | modeled ms | measured / modeled | share of measured matmul |",
@@ -497,7 +497,7 @@ def run(p: Plan, out: Path, limit_s: float = LIMIT_S) -> int:
         if name == "gpu tests":
             cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"]
         else:
-            cmd = [sys.executable, "-m", "benchmarks.first_run", "step", name, "--out", str(out), "--cap-s",
+            cmd = [sys.executable, "-m", "tools.gpu_run.first_run", "step", name, "--out", str(out), "--cap-s",
                    str(int(cap))] + (["--tiny"] if p.tiny else [])
         rc = _capped(cmd, cap, env)
         print(f"=== {name}: exit {rc} in {time.monotonic() - t0:.0f} s", flush=True)
@@ -534,7 +534,7 @@ ASSUMED = {
     "smoke_call_s": 0.15,  # one forward+backward at the smoke's size, compiled kernels (GPU)
     "smoke_call_tiny_s": 1.5,  # the same in Triton's interpreter (CPU, tiny)
     "point_overhead_s": 0.5,  # inputs, the fit check, the peak-memory call's setup
-    "cuda_tflops": 100.0,  # the cuda backend where its static model (benchmarks.cuda_report) is not at hand
+    "cuda_tflops": 100.0,  # the cuda backend where its static model (benchmarks.static.cuda_report) is not at hand
     "peer_share": 0.5,  # inf-cl, memeff, siglip-kernel: this share of the matmul rate
     "naive_passes": 6,  # fp32 N × M passes of the naive loss (forward+backward), at the copy bandwidth
     "report_s": 10.0,
@@ -542,7 +542,7 @@ ASSUMED = {
     "torch_compile_s": 40.0,  # compiled_naive: torch.compile of the loss, once per size
     "peer_jit_s": 10.0,  # inf-cl, memeff, siglip-kernel: their own Triton kernels, compiled at first use
 }
-# the kernel report's H200 constants (benchmarks.kernel_report.H200), not imported: that module sets
+# the kernel report's H200 constants (benchmarks.static.model.H200), not imported: that module sets
 # Triton's compile environment, which is part of every kernel's cache key
 H200_BF16_FLOPS, H200_BYTES_S = 790e12, 4.3e12
 
@@ -584,7 +584,7 @@ def predicted_group_s(p: Plan, g: Group, modeled: dict) -> float:
 
 def census_points(p: Plan):
     """``(step, call)`` pairs that make the triton calls of the run (smoke and headline) on CPU tensors
-    for :class:`benchmarks.triton_cache.Census`: headline sizes as stand-ins of the same divisibility."""
+    for :class:`tools.gpu_run.triton_cache.Census`: headline sizes as stand-ins of the same divisibility."""
     import torch
 
     from benchmarks.workloads import WORKLOADS, make_inputs
@@ -613,7 +613,7 @@ def _shown(path: Path) -> str:
 
 
 def _travel_mib(extra: list[Path]) -> float:
-    """What the device tool sends: tracked and untracked-not-ignored files, plus the carried paths."""
+    """What is copied to the GPU machine: tracked and untracked-not-ignored files, plus the given paths."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
                             check=False).stdout.decode().split("\0")
     total = sum((REPO / f).stat().st_size for f in listed if f and (REPO / f).is_file())
@@ -626,7 +626,7 @@ def _travel_mib(extra: list[Path]) -> float:
 
 
 def _measure_build_s() -> float | None:
-    """Seconds to build the extension for sm_90a here (nvcc and the torch glue), or None without nvcc."""
+    """Seconds to build the extension for sm_90a on this machine (nvcc and the torch glue), or None without nvcc."""
     from contrastive_ops import _build
 
     if _build.find_nvcc() is None:
@@ -645,27 +645,27 @@ def write_model(p: Plan, path: Path) -> dict:
     environment, which would change the census's cache keys."""
     import triton
 
-    from benchmarks import kernel_report
+    from benchmarks.static import model, triton_report
     from benchmarks.workloads import WORKLOADS
     from contrastive_ops import _build
 
     points, cuda_points = {}, {}
     for g in p.groups:
-        if g.loss not in kernel_report.MODELED_LOSSES:
+        if g.loss not in model.MODELED_LOSSES:
             continue
         for n in g.ns:
             rows, cols = WORKLOADS[g.loss].logits_shape(n)
             key = _point_key(g.loss, rows, cols, g.d, p.headline_dtype)
             if "triton" in g.impls:
-                points[key] = kernel_report.modeled_ms(g.loss, rows, cols, g.d, p.headline_dtype)
+                points[key] = triton_report.modeled_ms(g.loss, rows, cols, g.d, p.headline_dtype)
             if "cuda" in g.impls and _build.find_nvcc() is not None:
-                from benchmarks import cuda_report
+                from benchmarks.static import cuda_report
 
-                w = kernel_report.workload(g.loss, rows, cols, g.d, p.headline_dtype)
+                w = model.workload(g.loss, rows, cols, g.d, p.headline_dtype)
                 cuda_points[key] = cuda_report.model_workload(w)[1]["modeled_ms"]
-    from benchmarks.triton_cache import kernel_source_hash
+    from tools.gpu_run.triton_cache import kernel_source_hash
 
-    model = {"triton": triton.__version__, "sources": kernel_source_hash(), "device": kernel_report.H200.name,
+    model = {"triton": triton.__version__, "sources": kernel_source_hash(), "device": model.H200.name,
              "points": points, "cuda_points": cuda_points}
     path.write_text(json.dumps(model, indent=1))
     return model
@@ -677,11 +677,11 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     the last line ``predicted total: <seconds> s``. 0 if it fits :data:`LIMIT_S` and the travel limit."""
     import triton
 
-    from benchmarks import triton_cache
     from benchmarks._env import commit
+    from tools.gpu_run import triton_cache
 
     print(f"# first GPU run: the plan{' (tiny)' if p.tiny else ''} at commit {commit()}; every time below is PREDICTED")
-    print(f"Triton {triton.__version__} here (the GPU machines run 3.6.0); kernels compiled ahead of time for "
+    print(f"Triton {triton.__version__} on this machine (the GPU machines run 3.6.0); kernels compiled ahead of time for "
           f"sm_{triton_cache.TARGET_ARCH}a into {_shown(triton_cache.CACHE_DIR)}/")
     cache = triton_cache.load_plan()
     fresh = (cache is not None and cache["sources"] == triton_cache.kernel_source_hash()
@@ -697,11 +697,11 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     modeled = {}
     model_path = triton_cache.CACHE_DIR / MODELED_FILE
     if not p.tiny:  # always made anew: it depends on the CUDA sources too, and costs a minute
-        subprocess.run([sys.executable, "-m", "benchmarks.first_run", "model", "--out", str(model_path)], cwd=REPO,
+        subprocess.run([sys.executable, "-m", "tools.gpu_run.first_run", "model", "--out", str(model_path)], cwd=REPO,
                        check=True, env={k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"})
         modeled = json.loads(model_path.read_text())
     build_s = _measure_build_s() if measure_build else None
-    workers_there = 12  # 16 cores there, nvcc keeps 4
+    gpu_workers = 12  # the GPU machine's 16 cores, less 4 kept by nvcc
     by_step: dict = {}
     for r in cache["records"]:
         for s in r["steps"]:
@@ -716,13 +716,13 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
 
     print()
     line("environment", ASSUMED["environment_s"], "assumed: info, nvidia-smi, matmul rates, copy bandwidth")
-    miss_s = compile_s / workers_there
-    build_what = (f"extension for sm_90a: {build_s:.0f} s measured here on {os.cpu_count()} cores (fewer there: 16 "
-                  f"cores)" if build_s is not None else "extension: not measured (no nvcc here); cap")
+    miss_s = compile_s / gpu_workers
+    build_what = (f"extension for sm_90a: {build_s:.0f} s measured on {os.cpu_count()} cores of this machine (the GPU machine: 16 "
+                  f"cores)" if build_s is not None else "extension: not measured (no nvcc on this machine); cap")
     build_pred = build_s if build_s is not None else p.caps["build"]
     line("build", min(p.caps["build"], build_pred),
          f"{build_what}; beside it the Triton precompile of {len(cache['records'])} kernels: ~0 s from the cache, "
-         f"{miss_s:.0f} s on {workers_there} processes if every key missed")
+         f"{miss_s:.0f} s on {gpu_workers} processes if every key missed")
     smoke_calls = len(_smoke_workloads()) * len(p.smoke_d) * len(p.smoke_dtypes) * (2 + len(p.smoke_backends))
     per_call = ASSUMED["smoke_call_tiny_s" if p.tiny else "smoke_call_s"]
     line("smoke", min(p.caps["smoke"], smoke_calls * per_call),
@@ -742,13 +742,13 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     line("report", ASSUMED["report_s"], "tables, plots, measured beside modeled")
     line("gpu tests", GPU_TESTS_MIN_S, f"at least this; they get whatever is left of the {LIMIT_S} s "
                                        f"({max(0.0, LIMIT_S - total - GPU_TESTS_MIN_S):.0f} s more predicted)")
-    print(f"\nTriton compiles: {len(cache['records'])} distinct kernels, {compile_s:.0f} s measured here "
+    print(f"\nTriton compiles: {len(cache['records'])} distinct kernels, {compile_s:.0f} s measured on this machine "
           f"(per kernel: min {min((r['compile_s'] for r in cache['records']), default=0):.1f} s, max "
           f"{max((r['compile_s'] for r in cache['records']), default=0):.1f} s); without the cache the first "
           f"launches would compile them serially: +{compile_s:.0f} s inside the smoke and headline caps")
-    carried = [REPO / ".whl", triton_cache.pack()]
-    travel = _travel_mib(carried)
-    print(f"travel: {travel:.1f} MiB with {', '.join(_shown(c) for c in carried)} (limit "
+    copied = [REPO / ".whl", triton_cache.pack()]
+    travel = _travel_mib(copied)
+    print(f"travel: {travel:.1f} MiB with {', '.join(_shown(c) for c in copied)} (limit "
           f"{TRAVEL_LIMIT_MIB} MiB): {'ok' if travel < TRAVEL_LIMIT_MIB else 'OVER'}")
     fits = total <= LIMIT_S and travel < TRAVEL_LIMIT_MIB
     print(f"limit {LIMIT_S} s: {'fits' if fits else 'DOES NOT FIT'}")
@@ -759,8 +759,8 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="every step, each capped (the GPU slot; --tiny on a CPU)")
-    r.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
+    r = sub.add_parser("run", help="every step, each capped (on the GPU machine; --tiny on a CPU)")
+    r.add_argument("--out", default="gpu-out")
     r.add_argument("--limit-s", type=float, default=LIMIT_S)
     d = sub.add_parser("dry-run", help="the plan with predicted times, compile counts and the travel size")
     d.add_argument("--rebuild", action="store_true", help="redo the census and compile even if the cache is fresh")

@@ -1,44 +1,47 @@
 #!/usr/bin/env bash
-# The first run on a GPU, in one 10-minute call (benchmarks/first_run.py has the steps and caps):
+# Runs on a fresh GPU machine (no network needed) within a time limit, writing everything into an
+# output folder: build the CUDA extension, check every backend on the GPU, benchmark.
 #
-#   bash tools/gpu_session.sh first --dry-run         # here, on a CPU: the plan, predicted times,
-#                                                     # compile counts; compiles the plan's Triton
-#                                                     # kernels for sm_90a into .triton-cache.tgz
-#   bash tools/gpu_session.sh first                   # there: carry [".whl", ".triton-cache.tgz"]
-#   bash tools/gpu_session.sh first --tiny            # the same steps on a CPU at tiny sizes
-# (--rebuild with --dry-run: census and compile again although the cache matches the kernel sources)
+#   bash tools/gpu_run/session.sh [--time-limit S] [--out DIR] STAGE [stage options]
 #
-# The dry run needs Triton 3.6 (the GPU machines' version; tools/bootstrap.sh puts it in
-# .venv/triton-3.6) so that the carried cache's keys are the ones the GPU machine computes.
+#   --time-limit S   every step ends by S seconds after the start (default 570; first: 480)
+#   --out DIR        output folder (default gpu-out): session.log, results.jsonl, results.md, plots
 #
-# Other sessions (more than one call):
-# A GPU machine without network (e.g. the H100 the device tool lends, 10 minutes a call): build the
-# CUDA extension, check every backend on the GPU, run the benchmark suite. Everything it writes goes
-# to $OUT (default gpu-out/): session.log, results.jsonl, results.md and one PNG per dtype × D.
+# Stages:
+#   first --dry-run   on a CPU machine: the first run's plan, predicted times and compile counts; compiles
+#                     the plan's Triton kernels for sm_90a into .triton-cache.tgz (needs Triton 3.6, the GPU
+#                     machines' version: tools/bootstrap.sh puts it in .venv/triton-3.6); --rebuild redoes it
+#   first             on the GPU machine, with .whl/ and .triton-cache.tgz copied beside the tree: every step
+#                     of tools/gpu_run/first_run.py (environment, build, smoke, headline, report, GPU tests)
+#   first --tiny      the same steps on a CPU at tiny sizes
+#   check             build, environment, GPU tests, compiled Triton tests
+#   bench [suite args]  build, then the benchmark suite (default: --sizes timeboxed)
+#   all [suite args]  both (needs more than 10 minutes)
 #
-#   bash tools/gpu_session.sh check                   # build, environment, GPU tests, compiled Triton tests
-#   bash tools/gpu_session.sh bench [suite args]      # build, then the suite (default: --sizes lease)
-#   bash tools/gpu_session.sh all [suite args]        # both, in one call
+# e.g. bash tools/gpu_run/session.sh --time-limit 300 --out out bench --losses clip info_nce \
+#          --impls triton cuda inf_cl --n 1048576 --d 768 --dtypes bfloat16 --modes fwd_bwd --max-seconds 120
 #
-# e.g. bash tools/gpu_session.sh bench --losses clip info_nce --impls triton cuda inf_cl \
-#          --n 1048576 --d 768 --dtypes bfloat16 --modes fwd_bwd --max-seconds 120
-#
-# The tree usually arrives without .git: pass the commit as CONTRASTIVE_OPS_COMMIT=<hash>.
-# Peers missing there (inf-cl, memeff, siglip-kernel, open_clip) travel as wheels in .whl/
-# (tools/peer_wheels.sh fetches them; carry ".whl"); when they install, their tests must run
-# (CONTRASTIVE_OPS_REQUIRE_PEERS=1). Every step ends by LIMIT_S seconds after the start (default 570,
-# inside a 10-minute call): the build within 200 s, the GPU tests within 180 s, and the suite gets
-# --budget-s of what is left less 60 s, to finish its point in flight and write its table and plots
-# (arguments given after the stage come later on the suite's command line, so they win).
-# check and bench each fit one 10-minute call; all does not.
+# Where the tree has no .git, pass the commit as CONTRASTIVE_OPS_COMMIT=<hash>. Peers missing on the GPU
+# machine (inf-cl, memeff, siglip-kernel, open_clip) are installed from wheels in .whl/ (tools/peer_wheels.sh
+# fetches them); when they install, their tests must run (CONTRASTIVE_OPS_REQUIRE_PEERS=1). Within the time
+# limit the build gets 200 s, the GPU tests 180 s, and the suite --budget-s of what is left less 60 s, to
+# finish its point in flight and write its table and plots (arguments after the stage come later on the
+# suite's command line, so they win).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
+OUT=gpu-out
+LIMIT_S=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --time-limit) LIMIT_S="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
 STAGE="${1:-all}"
 [ $# -gt 0 ] && shift
-case "$STAGE" in first|check|bench|all) ;; *) echo "usage: $0 [first [--dry-run] [--tiny]|check|bench|all] [suite args]" >&2; exit 2 ;; esac
-OUT="${OUT:-gpu-out}"
+case "$STAGE" in first|check|bench|all) ;; *) echo "usage: $0 [--time-limit S] [--out DIR] [first [--dry-run] [--tiny]|check|bench|all] [suite args]" >&2; exit 2 ;; esac
 LOG="$OUT/session.log"
-LIMIT_S="${LIMIT_S:-570}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 
@@ -53,7 +56,7 @@ if [ "$STAGE" = first ]; then
   if [ "$DRY" = 1 ]; then
     [ -d .venv/triton-3.6/triton ] || { echo "no .venv/triton-3.6: run tools/bootstrap.sh first" >&2; exit 2; }
     # the census and compile with the GPU machines' Triton; the cache travels packed (.triton-cache.tgz)
-    PYTHONPATH=".venv/triton-3.6${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m benchmarks.first_run dry-run \
+    PYTHONPATH=".venv/triton-3.6${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m tools.gpu_run.first_run dry-run \
       "${TINY[@]}" "${REBUILD[@]}"
     exit $?
   fi
@@ -69,9 +72,10 @@ if [ "$STAGE" = first ]; then
       export PYTHONPATH="/tmp/peer-site${PYTHONPATH:+:$PYTHONPATH}" CONTRASTIVE_OPS_REQUIRE_PEERS=1
     fi
   fi
-  "$PY" -m benchmarks.first_run run "${TINY[@]}" --out "$OUT" 2>&1 | tee -a "$LOG"
+  "$PY" -m tools.gpu_run.first_run run "${TINY[@]}" --out "$OUT" ${LIMIT_S:+--limit-s "$LIMIT_S"} 2>&1 | tee -a "$LOG"
   exit "${PIPESTATUS[0]}"
 fi
+LIMIT_S="${LIMIT_S:-570}"
 mkdir -p "$OUT"
 
 step() {  # step NAME CAP CMD...: run within CAP seconds and before LIMIT_S, output appended to the log
@@ -108,7 +112,7 @@ if [ "$STAGE" != bench ]; then
 fi
 if [ "$STAGE" != check ]; then
   step suite "$LIMIT_S" "$PY" -m benchmarks.suite --no-gpu-tests --out "$OUT/results.jsonl" \
-    --sizes lease --budget-s $((LIMIT_S - SECONDS - 60)) "$@" || status=1
+    --sizes timeboxed --budget-s $((LIMIT_S - SECONDS - 60)) "$@" || status=1
   grep -E "^(device|matmul|results|plot|table)" "$LOG" | tail -8
 fi
 ls -la "$OUT"

@@ -1,6 +1,6 @@
 """Static report of the CUDA extension (backend="cuda") on Hopper, and its roofline model. No GPU.
 
-    python -m benchmarks.cuda_report            # markdown on stdout (also a section of kernel_report)
+    python -m benchmarks.static                 # this report is its CUDA section
 
 The extension's products are torch's GEMMs (cuBLAS on a GPU: its own sm_90 wgmma kernels, which
 this report cannot inspect), its epilogues our kernels (``csrc/epilogue.cu``). Those are compiled
@@ -22,7 +22,7 @@ The model (every figure *modeled*) charges, per launch group of a forward + back
 * torch's elementwise passes (unit rows, normalization backward): their bytes.
 
 Launches are serial on one stream (no overlap assumed). The comparison is with the Triton backend's
-model of the same workload (``kernel_report``, default configs).
+model of the same workload (:mod:`.triton_report`, default configs).
 """
 from __future__ import annotations
 
@@ -31,13 +31,15 @@ import functools
 import math
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import kernel_report as kr
+from .model import H200, ITEMSIZE, Device, KernelStats, Launch, Workload, fmt, headline_workloads
+from .sass import loops as branch_loops
+from .sass import parse_sass, sass_stats, tool
+from .triton_report import default_configs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
 ARCH = "90a"
 PAIR_UNROLL = 4  # CO_PAIR_LOOP in csrc/epilogue.cu
@@ -88,7 +90,7 @@ def _compile(source: str, arch: str, extra: tuple = ()) -> tuple[str, str]:
                f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", str(CSRC),
                str(CSRC / source), "-o", str(cubin)]
         verbose = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run([kr._tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+        sass = subprocess.run([tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                               check=True).stdout
     return verbose, sass
 
@@ -109,8 +111,8 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
     names, bodies = parts[1::2], parts[2::2]
     stats = {}
     for mangled, label, body in zip(names, _demangle(names), bodies):
-        instructions = kr._parse_sass(body)
-        loops = kr._loops(instructions)
+        instructions = parse_sass(body)
+        loops = branch_loops(instructions)
 
         def inside(lp, instructions=instructions):
             return [i for i in instructions if lp[0] <= i[0] <= lp[1]]
@@ -135,10 +137,10 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
 
 
 @functools.cache
-def fused_stats(arch: str = ARCH) -> dict[str, kr.KernelStats]:
+def fused_stats(arch: str = ARCH) -> dict[str, KernelStats]:
     """The fused sm_90a kernels of ``csrc/fused_sm90.cu`` (wgmma tiles with the epilogue in registers),
     compiled with the plain tiles' epilogue alone (``CO_FUSED_REPORT_PLAIN``: what nearly every tile of
-    a large plain batch runs), read as the Triton kernels are (``kernel_report._sass_stats``: the whole
+    a large plain batch runs), read as the Triton kernels are (``sass.sass_stats``: the whole
     kernel is one tile, its k-loop the loop holding the HGMMAs)."""
     verbose, sass = _compile("fused_sm90.cu", arch, ("-DCO_FUSED_REPORT_PLAIN=1",))
     resources = {}
@@ -155,11 +157,11 @@ def fused_stats(arch: str = ARCH) -> dict[str, kr.KernelStats]:
     for mangled, label, body in zip(names, _demangle(names), bodies):
         if not label.startswith("fused_"):
             continue
-        kind, mma_count, tile, kloop, mufu = kr._sass_stats(kr._parse_sass(body))
+        kind, mma_count, tile, kloop, mufu = sass_stats(parse_sass(body))
         regs, spill_stores, spill_loads = resources.get(mangled, (0, 0, 0))
-        stats[label] = kr.KernelStats(label, FUSED_WARPS, FUSED_STAGES, regs, spill_stores, spill_loads,
+        stats[label] = KernelStats(label, FUSED_WARPS, FUSED_STAGES, regs, spill_stores, spill_loads,
                                       FUSED_SMEM, kind, mma_count, tile, kloop, mufu,
-                                      total_instructions=len(kr._parse_sass(body)))
+                                      total_instructions=len(parse_sass(body)))
     return stats
 
 
@@ -170,7 +172,7 @@ def fused_stats(arch: str = ARCH) -> dict[str, kr.KernelStats]:
 _FEATURES = {"hard": 1, "sigmoid": 2, "columns": 4, "band": 8, "labels": 16}  # csrc/epilogue.cu's Feature bits
 
 
-def _feature_set(w: kr.Workload, columns: bool = False) -> int:
+def _feature_set(w: Workload, columns: bool = False) -> int:
     f = 0
     if w.switch("HARD_NEGATIVES"):
         f |= _FEATURES["hard"]
@@ -200,7 +202,7 @@ def _charged(e: EpilogueStats) -> tuple[float, float]:
     return e.per_pair, e.mufu_per_pair
 
 
-def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: kr.Device) -> dict:
+def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: Device) -> dict:
     per_sm = device.sms * device.clock_hz
     per_pair, mufu_per_pair = _charged(e)
     parts = {"issue_ms": pairs / 32 * per_pair / (device.issue_per_clock * per_sm) * 1e3,
@@ -210,19 +212,19 @@ def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: kr.D
     return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
 
 
-def _library_ms(flops: float, dram_bytes: float, device: kr.Device, dtype: str) -> dict:
+def _library_ms(flops: float, dram_bytes: float, device: Device, dtype: str) -> dict:
     parts = {"mma_ms": flops / device.mma_flops[dtype] * 1e3, "memory_ms": dram_bytes / device.dram_bytes_s * 1e3,
              "issue_ms": 0.0, "mufu_ms": 0.0}
     bound = max(parts, key=parts.get)
     return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
 
 
-def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[dict], dict]:
+def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict]:
     """Rows per launch group and the total of one forward + backward of ``w`` on the cuda backend."""
     from contrastive_ops.kernels.config import cosine_chunk_shape
 
     stats = epilogue_stats()
-    item = kr.ITEMSIZE[w.dtype]
+    item = ITEMSIZE[w.dtype]
     n, mt, m, d = w.n, w.m_total, w.m, w.d
     pairs = float(n) * mt
     rows, cols = cosine_chunk_shape(n, mt)
@@ -273,18 +275,18 @@ def model_workload(w: kr.Workload, device: kr.Device = kr.H200) -> tuple[list[di
     return out, _total_row(w, device, out, rows, cols, "cuBLAS + epilogues")
 
 
-def fused_applies(w: kr.Workload) -> bool:
+def fused_applies(w: Workload) -> bool:
     """Whether csrc/ops.cpp's fused_path takes the workload on an sm_90 device: bf16/fp16, d % 8 == 0
     and the plain roles (no labels, band, hard negatives or sigmoid)."""
     return (w.dtype in ("bfloat16", "float16") and w.d % 8 == 0 and not w.ring_radix_bits
             and _feature_set(w) == 0)
 
 
-def _fused_workload(w: kr.Workload, device: kr.Device, add, out, operands, pairs, rows, cols):
+def _fused_workload(w: Workload, device: Device, add, out, operands, pairs, rows, cols):
     """The fused sm_90a path: the forward's and the backward's tile kernels (modeled as the Triton
-    kernels are, kernel_report.Launch), the partials' merges, the dS GEMMs."""
+    kernels are, ``model.Launch``), the partials' merges, the dS GEMMs."""
     stats = fused_stats()
-    item = kr.ITEMSIZE[w.dtype]
+    item = ITEMSIZE[w.dtype]
     n, mt, m, d = w.n, w.m_total, w.m, w.d
     type_name = {"bfloat16": "__nv_bfloat16", "float16": "__half"}[w.dtype]
     columns = w.switch("COLUMN_TERMS")
@@ -296,7 +298,7 @@ def _fused_workload(w: kr.Workload, device: kr.Device, add, out, operands, pairs
 
     def launch(name, flops, dram, note):
         e = stats[name]
-        timing = kr.Launch(name, e, tiles, 1, ksteps, flops, dram, note).model(device, w.dtype)
+        timing = Launch(name, e, tiles, 1, ksteps, flops, dram, note).model(device, w.dtype)
         out.append({"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
                     "kernel": name, "registers": e.registers, "spill_bytes": e.spill_stores, "mma": e.mma_kind,
                     "instructions_per_pair": None, "instructions_per_tile": e.per_tile(ksteps), "note": note,
@@ -317,11 +319,11 @@ def _fused_workload(w: kr.Workload, device: kr.Device, add, out, operands, pairs
     return out, _total_row(w, device, out, rows, cols, "fused sm_90a tiles")
 
 
-def _total_row(w: kr.Workload, device: kr.Device, out, rows, cols, path: str) -> dict:
+def _total_row(w: Workload, device: Device, out, rows, cols, path: str) -> dict:
     n, mt, d = w.n, w.m_total, w.d
     total = sum(r["modeled_ms"] for r in out)
     floor = w.floor_flops() / device.mma_flops[w.dtype] * 1e3
-    triton = kr.default_configs(w, device)[1]["modeled_ms"]
+    triton = default_configs(w, device)[1]["modeled_ms"]
     total_row = {"loss": w.loss, "n": n, "m": mt, "d": d, "dtype": w.dtype, "mode": "fwd_bwd", "backend": "cuda",
                  "kernel": "total", "modeled_ms": total, "floor_ms": floor, "share_of_matrix_rate": floor / total,
                  "triton_modeled_ms": triton, "cuda_over_triton": total / triton, "chunk": [rows, cols], "path": path}
@@ -347,8 +349,8 @@ def workload_table(results) -> str:
         name = f"{total['loss']} {total['dtype']} {total['n']}×{total['m']}×{total['d']}"
         for r in rows:
             per = (f"{r['instructions_per_tile']:.0f}/tile" if r.get("instructions_per_tile") is not None
-                   else kr._fmt(r['instructions_per_pair']))
-            lines.append(f"| {name} | {r['kernel']} | {kr._fmt(r['registers'])} | "
+                   else fmt(r['instructions_per_pair']))
+            lines.append(f"| {name} | {r['kernel']} | {fmt(r['registers'])} | "
                          f"{per} | {r['bound']} | {r['modeled_ms']:.2f} |")
         lines.append(f"| **{name}** | **total**, {total['path']} (floor {total['floor_ms']:.1f} ms; triton modeled "
                      f"{total['triton_modeled_ms']:.1f} ms) | | | {total['cuda_over_triton']:.2f}× triton | "
@@ -356,22 +358,22 @@ def workload_table(results) -> str:
     return "\n".join(lines)
 
 
-def fused_table(stats: dict[str, kr.KernelStats]) -> str:
+def fused_table(stats: dict[str, KernelStats]) -> str:
     header = ("| kernel (sm_90a, plain tiles) | regs | spill B | shared B | CTAs/SM | MMA | HGMMA "
               "| SASS/tile (k-loop once) | SASS per k-step | MUFU/tile |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(stats.values(), key=lambda s: s.kernel):
         if "__half" in e.kernel:
             continue  # the fp16 variants match the bf16 ones
-        lines.append(f"| {e.kernel} | {e.registers} | {e.spill_stores} | {e.shared} | {e.ctas_per_sm(kr.H200)} | "
+        lines.append(f"| {e.kernel} | {e.registers} | {e.spill_stores} | {e.shared} | {e.ctas_per_sm(H200)} | "
                      f"{e.mma_kind} | {e.mma_count} | {e.tile_instructions} | {e.kloop_instructions} | {e.tile_mufu} |")
     return "\n".join(lines)
 
 
-def section(device: kr.Device = kr.H200, workloads=None) -> tuple[str, list[dict]]:
+def section(device: Device = H200, workloads=None) -> tuple[str, list[dict]]:
     """The report's markdown section and its JSON rows."""
     stats = epilogue_stats()
-    workloads = workloads or kr.headline_workloads()
+    workloads = workloads or headline_workloads()
     results = [model_workload(w, device) for w in workloads]
     text = ("## CUDA extension (backend='cuda'): cuBLAS products, our epilogues\n\n"
             f"Epilogue kernels compiled by nvcc for sm_90a (SASS per pair: the per-pair loop unrolled {PAIR_UNROLL}× "
@@ -381,22 +383,7 @@ def section(device: kr.Device = kr.H200, workloads=None) -> tuple[str, list[dict
             + epilogue_table(stats) + "\n\n"
             + "Fused sm_90a kernels (`csrc/fused_sm90.cu`, taken on an sm_90 device for bf16/fp16 plain roles, "
             "d % 8 == 0): wgmma (HGMMA) tiles of 128 × 128 with the epilogue in registers, modeled per tile as "
-            "the Triton kernels are (`kernel_report.Launch`).\n\n"
+            "the Triton kernels are (`model.Launch`).\n\n"
             + fused_table(fused_stats()) + "\n\n" + workload_table(results) + "\n")
     rows = [dataclasses.asdict(s) for s in stats.values()] + [dataclasses.asdict(s) for s in fused_stats().values()]
     return text, rows + [row for wrows, total in results for row in wrows + [total]]
-
-
-def main(argv=None) -> int:
-    import triton
-
-    from contrastive_ops import _build
-
-    print(f"# Static report of the CUDA extension (nvcc {_build.nvcc_version()}, Triton {triton.__version__} for the "
-          f"comparison); every time MODELED for {kr.H200.name}\n")
-    print(section()[0])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The static kernel report (``python -m benchmarks.kernel_report``) on its CI subset: the headline
+"""The static kernel report (``python -m benchmarks.static``) on its CI subset: the headline
 kernels compiled for sm_90a without a GPU, and the invariants of their design checked on the SASS."""
 import importlib.util
 import json
@@ -20,7 +20,7 @@ REQUIRED = {"loss", "n", "m", "d", "dtype", "mode", "backend", "kernel", "modele
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--subset", "ci", "--json", str(out)], check=False,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.static", "--subset", "ci", "--json", str(out)], check=False,
                           cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TRITON_INTERPRET": "0"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -77,7 +77,7 @@ def test_rows_and_totals(report):
 
 
 def test_the_suite_can_put_a_modeled_time_beside_a_measured_one():
-    code = ("from benchmarks import kernel_report as k; "
+    code = ("from benchmarks.static import triton_report as k; "
             "a = k.modeled_ms('clip', 8192, 8192, 768, 'bfloat16', 790.0, 4.3e12); "
             "b = k.modeled_ms('clip', 8192, 8192, 768, 'bfloat16', 395.0, 4.3e12); "
             "assert 0 < a < b, (a, b); assert k.modeled_ms('dcl', 8192, 8192, 768, 'bfloat16') is None; print(a)")
@@ -100,7 +100,7 @@ def test_rows_only_losses_form_their_row_gradient_in_the_forward(report):
 def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headline():
     """The extension's section: every epilogue kernel compiled for sm_90a without spills and with
     its per-pair instruction count, and the headline modeled launch by launch beside Triton's."""
-    code = ("import json; from benchmarks import cuda_report as c, kernel_report as k; "
+    code = ("import json; from benchmarks.static import cuda_report as c, model as k; "
             "s = c.epilogue_stats(); "
             "w = k.workload('clip', 65536, 65536, 768, 'bfloat16'); rows, total = c.model_workload(w); "
             "print(json.dumps({'stats': [vars(x) for x in s.values()], 'rows': rows, 'total': total}))")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRITON_36 = Path(os.environ.get("CONTRASTIVE_OPS_TRITON36_PATH", Path(sys.prefix) / "triton-3.6"))
 needs_triton_36 = pytest.mark.skipif(
     not TRITON_36.is_dir() and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") != "1",
@@ -19,8 +19,8 @@ needs_triton_36 = pytest.mark.skipif(
 def test_tiny_run_goes_end_to_end_and_writes_at_most_eight_files(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(["bash", "tools/gpu_session.sh", "first", "--tiny"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, check=False, env={**env, "OUT": str(out)})
+    proc = subprocess.run(["bash", "tools/gpu_run/session.sh", "--out", str(out), "first", "--tiny"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, check=False, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     files = sorted(p.name for p in out.iterdir())
@@ -48,7 +48,7 @@ def test_cache_keys_are_the_jits_own_under_triton_3_6(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys, torch
         from pathlib import Path
-        from benchmarks import triton_cache, first_run
+        from tools.gpu_run import first_run, triton_cache
         from benchmarks.workloads import WORKLOADS, make_inputs
         cache = Path({str(tmp_path / "cache")!r})
 
@@ -79,7 +79,7 @@ def test_cache_keys_are_the_jits_own_under_triton_3_6(tmp_path):
 def test_dry_run_plan_fits_the_slot_with_a_fresh_cache(tmp_path, monkeypatch, capsys):
     """The dry run's plan with a (made-up) fresh cache: every step predicted, the travel size checked,
     the last line the predicted total, within the limit."""
-    from benchmarks import first_run, triton_cache
+    from tools.gpu_run import first_run, triton_cache
 
     cache = tmp_path / "cache"
     cache.mkdir()

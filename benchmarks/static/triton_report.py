@@ -1,37 +1,16 @@
-"""Static kernel report: what the compiled Triton kernels are on Hopper, and a roofline model of the
-headline workloads built from it. No GPU needed.
-
-    python -m benchmarks.kernel_report                      # markdown on stdout
-    python -m benchmarks.kernel_report --json rows.json     # and one JSON row per workload × kernel
-    python -m benchmarks.kernel_report --subset ci          # the few variants CI checks
+"""The Triton kernels as compiled for Hopper, and the launches of one loss call modeled from them.
 
 Every kernel variant a workload launches is compiled ahead of time for sm_90a by Triton's own
 compiler (16-byte-aligned pointers and sizes, as the JIT marks them for real shapes); Triton's bundled
-ptxas (``-v``) gives registers and spills, its cuobjdump the SASS. From the SASS: the MMA kind and count
-(HGMMA = wgmma, HMMA = mma.sync), and the instructions of one tile iteration — the smallest loop that
-contains the dot product's k-loop, with the k-loop counted once per ``BLOCK_D`` step of D.
-
-The model (every figure it gives is *modeled*, never measured) charges each launch the largest of:
-
-* MMA: its useful dot-product FLOPs at the device's matmul rate;
-* issue: its SASS instructions per tile × warps, at 4 warp-instructions per clock per SM;
-* MUFU: its exp/log instructions per tile × threads, at 16 per clock per SM;
-* memory: its DRAM bytes at the copy bandwidth,
-
-per wave of CTAs (wave quantization included), assuming those overlap perfectly, plus, for a Triton
-kernel running one CTA per SM, an exposed refill of the operand pipeline at every tile (its k-loop
-restarts there: ``refill_cycles``, an L2-latency assumption). cuBLAS products
-(``torch.mm`` in the chunk route) are charged at the matmul rate or their bytes, whichever is larger.
-:data:`H200` holds the constants; the benchmark suite passes the rates it measured instead.
+ptxas (``-v``) gives registers and spills, its cuobjdump the SASS (:mod:`.sass`). :func:`launches`
+lists what one forward + backward launches, and :mod:`.model` turns each launch into modeled time.
+Entry point: ``python -m benchmarks.static``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import inspect
-import json
-import math
 import os
 import re
 import subprocess
@@ -39,146 +18,37 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .model import (
+    H200,
+    ITEMSIZE,
+    MODELED_LOSSES,
+    Device,
+    KernelStats,
+    Launch,
+    Workload,
+    cdiv,
+    fmt,
+    workload,
+)
+from .sass import parse_sass, sass_stats, tool
+
 # the kernels must be decorated for compiling, not interpreting: before any Triton import
 os.environ["TRITON_INTERPRET"] = "0"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
-@dataclasses.dataclass(frozen=True)
-class Device:
-    name: str
-    sms: int
-    clock_hz: float  # sustained SM clock under MMA load (assumed)
-    mma_flops: dict  # dtype -> dense matmul FLOP/s (bf16/fp16 measured on an H200 here; tf32 assumed half)
-    dram_bytes_s: float  # copy bandwidth (measured on an H200 here)
-    issue_per_clock: int = 4  # warp-instructions per clock per SM (4 schedulers)
-    mufu_per_clock: int = 16  # exp2/log2/rcp lanes per clock per SM
-    regs_per_sm: int = 65536
-    smem_per_sm: int = 227 * 1024  # usable by one CTA's dynamic shared memory
-    threads_per_sm: int = 2048
-    refill_cycles: int = 500  # a tile's first operand loads (L2 hits), exposed with one CTA per SM (assumed)
-
-
-#: H100/H200-class device (sm_90a, 132 SMs). 790 TFLOP/s bf16 and 4.3 TB/s were measured on an H200;
-#: the clock and the tf32 rate are assumptions.
-H200 = Device(name="H200 (sm_90a, 132 SMs)", sms=132, clock_hz=1.83e9,
-              mma_flops={"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}, dram_bytes_s=4.3e12)
-
 DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
-ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
 INTS = {"N", "M", "M_TOTAL", "D", "GUIDE_D", "stride_q", "stride_c", "stride_gr", "stride_gc", "stride_dq", "stride_dc",
         "stride_x", "stride_g", "stride_dx", "stride_ds", "row0", "col0", "chunk_rows", "chunk_cols"}
 INT_POINTERS = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
                 "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
                 "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}
 FEATURES = {"Q", "C", "QH", "CH", "X", "DX", "DS", "GUIDE_ROWS", "GUIDE_COLS"}  # the guide in the features' dtype
-SWITCHES = ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "DECOUPLED", "HAS_BAND",
-            "NORMALIZE", "COLUMN_TERMS", "HARD_NEGATIVES", "PAIRWISE_SIGMOID")
 
 
 # ---------------------------------------------------------------------------------------------
 # compiling one variant and reading its code
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class KernelStats:
-    """What the compiler made of one kernel variant."""
-
-    kernel: str
-    warps: int
-    stages: int
-    registers: int
-    spill_stores: int
-    spill_loads: int
-    shared: int
-    mma_kind: str  # "wgmma" (HGMMA), "mma.sync" (HMMA), "none"
-    mma_count: int  # static MMA instructions in the whole kernel
-    tile_instructions: int  # per thread, one tile iteration with its k-loop once (see kloop_instructions)
-    kloop_instructions: int  # per thread, one step of the dot product's k-loop (0: no k-loop)
-    tile_mufu: int  # MUFU instructions in one tile iteration outside the k-loop
-    total_instructions: int
-    # per-branch counts (plain tiles / the others), where the kernel has the plain-tile branch
-    plain: KernelStats | None = None
-    general: KernelStats | None = None
-    plain_fraction: float = 0.0  # share of the workload's tiles that are plain (set per launch)
-
-    def per_tile(self, ksteps: int) -> float:
-        if self.plain is not None and self.general is not None:
-            f = self.plain_fraction
-            return f * self.plain.per_tile(ksteps) + (1 - f) * self.general.per_tile(ksteps)
-        return self.tile_instructions + self.kloop_instructions * (ksteps - 1)
-
-    def mufu_per_tile(self) -> float:
-        if self.plain is not None and self.general is not None:
-            f = self.plain_fraction
-            return f * self.plain.tile_mufu + (1 - f) * self.general.tile_mufu
-        return self.tile_mufu
-
-    def ctas_per_sm(self, device: Device) -> int:
-        threads = 32 * self.warps
-        by_regs = device.regs_per_sm // (max(8, math.ceil(self.registers / 8) * 8) * threads)
-        by_smem = device.smem_per_sm // self.shared if self.shared else 32
-        return max(0, min(by_regs, by_smem, device.threads_per_sm // threads, 32))
-
-
-def _tool(name: str) -> str:
-    import triton
-
-    base = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    for candidate in (f"{name}-blackwell", name):  # the newer ptxas reads the PTX versions Triton writes
-        if (base / candidate).is_file() and subprocess.run([str(base / candidate), "--version"], capture_output=True,
-                                                           check=False).returncode == 0:
-            return str(base / candidate)
-    raise FileNotFoundError(f"Triton's bundled {name} was not found under {base}")
-
-
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_x]*)\s*([^;]*);")
-
-
-def _parse_sass(text: str):
-    """``[(address, opcode, modifiers, operands)]`` of the instructions of one kernel's SASS."""
-    return [(int(m.group(1), 16), m.group(3), m.group(4), m.group(5)) for m in _SASS_LINE.finditer(text)]
-
-
-def _loops(instructions):
-    """Loops as ``(start, end)`` address pairs, from the backward branches."""
-    loops = []
-    for address, opcode, _, operands in instructions:
-        if opcode == "BRA":
-            target = re.search(r"0x([0-9a-f]+)", operands)
-            if target and int(target.group(1), 16) < address:
-                loops.append((int(target.group(1), 16), address))
-    return loops
-
-
-def _sass_stats(instructions):
-    mma = [i for i in instructions if i[1] in ("HGMMA", "HMMA")]
-    kind = "wgmma" if any(i[1] == "HGMMA" for i in mma) else ("mma.sync" if mma else "none")
-    loops = _loops(instructions)
-
-    def inside(loop):
-        return [i for i in instructions if loop[0] <= i[0] <= loop[1]]
-
-    def has_mma(loop):
-        return any(i[1] in ("HGMMA", "HMMA") for i in inside(loop))
-
-    # k-loops: loops with MMA containing no other loop with MMA
-    mma_loops = [lp for lp in loops if has_mma(lp)]
-    kloops = [lp for lp in mma_loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in mma_loops)]
-    # the tile loop: the smallest loop strictly containing a k-loop; a kernel of one tile per program
-    # (no such loop) counts as a whole
-    outer = [lp for lp in loops if any(lp != k and lp[0] <= k[0] and k[1] <= lp[1] for k in kloops)]
-    if outer:
-        tile = min(outer, key=lambda lp: lp[1] - lp[0])
-    else:
-        tile = (instructions[0][0], instructions[-1][0]) if instructions else (0, 0)
-    body = inside(tile)
-    inner = [k for k in kloops if tile != k and tile[0] <= k[0] and k[1] <= tile[1]]
-    in_kloop = {i[0] for k in inner for i in inside(k)}
-    kloop_instructions = len(inside(inner[0])) if inner else 0
-    mufu = sum(1 for i in body if i[1] == "MUFU" and i[0] not in in_kloop)
-    return kind, len(mma), len(body), kloop_instructions, mufu
 
 
 def with_defaults(kernel, constexprs: dict) -> dict:
@@ -280,77 +150,24 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
         ptx.write_text(compiled.asm["ptx"])
         cubin.write_bytes(compiled.asm["cubin"])
         target = re.search(r"\.target\s+(\S+)", compiled.asm["ptx"]).group(1)
-        verbose = subprocess.run([_tool("ptxas"), f"-arch={target}", "-v", str(ptx), "-o", str(Path(tmp, "v.cubin"))],
+        verbose = subprocess.run([tool("ptxas"), f"-arch={target}", "-v", str(ptx), "-o", str(Path(tmp, "v.cubin"))],
                                  capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+        sass = subprocess.run([tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
                               check=True).stdout
     registers = int(re.search(r"Used (\d+) registers", verbose).group(1))
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", verbose)
-    kind, mma_count, tile_instr, kloop_instr, mufu = _sass_stats(_parse_sass(sass))
+    kind, mma_count, tile_instr, kloop_instr, mufu = sass_stats(parse_sass(sass))
     return KernelStats(kernel=kernel_name, warps=warps, stages=stages, registers=registers,
                        spill_stores=int(spills.group(1)) if spills else 0,
                        spill_loads=int(spills.group(2)) if spills else 0, shared=compiled.metadata.shared,
                        mma_kind=kind, mma_count=mma_count, tile_instructions=tile_instr,
                        kloop_instructions=kloop_instr, tile_mufu=mufu,
-                       total_instructions=len(_parse_sass(sass)))
+                       total_instructions=len(parse_sass(sass)))
 
 
 # ---------------------------------------------------------------------------------------------
 # workloads and the launches they make
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """One loss call, forward + backward: logits ``n × m_total`` (``m`` in-batch keys) of dimension d."""
-
-    loss: str
-    n: int
-    m: int
-    d: int
-    dtype: str
-    flags: tuple  # switches as (name, value) pairs
-    extra: int = 0  # extra negatives (queue rows)
-    ring_radix_bits: int = 0  # > 0: a Ring band is selected first
-
-    @property
-    def m_total(self) -> int:
-        return self.m + self.extra
-
-    def switch(self, name: str) -> bool:
-        return dict(self.flags)[name]
-
-    def floor_flops(self) -> float:
-        """Useful dot-product FLOPs of forward + backward: S, S again, dQ and dK."""
-        return 8.0 * self.n * self.m_total * self.d
-
-
-def _flags(**on) -> tuple:
-    base = dict.fromkeys(SWITCHES, False)
-    base.update(on)
-    return tuple(sorted(base.items()))
-
-
-#: the roles of the modeled losses (switches as the triton backend sets them) and their Ring radix bits
-MODELED_LOSSES = {
-    "clip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "COLUMN_TERMS": True}, 0),
-    "info_nce": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
-    "siglip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "DECOUPLED": True, "PAIRWISE_SIGMOID": True}, 0),
-    "supcon": ({"HAS_LABELS": True, "HAS_SELF": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
-    "ring": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "HAS_BAND": True}, 4),
-}
-
-
-def workload(loss: str, n: int, m: int, d: int, dtype: str) -> Workload:
-    flags, radix_bits = MODELED_LOSSES[loss]
-    return Workload(loss, n, m, d, dtype, _flags(**flags), ring_radix_bits=radix_bits)
-
-
-def headline_workloads(d_values=(128, 768), n: int = 65536) -> list[Workload]:
-    """The workloads of the report: the headlines (symmetric CLIP and InfoNCE, bf16, 65536²) and one
-    of each role family (SupCon and Ring at half the batch), at D = 128 and 768."""
-    return [workload(loss, n // 2 if loss in ("supcon", "ring") else n, n // 2 if loss in ("supcon", "ring") else n,
-                     d, "bfloat16") for d in d_values for loss in MODELED_LOSSES]
 
 
 def modeled_ms(loss: str, n: int, m: int, d: int, dtype: str, mma_tflops: float | None = None,
@@ -367,46 +184,6 @@ def modeled_ms(loss: str, n: int, m: int, d: int, dtype: str, mma_tflops: float 
     if bandwidth_bytes_s:
         device = dataclasses.replace(device, dram_bytes_s=bandwidth_bytes_s)
     return default_configs(workload(loss, n, m, d, dtype), device)[1]["modeled_ms"]
-
-
-@dataclasses.dataclass
-class Launch:
-    """One kernel launch (or a group of equal ones) of a workload, with its modeled time."""
-
-    kernel: str
-    variant: KernelStats | None  # None: a library call (cuBLAS GEMM, torch elementwise)
-    programs: int
-    tiles_per_program: float
-    ksteps: int
-    flops: float
-    dram_bytes: float
-    note: str = ""
-
-    def model(self, device: Device, dtype: str) -> dict:
-        """Modeled milliseconds: the largest of the MMA, issue, MUFU and memory times, plus for a
-        Triton tile kernel the operand pipeline's refill at every tile (its k-loop restarts per tile;
-        another CTA on the SM hides it)."""
-        mma_s = self.flops / device.mma_flops[dtype]
-        mem_s = self.dram_bytes / device.dram_bytes_s
-        parts = {"mma_ms": mma_s * 1e3, "memory_ms": mem_s * 1e3, "issue_ms": 0.0, "mufu_ms": 0.0}
-        refill_ms = 0.0
-        if self.variant is not None:
-            v = self.variant
-            ctas = max(1, v.ctas_per_sm(device))
-            waves = math.ceil(self.programs / (device.sms * ctas))
-            per_sm_tiles = waves * self.tiles_per_program * ctas
-            cycles_issue = per_sm_tiles * v.per_tile(self.ksteps) * v.warps / device.issue_per_clock
-            cycles_mufu = per_sm_tiles * v.mufu_per_tile() * 32 * v.warps / device.mufu_per_clock
-            parts["issue_ms"] = cycles_issue / device.clock_hz * 1e3
-            parts["mufu_ms"] = cycles_mufu / device.clock_hz * 1e3
-            # MMA with wave quantization: the busiest SM does per_sm_tiles tiles of the average tile's FLOPs
-            tile_flops = self.flops / max(1.0, self.programs * self.tiles_per_program)
-            parts["mma_ms"] = max(parts["mma_ms"], per_sm_tiles * tile_flops * device.sms / device.mma_flops[dtype] * 1e3)
-            if ctas == 1:
-                refill_ms = per_sm_tiles * device.refill_cycles / device.clock_hz * 1e3
-        bound = max(parts, key=parts.get)
-        return {**parts, "refill_ms": refill_ms, "modeled_ms": parts[bound] + refill_ms,
-                "bound": bound.removesuffix("_ms")}
 
 
 def _stats(module, name, w: Workload, config, extra=(), plain_fraction=0.0):
@@ -432,14 +209,12 @@ def plain_fraction(w: Workload, config, columns_first: bool = False) -> float:
     a row block's diagonal each, for ``columns_first`` programs ``ceil(BN/BM)``) and the edges."""
     if w.switch("HAS_LABELS") or w.switch("MASK_LABELS") or w.switch("HAS_BAND"):
         return 0.0
-    per_index = _cdiv(config.block_n, config.block_m) if columns_first else _cdiv(config.block_m, config.block_n)
+    per_index = cdiv(config.block_n, config.block_m) if columns_first else cdiv(config.block_m, config.block_n)
     special = (int(w.switch("HAS_POS")) + int(w.switch("HAS_SELF"))) * per_index
-    across = _cdiv(w.n, config.block_m) if columns_first else _cdiv(w.m_total, config.block_n)
+    across = cdiv(w.n, config.block_m) if columns_first else cdiv(w.m_total, config.block_n)
     return max(0.0, 1.0 - special / across)
 
 
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def _row_products_switches(d: int) -> dict:
@@ -463,9 +238,9 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     inputs = (n + mt) * d * item
     out: list[Launch] = []
     f, b = fwd_config, bwd_config
-    ks_f = _cdiv(d, f.block_d_for(d))
-    row_blocks = _cdiv(n, f.block_m)
-    col_tiles = _cdiv(mt, f.block_n)
+    ks_f = cdiv(d, f.block_d_for(d))
+    row_blocks = cdiv(n, f.block_m)
+    col_tiles = cdiv(mt, f.block_n)
     if w.switch("NORMALIZE"):
         out.append(Launch("inverse norms", None, 0, 0, 1, 0.0, inputs, note="torch-free Triton row pass"))
     if w.ring_radix_bits:
@@ -474,7 +249,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                        {"RADIX_BITS": w.ring_radix_bits})
         slots = device.sms * max(1, stats.ctas_per_sm(device))
         out.append(Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
-                          2.0 * n * mt * d * passes, inputs * _cdiv(row_blocks, slots) * passes,
+                          2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
                           note=f"{passes} radix passes, each recomputing every tile"))
     # forward: persistent programs; symmetric losses own [P, M] column partials; row-only losses with
     # one positive per row also form the rows' gradient products (an online softmax times Ĉ)
@@ -490,11 +265,11 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     operand_passes = 2 if row_products else 1  # Ĉ is read beside the raw columns
     out.append(Launch("forward" + (" + row products" if row_products else ""), fwd_stats, programs,
                       row_blocks / programs * col_tiles, ks_f, (4.0 if row_products else 2.0) * n * mt * d,
-                      n * d * item + operand_passes * mt * d * item * _cdiv(row_blocks, slots) + partial_bytes
+                      n * d * item + operand_passes * mt * d * item * cdiv(row_blocks, slots) + partial_bytes
                       + (n * d * 4 if row_products else 0)))
     # backward
     registers = bwd.uses_registers(b, d) if hasattr(bwd, "uses_registers") else b.block_d_for(d) >= d
-    ks_b = _cdiv(d, b.block_d_for(d))
+    ks_b = cdiv(d, b.block_d_for(d))
     grads = (n + mt) * d * 4  # fp32 dQ̂, dĈ
     if row_products:  # dQ̂ = s·(g_lse·A + g_pos·ĉ_pos): fp32 rows read and written, a gather of Ĉ
         # A read, dQ̂ written and scaled (fp32), the positives' columns gathered, Q̂ read for the scale
@@ -503,28 +278,28 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     if registers or not hasattr(bwd, "_contrastive_bwd_ds_kernel"):
         sliced = not registers  # the former route: fp32 rows read and written per tile in global memory
         extra = {"ONE_D_BLOCK": registers}
-        passes = [("backward dQ", "_contrastive_bwd_dq_kernel", _cdiv(n, b.block_m), _cdiv(mt, b.block_n), b.block_m),
-                  ("backward dC", "_contrastive_bwd_dc_kernel", _cdiv(mt, b.block_n), _cdiv(n, b.block_m), b.block_n)]
+        passes = [("backward dQ", "_contrastive_bwd_dq_kernel", cdiv(n, b.block_m), cdiv(mt, b.block_n), b.block_m),
+                  ("backward dC", "_contrastive_bwd_dc_kernel", cdiv(mt, b.block_n), cdiv(n, b.block_m), b.block_n)]
         for name, kernel, programs, tiles, rows in passes[1:] if row_products else passes:
             stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra,
                            plain_fraction=plain_fraction(w, b, columns_first=kernel.endswith("dc_kernel")))
             slots = device.sms * max(1, stats.ctas_per_sm(device))
             traffic = programs * tiles * 8.0 * rows * d if sliced else 0.0
             out.append(Launch(name, stats, programs, tiles, ks_b, 4.0 * n * mt * d,
-                              inputs * _cdiv(programs, slots) + grads / 2 + traffic,
+                              inputs * cdiv(programs, slots) + grads / 2 + traffic,
                               note="fp32 rows read+written per tile" if sliced else "accumulators in registers"))
     else:
         rows, cols = bwd.chunk_shape(n, mt, item, b)
-        chunks = _cdiv(n, rows) * _cdiv(mt, cols)
+        chunks = cdiv(n, rows) * cdiv(mt, cols)
         stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b,
                        plain_fraction=plain_fraction(w, b))
-        tiles = _cdiv(min(rows, n), b.block_m) * _cdiv(min(cols, mt), b.block_n)
+        tiles = cdiv(min(rows, n), b.block_m) * cdiv(min(cols, mt), b.block_n)
         ds_bytes = float(n) * mt * item
         # one program per tile, over all chunks (a launch per chunk of `tiles` programs)
         out.append(Launch("backward dS chunks", stats, tiles * chunks, 1, ks_b, 2.0 * n * mt * d,
-                          ds_bytes + inputs * _cdiv(n, rows),
+                          ds_bytes + inputs * cdiv(n, rows),
                           note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
-        row_chunks, col_chunks = _cdiv(n, rows), _cdiv(mt, cols)
+        row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
         # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
         # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
         if row_products:  # only the dĈ products
@@ -615,18 +390,14 @@ def variant_table(stats_rows: list[tuple[str, KernelStats]], device: Device = H2
     return "\n".join(lines)
 
 
-def _fmt(x, digits=2):
-    return "" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
-
-
 def workload_table(results) -> str:
     lines = ["| workload | kernel | config | regs | spills B | MMA | SASS/tile | bound | modeled ms |",
              "|---|---|---|---|---|---|---|---|---|"]
     for rows, total in results:
         name = f"{total['loss']} {total['dtype']} {total['n']}×{total['m']}×{total['d']}"
         for r in rows:
-            lines.append(f"| {name} | {r['kernel']} | {_fmt(r['config'])} | {_fmt(r['registers'])} | "
-                         f"{_fmt(r['spill_bytes'])} | {_fmt(r['mma'])} | {_fmt(r['instructions_per_tile'])} | "
+            lines.append(f"| {name} | {r['kernel']} | {fmt(r['config'])} | {fmt(r['registers'])} | "
+                         f"{fmt(r['spill_bytes'])} | {fmt(r['mma'])} | {fmt(r['instructions_per_tile'])} | "
                          f"{r['bound']} | {r['modeled_ms']:.2f} |")
         lines.append(f"| **{name}** | **total** (floor {total['floor_ms']:.1f} ms) | fwd {total['fwd_config']}, "
                      f"bwd {total['bwd_config']} | | | | | {total['share_of_matrix_rate']:.2f} of matrix rate | "
@@ -697,66 +468,3 @@ def ci_variants():
     b768 = cfg.backward_candidates(768)[0]
     yield "backward dS clip fp16 D=768", _stats(bwd, "_contrastive_bwd_ds_kernel", w768, b768,
                                                 plain_fraction=plain_fraction(w768, b768))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", help="write one JSON row per workload × kernel (and a 'total' row each) here")
-    parser.add_argument("--subset", choices=("headline", "all", "ci"), default="all",
-                        help="headline: the two headline workloads; all: every workload of the report; ci: the "
-                             "variants CI checks")
-    parser.add_argument("--n", type=int, default=65536)
-    parser.add_argument("--mma-tflops", type=float, help="measured bf16/fp16 matmul rate (TFLOP/s)")
-    parser.add_argument("--bandwidth-tbs", type=float, help="measured copy bandwidth (TB/s)")
-    args = parser.parse_args(argv)
-    device = H200
-    if args.mma_tflops or args.bandwidth_tbs:
-        mma = dict(device.mma_flops)
-        if args.mma_tflops:
-            mma = {"bfloat16": args.mma_tflops * 1e12, "float16": args.mma_tflops * 1e12,
-                   "float32": args.mma_tflops * 0.5e12}
-        device = dataclasses.replace(device, mma_flops=mma, name=device.name + " (measured rates)",
-                                     dram_bytes_s=(args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else device.dram_bytes_s))
-    import triton
-
-    print(f"# Static kernel report (sm_90a, Triton {triton.__version__}); every time below is MODELED for "
-          f"{device.name}: {device.mma_flops['bfloat16'] / 1e12:.0f} TFLOP/s bf16, "
-          f"{device.dram_bytes_s / 1e12:.1f} TB/s, {device.clock_hz / 1e9:.2f} GHz\n")
-    if args.subset == "ci":
-        variants = list(ci_variants())
-        print(variant_table(variants, device) + "\n")
-        results = [default_configs(w, device) for w in headline_workloads(n=args.n)
-                   if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
-        rows = [variant_row(label, stats, device) for label, stats in variants]
-    else:
-        workloads = headline_workloads(n=args.n)
-        if args.subset == "headline":
-            workloads = [w for w in workloads if (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
-        results = [r for r in (best_configs(w, device) for w in workloads) if r is not None]
-        rows = []
-        if args.subset == "all":
-            variants = list(config_variants())
-            print(variant_table(variants, device) + "\n")
-            rows = [variant_row(label, stats, device) for label, stats in variants]
-    print(workload_table(results))
-    cuda_rows = []
-    if args.subset != "ci":
-        from contrastive_ops import _build
-
-        if _build.find_nvcc() is None:
-            print("\n(the CUDA extension's section needs nvcc: not on this machine)")
-        else:
-            from benchmarks import cuda_report
-
-            workloads = [w for w in headline_workloads(n=args.n)
-                         if args.subset == "all" or (w.loss, w.d) in (("clip", 768), ("info_nce", 128))]
-            text, cuda_rows = cuda_report.section(device, workloads)
-            print("\n" + text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows + [row for wrows, total in results for row in wrows + [total]] + cuda_rows, fh, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

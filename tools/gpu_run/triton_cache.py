@@ -2,10 +2,10 @@
 
 On a fresh GPU machine every Triton kernel variant a run launches is compiled before its first
 launch (seconds each, serially in the calling process). This module finds those variants on a CPU
-and compiles them here, into a Triton cache folder that travels with the tree:
+and compiles them on the CPU, into a Triton cache folder that is copied to the GPU machine with the tree
+(``python -m tools.gpu_run.first_run dry-run`` builds it; :func:`build` from Python):
 
-    python -m benchmarks.triton_cache build      # census + compile the first GPU run's kernels
-    python -m benchmarks.triton_cache precompile # on the GPU: compile what the cache lacks, in parallel
+    python -m tools.gpu_run.triton_cache precompile # on the GPU: compile what the cache lacks, in parallel
 
 **Census.** The run's own loss calls execute on CPU tensors with Triton's driver replaced by one
 that reports the GPU's target (``cuda``, sm_90, 132 SMs) and with Triton's ``jit_cache_hook``
@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE_DIR = REPO / ".triton-cache"  # git-ignored; carried to the GPU machine
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = REPO / ".triton-cache"  # git-ignored; copied to the GPU machine packed (see pack)
 PLAN_FILE = "plan.json"  # in CACHE_DIR: the census and the measured compile seconds
 TARGET_ARCH = 90  # H100 / H200 (Triton compiles sm_90a for it)
 TARGET_SMS = 132  # their multiprocessor count: the symmetric forward launches min(row blocks, SMs) programs
@@ -204,7 +204,7 @@ def build(points, cache_dir: Path | None = None, workers: int | None = None, tag
     _check_environment()
     if not triton.__version__.startswith("3.6"):
         raise SystemExit(f"the census needs Triton 3.6 (the GPU machines' version), this is {triton.__version__}: "
-                         "run it as bash tools/gpu_session.sh first --dry-run")
+                         "run it as bash tools/gpu_run/session.sh first --dry-run")
     cache_dir = CACHE_DIR if cache_dir is None else cache_dir
     census = Census(points)
     errors = census.errors
@@ -272,7 +272,7 @@ def verify(points, cache_dir: Path | None = None) -> tuple[int, int]:
 
 def pack(cache_dir: Path | None = None) -> Path:
     """The cache folder as one gzipped tar beside it (``.triton-cache.tgz``: cubins shrink about 4×),
-    which is what travels; ``tools/gpu_session.sh first`` unpacks it there."""
+    which is what travels; ``tools/gpu_run/session.sh first`` unpacks it there."""
     import tarfile
 
     cache_dir = CACHE_DIR if cache_dir is None else cache_dir
@@ -327,21 +327,12 @@ def _preload_one(kernel, spec):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="census + compile the first GPU run's kernels here (no GPU)")
-    b.add_argument("--tiny", action="store_true", help="the tiny plan's kernels (what CI checks)")
-    b.add_argument("--cache-dir", default=str(CACHE_DIR))
     p = sub.add_parser("precompile", help="on the GPU machine: compile what the cache lacks")
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
     p.add_argument("--deadline-s", type=float, default=120.0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    if args.command == "precompile":
-        print("Triton cache:", precompile(Path(args.cache_dir), args.deadline_s, args.workers))
-        return 0
-    from benchmarks import first_run
-
-    plan = build(first_run.census_points(first_run.plan(tiny=args.tiny)), Path(args.cache_dir), tag={"tiny": args.tiny})
-    print(summary(plan))
+    print("Triton cache:", precompile(Path(args.cache_dir), args.deadline_s, args.workers))
     return 0
 
 
