@@ -49,6 +49,33 @@ import torch
 Scale = Union[float, torch.Tensor]
 
 
+#: The loss options as every backend's ops take them, in this order: ``(name, torch schema type)``.
+#: The one list of them: :meth:`RoleSpec.flat` / :meth:`RoleSpec.from_flat` convert, :func:`role_schema`
+#: writes the ops' schema, and the CUDA extension's operators take the same names (``csrc/ops.cpp``,
+#: checked by the tests). A new role is a field of :class:`RoleSpec` and a line here.
+ROLE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("pos_index", "Tensor?"),
+    ("self_index", "Tensor?"),
+    ("row_labels", "Tensor?"),
+    ("col_labels", "Tensor?"),
+    ("guide_rows", "Tensor?"),
+    ("guide_cols", "Tensor?"),
+    ("guide_max", "Tensor?"),
+    ("key_negatives", "bool"),
+    ("decoupled", "bool"),
+    ("column_terms", "bool"),
+    ("normalize", "bool"),
+    ("hard_beta", "float?"),
+    ("pairwise_sigmoid", "bool"),
+)
+ROLE_NAMES = tuple(name for name, _ in ROLE_FIELDS)
+
+
+def role_schema() -> str:
+    """The options' part of a ``torch.library`` schema: ``"Tensor? pos_index, ..., bool pairwise_sigmoid"``."""
+    return ", ".join(f"{kind} {name}" for name, kind in ROLE_FIELDS)
+
+
 @dataclass(frozen=True)
 class RoleSpec:
     """Which pairs are positives, excluded or negatives, and what to reduce.
@@ -74,6 +101,25 @@ class RoleSpec:
     @property
     def has_guide(self) -> bool:
         return self.guide_rows is not None
+
+    def flat(self) -> tuple:
+        """The options in the order of :data:`ROLE_FIELDS` (bools as bool, ``hard_beta`` as float or None)."""
+        values = []
+        for name, kind in ROLE_FIELDS:
+            value = getattr(self, name)
+            if kind == "bool":
+                value = bool(value)
+            elif kind == "float?" and value is not None:
+                value = float(value)
+            values.append(value)
+        return tuple(values)
+
+    @classmethod
+    def from_flat(cls, values, ring: tuple[float, float] | None = None) -> RoleSpec:
+        """The inverse of :meth:`flat`; ``ring``, whose band is selected before the ops run, comes apart."""
+        if len(values) != len(ROLE_FIELDS):
+            raise ValueError(f"expected {len(ROLE_FIELDS)} role values ({', '.join(ROLE_NAMES)}), got {len(values)}")
+        return cls(**dict(zip(ROLE_NAMES, values)), ring=ring)
 
     def __post_init__(self):
         guide = (self.guide_rows, self.guide_cols, self.guide_max)
@@ -108,6 +154,20 @@ class ContrastiveTerms(NamedTuple):
     col_pos_count: torch.Tensor | None
     row_lse_beta: torch.Tensor | None = None  # [N] with hard_beta: log-sum-exp of β·S over the denominator
     row_pair_loss: torch.Tensor | None = None  # [N] with pairwise_sigmoid: Σ_j softplus(-z_ij·(S_ij + bias))
+
+
+def terms_from_outputs(outputs, spec: RoleSpec) -> ContrastiveTerms:
+    """The :class:`ContrastiveTerms` of an op's outputs, given in the order of its fields (extra outputs
+    after them are ignored): the terms ``spec`` does not ask for become None (the ops return them as
+    empty tensors, since an op's outputs are always tensors)."""
+    named = dict(zip(ContrastiveTerms._fields, outputs))
+    if not spec.column_terms:
+        named.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
+    if spec.hard_beta is None:
+        named["row_lse_beta"] = None
+    if not spec.pairwise_sigmoid:
+        named["row_pair_loss"] = None
+    return ContrastiveTerms(**named)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,96 +1,45 @@
-"""The triton backend against the float64 references, every loss, loss and every input's gradient.
+"""The triton backend beyond test_against_float64.py (every loss in fp32 and fp16 there): other tile
+configs, the dS chunk route and the forward's row products against float64, reductions, ties,
+determinism, memory, the custom ops' registration.
 
 On a CPU machine these run the kernels under ``TRITON_INTERPRET=1`` (set by conftest.py): small
-shapes, fp32 and fp16 only (bf16 ``tl.dot`` is wrong in the interpreter; bf16 is covered by
-test_gpu.py on a GPU). Shapes are no multiple of the tiles (N=37, R=23, D=40 against 16-wide
+shapes, fp32 and fp16 only (bf16 ``tl.dot`` is wrong in the interpreter; bf16 runs on a GPU, in
+test_against_float64.py). Shapes are no multiple of the tiles (N=37, R=23, D=40 against 16-wide
 tiles); configs are pinned so that both the register and the sliced-D accumulation paths, several
 programs per column partial and both radix widths of the Ring selection run.
 """
-import os
-
 import pytest
 import torch
 from cases import CASES, TEMPERATURE_LOSSES, temperature_inputs, temperature_reference
-from conftest import assert_close_rel
+from helpers import (
+    DEVICE,
+    FP32_REL,
+    assert_at_most_twice_pytorchs_own,
+    assert_close_rel,
+    check_against_float64,
+    grads,
+    make_inputs,
+    required,
+    triton_status,
+)
 
 import contrastive_ops as co
+from contrastive_ops.core import RoleSpec
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_AVAILABLE, _WHY = co.backend_status("triton", DEVICE)
-if not _AVAILABLE and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") == "1":
+_AVAILABLE, _WHY = triton_status()
+if not _AVAILABLE and required("CONTRASTIVE_OPS_REQUIRE_TRITON"):
     raise RuntimeError(f"CONTRASTIVE_OPS_REQUIRE_TRITON=1 but the triton backend cannot run: {_WHY}")
 pytestmark = [pytest.mark.interpreter, pytest.mark.skipif(not _AVAILABLE, reason=f"triton backend: {_WHY}")]
 
 if _AVAILABLE:
     from contrastive_ops.kernels.config import TileConfig, pin_config
 
-FP32_REL = 1e-5
-RING_CASES = {name for name in CASES if name.startswith("ring")}
-FP16_CASES = ["info_nce_queue", "info_nce_symmetric_queue", "nt_xent", "dcl", "clip_tensor_scale",
-              "supcon_few_classes", "ring"]
 
-
-def _inputs(case, dtype, requires_grad=True):
-    tensors = [t.to(DEVICE) for t in case.make(torch.float32)]
-    out = []
-    for t in tensors:
-        if t.dtype.is_floating_point:
-            t = t.to(dtype).requires_grad_(requires_grad)
-        out.append(t)
-    return out
-
-
-def _as_reference(tensors):
-    return [t.detach().cpu().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t.cpu()
-            for t in tensors]
-
-
-def _grads(loss, tensors):
-    leaves = [t for t in tensors if t.requires_grad]
-    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-
-
-def _check_against_reference(name, tensors, backend="triton", rel=FP32_REL):
+def _check_against_reference(name):
+    """fp32 loss and every gradient within FP32_REL of float64 (as test_against_float64.py), under
+    whatever config or route the caller pinned."""
     case = CASES[name]
-    ours = case.ours(tensors, backend=backend, reduction="none")
-    ref_tensors = _as_reference(tensors)
-    expected = case.reference(ref_tensors)
-    assert ours.dtype == torch.float32
-    assert_close_rel(ours.cpu(), expected, rel, f"{name} per-anchor loss")
-    weights = torch.rand(expected.shape, dtype=torch.float64)
-    ours_grads = _grads((ours.double() * weights.to(ours.device)).sum(), tensors)
-    ref_grads = _grads((expected * weights).sum(), ref_tensors)
-    assert len(ours_grads) == len(ref_grads) > 0
-    for input_name, g, g_ref in zip(case.names, ours_grads, ref_grads):
-        assert g.dtype == tensors[case.names.index(input_name)].dtype
-        assert_close_rel(g.cpu(), g_ref, rel, f"{name} d/d{input_name}")
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_every_loss_and_gradient_fp32(name, seed):
-    _check_against_reference(name, _inputs(CASES[name], torch.float32))
-
-
-@pytest.mark.parametrize("name", FP16_CASES)
-def test_fp16_error_at_most_twice_pytorchs_own(name, seed):
-    """fp16 inputs: error against float64 no worse than twice the naive backend's in fp16."""
-    case = CASES[name]
-    tensors = _inputs(case, torch.float16)
-    ref_tensors = _as_reference(tensors)  # the fp16 values themselves, in float64
-    expected = case.reference(ref_tensors)
-    weights = torch.rand(expected.shape, dtype=torch.float64)
-    ref_grads = _grads((expected * weights).sum(), ref_tensors)
-    errors = {}
-    for backend in ("naive", "triton"):
-        inputs = [t.detach().clone().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
-                  for t in tensors]
-        out = case.ours(inputs, backend=backend, reduction="none")
-        grads = _grads((out.double() * weights.to(out.device)).sum(), inputs)
-        errors[backend] = [(out.double().cpu() - expected).abs().max().item()] + [
-            (g.double().cpu() - r).abs().max().item() for g, r in zip(grads, ref_grads)]
-    scales = [expected.abs().max().item()] + [r.abs().max().item() for r in ref_grads]
-    for what, ours, own, scale in zip(["loss"] + case.names, errors["triton"], errors["naive"], scales):
-        assert ours <= 2 * own + 1e-4 * scale, f"{name} {what}: triton error {ours:.3e}, naive fp16 {own:.3e}"
+    check_against_float64(case, make_inputs(case, torch.float32, DEVICE), "triton", rel=FP32_REL, what=name)
 
 
 @pytest.mark.parametrize("config", [
@@ -104,19 +53,19 @@ def test_other_tile_configs(name, config, seed):
     if name.startswith("ring") and config[-1] == 8 and DEVICE.type == "cpu":
         pytest.skip("8-bit radix passes are too slow for the interpreter (255 thresholds per pass)")
     with pin_config(TileConfig(*config)):
-        _check_against_reference(name, _inputs(CASES[name], torch.float32))
+        _check_against_reference(name)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("name", ["info_nce_queue", "supcon_few_classes", "clip_tensor_scale"])
 def test_reductions(name, reduction, seed):
     case = CASES[name]
-    tensors = _inputs(case, torch.float32)
+    tensors = make_inputs(case, torch.float32, DEVICE)
     ours = case.ours(tensors, backend="triton", reduction=reduction)
     naive = case.ours(tensors, backend="naive", reduction=reduction)
     assert ours.dim() == 0
     assert_close_rel(ours.cpu(), naive.double().cpu(), FP32_REL, f"{name}/{reduction}")
-    for g, g_naive in zip(_grads(ours, tensors), _grads(naive, tensors)):
+    for g, g_naive in zip(grads(ours, tensors), grads(naive, tensors)):
         assert_close_rel(g.cpu(), g_naive.double().cpu(), FP32_REL, f"{name}/{reduction} gradient")
 
 
@@ -185,7 +134,7 @@ def test_chunk_route_with_partial_chunks(name, seed, monkeypatch):
     monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(16 * 32 * 4))
     assert contrastive_bwd.chunk_shape(37, 60, 4, TileConfig(16, 16, 16)) == (16, 32)
     assert not contrastive_bwd.uses_registers(TileConfig(16, 16, 16), 40)
-    _check_against_reference(name, _inputs(CASES[name], torch.float32))
+    _check_against_reference(name)
 
 
 ROW_PRODUCT_CASES = ["info_nce", "info_nce_labels", "info_nce_query_key_labels", "info_nce_queue",
@@ -211,7 +160,7 @@ def test_row_products_of_the_forward_replace_the_dq_pass(name, config, seed, mon
     monkeypatch.setattr(contrastive_bwd, "_contrastive_bwd_dq_kernel", _NoLaunch())
     monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", str(16 * 32 * 4))
     with pin_config(TileConfig(*config)):
-        _check_against_reference(name, _inputs(CASES[name], torch.float32))
+        _check_against_reference(name)
 
 
 @pytest.mark.parametrize("name", ["info_nce_queue", "nt_xent", "dcl", "info_nce_query_key_labels"])
@@ -220,13 +169,13 @@ def test_row_products_and_the_dq_pass_agree(name, seed, monkeypatch):
     from contrastive_ops.kernels import config as tile_config
 
     case = CASES[name]
-    tensors = _inputs(case, torch.float32)
+    tensors = make_inputs(case, torch.float32, DEVICE)
     routes = []
     for supported in (tile_config.row_grad_supported, lambda flags, d: False):
         monkeypatch.setattr(tile_config, "row_grad_supported", supported)
         with pin_config(TileConfig(16, 16, 64, 1, 1, 2)):
             loss = case.ours(tensors, backend="triton", reduction="none")
-            routes.append([loss, *_grads((loss * torch.linspace(0.5, 1.5, loss.numel())).sum(), tensors)])
+            routes.append([loss, *grads((loss * torch.linspace(0.5, 1.5, loss.numel())).sum(), tensors)])
     for a, b in zip(*routes):
         assert_close_rel(a, b, FP32_REL, name)
 
@@ -236,8 +185,8 @@ def test_row_products_only_when_a_gradient_is_needed(seed):
     row products, and the keys' gradient is still right."""
     q, k = (torch.randn(21, 24, device=DEVICE) for _ in range(2))
     ops = torch.ops.contrastive_ops
-    args = (q, k, None, torch.tensor(5.0), None, torch.arange(21), None, None, None, None, None, None, None, None, True,
-            False, False, True, None, False, TileConfig(16, 16, 32, 1, 1, 2).as_list())
+    args = (q, k, None, torch.tensor(5.0), None, None, None, *RoleSpec(pos_index=torch.arange(21)).flat(),
+            TileConfig(16, 16, 32, 1, 1, 2).as_list())
     assert ops.tiled_forward(*args, True)[10].shape == (21, 24)
     assert ops.tiled_forward(*args, False)[10].numel() == 0
     key = k.clone().requires_grad_(True)
@@ -260,15 +209,13 @@ def test_fp16_gradients_do_not_underflow(d, symmetric, norm, seed):
     ref_q, ref_k = (t.detach().cpu().double().requires_grad_(True) for t in (q, k))
     (g_ref_q, g_ref_k) = torch.autograd.grad(
         co.info_nce(ref_q, ref_k, symmetric=symmetric, backend="naive", reduction="sum") * 1e-4, [ref_q, ref_k])
-    errors = {}
+    results = {}
     for backend in ("naive", "triton"):
         a, b = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
         loss = co.info_nce(a, b, symmetric=symmetric, backend=backend, reduction="sum") * 1e-4
-        g_q, g_k = torch.autograd.grad(loss, [a, b])
-        errors[backend] = [(g.double().cpu() - r).abs().max().item() / r.abs().max().item()
-                           for g, r in ((g_q, g_ref_q), (g_k, g_ref_k))]
-    for what, ours, own in zip(("d query", "d key"), errors["triton"], errors["naive"]):
-        assert ours <= 2 * own, f"{what}: triton fp16 relative error {ours:.2e}, naive fp16 {own:.2e}"
+        results[backend] = torch.autograd.grad(loss, [a, b])
+    for what, ours, own, truth in zip(("d query", "d key"), results["triton"], results["naive"], (g_ref_q, g_ref_k)):
+        assert_at_most_twice_pytorchs_own(ours, own, truth, 0.0, f"triton fp16 {what}")
 
 
 def test_inputs_are_not_modified(seed):
@@ -324,39 +271,37 @@ def test_custom_ops_pass_torch_library_opcheck(seed):
     pos = torch.arange(18, device=DEVICE)
     config = TileConfig(16, 16, 16, 1, 1, 2).as_list()
     ops = torch.ops.contrastive_ops
-    no_guide = (None, None, None)
-    band = ops.ring_band(q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None, *no_guide, True,
-                         True, 0.5, 0.2, config)
-    torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
-                                          *no_guide, True, True, 0.5, 0.2, config))
+    detached = (q.detach(), k.detach(), e.detach(), scale.detach())
+    band = ops.ring_band(*detached, *RoleSpec(pos_index=pos).flat(), 0.5, 0.2, config)
+    torch.library.opcheck(ops.ring_band, (*detached, *RoleSpec(pos_index=pos).flat(), 0.5, 0.2, config))
     # integer guides, limits at half-integers: [rows, columns (keys then queue), limits]
     guide = (torch.randint(-2, 3, (18, 5), device=DEVICE).float(), torch.randint(-2, 3, (25, 5), device=DEVICE).float(),
              torch.randint(-3, 4, (18,), device=DEVICE).float() + 0.5)
-    torch.library.opcheck(ops.ring_band, (q.detach(), k.detach(), e.detach(), scale.detach(), pos, None, None, None,
-                                          *guide, True, True, 0.5, 0.2, config))
+    guided = {"guide_rows": guide[0], "guide_cols": guide[1], "guide_max": guide[2]}
+    torch.library.opcheck(ops.ring_band, (*detached, *RoleSpec(pos_index=pos, **guided).flat(), 0.5, 0.2, config))
     bias = torch.tensor(-2.0, device=DEVICE, requires_grad=True)
     labels = torch.arange(18, device=DEVICE) % 4
     for args in [
         # symmetric with a queue and false-negative masking by labels
-        (q, k, e, scale, None, pos, None, labels, labels, None, None, *no_guide, True, False, True, True, None, False,
-         config, True),
+        (q, k, e, scale, None, None, None,
+         *RoleSpec(pos_index=pos, row_labels=labels, col_labels=labels, column_terms=True).flat(), config, True),
         # rows only with a queue and label masking: the forward's row-gradient products
-        (q, k, e, scale, None, pos, None, labels, labels, None, None, *no_guide, True, False, False, True, None, False,
+        (q, k, e, scale, None, None, None, *RoleSpec(pos_index=pos, row_labels=labels, col_labels=labels).flat(),
          config, True),
         # keys shared with the queries, decoupled, hard negatives
-        (q, None, None, scale, None, pos, pos, None, None, None, None, *no_guide, True, True, False, False, 0.5, False,
-         config, False),
+        (q, None, None, scale, None, None, None,
+         *RoleSpec(pos_index=pos, self_index=pos, decoupled=True, normalize=False, hard_beta=0.5).flat(), config,
+         False),
         # keys shared with the queries, decoupled (nt_xent-like rows): row-gradient products
-        (q, None, None, scale, None, pos, pos, None, None, None, None, *no_guide, True, True, False, False, None, False,
-         config, True),
+        (q, None, None, scale, None, None, None,
+         *RoleSpec(pos_index=pos, self_index=pos, decoupled=True, normalize=False).flat(), config, True),
         # a Ring band
-        (q, k, e, scale, None, pos, None, None, None, band[0], band[1], *no_guide, True, False, False, True, None,
-         False, config, True),
+        (q, k, e, scale, None, band[0], band[1], *RoleSpec(pos_index=pos).flat(), config, True),
         # pairwise sigmoid with a bias
-        (q, k, None, scale, bias, pos, None, None, None, None, None, *no_guide, True, False, False, False, None, True,
+        (q, k, None, scale, bias, None, None, *RoleSpec(pos_index=pos, normalize=False, pairwise_sigmoid=True).flat(),
          config, False),
         # a guide (GISTEmbed's role) with column terms and a queue
-        (q, k, e, scale, None, pos, None, None, None, None, None, *guide, True, False, True, True, None, False, config,
+        (q, k, e, scale, None, None, None, *RoleSpec(pos_index=pos, column_terms=True, **guided).flat(), config,
          True),
     ]:
         torch.library.opcheck(ops.tiled_forward, args)

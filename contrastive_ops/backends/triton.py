@@ -11,18 +11,27 @@ model through them without graph breaks):
 Inputs are fp32, fp16 or bf16 (fp32 accumulation) on CUDA, or on the CPU under
 ``TRITON_INTERPRET=1`` (slow; for tests). Saved for backward: the inputs and O(N + M) vectors.
 """
-# torch.library infers the ops' schemas from these annotations: keep typing's Optional/List/Tuple forms.
-# ruff: noqa: UP006, UP035, UP045
+# ruff: noqa: UP006, UP035
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from dataclasses import replace
+from typing import List
 
 import torch
-from torch import Tensor
 
 from contrastive_ops.kernels import config as tile_config
 
-from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, check_guide_shapes, ring_ranks
+from ..core import (
+    ROLE_FIELDS,
+    ContrastiveTerms,
+    RoleSpec,
+    Scale,
+    as_scale_tensor,
+    check_guide_shapes,
+    ring_ranks,
+    role_schema,
+    terms_from_outputs,
+)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -41,17 +50,16 @@ def _column_programs(device: torch.device) -> int:
     return 2  # interpreter: few, so that programs take several row blocks each
 
 
-def _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-             guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
-             pairwise_sigmoid):
+def _problem(query, keys, extra, scale, bias, band_lo, band_hi, spec: RoleSpec):
+    """The kernels' view of one problem (``keys=None``: the columns are the rows themselves)."""
     problem = _kernels()[4]
     band = None if band_lo is None else (band_lo, band_hi)
-    guide = None if guide_rows is None else (guide_rows, guide_cols, guide_max)
+    guide = None if spec.guide_rows is None else (spec.guide_rows, spec.guide_cols, spec.guide_max)
     return problem.TileProblem.build(
-        query, keys, extra, scale, bias=bias, pos_index=pos_index, self_index=self_index, row_labels=row_labels,
-        col_labels=col_labels, band=band, key_negatives=key_negatives, decoupled=decoupled,
-        column_terms=column_terms, normalize=normalize, hard_beta=hard_beta, pairwise_sigmoid=pairwise_sigmoid,
-        guide=guide,
+        query, keys, extra, scale, bias=bias, pos_index=spec.pos_index, self_index=spec.self_index,
+        row_labels=spec.row_labels, col_labels=spec.col_labels, band=band, key_negatives=spec.key_negatives,
+        decoupled=spec.decoupled, column_terms=spec.column_terms, normalize=spec.normalize,
+        hard_beta=spec.hard_beta, pairwise_sigmoid=spec.pairwise_sigmoid, guide=guide,
     )
 
 
@@ -83,18 +91,20 @@ def _backward_config(tiles, config: List[int], row: dict, col: dict, row_grad=No
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("contrastive_ops::ring_band", mutates_args=())
-def _ring_band_op(
-    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor,
-    pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
-    col_labels: Optional[Tensor], guide_rows: Optional[Tensor], guide_cols: Optional[Tensor],
-    guide_max: Optional[Tensor], key_negatives: bool, normalize: bool, outer: float, inner: float,
-    config: List[int],
-) -> Tuple[Tensor, Tensor]:
+# Every op takes the problem's tensors, then the loss options as ``core.ROLE_FIELDS`` lists them (one
+# list for every layer: the schemas below are written from it), then its own arguments.
+_ROLES = role_schema()
+_N_ROLES = len(ROLE_FIELDS)
+
+
+def _ring_band_impl(query, keys, extra, scale, *rest):
     """``(v_lo, v_hi)`` fp32 ``[N]``; ``(+inf, -inf)`` for a row whose ring is empty."""
+    roles, (outer, inner, config) = rest[:_N_ROLES], rest[_N_ROLES:]
     ring_select = _kernels()[3]
-    tiles = _problem(query, keys, extra, scale, None, pos_index, self_index, row_labels, col_labels, None, None,
-                     guide_rows, guide_cols, guide_max, key_negatives, False, False, normalize, None, False)
+    # the band is chosen among the candidates: the denominator's and the loss's own options do not enter
+    spec = replace(RoleSpec.from_flat(roles), decoupled=False, column_terms=False, hard_beta=None,
+                   pairwise_sigmoid=False)
+    tiles = _problem(query, keys, extra, scale, None, None, None, spec)
     cfg = _config(tiles, config)
     count = ring_select.candidate_counts(tiles, cfg)
     lo, hi = ring_ranks(count.to(torch.int64), outer, inner)
@@ -106,36 +116,36 @@ def _ring_band_op(
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
 
+_ring_band_op = torch.library.custom_op(
+    "contrastive_ops::ring_band", _ring_band_impl, mutates_args=(),
+    schema=f"(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, {_ROLES}, float outer, float inner, "
+           "int[] config) -> (Tensor, Tensor)")
+
+
 @_ring_band_op.register_fake
-def _(query, keys, extra, scale, pos_index, self_index, row_labels, col_labels, guide_rows, guide_cols, guide_max,
-      key_negatives, normalize, outer, inner, config):
+def _(query, keys, extra, scale, *rest):
     n = query.shape[0]
     return query.new_empty(n, dtype=torch.float32), query.new_empty(n, dtype=torch.float32)
 
 
-#: The forward op's outputs, in order; those a loss does not ask for are empty ``[0]`` tensors.
-FORWARD_OUTPUTS = ("row_lse", "row_pos", "row_den_count", "row_pos_count", "col_lse", "col_pos", "col_den_count", "col_pos_count",
-                   "row_lse_beta", "row_pair_loss", "row_dq", "row_dscale")
+#: The forward op's outputs, in order: ``ContrastiveTerms``' fields, then the rows' gradient products;
+#: those a loss does not ask for are empty ``[0]`` tensors.
+FORWARD_OUTPUTS = ContrastiveTerms._fields + ("row_dq", "row_dscale")
 _COUNTS = ("row_den_count", "row_pos_count", "col_den_count", "col_pos_count")
+#: The forward op's inputs before the options, and the tensors among them saved for the backward.
+_PROBLEM = ("query", "keys", "extra", "scale", "bias", "band_lo", "band_hi")
+_PROBLEM_SCHEMA = "Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, Tensor? band_lo, Tensor? band_hi"
+_ROLE_TENSORS = tuple(name for name, kind in ROLE_FIELDS if kind.startswith("Tensor"))
 
 
-@torch.library.custom_op("contrastive_ops::tiled_forward", mutates_args=())
-def _forward_op(
-    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
-    pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
-    col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
-    guide_rows: Optional[Tensor], guide_cols: Optional[Tensor], guide_max: Optional[Tensor],
-    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
-    pairwise_sigmoid: bool, config: List[int], row_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward_impl(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
     """The :data:`FORWARD_OUTPUTS`: fp32 LSEs, positive means and pair losses, int64 counts; row
     terms ``[N]``, column terms ``[M]`` (with ``column_terms``); with ``row_grad`` (a gradient will be
     asked for), where the kernels support it, the rows' gradient products ``row_dq [N, D]`` and
     ``row_dscale [N]`` for the backward (else empty)."""
+    spec, (config, row_grad) = RoleSpec.from_flat(rest[:_N_ROLES]), rest[_N_ROLES:]
     fwd = _kernels()[1]
-    tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
-                     band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize,
-                     hard_beta, pairwise_sigmoid)
+    tiles = _problem(query, keys, extra, scale, bias, band_lo, band_hi, spec)
     row_grad = row_grad and tile_config.row_grad_supported(tiles.flags, tiles.d)
     out = fwd.contrastive_forward(tiles, _config(tiles, config, row_grad), _column_programs(query.device), row_grad)
     result = []
@@ -147,18 +157,22 @@ def _forward_op(
     return tuple(result)
 
 
+_forward_op = torch.library.custom_op(
+    "contrastive_ops::tiled_forward", _forward_impl, mutates_args=(),
+    schema=f"({_PROBLEM_SCHEMA}, {_ROLES}, int[] config, bool row_grad) -> ({', '.join(['Tensor'] * len(FORWARD_OUTPUTS))})")
+
+
 @_forward_op.register_fake
-def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-      guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
-      pairwise_sigmoid, config, row_grad):
+def _(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
+    spec, (_, row_grad) = RoleSpec.from_flat(rest[:_N_ROLES]), rest[_N_ROLES:]
     n = query.shape[0]
-    m = (query if keys is None else keys).shape[0] if column_terms else 0
-    flags = {"COLUMN_TERMS": column_terms, "HARD_NEGATIVES": hard_beta is not None,
-             "PAIRWISE_SIGMOID": pairwise_sigmoid, "HAS_LABELS": pos_index is None and row_labels is not None,
-             "HAS_BAND": band_lo is not None}
+    m = (query if keys is None else keys).shape[0] if spec.column_terms else 0
+    flags = {"COLUMN_TERMS": spec.column_terms, "HARD_NEGATIVES": spec.hard_beta is not None,
+             "PAIRWISE_SIGMOID": spec.pairwise_sigmoid,
+             "HAS_LABELS": spec.pos_index is None and spec.row_labels is not None, "HAS_BAND": band_lo is not None}
     fused = row_grad and tile_config.row_grad_supported(flags, query.shape[1])
-    sizes = {"row": n, "col": m, "row_lse_beta": n if hard_beta is not None else 0,
-             "row_pair_loss": n if pairwise_sigmoid else 0, "row_dq": (n, query.shape[1]) if fused else 0,
+    sizes = {"row": n, "col": m, "row_lse_beta": n if spec.hard_beta is not None else 0,
+             "row_pair_loss": n if spec.pairwise_sigmoid else 0, "row_dq": (n, query.shape[1]) if fused else 0,
              "row_dscale": n if fused else 0}
     return tuple(
         query.new_empty(sizes.get(name, sizes[name[:3]]), dtype=torch.int64 if name in _COUNTS else torch.float32)
@@ -166,97 +180,104 @@ def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_la
     )
 
 
-@torch.library.custom_op("contrastive_ops::tiled_backward", mutates_args=())
-def _backward_op(
-    query: Tensor, keys: Optional[Tensor], extra: Optional[Tensor], scale: Tensor, bias: Optional[Tensor],
-    pos_index: Optional[Tensor], self_index: Optional[Tensor], row_labels: Optional[Tensor],
-    col_labels: Optional[Tensor], band_lo: Optional[Tensor], band_hi: Optional[Tensor],
-    guide_rows: Optional[Tensor], guide_cols: Optional[Tensor], guide_max: Optional[Tensor],
-    key_negatives: bool, decoupled: bool, column_terms: bool, normalize: bool, hard_beta: Optional[float],
-    pairwise_sigmoid: bool, config: List[int],
-    row_lse: Tensor, row_pos_n: Tensor, col_lse: Tensor, col_pos_n: Tensor, row_lse_beta: Tensor,
-    g_row_lse: Tensor, g_row_pos: Tensor, g_col_lse: Tensor, g_col_pos: Tensor, g_row_lse_beta: Tensor,
-    g_row_pair: Tensor, row_dq: Tensor, row_dscale: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+#: What the backward op takes after the forward's inputs: the saved terms, their incoming gradients
+#: and the forward's row products.
+_BACKWARD_VECTORS = ("row_lse", "row_pos_n", "col_lse", "col_pos_n", "row_lse_beta", "g_row_lse", "g_row_pos",
+                     "g_col_lse", "g_col_pos", "g_row_lse_beta", "g_row_pair", "row_dq", "row_dscale")
+
+
+def _backward_impl(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
     """``(d query, d keys, d extra, d scale, d bias)``; d keys is empty ``[0]`` when the keys are the
     queries (its share is in d query), d extra without extra negatives, d bias without a bias.
     ``row_dq``/``row_dscale``: the forward's row-gradient products, or empty (then a dQ pass runs)."""
+    spec, config = RoleSpec.from_flat(rest[:_N_ROLES]), rest[_N_ROLES]
+    v = dict(zip(_BACKWARD_VECTORS, rest[_N_ROLES + 1:]))
     bwd = _kernels()[2]
     from contrastive_ops.kernels.normalize import normalize_backward
 
-    tiles = _problem(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo,
-                     band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize,
-                     hard_beta, pairwise_sigmoid)
+    tiles = _problem(query, keys, extra, scale, bias, band_lo, band_hi, spec)
     # incoming gradients may be expanded scalars (stride 0): the kernels need dense vectors
-    dense = [g.contiguous() for g in (g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair)]
-    g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair = dense
-    row = {"lse": row_lse, "g_lse": g_row_lse, "g_pos_w": g_row_pos / row_pos_n.clamp(min=1).to(torch.float32)}
-    if hard_beta is not None:
-        row.update(lse_beta=row_lse_beta, g_lse_beta=g_row_lse_beta)
-    if pairwise_sigmoid:
-        row.update(g_pair=g_row_pair)
+    g = {name: v[name].contiguous() for name in _BACKWARD_VECTORS if name.startswith("g_")}
+    row = {"lse": v["row_lse"], "g_lse": g["g_row_lse"],
+           "g_pos_w": g["g_row_pos"] / v["row_pos_n"].clamp(min=1).to(torch.float32)}
+    if spec.hard_beta is not None:
+        row.update(lse_beta=v["row_lse_beta"], g_lse_beta=g["g_row_lse_beta"])
+    if spec.pairwise_sigmoid:
+        row.update(g_pair=g["g_row_pair"])
     col = {}
-    if column_terms:
-        col = {"lse": col_lse, "g_lse": g_col_lse, "g_pos_w": g_col_pos / col_pos_n.clamp(min=1).to(torch.float32)}
-    row_grad = (row_dq, row_dscale) if row_dscale.numel() else None
+    if spec.column_terms:
+        col = {"lse": v["col_lse"], "g_lse": g["g_col_lse"],
+               "g_pos_w": g["g_col_pos"] / v["col_pos_n"].clamp(min=1).to(torch.float32)}
+    row_grad = (v["row_dq"], v["row_dscale"]) if v["row_dscale"].numel() else None
     dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _backward_config(tiles, config, row, col, row_grad), row,
                                                      col, row_grad)
     n_keys = tiles.m
     if keys is None:
         dq = dq + dc[:n_keys]
-    dk = dc[:n_keys] if keys is not None else None
-    de = dc[n_keys:] if extra is not None else None
+    # separate tensors, never views of one buffer: an op's outputs may not alias each other
+    dk = dc[:n_keys].clone() if keys is not None else None
+    de = dc[n_keys:].clone() if extra is not None else None
 
     def finish(grad, x):
         if grad is None:
             return query.new_empty(0)
-        return normalize_backward(x, grad) if normalize else grad.to(x.dtype)
+        return normalize_backward(x, grad) if spec.normalize else grad.to(x.dtype)
 
     dbias = dbias.reshape(()) if bias is not None else query.new_empty(0, dtype=torch.float32)
     return finish(dq, tiles.query), finish(dk, keys), finish(de, extra), dscale.reshape(()), dbias
 
 
+_backward_op = torch.library.custom_op(
+    "contrastive_ops::tiled_backward", _backward_impl, mutates_args=(),
+    schema=f"({_PROBLEM_SCHEMA}, {_ROLES}, int[] config, {', '.join('Tensor ' + n for n in _BACKWARD_VECTORS)}) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
 @_backward_op.register_fake
-def _(query, keys, extra, scale, bias, pos_index, self_index, row_labels, col_labels, band_lo, band_hi,
-      guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
-      pairwise_sigmoid, config, *vectors):
-    empty = query.new_empty(0)  # ``vectors``: the saved row/column terms, their gradients, the row products
+def _(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
+    empty = query.new_empty(0)  # the options, the saved row/column terms, their gradients, the row products
     return (torch.empty_like(query), empty if keys is None else torch.empty_like(keys),
             empty if extra is None else torch.empty_like(extra), scale.new_empty(()),
             scale.new_empty(()) if bias is not None else query.new_empty(0, dtype=torch.float32))
 
 
-_INPUTS = 22  # arguments of the forward op
-_TENSORS = 14  # of which tensors (the rest are options)
-
-
 def _setup_context(ctx, inputs, output):
-    tensors, options = inputs[:_TENSORS], inputs[_TENSORS:-1]  # the backward does not take row_grad: it reads row_dq
-    ctx.options = tuple(list(o) if isinstance(o, list) else o for o in options)
-    ctx.has = (tensors[1] is not None, tensors[2] is not None, tensors[4] is not None)
+    problem, roles = inputs[:len(_PROBLEM)], inputs[len(_PROBLEM):len(_PROBLEM) + _N_ROLES]
+    spec = RoleSpec.from_flat(roles)
+    ctx.options = (*(None if kind.startswith("Tensor") else value for (_, kind), value in zip(ROLE_FIELDS, roles)),
+                   list(inputs[len(_PROBLEM) + _N_ROLES]))  # the role tensors are saved; the config; not row_grad
+    ctx.spec_flags = (spec.hard_beta is not None, spec.pairwise_sigmoid)
+    ctx.has = (problem[1] is not None, problem[2] is not None, problem[4] is not None)
     out = dict(zip(FORWARD_OUTPUTS, output))
-    ctx.save_for_backward(*tensors, out["row_lse"], out["row_pos_count"], out["col_lse"], out["col_pos_count"],
-                          out["row_lse_beta"], out["row_dq"], out["row_dscale"])
+    role_tensors = [value for (_, kind), value in zip(ROLE_FIELDS, roles) if kind.startswith("Tensor")]
+    ctx.save_for_backward(*problem, *role_tensors, out["row_lse"], out["row_pos_count"], out["col_lse"],
+                          out["col_pos_count"], out["row_lse_beta"], out["row_dq"], out["row_dscale"])
 
 
 def _backward(ctx, *grads):
     saved = ctx.saved_tensors
-    tensors, (row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta, row_dq, row_dscale) = (saved[:_TENSORS],
-                                                                                        saved[_TENSORS:])
+    problem = saved[:len(_PROBLEM)]
+    role_tensors = iter(saved[len(_PROBLEM):len(_PROBLEM) + len(_ROLE_TENSORS)])
+    saved_terms = saved[len(_PROBLEM) + len(_ROLE_TENSORS):]
+    roles = tuple(next(role_tensors) if kind.startswith("Tensor") else value
+                  for (_, kind), value in zip(ROLE_FIELDS, ctx.options[:-1]))
+    row_lse, _, col_lse, _, row_lse_beta, _, _ = saved_terms
     g = dict(zip(FORWARD_OUTPUTS, grads))
 
     def grad_or_zero(name, like):
         return torch.zeros_like(like) if g[name] is None else g[name].to(torch.float32)
 
+    _, pairwise_sigmoid = ctx.spec_flags
     dq, dk, de, dscale, dbias = _backward_op(
-        *tensors, *ctx.options, row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta,
+        *problem, *roles, ctx.options[-1], *saved_terms[:5],
         grad_or_zero("row_lse", row_lse), grad_or_zero("row_pos", row_lse), grad_or_zero("col_lse", col_lse),
         grad_or_zero("col_pos", col_lse), grad_or_zero("row_lse_beta", row_lse_beta),
-        grad_or_zero("row_pair_loss", row_lse if ctx.options[5] else row_lse_beta), row_dq, row_dscale,
+        grad_or_zero("row_pair_loss", row_lse if pairwise_sigmoid else row_lse_beta), *saved_terms[5:],
     )
     has_keys, has_extra, has_bias = ctx.has
-    return ((dq, dk if has_keys else None, de if has_extra else None, dscale, dbias if has_bias else None)
-            + (None,) * (_INPUTS - 5))
+    grads_in = {"query": dq, "keys": dk if has_keys else None, "extra": de if has_extra else None, "scale": dscale,
+                "bias": dbias if has_bias else None}
+    return tuple(grads_in.get(name) for name in _PROBLEM) + (None,) * (_N_ROLES + 2)
 
 
 torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, setup_context=_setup_context)
@@ -297,37 +318,25 @@ def compute_terms(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
         )
-    hard_beta, pairwise_sigmoid = spec.hard_beta, spec.pairwise_sigmoid
-    guide = (spec.guide_rows, spec.guide_cols, spec.guide_max) if spec.has_guide else (None, None, None)
     if spec.has_guide:
         check_guide_shapes(spec, query.shape[0], keys.shape[0] + (0 if extra is None else extra.shape[0]))
-        guide = _guide_inputs(guide, query)
+        rows, cols, limit = _guide_inputs((spec.guide_rows, spec.guide_cols, spec.guide_max), query)
+        spec = replace(spec, guide_rows=rows, guide_cols=cols, guide_max=limit)
+    roles = spec.flat()
     pinned = tile_config.pinned_config()
     config = [] if pinned is None else pinned.as_list()
     scale_t = as_scale_tensor(scale, query)
-    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if pairwise_sigmoid else None
+    bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared = keys is query
     keys_arg = None if shared else keys
     band_lo = band_hi = None
     if spec.ring is not None:
         band_lo, band_hi = _ring_band_op(
             query.detach(), None if shared else keys.detach(), None if extra is None else extra.detach(),
-            scale_t.detach(), spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels, *guide,
-            spec.key_negatives,
-            spec.normalize, float(spec.ring[0]), float(spec.ring[1]), config,
+            scale_t.detach(), *roles, float(spec.ring[0]), float(spec.ring[1]), config,
         )
     # the forward computes the rows' gradient products where a backward will need them (see
     # kernels.contrastive_fwd): grad mode on and the rows' or the scale's gradient asked for
     row_grad = torch.is_grad_enabled() and (query.requires_grad or scale_t.requires_grad)
-    out = dict(zip(FORWARD_OUTPUTS, _forward_op(
-        query, keys_arg, extra, scale_t, bias_t, spec.pos_index, spec.self_index, spec.row_labels, spec.col_labels,
-        band_lo, band_hi, *guide, spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
-        None if hard_beta is None else float(hard_beta), pairwise_sigmoid, config, row_grad,
-    )))
-    if not spec.column_terms:
-        out.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
-    if hard_beta is None:
-        out["row_lse_beta"] = None
-    if not pairwise_sigmoid:
-        out["row_pair_loss"] = None
-    return ContrastiveTerms(**{name: out[name] for name in ContrastiveTerms._fields})
+    out = _forward_op(query, keys_arg, extra, scale_t, bias_t, band_lo, band_hi, *roles, config, row_grad)
+    return terms_from_outputs(out, spec)
