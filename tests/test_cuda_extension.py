@@ -84,6 +84,13 @@ def test_extension_loads_with_its_operators(ext):
     assert "float outer, float inner, int chunk_rows, int chunk_cols" in schemas["ring_band"]
     guide = "Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, bool key_negatives"
     assert all(guide in schema for schema in schemas.values()), schemas
+    # the loss options are core.ROLE_FIELDS (the backend calls the operators by these names)
+    from contrastive_ops.core import ROLE_FIELDS
+
+    forward = {arg.name: str(arg.type) for arg in _ops().forward.default._schema.arguments}
+    for name, kind in ROLE_FIELDS:  # "Tensor?" is written Optional[Tensor] there
+        expected = f"Optional[{kind[:-1]}]" if kind.endswith("?") else kind
+        assert forward.get(name) == expected, (name, kind, forward.get(name))
     assert co.backend_status("cuda")[1] == "it runs on CUDA tensors only, these are on cpu"
 
 

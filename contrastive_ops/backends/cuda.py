@@ -27,18 +27,19 @@ float64 on machines without a GPU (``compute_terms(..., allow_cpu=True)``).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from contrastive_ops.kernels.config import cosine_chunk_shape  # imports no Triton
 
 from .. import _ext
-from ..core import ContrastiveTerms, RoleSpec, Scale, as_scale_tensor
+from ..core import ROLE_NAMES, ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, terms_from_outputs
 from ..errors import BackendUnavailableError
 
 _ext.load()  # raises BackendUnavailableError (reason and fix) where it is neither built nor buildable
 _OPS = torch.ops.contrastive_ops_cuda
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FIELDS = ContrastiveTerms._fields  # row_lse, row_pos, row_den_count, row_pos_count, col_*, row_lse_beta, row_pair_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,28 +47,42 @@ _FIELDS = ContrastiveTerms._fields  # row_lse, row_pos, row_den_count, row_pos_c
 # ---------------------------------------------------------------------------------------------
 
 
+def _arguments(op: str) -> tuple[str, ...]:
+    """The argument names of ``contrastive_ops_cuda::op``, in its schema's order (``csrc/ops.cpp``)."""
+    return tuple(a.name for a in getattr(_OPS, op).default._schema.arguments)
+
+
+#: Each operator's arguments; the loss options among them carry ``core.ROLE_FIELDS``' names, so calls
+#: are made by name (:func:`_call`) and the order lives in the C++ schema alone.
+_ARGS = {op: _arguments(op) for op in ("forward", "backward", "ring_band")}
+
+
+def _call(op: str, values: dict):
+    """``contrastive_ops_cuda::op`` on the arguments of ``values`` that it takes (by name)."""
+    return getattr(_OPS, op)(*(values[name] for name in _ARGS[op]))
+
+
 @torch.library.register_fake("contrastive_ops_cuda::forward")
-def _forward_fake(query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo, band_hi,
-                  guide_rows, guide_cols, guide_max, key_negatives, decoupled, column_terms, normalize, hard_beta,
-                  pairwise_sigmoid, chunk_rows, chunk_cols):
+def _forward_fake(*args):
+    a = dict(zip(_ARGS["forward"], args))
+    query, keys = a["query"], a["keys"]
     n = query.shape[0]
-    m = (query if keys is None else keys).shape[0] if column_terms else 0
+    m = (query if keys is None else keys).shape[0] if a["column_terms"] else 0
     f32, i64 = torch.float32, torch.int64
     return (
         query.new_empty(n, dtype=f32), query.new_empty(n, dtype=f32),
         query.new_empty(n, dtype=i64), query.new_empty(n, dtype=i64),
         query.new_empty(m, dtype=f32), query.new_empty(m, dtype=f32),
         query.new_empty(m, dtype=i64), query.new_empty(m, dtype=i64),
-        query.new_empty(n if hard_beta is not None else 0, dtype=f32),
-        query.new_empty(n if pairwise_sigmoid else 0, dtype=f32),
+        query.new_empty(n if a["hard_beta"] is not None else 0, dtype=f32),
+        query.new_empty(n if a["pairwise_sigmoid"] else 0, dtype=f32),
     )
 
 
 @torch.library.register_fake("contrastive_ops_cuda::backward")
-def _backward_fake(g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g_row_pair, row_lse, row_pos_count,
-                   col_lse, col_pos_count, row_lse_beta, query, keys, extra, scale, bias, pos_index, row_labels,
-                   col_labels, self_index, band_lo, band_hi, guide_rows, guide_cols, guide_max, key_negatives,
-                   decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, chunk_rows, chunk_cols):
+def _backward_fake(*args):
+    a = dict(zip(_ARGS["backward"], args))
+    query, keys, extra = a["query"], a["keys"], a["extra"]
     grad_keys = query.new_empty(0) if keys is None else torch.empty_like(keys)
     grad_extra = query.new_empty(0) if extra is None else torch.empty_like(extra)
     scalar = query.new_empty((), dtype=torch.float32)
@@ -75,8 +90,8 @@ def _backward_fake(g_row_lse, g_row_pos, g_col_lse, g_col_pos, g_row_lse_beta, g
 
 
 @torch.library.register_fake("contrastive_ops_cuda::ring_band")
-def _ring_band_fake(query, keys, extra, scale, pos_index, row_labels, col_labels, self_index, guide_rows, guide_cols,
-                    guide_max, key_negatives, normalize, outer, inner, chunk_rows, chunk_cols):
+def _ring_band_fake(*args):
+    query = dict(zip(_ARGS["ring_band"], args))["query"]
     n = query.shape[0]
     return query.new_empty(n, dtype=torch.float32), query.new_empty(n, dtype=torch.float32)
 
@@ -85,40 +100,38 @@ def _ring_band_fake(query, keys, extra, scale, pos_index, row_labels, col_labels
 # Autograd of forward: saves the inputs and the O(N + M) terms, recomputes the chunks
 # ---------------------------------------------------------------------------------------------
 
-# the guide's tensors are inputs without a gradient (the backward recomputes its chunks)
-_INPUTS = ("query", "keys", "extra", "scale", "bias", "pos_index", "row_labels", "col_labels", "self_index",
-           "band_lo", "band_hi", "guide_rows", "guide_cols", "guide_max")
+#: The forward's tensor inputs, saved for the backward (the guide's have no gradient: the backward
+#: recomputes its chunks); its other inputs are options.
+_SAVED = tuple(arg.name for arg in _OPS.forward.default._schema.arguments if "Tensor" in str(arg.type))
+_DIFFERENTIABLE = ("query", "keys", "extra", "scale", "bias")
 
 
 def _setup_context(ctx, inputs, output):
-    tensors = inputs[:len(_INPUTS)]
-    ctx.options = inputs[len(_INPUTS):]  # key_negatives, decoupled, column_terms, normalize, hard_beta, ...
+    values = dict(zip(_ARGS["forward"], inputs))
+    ctx.options = {name: value for name, value in values.items() if name not in _SAVED}
     row_lse, _, _, row_pos_n, col_lse, _, _, col_pos_n, row_lse_beta, _ = output
-    ctx.save_for_backward(*tensors, row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta)
+    ctx.save_for_backward(*(values[name] for name in _SAVED), row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta)
 
 
 def _backward(ctx, g_row_lse, g_row_pos, _d0, _d1, g_col_lse, g_col_pos, _d2, _d3, g_row_lse_beta, g_row_pair):
     saved = ctx.saved_tensors
-    inputs = dict(zip(_INPUTS, saved[:len(_INPUTS)]))
-    row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta = saved[len(_INPUTS):]
-    key_negatives, decoupled, column_terms, normalize, hard_beta, pairwise_sigmoid, chunk_rows, chunk_cols = ctx.options
+    values = dict(zip(_SAVED, saved[:len(_SAVED)]), **ctx.options)
+    row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta = saved[len(_SAVED):]
+    columns, hard, sigmoid = values["column_terms"], values["hard_beta"] is not None, values["pairwise_sigmoid"]
 
     def grad(g, like):
         return torch.zeros_like(like) if g is None else g.float().contiguous()
 
-    dq, dk, de, dscale, dbias = _OPS.backward(
-        grad(g_row_lse, row_lse), grad(g_row_pos, row_lse),
-        grad(g_col_lse, col_lse) if column_terms else None, grad(g_col_pos, col_lse) if column_terms else None,
-        grad(g_row_lse_beta, row_lse) if hard_beta is not None else None,
-        grad(g_row_pair, row_lse) if pairwise_sigmoid else None,
-        row_lse, row_pos_n, col_lse if column_terms else None, col_pos_n if column_terms else None,
-        row_lse_beta if hard_beta is not None else None,
-        *(inputs[name] for name in _INPUTS), key_negatives, decoupled, column_terms, normalize, hard_beta,
-        pairwise_sigmoid, chunk_rows, chunk_cols,
+    values.update(
+        g_row_lse=grad(g_row_lse, row_lse), g_row_pos=grad(g_row_pos, row_lse),
+        g_col_lse=grad(g_col_lse, col_lse) if columns else None, g_col_pos=grad(g_col_pos, col_lse) if columns else None,
+        g_row_lse_beta=grad(g_row_lse_beta, row_lse) if hard else None,
+        g_row_pair=grad(g_row_pair, row_lse) if sigmoid else None,
+        row_lse=row_lse, row_pos_count=row_pos_n, col_lse=col_lse if columns else None,
+        col_pos_count=col_pos_n if columns else None, row_lse_beta=row_lse_beta if hard else None,
     )
-    keys, extra, bias = inputs["keys"], inputs["extra"], inputs["bias"]
-    return (dq, None if keys is None else dk, None if extra is None else de, dscale,
-            None if bias is None else dbias) + (None,) * (len(_INPUTS) - 5 + len(ctx.options))
+    grads = dict(zip(_DIFFERENTIABLE, _call("backward", values)))
+    return tuple(grads[name] if name in grads and values[name] is not None else None for name in _ARGS["forward"])
 
 
 torch.library.register_autograd("contrastive_ops_cuda::forward", _backward, setup_context=_setup_context)
@@ -172,29 +185,20 @@ def compute_terms(
     scale_t = as_scale_tensor(scale, query)
     bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
     shared_keys = None if keys is query else keys
-    roles = (_long(spec.pos_index), _long(spec.row_labels), _long(spec.col_labels), _long(spec.self_index))
     # float64 guides (gist_loss's unit guides of float64 embeddings) are compared as fp32 copies, as the
     # Triton backend does: this backend has no float64 arithmetic
-    guide = tuple(None if g is None else g.detach().to(torch.float32 if g.dtype == torch.float64 else g.dtype)
-                  for g in (spec.guide_rows, spec.guide_cols, spec.guide_max))
+    guide = {name: None if g is None else g.detach().to(torch.float32 if g.dtype == torch.float64 else g.dtype)
+             for name, g in (("guide_rows", spec.guide_rows), ("guide_cols", spec.guide_cols),
+                             ("guide_max", spec.guide_max))}
+    indices = {name: _long(getattr(spec, name)) for name in ("pos_index", "self_index", "row_labels", "col_labels")}
+    values = dict(zip(ROLE_NAMES, replace(spec, **guide, **indices).flat()))
     m_total = keys.shape[0] + (0 if extra is None else extra.shape[0])
-    chunk_rows, chunk_cols = cosine_chunk_shape(query.shape[0], m_total)
-    band_lo = band_hi = None
+    values["chunk_rows"], values["chunk_cols"] = cosine_chunk_shape(query.shape[0], m_total)
+    values.update(query=query, keys=shared_keys, extra=extra, scale=scale_t, bias=bias_t, band_lo=None, band_hi=None)
     if spec.ring is not None:
         outer, inner = spec.ring
-        band_lo, band_hi = _OPS.ring_band(query.detach(), None if shared_keys is None else shared_keys.detach(),
-                                          None if extra is None else extra.detach(), scale_t.detach(), *roles,
-                                          *guide, spec.key_negatives, spec.normalize, float(outer), float(inner),
-                                          chunk_rows, chunk_cols)
-    out = _OPS.forward(query, shared_keys, extra, scale_t, bias_t, *roles, band_lo, band_hi, *guide,
-                       spec.key_negatives, spec.decoupled, spec.column_terms, spec.normalize,
-                       None if spec.hard_beta is None else float(spec.hard_beta), spec.pairwise_sigmoid,
-                       chunk_rows, chunk_cols)
-    named = dict(zip(_FIELDS, out))
-    if not spec.column_terms:
-        named.update(col_lse=None, col_pos=None, col_den_count=None, col_pos_count=None)
-    if spec.hard_beta is None:
-        named["row_lse_beta"] = None
-    if not spec.pairwise_sigmoid:
-        named["row_pair_loss"] = None
-    return ContrastiveTerms(**named)
+        detached = {name: None if values[name] is None else values[name].detach()
+                    for name in ("query", "keys", "extra", "scale")}
+        values["band_lo"], values["band_hi"] = _call("ring_band", {**values, **detached, "outer": float(outer),
+                                                                   "inner": float(inner)})
+    return terms_from_outputs(_call("forward", values), spec)
