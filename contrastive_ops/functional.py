@@ -36,18 +36,11 @@ import torch.nn.functional as F
 
 from . import _checks as C
 from . import distributed as dist_
-from .backends import compute_fn, resolve
+from .backends import compute_terms
 from .core import ContrastiveTerms, RoleSpec, accumulation_dtype
 
 __all__ = ["clip_loss", "dcl_loss", "debiased_nce", "gist_loss", "hard_negative_nce", "info_nce", "nt_xent",
            "ring_info_nce", "siglip_loss", "supcon_loss"]
-
-
-def _compute(query, keys, extra, scale, spec: RoleSpec, backend: str, **bias) -> ContrastiveTerms:
-    """The backend's terms; ``bias=`` is passed only by :func:`siglip_loss` (backends that do not
-    take the keyword keep working for every other loss)."""
-    name = resolve(backend, query.device)
-    return compute_fn(name)(query, keys, extra, scale, spec, **bias)
 
 
 def _check_label_pair(labels, query_labels, key_labels, n: int, ref: torch.Tensor):
@@ -111,7 +104,7 @@ def _two_view_terms(z1, z2, scale, *, decoupled: bool, normalize: bool, backend:
     pos_index = torch.cat([local + total, local])
     spec = RoleSpec(pos_index=pos_index, self_index=self_index, decoupled=decoupled, normalize=normalize,
                     hard_beta=hard_beta)
-    return _compute(rows, cols, None, scale, spec, backend)
+    return compute_terms(rows, cols, None, scale, spec, backend)
 
 
 def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
@@ -200,7 +193,7 @@ def info_nce(
         column_terms=symmetric,
         normalize=normalize,
     )
-    terms = _compute(query, key, negatives, 1.0 / t, spec, backend)
+    terms = compute_terms(query, key, negatives, 1.0 / t, spec, backend)
     loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     if symmetric:
         reverse = _anchor_loss(terms.col_lse, terms.col_pos, terms.col_den_count, terms.col_pos_count)
@@ -209,7 +202,7 @@ def info_nce(
 
 
 def _rows_against(anchors, candidates, extra, scale, spec: RoleSpec, backend: str) -> torch.Tensor:
-    terms = _compute(anchors, candidates, extra, scale, spec, backend)
+    terms = compute_terms(anchors, candidates, extra, scale, spec, backend)
     return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
 
 
@@ -353,7 +346,7 @@ def clip_loss(
                                      backend, process_group, query_labels=labels, key_labels=labels)
     spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), row_labels=labels, col_labels=labels,
                     column_terms=True, normalize=normalize)
-    terms = _compute(image_features, text_features, None, scale, spec, backend)
+    terms = compute_terms(image_features, text_features, None, scale, spec, backend)
     image_loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     text_loss = _anchor_loss(terms.col_lse, terms.col_pos, terms.col_den_count, terms.col_pos_count)
     return _reduce(0.5 * (image_loss + text_loss), reduction)
@@ -393,7 +386,7 @@ def supcon_loss(
         candidate_labels = dist_.gather_rows(labels, process_group, with_grad=False)
     self_index = torch.arange(n, device=features.device) + dist_.offset(n, process_group)
     spec = RoleSpec(row_labels=labels, col_labels=candidate_labels, self_index=self_index, normalize=normalize)
-    terms = _compute(features, candidates, None, 1.0 / t, spec, backend)
+    terms = compute_terms(features, candidates, None, 1.0 / t, spec, backend)
     loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     count = (terms.row_pos_count > 0).sum()
     if process_group is not None and reduction == "mean":
@@ -610,7 +603,7 @@ def siglip_loss(
         texts = dist_.gather_rows(text_features, process_group)
     pos = torch.arange(n, device=image_features.device) + dist_.offset(n, process_group)
     spec = RoleSpec(pos_index=pos, pairwise_sigmoid=True, normalize=normalize)
-    terms = _compute(image_features, texts, None, scale, spec, backend, bias=bias)
+    terms = compute_terms(image_features, texts, None, scale, spec, backend, bias=bias)
     return _reduce(terms.row_pair_loss, reduction)
 
 
@@ -739,11 +732,11 @@ def _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negativ
         column_guides.append(gather_fn(_unit_guide(negative_guide)))
     spec = RoleSpec(pos_index=local, guide_rows=unit_anchor_guide, guide_cols=torch.cat(column_guides),
                     guide_max=limit)
-    terms = _compute(anchor, torch.cat(columns) if len(columns) > 1 else positives, None, 1.0 / t, spec, backend)
+    terms = compute_terms(anchor, torch.cat(columns) if len(columns) > 1 else positives, None, 1.0 / t, spec, backend)
     log_z = terms.row_lse
     if contrast_positives:  # row i's own positive against every positive, under anchor i's threshold
         pp_spec = RoleSpec(guide_rows=positive_guides[local], guide_cols=positive_guides, guide_max=limit)
-        pp = _compute(positives[local] if positives.shape[0] != batch else positive, positives, None, 1.0 / t,
+        pp = compute_terms(positives[local] if positives.shape[0] != batch else positive, positives, None, 1.0 / t,
                       pp_spec, backend)
         log_z = torch.logaddexp(log_z, torch.where(pp.row_den_count > 0, pp.row_lse,
                                                    torch.full_like(pp.row_lse, float("-inf"))))

@@ -26,7 +26,8 @@ from ..errors import BackendUnavailableError
 from . import chunked, naive
 from . import triton as triton_backend  # registers its torch.library ops; imports no Triton
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend_status", "compute_fn", "resolve"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend_status", "compute_fn",
+           "compute_terms", "resolve"]
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 # Triton first: both run every loss, and the static model puts the fused Triton kernels ahead of the
@@ -115,3 +116,12 @@ def compute_fn(backend: str) -> Callable:
 
         return cuda.compute_terms
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def compute_terms(query, keys, extra, scale, spec, backend: str = "auto", **bias):
+    """The core's terms (:class:`contrastive_ops.core.ContrastiveTerms`) from ``backend`` (``"auto"``
+    resolved for the query's device): the one entry point below the losses, for the functional API and
+    the compat classes alike. ``query [N, D]``, ``keys [M, D]`` (may be ``query``), ``extra [R, D]`` or
+    None, ``scale`` a float or 0-d tensor, ``spec`` a :class:`~contrastive_ops.core.RoleSpec`; ``bias=``
+    only with ``spec.pairwise_sigmoid`` (backends that do not take the keyword serve every other loss)."""
+    return compute_fn(resolve(backend, query.device))(query, keys, extra, scale, spec, **bias)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _checks as C
+from ..backends import compute_terms
 from ..core import RoleSpec
-from ..functional import _compute
 
 #: reducers computed on the fused path, by class name
 _REDUCERS = ("MeanReducer", "AvgNonZeroReducer")
@@ -100,7 +100,7 @@ class _PairLoss(nn.Module):
 
     def _terms(self, embeddings, labels, ref_emb, ref_labels, self_index, decoupled: bool):
         spec = RoleSpec(row_labels=labels, col_labels=ref_labels, self_index=self_index, decoupled=decoupled)
-        return _compute(embeddings, ref_emb, None, 1.0 / self.temperature, spec, self.backend)
+        return compute_terms(embeddings, ref_emb, None, 1.0 / self.temperature, spec, self.backend)
 
     @staticmethod
     def _no_pairs(n_pos: torch.Tensor, n_neg: torch.Tensor) -> bool:

@@ -47,8 +47,9 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..backends import compute_terms
 from ..core import RoleSpec
-from ..functional import _compute, _gist_loss
+from ..functional import _gist_loss
 
 try:
     from sentence_transformers import util as _st_util
@@ -158,7 +159,7 @@ def ranking_loss(queries: Tensor, docs: list[Tensor], *, scale, normalize: bool 
     owner = torch.arange(docs_all.shape[0], device=queries.device) % world_batch  # the query a document belongs to
 
     def terms(rows, columns, scale=scale, **roles):
-        return _compute(rows, columns, None, scale, RoleSpec(normalize=normalize, **roles), backend)
+        return compute_terms(rows, columns, None, scale, RoleSpec(normalize=normalize, **roles), backend)
 
     alpha = float(hardness_strength) if hardness_mode is not None else 0.0
     if hardness_mode == "hard_negatives" and len(docs) == 1:
