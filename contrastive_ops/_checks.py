@@ -63,6 +63,9 @@ def check_same_rows(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) 
         )
 
 
+_FP32_MAX = torch.finfo(torch.float32).max
+
+
 def check_temperature(temperature, name: str = "temperature", ref: torch.Tensor | None = None):
     """A finite positive real number (a Python or NumPy scalar), or a learnable temperature: a
     one-element floating tensor, returned 0-d (its value is not read: no host sync; it may require
@@ -81,6 +84,9 @@ def check_temperature(temperature, name: str = "temperature", ref: torch.Tensor 
     t = float(temperature)
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {temperature!r}")
+    if 1.0 / t > _FP32_MAX:  # the kernels scale by 1/t in fp32: it must be a finite fp32 number
+        raise ValueError(f"{name} must be at least {1.0 / _FP32_MAX:.3g} (1/{name} is computed in fp32), "
+                         f"got {temperature!r}")
     return t
 
 
@@ -102,6 +108,8 @@ def check_scale(scale, ref: torch.Tensor, name: str = "logit_scale"):
     s = float(scale)
     if not math.isfinite(s) or s <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {scale!r}")
+    if s > _FP32_MAX:  # the kernels scale in fp32
+        raise ValueError(f"{name} must be a finite fp32 number (at most {_FP32_MAX:.4g}), got {scale!r}")
     return s
 
 

@@ -28,6 +28,9 @@ LABELS = torch.arange(8) % 3
         (lambda: co.info_nce(X, Y, temperature=-0.1), ValueError, r"temperature .* got -0.1"),
         (lambda: co.info_nce(X, Y, temperature=math.nan), ValueError, "temperature must be finite"),
         (lambda: co.info_nce(X, Y, temperature=math.inf), ValueError, "temperature must be finite"),
+        # finite, but 1/t (or the scale) would overflow fp32 inside the kernels
+        (lambda: co.info_nce(X, Y, temperature=1e-40), ValueError, r"temperature must be at least 2.94e-39 .* got 1e-40"),
+        (lambda: co.clip_loss(X, Y, 1e39), ValueError, r"logit_scale must be a finite fp32 number .* got 1e\+39"),
         (lambda: co.info_nce(X, Y, temperature="0.1"), TypeError,
          "temperature must be a positive real number or a one-element tensor, got '0.1'"),
         (lambda: co.info_nce(X, Y, temperature=torch.tensor([0.1, 0.2])), ValueError,
