@@ -233,6 +233,14 @@ def test_float64_is_refused_with_the_fix(seed):
         co.info_nce(x, x.clone(), backend="triton")
 
 
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the interpreter's refusal")
+def test_bfloat16_is_refused_in_the_interpreter(seed):
+    """Triton's interpreter computes bf16 dot products wrongly: the backend refuses them there."""
+    x = torch.randn(6, 8, dtype=torch.bfloat16)
+    with pytest.raises(co.BackendUnavailableError, match="cannot compute bfloat16 in Triton's interpreter"):
+        co.info_nce(x, x.clone(), backend="triton")
+
+
 def test_no_tensor_grows_like_n_times_m(seed):
     """The launchers allocate O(N + M) vectors, O((N + M)·D) gradients and O(P·M) column
     partials, never anything N×M (the kernels themselves hold one tile at a time)."""

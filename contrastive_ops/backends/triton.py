@@ -14,6 +14,7 @@ Inputs are fp32, fp16 or bf16 (fp32 accumulation) on CUDA, or on the CPU under
 # ruff: noqa: UP006, UP035
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import List
 
@@ -32,6 +33,7 @@ from ..core import (
     role_schema,
     terms_from_outputs,
 )
+from ..errors import BackendUnavailableError
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -288,6 +290,12 @@ torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, set
 # ---------------------------------------------------------------------------------------------
 
 
+def _in_interpreter() -> bool:
+    """Whether Triton interprets the kernels in this process (read from the environment, as Triton does:
+    ``tile_config.interpreting`` may be stood in for by the ahead-of-time tools)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _guide_inputs(guide, query):
     """The guide's rows and columns in the rows' dtype where the kernels take it (fp32 for float64
     guides, as the cuda backend), detached, and its limits in fp32."""
@@ -317,6 +325,11 @@ def compute_terms(
         raise TypeError(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
+        )
+    if query.dtype == torch.bfloat16 and _in_interpreter():
+        raise BackendUnavailableError(
+            "backend='triton' cannot compute bfloat16 in Triton's interpreter (TRITON_INTERPRET=1): its bf16 dot "
+            "products are wrong there; use float32/float16 with the interpreter, a GPU, or backend='chunked'"
         )
     if spec.has_guide:
         check_guide_shapes(spec, query.shape[0], keys.shape[0] + (0 if extra is None else extra.shape[0]))
