@@ -25,91 +25,74 @@ import triton.language as tl
 
 from .config import ds_chunk_bytes
 from .normalize import unit_rows
-from .tiles import plain_tile, tile_cosines, tile_denominator, tile_logit_grad, tile_roles
+from .tiles import (
+    HAS_BAND,
+    HAS_GUIDE,
+    HAS_LABELS,
+    MASK_LABELS,
+    plain_tile,
+    tile_cosines,
+    tile_denominator,
+    tile_logit_grad,
+    tile_roles,
+)
 
 #: largest power of two times the dS bound that fp16 dS may reach (fp16's max is 65504 < 2^16)
 _DS_TARGET = 2.0 ** 14
 
 
 @triton.jit
-def _tile_grad(cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-               GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-               BAND_LO, BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE,
-               G_COL_LSE, G_COL_POS_W, beta,
-               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-               KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
-               GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+def _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE: tl.constexpr,
                COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """``(dL/dS, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
     recomputed exactly as the forward computes them; ``PLAIN`` as ``tiles.plain_tile``."""
     logits = scale * cosines
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
-                                     GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
-                                     PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
-    return tile_logit_grad(
-        logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, ROW_LSE, G_ROW_LSE, G_ROW_POS_W,
-        ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta, COL_LSE, G_COL_LSE, G_COL_POS_W,
-        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN)
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
+    return tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias, beta,
+                           COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN)
 
 
 @triton.jit
-def _tile_grad_any(Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX,
-                   GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
-                   ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-                   G_COL_POS_W, row0, c0, inside, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
-                   stride_c, beta, HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr,
-                   HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr,
-                   GUIDE_BLOCK_D: tl.constexpr, GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr,
-                   HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
+def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask, col_mask,
+                   ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
                    HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """``(dL/dS, cosines, dL/dS of the sigmoid term)`` of the tile at ``(row0, c0)``: the cosines once,
     then the gradient by the plain branch where the tile allows it (no per-pair role tests) and
     ``inside`` (the caller's masks cut nothing off the tile)."""
+    Q, C, RQ, RC, _, _ = inputs
+    N, M, M_TOTAL, D, stride_q, stride_c, beta = sizes
     cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                            NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    MAY_BE_PLAIN: tl.constexpr = not (HAS_LABELS or MASK_LABELS or HAS_BAND or HAS_GUIDE)
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_BAND] or ROLE[HAS_GUIDE])
     plain = False
     if MAY_BE_PLAIN:
-        plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF,
-                           KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+        plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
+    # the same call in both branches: PLAIN is a compile-time switch, the plain test a runtime value
     if plain:
-        grad, pair_grad = _tile_grad(
-            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-            GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
-            BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
-            GUIDE_PRECISION, DECOUPLED, HAS_BAND,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
+        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE,
+                                     COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
     else:
-        grad, pair_grad = _tile_grad(
-            cosines, scale, bias, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-            GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
-            BAND_HI, ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, beta, HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
-            GUIDE_PRECISION, DECOUPLED, HAS_BAND,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
+        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE,
+                                     COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
     return grad, cosines, pair_grad
 
 
 @triton.jit
 def _contrastive_bwd_dq_kernel(
-    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    CH, DS_SCALE, DQ, DSCALE_PART, DBIAS_PART,
-    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
-    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
+    inputs, roles, sizes, grads, dq_out,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+    PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``)."""
+    """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``). Argument groups as
+    ``problem.GROUPS`` lists them."""
+    # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
+    C, SCALE, BIAS = inputs[1], inputs[4], inputs[5]
+    N, M_TOTAL, D, stride_c = sizes[0], sizes[2], sizes[3], sizes[5]
+    CH, DS_SCALE, DQ, DSCALE_PART, DBIAS_PART, stride_dq = dq_out
     row_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
     bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
@@ -125,14 +108,9 @@ def _contrastive_bwd_dq_kernel(
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
         grad, cosines, pair_grad = _tile_grad_any(
-            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
-            stride_gr, stride_gc, BAND_LO, BAND_HI,
-            ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
-            stride_c, beta,
-            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
-            DECOUPLED, HAS_BAND, NORMALIZE,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+            inputs, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask,
+            ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+            BLOCK_D)
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
@@ -148,18 +126,17 @@ def _contrastive_bwd_dq_kernel(
 
 @triton.jit
 def _contrastive_bwd_dc_kernel(
-    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    QH, DS_SCALE, DC,
-    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dc,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
-    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
+    inputs, roles, sizes, grads, dc_out,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+    PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``)."""
+    """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``). Argument
+    groups as ``problem.GROUPS`` lists them."""
+    # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
+    Q, SCALE, BIAS = inputs[0], inputs[4], inputs[5]
+    N, M_TOTAL, D, stride_q = sizes[0], sizes[2], sizes[3], sizes[4]
+    QH, DS_SCALE, DC, stride_dc = dc_out
     col_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
     bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
@@ -173,15 +150,10 @@ def _contrastive_bwd_dc_kernel(
         rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
-        grad, _, _ = _tile_grad_any(
-            Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
-            stride_gr, stride_gc, BAND_LO, BAND_HI,
-            ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-            G_COL_POS_W, r0, col_block * BLOCK_N, True, rows, cols, row_mask, col_mask, N, M, M_TOTAL, D, stride_q,
-            stride_c, beta,
-            HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
-            DECOUPLED, HAS_BAND, NORMALIZE,
-            COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+        grad = _tile_grad_any(
+            inputs, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols, row_mask, col_mask,
+            ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N,
+            BLOCK_D)[0]
         # dĈ = s·dSᵀ·Q̂ on the unit rows QH
         q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
                     mask=row_mask[:, None] & d_mask[None, :], other=0.0)
@@ -192,20 +164,18 @@ def _contrastive_bwd_dc_kernel(
 
 @triton.jit
 def _contrastive_bwd_ds_kernel(
-    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W,
-    DS_SCALE, DS, DSCALE_PART, DBIAS_PART,
-    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_ds, row0, col0, chunk_rows, chunk_cols,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
-    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
+    inputs, roles, sizes, grads, ds_out,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+    PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Chunk route: ``σ·dL/dS`` of one tile of the chunk ``[row0, row0 + chunk_rows) × [col0, col0 +
     chunk_cols)``, written to ``DS [chunk_rows, chunk_cols]`` in its dtype (positions past the chunk
-    or the matrix are not written), and the tile's partials of the scale's and bias's gradients."""
+    or the matrix are not written), and the tile's partials of the scale's and bias's gradients.
+    Argument groups as ``problem.GROUPS`` lists them."""
+    SCALE, BIAS = inputs[4], inputs[5]
+    N, M_TOTAL = sizes[0], sizes[2]
+    DS_SCALE, DS, DSCALE_PART, DBIAS_PART, stride_ds, row0, col0, chunk_rows, chunk_cols = ds_out
     tile_m = tl.program_id(0)
     tile_n = tl.program_id(1)
     scale = tl.load(SCALE).to(tl.float32)
@@ -217,16 +187,11 @@ def _contrastive_bwd_ds_kernel(
     cols = col0 + local_cols
     row_mask = (local_rows < chunk_rows) & (rows < N)
     col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
+    inside = ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols)
     grad, cosines, pair_grad = _tile_grad_any(
-        Q, C, RQ, RC, scale, bias, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D,
-        stride_gr, stride_gc, BAND_LO, BAND_HI,
-        ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE,
-        G_COL_POS_W, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N,
-        ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols), rows, cols, row_mask,
-        col_mask, N, M, M_TOTAL, D, stride_q, stride_c, beta,
-        HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
-        DECOUPLED, HAS_BAND, NORMALIZE,
-        COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+        inputs, roles, sizes, grads, scale, bias, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N, inside, rows,
+        cols, row_mask, col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION,
+        BLOCK_M, BLOCK_N, BLOCK_D)
     out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]
     tl.store(out, (grad * sigma).to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
     part = tile_m * tl.num_programs(1) + tile_n
@@ -336,10 +301,8 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     vectors = [row["lse"], row["g_lse"], row["g_pos_w"]] + [
         row.get(name, unused) for name in ("lse_beta", "g_lse_beta", "g_pair")] + [
         col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
-    common = (t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels,
-              t.col_labels, t.band_lo, t.band_hi, *vectors)
-    sizes = (t.n, t.m, t.m_total, d, t.query.stride(0), t.columns.stride(0), t.beta)
-    meta = {**t.constexprs(), **t.guide_args(), **config.kernel_kwargs(d)}
+    common = (t.inputs, t.roles, t.sizes, tuple(vectors))
+    meta = {**t.constexprs(), **config.kernel_kwargs(d)}
     # the products' operands: the unit rows in the input dtype (the logits still come from the raw rows
     # and their inverse norms, bit for bit as in the forward)
     normalize = t.flags["NORMALIZE"]
@@ -347,8 +310,8 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     if row_grad is not None and uses_registers(config, d):  # no dQ products: no unit columns either
         dq, dscale = rows_from_forward(t, row, *row_grad, q_hat)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
-        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, q_hat, sigma, dc, *sizes,
-                                                                              dc.stride(0), **meta)
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
+            *common, (q_hat, sigma, dc, dc.stride(0)), **meta)
         return dq, dc, dscale, torch.zeros((), dtype=torch.float32, device=device)
     c_hat = None  # the dQ products' operand; with the forward's row products there are none
     if row_grad is None:
@@ -359,10 +322,10 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         row_blocks = triton.cdiv(t.n, config.block_m)
         dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
-        _contrastive_bwd_dq_kernel[(row_blocks,)](*common, c_hat, sigma, dq, dscale_part, dbias_part, *sizes,
-                                                  dq.stride(0), **meta)
-        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](*common, q_hat, sigma, dc, *sizes,
-                                                                              dc.stride(0), **meta)
+        _contrastive_bwd_dq_kernel[(row_blocks,)](*common, (c_hat, sigma, dq, dscale_part, dbias_part, dq.stride(0)),
+                                                  **meta)
+        _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
+            *common, (q_hat, sigma, dc, dc.stride(0)), **meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()
 
     # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order); with the
@@ -381,8 +344,8 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
             dscale_part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
             dbias_part = torch.empty_like(dscale_part)
             block = ds[: r1 - r0, : c1 - c0]
-            _contrastive_bwd_ds_kernel[grid](*common, sigma, block, dscale_part, dbias_part, *sizes, ds.stride(0),
-                                             r0, c0, r1 - r0, c1 - c0, **meta)
+            _contrastive_bwd_ds_kernel[grid](
+                *common, (sigma, block, dscale_part, dbias_part, ds.stride(0), r0, c0, r1 - r0, c1 - c0), **meta)
             if dq is not None:
                 _accumulate_product(dq[r0:r1], block, c_hat[c0:c1])
             _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1])

@@ -20,7 +20,18 @@ import triton.language as tl
 
 from .config import ROW_GRAD_D_MAX, row_grad_supported
 from .normalize import unit_rows
-from .tiles import exp_minus, plain_tile, softplus, tile_cosines, tile_denominator, tile_roles
+from .tiles import (
+    HAS_BAND,
+    HAS_GUIDE,
+    HAS_LABELS,
+    MASK_LABELS,
+    exp_minus,
+    plain_tile,
+    softplus,
+    tile_cosines,
+    tile_denominator,
+    tile_roles,
+)
 
 
 @triton.jit
@@ -66,24 +77,15 @@ def _finish_lse(run_max, run_sum, count):
 
 
 @triton.jit
-def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-              GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
-              PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
-              run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
-              HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-              KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
-              GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
+def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
+              run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE: tl.constexpr,
               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms (returned) and of this program's column partials (stored).
     ``PLAIN`` (see ``tiles.plain_tile``): every pair is a candidate negative, so no role is tested, no
     positive is summed and the counts grow by the tile's size."""
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                                     HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
-                                     GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N,
-                                     PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
     if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
         run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den, PLAIN)
         beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, PLAIN)
@@ -98,6 +100,7 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, PLAIN)
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys
+            PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N = partials
             key_mask = col_mask & (cols < M)
             # this program's running (max, sum) per key column: no log per tile
             p_max = PART_MAX + part_row + cols
@@ -122,22 +125,14 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABE
 
 
 @triton.jit
-def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-                   GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO,
-                   BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
-                   HAS_POS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-                   KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
-                   GUIDE_PRECISION: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr,
-                   INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr,
-                   PLAIN: tl.constexpr):
+def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum, acc,
+                   e_acc, pos_sum, den_n, pos_n, ROLE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
     and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
     by the final sum they are ``A_i`` and ``E_i``)."""
-    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                     GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                                     HAS_POS, False, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
-                                     GUIDE_PRECISION, BLOCK_M, BLOCK_N, PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI, HAS_BAND, DECOUPLED)
+    positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
+    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
     new_max, alpha, p = _online_step(run_max, logits, den, PLAIN)  # the exponentials feed the products too
     run_sum = run_sum * alpha + tl.sum(p, axis=1)
     e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
@@ -152,24 +147,22 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF
 
 @triton.jit
 def _contrastive_fwd_kernel(
-    Q, C, RQ, RC, SCALE, BIAS, POS, SELF, ROW_LABELS, COL_LABELS, BAND_LO, BAND_HI,
-    ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS,
-    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, CH, ROW_DQ, ROW_DSCALE,
-    N, M, M_TOTAL, D, stride_q, stride_c, beta, stride_dq,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BAND: tl.constexpr, NORMALIZE: tl.constexpr,
-    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROW_GRAD: tl.constexpr = False, ACC_D: tl.constexpr = 16,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
+    inputs, roles, sizes, row_terms, partials, row_products,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+    PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, ROW_GRAD: tl.constexpr = False, ACC_D: tl.constexpr = 16,
 ):
+    """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``."""
+    Q, C, RQ, RC, SCALE, BIAS = inputs
+    N, M, M_TOTAL, D, stride_q, stride_c, beta = sizes
+    ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS = row_terms
+    CH, ROW_DQ, ROW_DSCALE, stride_dq = row_products
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     scale = tl.load(SCALE).to(tl.float32)
     bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
-    # tiles without per-pair roles exist only for losses without labels and Ring bands
-    MAY_BE_PLAIN: tl.constexpr = not (HAS_LABELS or MASK_LABELS or HAS_BAND or HAS_GUIDE)
+    # tiles without per-pair roles exist only for losses without labels, Ring bands and guides
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_BAND] or ROLE[HAS_GUIDE])
     part_row = pid.to(tl.int64) * M
     for row_block in range(pid, tl.cdiv(N, BLOCK_M), num_programs):
         row0 = row_block * BLOCK_M
@@ -193,42 +186,26 @@ def _contrastive_fwd_kernel(
             logits = scale * cosines
             plain = False
             if MAY_BE_PLAIN:
-                plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF,
-                                   KEY_NEGATIVES, BLOCK_M, BLOCK_N)
+                plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
+            # the same call in both branches: PLAIN is a compile-time switch, the plain test a runtime value
             if ROW_GRAD:
                 if plain:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                        GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                        BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
-                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
-                        DECOUPLED, HAS_BAND, INPUT_PRECISION,
-                        BLOCK_M, BLOCK_N, ACC_D, True)
+                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum,
+                        acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, True)
                 else:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                        GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                        BAND_LO, BAND_HI, CH, stride_c, D, run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n,
-                        HAS_POS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D, GUIDE_PRECISION,
-                        DECOUPLED, HAS_BAND, INPUT_PRECISION,
-                        BLOCK_M, BLOCK_N, ACC_D, False)
+                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum,
+                        acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, False)
             elif plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-                    GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
-                    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
-                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
-                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
-                    GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
+                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, POS, SELF, ROW_LABELS, COL_LABELS, GUIDE_ROWS,
-                    GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc, BAND_LO, BAND_HI,
-                    PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N, part_row, bias, beta,
-                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n,
-                    HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE, GUIDE_BLOCK_D,
-                    GUIDE_PRECISION, DECOUPLED, HAS_BAND, COLUMN_TERMS,
+                    logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
+                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
         if ROW_GRAD:
@@ -290,20 +267,17 @@ def contrastive_forward(tiles, config, column_programs: int, row_grad: bool = Fa
         c_hat = unit_rows(t.columns, t.rc if t.flags["NORMALIZE"] else None)
         out["row_dq"] = torch.empty((n, t.d), dtype=f32, device=device)
         out["row_dscale"] = torch.empty(n, dtype=f32, device=device)
-        row_grad_args = (c_hat, out["row_dq"], out["row_dscale"])
+        row_grad_args = (c_hat, out["row_dq"], out["row_dscale"], t.d)
         row_grad_meta = {"ROW_GRAD": True, "ACC_D": max(16, triton.next_power_of_2(t.d))}
     else:
-        row_grad_args = (t.columns, unused, unused)
+        row_grad_args = (t.columns, unused, unused, t.d)
         row_grad_meta = {}
+    row_terms = (out["row_lse"], out["row_pos"], out["row_den_count"], out["row_pos_count"],
+                 unused if out["row_lse_beta"] is None else out["row_lse_beta"],
+                 unused if out["row_pair_loss"] is None else out["row_pair_loss"])
     _contrastive_fwd_kernel[(programs,)](
-        t.query, t.columns, t.rq, t.rc, t.scale, t.bias, t.pos_index, t.self_index, t.row_labels, t.col_labels,
-        t.band_lo, t.band_hi,
-        out["row_lse"], out["row_pos"], out["row_den_count"], out["row_pos_count"],
-        unused if out["row_lse_beta"] is None else out["row_lse_beta"],
-        unused if out["row_pair_loss"] is None else out["row_pair_loss"],
-        part_max, part_sum, part_pos, part_den, part_pos_n, *row_grad_args,
-        n, m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0), t.beta, t.d,
-        **t.constexprs(), **t.guide_args(), **config.kernel_kwargs(t.d), **row_grad_meta,
+        t.inputs, t.roles, t.sizes, row_terms, (part_max, part_sum, part_pos, part_den, part_pos_n), row_grad_args,
+        **t.constexprs(), **config.kernel_kwargs(t.d), **row_grad_meta,
     )
     if t.column_terms:  # fixed-order combination of the programs' partials (deterministic)
         col_den = part_den.sum(dim=0, dtype=i32)

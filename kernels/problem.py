@@ -1,4 +1,12 @@
-"""One tiled problem as the kernels see it: prepared inputs, role vectors and constexpr switches."""
+"""One tiled problem as the kernels see it: prepared inputs, role vectors and constexpr switches.
+
+The kernels take their arguments in groups (Triton tuples), each built here: ``inputs`` (the
+features, their inverse norms, the scale and bias), ``roles`` (every O(N + M) vector and size a role
+rule reads) with the constexpr tuple ``ROLE`` of the role switches, and ``sizes``. :data:`GROUPS`
+lists each group's members in order with their Triton types, for the launchers and the static report
+alike; a new role is a member of ``roles`` (and a switch of ``tiles.ROLE_SWITCHES``) here and its rule
+in ``tiles.tile_roles``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +14,39 @@ from dataclasses import dataclass
 import torch
 
 from .normalize import inverse_norms
+from .tiles import ROLE_SWITCHES
+
+#: The guide's switches of a problem without a guide.
+NO_GUIDE = {"HAS_GUIDE": False, "GUIDE_BLOCK_D": 16, "GUIDE_PRECISION": "ieee"}
+
+#: The kernels' argument groups: member names in order and their Triton types (``"F"``: a pointer in
+#: the features' dtype). The static report types the kernels' arguments from this table.
+GROUPS = {
+    "inputs": (("Q", "F"), ("C", "F"), ("RQ", "*fp32"), ("RC", "*fp32"), ("SCALE", "*fp32"), ("BIAS", "*fp32")),
+    "roles": (("POS", "*i64"), ("SELF", "*i64"), ("ROW_LABELS", "*i64"), ("COL_LABELS", "*i64"),
+              ("BAND_LO", "*fp32"), ("BAND_HI", "*fp32"), ("GUIDE_ROWS", "F"), ("GUIDE_COLS", "F"),
+              ("GUIDE_MAX", "*fp32"), ("GUIDE_D", "i32"), ("stride_gr", "i32"), ("stride_gc", "i32")),
+    "sizes": (("N", "i32"), ("M", "i32"), ("M_TOTAL", "i32"), ("D", "i32"), ("stride_q", "i32"),
+              ("stride_c", "i32"), ("beta", "fp32")),
+    # the forward's outputs and its symmetric losses' [P, M] column partials
+    "row_terms": (("ROW_LSE", "*fp32"), ("ROW_POS", "*fp32"), ("ROW_DEN", "*i32"), ("ROW_POS_N", "*i32"),
+                  ("ROW_LSE_BETA", "*fp32"), ("ROW_PAIR_LOSS", "*fp32")),
+    "partials": (("PART_MAX", "*fp32"), ("PART_SUM", "*fp32"), ("PART_POS", "*fp32"), ("PART_DEN", "*i32"),
+                 ("PART_POS_N", "*i32")),
+    "row_products": (("CH", "F"), ("ROW_DQ", "*fp32"), ("ROW_DSCALE", "*fp32"), ("stride_dq", "i32")),
+    # the backward's saved terms and their incoming gradients
+    "grads": (("ROW_LSE", "*fp32"), ("G_ROW_LSE", "*fp32"), ("G_ROW_POS_W", "*fp32"), ("ROW_LSE_BETA", "*fp32"),
+              ("G_ROW_LSE_BETA", "*fp32"), ("G_ROW_PAIR", "*fp32"), ("COL_LSE", "*fp32"), ("G_COL_LSE", "*fp32"),
+              ("G_COL_POS_W", "*fp32")),
+    # each backward kernel's own outputs
+    "dq_out": (("CH", "F"), ("DS_SCALE", "*fp32"), ("DQ", "*fp32"), ("DSCALE_PART", "*fp32"),
+               ("DBIAS_PART", "*fp32"), ("stride_dq", "i32")),
+    "dc_out": (("QH", "F"), ("DS_SCALE", "*fp32"), ("DC", "*fp32"), ("stride_dc", "i32")),
+    "ds_out": (("DS_SCALE", "*fp32"), ("DS", "F"), ("DSCALE_PART", "*fp32"), ("DBIAS_PART", "*fp32"),
+               ("stride_ds", "i32"), ("row0", "i32"), ("col0", "i32"), ("chunk_rows", "i32"), ("chunk_cols", "i32")),
+    # the Ring selection's ranks and results
+    "ranks": (("RANK_TOP", "*i32"), ("RANK_BOTTOM", "*i32"), ("V_HI", "*fp32"), ("V_LO", "*fp32")),
+}
 
 
 def _rowwise(x: torch.Tensor) -> torch.Tensor:
@@ -85,9 +126,8 @@ class TileProblem:
             "HARD_NEGATIVES": hard_beta is not None,
             "PAIRWISE_SIGMOID": bool(pairwise_sigmoid),
             "INPUT_PRECISION": _input_precision(query.dtype),
-            "HAS_GUIDE": guide is not None,
-            "GUIDE_BLOCK_D": 16 if guide is None else _guide_block(guide[0].shape[1]),
-            "GUIDE_PRECISION": "ieee" if guide is None else _input_precision(guide[0].dtype),
+            **(NO_GUIDE if guide is None else {"HAS_GUIDE": True, "GUIDE_BLOCK_D": _guide_block(guide[0].shape[1]),
+                                               "GUIDE_PRECISION": _input_precision(guide[0].dtype)}),
         }
         return cls(
             query=query, columns=columns, rq=rq, rc=rc, scale=scale,
@@ -109,15 +149,27 @@ class TileProblem:
         return self.flags["COLUMN_TERMS"]
 
     def constexprs(self) -> dict:
-        return dict(self.flags)
+        """The kernels' constexpr switches: ``ROLE`` (the role switches in ``tiles.ROLE_SWITCHES``' order)
+        and the others by name."""
+        return role_constexprs(self.flags)
 
-    def guide_args(self) -> dict:
-        """The kernels' guide arguments (by name; placeholders without a guide)."""
+    @property
+    def inputs(self) -> tuple:
+        """The ``inputs`` group (:data:`GROUPS`)."""
+        return (self.query, self.columns, self.rq, self.rc, self.scale, self.bias)
+
+    @property
+    def roles(self) -> tuple:
+        """The ``roles`` group (:data:`GROUPS`; placeholders where a switch is off)."""
         has = self.flags["HAS_GUIDE"]
-        return {"GUIDE_ROWS": self.guide_rows, "GUIDE_COLS": self.guide_cols, "GUIDE_MAX": self.guide_max,
-                "GUIDE_D": self.guide_rows.shape[1] if has else 0,
-                "stride_gr": self.guide_rows.stride(0) if has else 0,
-                "stride_gc": self.guide_cols.stride(0) if has else 0}
+        return (self.pos_index, self.self_index, self.row_labels, self.col_labels, self.band_lo, self.band_hi,
+                self.guide_rows, self.guide_cols, self.guide_max, self.guide_rows.shape[1] if has else 0,
+                self.guide_rows.stride(0) if has else 0, self.guide_cols.stride(0) if has else 0)
+
+    @property
+    def sizes(self) -> tuple:
+        """The ``sizes`` group (:data:`GROUPS`)."""
+        return (self.n, self.m, self.m_total, self.d, self.query.stride(0), self.columns.stride(0), self.beta)
 
     def tuning_key(self) -> tuple:
         """Problems with equal keys share one tile config (so ring selection, forward and backward
@@ -127,6 +179,14 @@ class TileProblem:
         return (triton.next_power_of_2(self.n), triton.next_power_of_2(self.m_total), self.d, self.query.dtype,
                 self.flags["NORMALIZE"], self.flags["COLUMN_TERMS"], self.flags["INPUT_PRECISION"],
                 self.flags["HAS_GUIDE"], self.query.device.index)
+
+
+def role_constexprs(flags: dict) -> dict:
+    """``flags`` (switch name -> value) as the kernels take them: the role switches as one constexpr
+    tuple ``ROLE`` in ``tiles.ROLE_SWITCHES``' order, the others by name."""
+    out = {name: value for name, value in flags.items() if name not in ROLE_SWITCHES}
+    out["ROLE"] = tuple(flags[name] for name in ROLE_SWITCHES)
+    return out
 
 
 def _guide_block(g: int) -> int:

@@ -21,40 +21,30 @@ from .tiles import key_value, order_key, tile_cosines, tile_roles
 
 
 @triton.jit
-def _ring_count_kernel(
-    POS, SELF, ROW_LABELS, COL_LABELS, COUNT,
-    N, M, M_TOTAL,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
-):
+def _ring_count_kernel(roles, sizes, COUNT, ROLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``."""
+    N, M, M_TOTAL = sizes[0], sizes[1], sizes[2]
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     count = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
-        _, candidate = tile_roles(rows, cols, row_mask, cols < M_TOTAL, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                  GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                                  HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
-                                  GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
+        candidate = tile_roles(rows, cols, row_mask, cols < M_TOTAL, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
         count += tl.sum(candidate.to(tl.int32), axis=1)
     tl.store(COUNT + rows, count, mask=row_mask)
 
 
 @triton.jit
 def _ring_select_kernel(
-    Q, C, RQ, RC, SCALE, POS, SELF, ROW_LABELS, COL_LABELS, RANK_TOP, RANK_BOTTOM,
-    V_HI, V_LO,
-    N, M, M_TOTAL, D, stride_q, stride_c,
-    GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-    HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-    KEY_NEGATIVES: tl.constexpr,
-    NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, RADIX_BITS: tl.constexpr,
+    inputs, roles, sizes, ranks,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, RADIX_BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GUIDE: tl.constexpr = False, GUIDE_BLOCK_D: tl.constexpr = 16, GUIDE_PRECISION: tl.constexpr = "ieee",
 ):
+    """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``."""
+    # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
+    Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
+    N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
+    RANK_TOP, RANK_BOTTOM, V_HI, V_LO = ranks
     RADIX: tl.constexpr = 1 << RADIX_BITS
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
@@ -74,10 +64,7 @@ def _ring_select_kernel(
             col_mask = cols < M_TOTAL
             logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-            _, candidate = tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                      GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-                                      HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES, HAS_GUIDE,
-                                      GUIDE_BLOCK_D, GUIDE_PRECISION, BLOCK_M, BLOCK_N)
+            candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
             keys = order_key(logits)
             for d in tl.static_range(1, RADIX):
                 step_d = tl.full((BLOCK_M,), d, dtype=tl.uint32) << shift
@@ -99,13 +86,8 @@ def candidate_counts(tiles, config):
     """int32 ``[N]``: each row's candidate negatives (the Ring's ``M_i``)."""
     t = tiles
     count = torch.empty(t.n, dtype=torch.int32, device=t.query.device)
-    flags = t.constexprs()
     _ring_count_kernel[(triton.cdiv(t.n, config.block_m),)](
-        t.pos_index, t.self_index, t.row_labels, t.col_labels, count, t.n, t.m, t.m_total,
-        HAS_POS=flags["HAS_POS"], HAS_LABELS=flags["HAS_LABELS"], MASK_LABELS=flags["MASK_LABELS"],
-        HAS_SELF=flags["HAS_SELF"], KEY_NEGATIVES=flags["KEY_NEGATIVES"], HAS_GUIDE=flags["HAS_GUIDE"],
-        GUIDE_BLOCK_D=flags["GUIDE_BLOCK_D"], GUIDE_PRECISION=flags["GUIDE_PRECISION"], **t.guide_args(),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        t.roles, t.sizes, count, ROLE=t.constexprs()["ROLE"], BLOCK_M=config.block_m, BLOCK_N=config.block_n,
     )
     return count
 
@@ -117,11 +99,9 @@ def ring_band(tiles, config, rank_top, rank_bottom):
     v_hi = torch.empty(t.n, dtype=torch.float32, device=t.query.device)
     v_lo = torch.empty_like(v_hi)
     flags = t.constexprs()
-    for unused in ("DECOUPLED", "HAS_BAND", "COLUMN_TERMS", "HARD_NEGATIVES", "PAIRWISE_SIGMOID"):
-        flags.pop(unused)
     _ring_select_kernel[(triton.cdiv(t.n, config.block_m),)](
-        t.query, t.columns, t.rq, t.rc, t.scale, t.pos_index, t.self_index, t.row_labels, t.col_labels,
-        rank_top, rank_bottom, v_hi, v_lo, t.n, t.m, t.m_total, t.d, t.query.stride(0), t.columns.stride(0),
-        RADIX_BITS=config.radix_bits, **flags, **t.guide_args(), **config.kernel_kwargs(t.d),
+        t.inputs, t.roles, t.sizes, (rank_top, rank_bottom, v_hi, v_lo), ROLE=flags["ROLE"],
+        NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], RADIX_BITS=config.radix_bits,
+        **config.kernel_kwargs(t.d),
     )
     return v_lo, v_hi

@@ -7,6 +7,21 @@ is exact only on the values the loss itself uses).
 import triton
 import triton.language as tl
 
+#: The role switches, passed to every kernel as one constexpr tuple ``ROLE`` in this order
+#: (``problem.role_constexprs`` builds it); the constants below index it (``ROLE[HAS_POS]``).
+ROLE_SWITCHES = ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "DECOUPLED", "HAS_BAND",
+                 "HAS_GUIDE", "GUIDE_BLOCK_D", "GUIDE_PRECISION")
+HAS_POS = tl.constexpr(0)  # one positive per row, from the POS vector
+HAS_LABELS = tl.constexpr(1)  # positives share a label (no POS)
+MASK_LABELS = tl.constexpr(2)  # POS and labels: same-label keys other than the positive are excluded
+HAS_SELF = tl.constexpr(3)  # the SELF column of each row is excluded
+KEY_NEGATIVES = tl.constexpr(4)  # in-batch keys are candidate negatives
+DECOUPLED = tl.constexpr(5)  # positives are left out of the denominator
+HAS_BAND = tl.constexpr(6)  # candidates restricted to the row's band [BAND_LO, BAND_HI]
+HAS_GUIDE = tl.constexpr(7)  # candidates above the guide's limit are excluded
+GUIDE_BLOCK_D = tl.constexpr(8)  # the guide's BLOCK_D
+GUIDE_PRECISION = tl.constexpr(9)  # the guide's dot-product precision
+
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)  # tl.log lowers to libdevice's logf (about 20 instructions); log2 to MUFU.LG2
 
@@ -45,14 +60,11 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
 
 
 @triton.jit
-def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-               GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc,
-               HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr, HAS_SELF: tl.constexpr,
-               KEY_NEGATIVES: tl.constexpr, HAS_GUIDE: tl.constexpr, GUIDE_BLOCK_D: tl.constexpr,
-               GUIDE_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               PLAIN: tl.constexpr = False):
+def tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, PLAIN: tl.constexpr = False):
     """``(positive, candidate)`` bool ``[BLOCK_M, BLOCK_N]`` by the rules of ``core.pair_roles``.
 
+    ``roles``/``ROLE``: the role vectors and switches (``problem.GROUPS["roles"]``, :data:`ROLE_SWITCHES`).
     Columns ``< M`` are in-batch keys, the others extra negatives. Positives come from ``POS``
     (one per row) or, without it, from equal labels (``HAS_LABELS``); with both (``MASK_LABELS``)
     a key sharing the row's label other than its positive is a false negative, excluded from
@@ -62,68 +74,68 @@ def tile_roles(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LAB
     ``HAS_GUIDE``: a candidate whose guide similarity ``<GUIDE_ROWS[i], GUIDE_COLS[j]>`` (``GUIDE_D`` wide,
     fp32 accumulation) exceeds ``GUIDE_MAX[i]`` is none (never with ``PLAIN``).
     """
+    _, _, _, _, _, _, GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_D, stride_gr, stride_gc = roles
     if PLAIN:
         positive = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
         candidate = tl.full((BLOCK_M, BLOCK_N), 1, dtype=tl.int1)
     else:
-        positive, candidate = _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                                                  HAS_POS, HAS_LABELS, MASK_LABELS, HAS_SELF, KEY_NEGATIVES,
-                                                  BLOCK_M, BLOCK_N)
-        if HAS_GUIDE:
+        positive, candidate = _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)
+        if ROLE[HAS_GUIDE]:
             sim = tile_cosines(GUIDE_ROWS, GUIDE_COLS, GUIDE_MAX, GUIDE_MAX, rows, cols, row_mask, col_mask, GUIDE_D,
-                               stride_gr, stride_gc, False, BLOCK_M, BLOCK_N, GUIDE_BLOCK_D, GUIDE_PRECISION)
+                               stride_gr, stride_gc, False, BLOCK_M, BLOCK_N, ROLE[GUIDE_BLOCK_D],
+                               ROLE[GUIDE_PRECISION])
             limit = tl.load(GUIDE_MAX + rows, mask=row_mask, other=float("inf"))
             candidate = candidate & ((sim > limit[:, None]) == 0)
     return positive, candidate
 
 
 @triton.jit
-def plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS: tl.constexpr,
-               HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
     """Whether the tile ``[row0, row0 + BLOCK_M) × [c0, c0 + BLOCK_N)`` is plain: wholly inside the
     matrix, on one side of the key/extra boundary, and free of positives and self pairs, so that every
     pair in it is a candidate negative (for losses without labels and Ring bands). Most tiles of a
     large batch are; the kernels take a branch without per-pair role tests for them. ``inside``: the
     caller's own masks (e.g. a chunk's bounds) cut nothing off the tile."""
+    POS, SELF, _, _, _, _, _, _, _, _, _, _ = roles
     plain = inside & (row0 + BLOCK_M <= N) & (c0 + BLOCK_N <= M_TOTAL) & ((c0 + BLOCK_N <= M) | (c0 >= M))
-    if not KEY_NEGATIVES:
+    if not ROLE[KEY_NEGATIVES]:
         plain = plain & (c0 >= M)
-    if HAS_POS:
+    if ROLE[HAS_POS]:
         pos = tl.load(POS + rows, mask=row_mask, other=-1)
         plain = plain & (tl.sum(((pos >= c0) & (pos < c0 + BLOCK_N)).to(tl.int32), axis=0) == 0)
-    if HAS_SELF:
+    if ROLE[HAS_SELF]:
         own = tl.load(SELF + rows, mask=row_mask, other=-1)
         plain = plain & (tl.sum(((own >= c0) & (own < c0 + BLOCK_N)).to(tl.int32), axis=0) == 0)
     return plain
 
 
 @triton.jit
-def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS, COL_LABELS,
-                        HAS_POS: tl.constexpr, HAS_LABELS: tl.constexpr, MASK_LABELS: tl.constexpr,
-                        HAS_SELF: tl.constexpr, KEY_NEGATIVES: tl.constexpr, BLOCK_M: tl.constexpr,
+def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, roles, ROLE: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N: tl.constexpr):
+    POS, SELF, ROW_LABELS, COL_LABELS, _, _, _, _, _, _, _, _ = roles
     valid = row_mask[:, None] & col_mask[None, :]
     is_key = (cols < M)[None, :]
-    if HAS_SELF:
+    if ROLE[HAS_SELF]:
         self_col = tl.load(SELF + rows, mask=row_mask, other=-1)
         not_self = cols[None, :] != self_col[:, None]
     else:
         not_self = valid
-    if HAS_POS:
+    if ROLE[HAS_POS]:
         pos_col = tl.load(POS + rows, mask=row_mask, other=-1)
         positive = cols[None, :] == pos_col[:, None]
-    elif HAS_LABELS:
+    elif ROLE[HAS_LABELS]:
         row_label = tl.load(ROW_LABELS + rows, mask=row_mask, other=0)
         col_label = tl.load(COL_LABELS + cols, mask=col_mask & (cols < M), other=0)
         positive = (row_label[:, None] == col_label[None, :]) & is_key
     else:
         positive = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
     positive = positive & not_self & valid
-    if KEY_NEGATIVES:
+    if ROLE[KEY_NEGATIVES]:
         pool = valid
     else:
         pool = valid & (cols >= M)[None, :]
-    if MASK_LABELS:
+    if ROLE[MASK_LABELS]:
         row_label = tl.load(ROW_LABELS + rows, mask=row_mask, other=0)
         col_label = tl.load(COL_LABELS + cols, mask=col_mask & (cols < M), other=0)
         pool = pool & ((row_label[:, None] != col_label[None, :]) | (cols >= M)[None, :])
@@ -132,15 +144,15 @@ def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, POS, SELF, ROW_LABELS
 
 
 @triton.jit
-def tile_denominator(positive, candidate, logits, rows, row_mask, BAND_LO, BAND_HI,
-                     HAS_BAND: tl.constexpr, DECOUPLED: tl.constexpr):
+def tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE: tl.constexpr):
     """Candidates (inside each row's Ring band ``[v_lo, v_hi]`` when given) plus, unless decoupled,
     the positives."""
-    if HAS_BAND:
+    _, _, _, _, BAND_LO, BAND_HI, _, _, _, _, _, _ = roles
+    if ROLE[HAS_BAND]:
         lo = tl.load(BAND_LO + rows, mask=row_mask, other=float("inf"))
         hi = tl.load(BAND_HI + rows, mask=row_mask, other=float("-inf"))
         candidate = candidate & (logits >= lo[:, None]) & (logits <= hi[:, None])
-    if DECOUPLED:
+    if ROLE[DECOUPLED]:
         den = candidate
     else:
         den = candidate | positive
@@ -164,9 +176,7 @@ def sigmoid(x):
 
 
 @triton.jit
-def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M,
-                    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, bias, beta,
-                    COL_LSE, G_COL_LSE, G_COL_POS_W,
+def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias, beta,
                     COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
                     PLAIN: tl.constexpr = False):
     """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile.
@@ -178,7 +188,9 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
 
     ``where`` rather than a product keeps an overflowing ``exp`` of a masked logit out of it.
     ``PLAIN`` (see :func:`plain_tile`): no positive in the tile, every pair in the denominator.
+    ``grads``: the saved terms and their incoming gradients (``problem.GROUPS["grads"]``).
     """
+    ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
     g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
     g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0)

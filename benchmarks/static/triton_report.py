@@ -38,12 +38,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
 DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
-INTS = {"N", "M", "M_TOTAL", "D", "GUIDE_D", "stride_q", "stride_c", "stride_gr", "stride_gc", "stride_dq", "stride_dc",
-        "stride_x", "stride_g", "stride_dx", "stride_ds", "row0", "col0", "chunk_rows", "chunk_cols"}
-INT_POINTERS = {"POS": "*i64", "SELF": "*i64", "ROW_LABELS": "*i64", "COL_LABELS": "*i64", "ROW_DEN": "*i32",
-                "ROW_POS_N": "*i32", "PART_DEN": "*i32", "PART_POS_N": "*i32", "COUNT": "*i32",
-                "RANK_TOP": "*i32", "RANK_BOTTOM": "*i32"}
-FEATURES = {"Q", "C", "QH", "CH", "X", "DX", "DS", "GUIDE_ROWS", "GUIDE_COLS"}  # the guide in the features' dtype
+# the flat (ungrouped) arguments of the normalization kernels; the core's kernels take their arguments in
+# the groups of ``kernels.problem.GROUPS``, typed from that table
+FLAT_TYPES = {"X": "F", "DX": "F", "G": "*fp32", "R": "*fp32", "N": "i32", "D": "i32", "stride_x": "i32",
+              "stride_g": "i32", "stride_dx": "i32"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,38 +51,56 @@ FEATURES = {"Q", "C", "QH", "CH", "X", "DX", "DS", "GUIDE_ROWS", "GUIDE_COLS"}  
 
 def with_defaults(kernel, constexprs: dict) -> dict:
     """``constexprs`` plus the defaults of ``kernel``'s constexpr parameters it leaves out (switches
-    that the launch passes only when they are on)."""
+    that the launch passes only when they are on), with the role switches given by name gathered
+    into the kernels' ``ROLE`` tuple (as ``kernels.problem.role_constexprs`` does for a launch)."""
+    from contrastive_ops.kernels.problem import NO_GUIDE, role_constexprs
+    from contrastive_ops.kernels.tiles import ROLE_SWITCHES
+
+    params = inspect.signature(kernel.fn).parameters
     out = dict(constexprs)
-    for name, param in inspect.signature(kernel.fn).parameters.items():
+    if "ROLE" in params and "ROLE" not in out:
+        flags = {**dict.fromkeys(ROLE_SWITCHES, False), **NO_GUIDE, **out}
+        out = {**out, "ROLE": role_constexprs(flags)["ROLE"]}
+    out = {name: value for name, value in out.items() if name in params}  # e.g. switches it does not take
+    for name, param in params.items():
         if name not in out and param.default is not inspect.Parameter.empty:
             out[name] = param.default
     return out
 
 
 def kernel_signature(kernel, feature_type: str, constexprs: dict) -> dict:
-    """Triton's compile signature of ``kernel``: constexprs, i32 sizes, typed pointers. ``constexprs``
-    must name every constexpr parameter (see :func:`with_defaults`)."""
+    """Triton's compile signature of ``kernel``: constexprs, and every argument group of
+    ``kernels.problem.GROUPS`` as the tuple of its members' types (``F``: ``feature_type``).
+    ``constexprs`` must name every constexpr parameter (see :func:`with_defaults`)."""
+    from contrastive_ops.kernels.problem import GROUPS
+
+    def typed(kind: str) -> str:
+        return feature_type if kind == "F" else kind
+
     sig = {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in INTS:
-            sig[name] = "i32"
-        elif name == "beta":
-            sig[name] = "fp32"
-        elif name in FEATURES:
-            sig[name] = feature_type
+        elif name in GROUPS:
+            sig[name] = tuple(typed(kind) for _, kind in GROUPS[name])
         else:
-            sig[name] = INT_POINTERS.get(name, "*fp32")
+            sig[name] = typed(FLAT_TYPES.get(name, "*fp32"))
     return sig
 
 
 def aligned(kernel, signature: dict) -> dict:
-    """Triton's ``tt.divisibility = 16`` marks on every pointer and integer argument, as the JIT
-    specializes them for real shapes (16-byte-aligned tensors, sizes and strides multiples of 16)."""
+    """Triton's ``tt.divisibility = 16`` marks on every pointer and integer argument (members of a
+    group included), as the JIT specializes them for real shapes (16-byte-aligned tensors, sizes and
+    strides multiples of 16)."""
     names = list(inspect.signature(kernel.fn).parameters)
-    return {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items()
-            if v.startswith("*") or v == "i32"}
+    marks = {}
+    for name, kind in signature.items():
+        members = kind if isinstance(kind, tuple) else (kind,)
+        for j, member in enumerate(members):
+            if member.startswith("*") or member == "i32":
+                path = (names.index(name), j) if isinstance(kind, tuple) else (names.index(name),)
+                marks[path] = [["tt.divisibility", 16]]
+    return marks
 
 
 @functools.cache
@@ -93,13 +109,11 @@ def _fixed_branches():
     import triton
 
     @triton.jit
-    def always_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF, KEY_NEGATIVES,
-                     BLOCK_M, BLOCK_N):
+    def always_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N):
         return True
 
     @triton.jit
-    def never_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, POS, SELF, HAS_POS, HAS_SELF, KEY_NEGATIVES,
-                    BLOCK_M, BLOCK_N):
+    def never_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N):
         return False
 
     return {"plain": always_plain, "general": never_plain}
@@ -130,8 +144,7 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
 
     mod = importlib.import_module(module)
     kernel = getattr(mod, kernel_name)
-    params = inspect.signature(kernel.fn).parameters
-    constexprs = with_defaults(kernel, {k: v for k, v in constexpr_items if k in params})
+    constexprs = with_defaults(kernel, dict(constexpr_items))
     signature = kernel_signature(kernel, DTYPE_TYPES[dtype], constexprs)
     original = getattr(mod, "plain_tile", None)
     if branch != "both" and original is not None:
