@@ -14,11 +14,12 @@ model charges them, since nearly every pair of a large plain batch is in a plain
 
 The model (every figure *modeled*) charges, per launch group of a forward + backward:
 
-* a GEMM: its FLOPs at the matmul rate or its DRAM bytes at the copy bandwidth, whichever is larger
-  (the fp32 cosines it writes are bytes too);
-* an epilogue: the largest of its issue time (instructions per pair / 32 lanes, 4 warp-instructions
-  per clock per SM), its MUFU time (16 per clock per SM) and its DRAM bytes (the fp32 cosines read,
-  dS written);
+* a GEMM: its FLOPs at the matmul rate with the wave quantization of its output tiles
+  (:func:`.model.library_gemm_ms`) or its DRAM bytes at the copy bandwidth, whichever is larger (the
+  fp32 cosines it writes are bytes too);
+* an epilogue: the larger of its issue time (its SASS per pair / 32 lanes, each opcode at its
+  documented sm_90 throughput, MUFU among them: :data:`.sass.SM90_RESULTS_PER_CLOCK`) and its DRAM
+  bytes (the fp32 cosines read, dS written): many warps per SM, so memory and issue overlap;
 * torch's elementwise passes (unit rows, normalization backward): their bytes.
 
 Launches are serial on one stream (no overlap assumed). The comparison is with the Triton backend's
@@ -26,6 +27,7 @@ model of the same workload (:mod:`.triton_report`, default configs).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -36,8 +38,8 @@ from pathlib import Path
 
 from .model import H200, ITEMSIZE, Device, KernelStats, Launch, Workload, fmt, headline_workloads
 from .sass import loops as branch_loops
-from .sass import parse_sass, sass_stats, tool
-from .triton_report import default_configs
+from .sass import parse_sass, sm_cycles, tool
+from .triton_report import default_configs, stats_from_sass
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
@@ -61,6 +63,7 @@ class EpilogueStats:
     mufu_per_pair: int
     quad_per_pair: int | None = None  # the plain-quad loop's, where the kernel has one
     quad_mufu_per_pair: int | None = None
+    ops_per_pair: tuple = ()  # (opcode, count per pair) of the loop the model charges (see _charged)
 
 
 def _nvcc() -> str:
@@ -128,11 +131,13 @@ def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
         body_ins = inside(max(pair_loops, key=lambda lp: len(inside(lp)))) if pair_loops else []
         quad_ins = inside(max(quad_loops, key=lambda lp: len(inside(lp)))) if quad_loops else None
         regs, spills, smem = resources.get(mangled, (0, 0, 0))
+        charged, per = (quad_ins, QUAD_PAIRS) if quad_ins is not None else (body_ins, PAIR_UNROLL)
+        ops = tuple(sorted((op, n / per) for op, n in collections.Counter(i[1] for i in charged).items()))
         stats[label] = EpilogueStats(
             label, regs, spills, smem, "none", len(instructions), round(len(body_ins) / PAIR_UNROLL),
             round(sum(1 for i in body_ins if i[1] == "MUFU") / PAIR_UNROLL),
             None if quad_ins is None else round(len(quad_ins) / QUAD_PAIRS, 1),
-            None if quad_ins is None else round(sum(1 for i in quad_ins if i[1] == "MUFU") / QUAD_PAIRS, 1))
+            None if quad_ins is None else round(sum(1 for i in quad_ins if i[1] == "MUFU") / QUAD_PAIRS, 1), ops)
     return stats
 
 
@@ -157,11 +162,9 @@ def fused_stats(arch: str = ARCH) -> dict[str, KernelStats]:
     for mangled, label, body in zip(names, _demangle(names), bodies):
         if not label.startswith("fused_"):
             continue
-        kind, mma_count, tile, kloop, mufu = sass_stats(parse_sass(body))
         regs, spill_stores, spill_loads = resources.get(mangled, (0, 0, 0))
-        stats[label] = KernelStats(label, FUSED_WARPS, FUSED_STAGES, regs, spill_stores, spill_loads,
-                                      FUSED_SMEM, kind, mma_count, tile, kloop, mufu,
-                                      total_instructions=len(parse_sass(body)))
+        stats[label] = stats_from_sass(label, FUSED_WARPS, FUSED_STAGES, regs, spill_stores, spill_loads,
+                                       FUSED_SMEM, parse_sass(body))
     return stats
 
 
@@ -203,20 +206,21 @@ def _charged(e: EpilogueStats) -> tuple[float, float]:
 
 
 def _epilogue_ms(e: EpilogueStats, pairs: float, dram_bytes: float, device: Device) -> dict:
+    """An epilogue launch: its SASS per pair at the documented throughputs (a warp-instruction does 32
+    pairs) or its bytes, whichever is larger."""
     per_sm = device.sms * device.clock_hz
-    per_pair, mufu_per_pair = _charged(e)
-    parts = {"issue_ms": pairs / 32 * per_pair / (device.issue_per_clock * per_sm) * 1e3,
-             "mufu_ms": pairs * mufu_per_pair / (device.mufu_per_clock * per_sm) * 1e3,
+    ops = dict(e.ops_per_pair)
+    parts = {"issue_ms": pairs / 32 * sm_cycles(ops, 1) / per_sm * 1e3,
+             "mufu_ms": pairs / 32 * sm_cycles({"MUFU": ops.get("MUFU", 0.0)}, 1) / per_sm * 1e3,
              "memory_ms": dram_bytes / device.dram_bytes_s * 1e3, "mma_ms": 0.0}
-    bound = max(parts, key=parts.get)
+    bound = max(("issue_ms", "memory_ms"), key=parts.get)
     return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
 
 
-def _library_ms(flops: float, dram_bytes: float, device: Device, dtype: str) -> dict:
-    parts = {"mma_ms": flops / device.mma_flops[dtype] * 1e3, "memory_ms": dram_bytes / device.dram_bytes_s * 1e3,
-             "issue_ms": 0.0, "mufu_ms": 0.0}
-    bound = max(parts, key=parts.get)
-    return {**parts, "modeled_ms": parts[bound], "bound": bound.removesuffix("_ms")}
+def _library_ms(flops: float, dram_bytes: float, device: Device, dtype: str, gemms: tuple = ()) -> dict:
+    """A library call (:meth:`.model.Launch.model` of a launch without a variant); ``gemms`` its
+    products' shapes ``(m, n, k, count, output bytes, accumulate)``."""
+    return Launch("library", None, 0, 0, 1, flops, dram_bytes, gemms=gemms).model(device, dtype)
 
 
 def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict]:
@@ -246,7 +250,8 @@ def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict
         add("unit rows (torch)", _library_ms(0.0, unit_bytes, device, w.dtype), "fp32 norms, rounded to the input dtype")
     if fused_applies(w):
         return _fused_workload(w, device, add, out, operands, pairs, rows, cols)
-    s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype)
+    s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype,
+                         ((min(rows, n), min(cols, mt), d, row_chunks * col_chunks, 4, False),))
     if w.ring_radix_bits:
         hist = _epilogue(stats, f"ring_histogram_kernel<{_feature_set(w) & _FEATURES['labels']}>")
         passes = 4
@@ -267,12 +272,20 @@ def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict
     add("backward: dS epilogue", _epilogue_ms(bwd, pairs, (4.0 + item) * pairs, device), e=bwd)
     accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)  # fp32 gradients read and written per chunk
     add("backward: dQ̂ += dS·Ĉ, dĈ += dSᵀ·Q̂ (cuBLAS, into fp32)",
-        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype))
+        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype,
+                    _ds_gemms(n, mt, d, rows, cols)))
     if normalize:
         add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
     else:  # the fp32 gradients cast to the input dtype
         add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
     return out, _total_row(w, device, out, rows, cols, "cuBLAS + epilogues")
+
+
+def _ds_gemms(n: int, mt: int, d: int, rows: int, cols: int) -> tuple:
+    """Per chunk of ``rows × cols``: dQ̂[rows] += dS·Ĉ[cols] (rows × d, k = cols) and dĈ[cols] += dSᵀ·Q̂[rows]."""
+    rows, cols = min(rows, n), min(cols, mt)
+    chunks = math.ceil(n / rows) * math.ceil(mt / cols)
+    return ((rows, d, cols, chunks, 4, True), (cols, d, rows, chunks, 4, True))
 
 
 def fused_applies(w: Workload) -> bool:
@@ -311,7 +324,8 @@ def _fused_workload(w: Workload, device: Device, add, out, operands, pairs, rows
            operands + item * pairs + 4.0 * n * math.ceil(mt / FUSED_TILE), "dS written in the operands' dtype")
     accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)
     add("backward: dQ̂ += dS·Ĉ, dĈ += dSᵀ·Q̂ (cuBLAS, into fp32)",
-        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype))
+        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype,
+                    _ds_gemms(n, mt, d, rows, cols)))
     if w.switch("NORMALIZE"):
         add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
     else:

@@ -1,22 +1,32 @@
 """The static model's physics: a device's ceilings, one launch's modeled time, the modeled workloads.
 
 Nothing here compiles or reads code (see :mod:`.sass` and the two reports); every figure it gives is
-*modeled*, never measured. A launch is charged the largest of
+*modeled*, never measured. A tile kernel's launch is charged, per wave of CTAs (wave quantization
+included), the time of its tiles on one SM, from
 
-* MMA: its useful dot-product FLOPs at the device's matmul rate;
-* issue: its SASS instructions per tile × warps, at 4 warp-instructions per clock per SM;
-* MUFU: its exp/log instructions per tile × threads, at 16 per clock per SM;
-* memory: its DRAM bytes at the copy bandwidth,
+* MMA: the tile's useful dot-product FLOPs at the device's matmul rate;
+* issue: the tile's SASS per thread × warps, each opcode at its documented sm_90 throughput
+  (:data:`.sass.SM90_RESULTS_PER_CLOCK`; MUFU among them), none overlapping another;
+* exposure: the part of that issue that the warpgroup makes after waiting for every wgmma it started
+  (the epilogue after the k-loop, an online softmax between two products), or one warp's dependency
+  chain through it (4 cycles per dependent instruction) where that is longer. Without warp
+  specialization it cannot overlap the warpgroup's own MMA, so a CTA alone on an SM takes
+  exposed + max(MMA, the rest); c CTAs on an SM share its tensor cores and schedulers,
+  so a round of c tiles takes the largest of c·MMA, c·issue and one CTA's serial chain;
+  a warp-specialized kernel (setmaxnreg roles) is charged max(c·MMA, c·issue);
+* memory: its DRAM bytes at the copy bandwidth, overlapping the rest,
 
-per wave of CTAs (wave quantization included), assuming those overlap perfectly, plus, for a Triton
-kernel running one CTA per SM, an exposed refill of the operand pipeline at every tile
-(``refill_cycles``, an L2-latency assumption). Library products (cuBLAS through ``torch.mm``) are
-charged at the matmul rate or their bytes, whichever is larger. :data:`H200` holds the constants.
+plus, for a Triton kernel running one CTA per SM, an exposed refill of the operand pipeline at every
+tile (``refill_cycles``, an L2-latency assumption). Library products (cuBLAS through ``torch.mm``)
+are charged :func:`library_gemm_ms`: the matmul rate, wave quantization on the library's large tiles,
+or their bytes. :data:`H200` holds the constants.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+
+from .sass import sm_cycles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,16 +36,16 @@ class Device:
     clock_hz: float  # sustained SM clock under MMA load (assumed)
     mma_flops: dict  # dtype -> dense matmul FLOP/s (bf16/fp16 measured on an H200 here; tf32 assumed half)
     dram_bytes_s: float  # copy bandwidth (measured on an H200 here)
-    issue_per_clock: int = 4  # warp-instructions per clock per SM (4 schedulers)
-    mufu_per_clock: int = 16  # exp2/log2/rcp lanes per clock per SM
     regs_per_sm: int = 65536
     smem_per_sm: int = 227 * 1024  # usable by one CTA's dynamic shared memory
     threads_per_sm: int = 2048
     refill_cycles: int = 500  # a tile's first operand loads (L2 hits), exposed with one CTA per SM (assumed)
 
 
-#: H100/H200-class device (sm_90a, 132 SMs). 790 TFLOP/s bf16 and 4.3 TB/s were measured on an H200;
-#: the clock and the tf32 rate are assumptions.
+#: H100/H200-class device (sm_90a, 132 SMs). 790 TFLOP/s bf16 and 4.3 TB/s were measured on an H200
+#: (the published maximum achievable bf16 matmul rates agree: 792.1 TFLOP/s on an H100 SXM, 821.0 on a
+#: GH200 — the MAMF table of stas00/ml-engineering, compute/accelerator/README.md); the clock and the
+#: tf32 rate are assumptions.
 H200 = Device(name="H200 (sm_90a, 132 SMs)", sms=132, clock_hz=1.83e9,
               mma_flops={"bfloat16": 790e12, "float16": 790e12, "float32": 395e12}, dram_bytes_s=4.3e12)
 
@@ -62,6 +72,16 @@ class KernelStats:
     kloop_instructions: int  # per thread, one step of the dot product's k-loop (0: no k-loop)
     tile_mufu: int  # MUFU instructions in one tile iteration outside the k-loop
     total_instructions: int
+    # opcode → count per thread (.sass.SassStats): issued after every wgmma was waited for (exposed)
+    # or with one in flight (overlapped), outside the k-loop and in one k-step
+    tile_exposed: dict = dataclasses.field(default_factory=dict)
+    tile_overlapped: dict = dataclasses.field(default_factory=dict)
+    kloop_exposed: dict = dataclasses.field(default_factory=dict)
+    kloop_overlapped: dict = dataclasses.field(default_factory=dict)
+    kloop_mufu: int = 0
+    specialized: bool = False  # warp-specialized: its softmax overlaps another warpgroup's MMA
+    tile_exposed_chain: float = 0.0  # one warp's dependency chain through the exposed instructions (cycles)
+    kloop_exposed_chain: float = 0.0
     # per-branch counts (plain tiles / the others), where the kernel has the plain-tile branch
     plain: KernelStats | None = None
     general: KernelStats | None = None
@@ -73,11 +93,32 @@ class KernelStats:
             return f * self.plain.per_tile(ksteps) + (1 - f) * self.general.per_tile(ksteps)
         return self.tile_instructions + self.kloop_instructions * (ksteps - 1)
 
-    def mufu_per_tile(self) -> float:
+    def mufu_per_tile(self, ksteps: int = 1) -> float:
         if self.plain is not None and self.general is not None:
             f = self.plain_fraction
-            return f * self.plain.tile_mufu + (1 - f) * self.general.tile_mufu
-        return self.tile_mufu
+            return f * self.plain.mufu_per_tile(ksteps) + (1 - f) * self.general.mufu_per_tile(ksteps)
+        return self.tile_mufu + self.kloop_mufu * (ksteps - 1)
+
+    def cycles(self, ksteps: int) -> tuple[float, float]:
+        """SM cycles of one tile of this CTA (all its warps), exposed and overlapped, each opcode at its
+        documented throughput (:func:`.sass.sm_cycles`); the k-loop's step counted ``ksteps`` times."""
+        if self.plain is not None and self.general is not None:
+            f = self.plain_fraction
+            (pe, po), (ge, go) = self.plain.cycles(ksteps), self.general.cycles(ksteps)
+            return f * pe + (1 - f) * ge, f * po + (1 - f) * go
+        if not (self.tile_exposed or self.tile_overlapped):  # no opcode counts: one issue slot each
+            return 0.0, self.warps * self.per_tile(ksteps) / 4.0
+        # the k-loop's step appears once in the tile's counts
+        # the exposed part: its throughput, or one warp's dependency chain through it if longer
+        exposed = max(sm_cycles(self.tile_exposed, self.warps) + (ksteps - 1) * sm_cycles(self.kloop_exposed, self.warps),
+                      self.tile_exposed_chain + (ksteps - 1) * self.kloop_exposed_chain)
+        overlapped = (sm_cycles(self.tile_overlapped, self.warps)
+                      + (ksteps - 1) * sm_cycles(self.kloop_overlapped, self.warps))
+        return exposed, overlapped
+
+    def mufu_cycles(self, ksteps: int) -> float:
+        """The MUFU part of :meth:`cycles` (16 results per clock per SM)."""
+        return self.mufu_per_tile(ksteps) * self.warps * 2.0
 
     def ctas_per_sm(self, device: Device) -> int:
         threads = 32 * self.warps
@@ -99,31 +140,61 @@ class Launch:
     dram_bytes: float
     note: str = ""
 
+    gemms: tuple = ()  # a library call's products as (m, n, k, count, output bytes per element, accumulate)
+
     def model(self, device: Device, dtype: str) -> dict:
-        """Modeled milliseconds: the largest of the MMA, issue, MUFU and memory times, plus for a
-        Triton tile kernel the operand pipeline's refill at every tile (its k-loop restarts per tile;
-        another CTA on the SM hides it)."""
-        mma_s = self.flops / device.mma_flops[dtype]
-        mem_s = self.dram_bytes / device.dram_bytes_s
-        parts = {"mma_ms": mma_s * 1e3, "memory_ms": mem_s * 1e3, "issue_ms": 0.0, "mufu_ms": 0.0}
+        """Modeled milliseconds (see the module's docstring): a tile kernel's waves of tile rounds or
+        its DRAM bytes, plus the operand pipeline's refill at every tile where one CTA fills an SM; a
+        library GEMM by :func:`library_gemm_ms`; any other library call by its bytes."""
+        mem_ms = self.dram_bytes / device.dram_bytes_s * 1e3
+        parts = {"mma_ms": 0.0, "issue_ms": 0.0, "exposed_ms": 0.0, "mufu_ms": 0.0, "memory_ms": mem_ms}
         refill_ms = 0.0
-        if self.variant is not None:
+        if self.variant is None:
+            if self.gemms:
+                parts["mma_ms"] = sum(library_gemm_ms(m, n, k, device, dtype) * count
+                                      for m, n, k, count, _, _ in self.gemms)
+            elif self.flops:
+                parts["mma_ms"] = self.flops / device.mma_flops[dtype] * 1e3
+            compute_ms, bound = parts["mma_ms"], "mma"
+        else:
             v = self.variant
             ctas = max(1, v.ctas_per_sm(device))
             waves = math.ceil(self.programs / (device.sms * ctas))
-            per_sm_tiles = waves * self.tiles_per_program * ctas
-            cycles_issue = per_sm_tiles * v.per_tile(self.ksteps) * v.warps / device.issue_per_clock
-            cycles_mufu = per_sm_tiles * v.mufu_per_tile() * 32 * v.warps / device.mufu_per_clock
-            parts["issue_ms"] = cycles_issue / device.clock_hz * 1e3
-            parts["mufu_ms"] = cycles_mufu / device.clock_hz * 1e3
-            # MMA with wave quantization: the busiest SM does per_sm_tiles tiles of the average tile's FLOPs
+            rounds = waves * self.tiles_per_program  # the busiest SM: `ctas` tiles per round
             tile_flops = self.flops / max(1.0, self.programs * self.tiles_per_program)
-            parts["mma_ms"] = max(parts["mma_ms"], per_sm_tiles * tile_flops * device.sms / device.mma_flops[dtype] * 1e3)
+            mma = tile_flops * device.sms / device.mma_flops[dtype] * device.clock_hz  # SM cycles per tile
+            exposed, overlapped = v.cycles(self.ksteps)
+            serial = exposed + max(mma, overlapped)
+            candidates = {"mma": ctas * mma, "issue": ctas * (exposed + overlapped)}
+            if not v.specialized:
+                candidates["mma+epilogue (serial)"] = serial
+            bound = max(candidates, key=candidates.get)
+            to_ms = rounds / device.clock_hz * 1e3
+            compute_ms = candidates[bound] * to_ms
+            parts.update(mma_ms=ctas * mma * to_ms, issue_ms=ctas * (exposed + overlapped) * to_ms,
+                         exposed_ms=ctas * exposed * to_ms, mufu_ms=ctas * v.mufu_cycles(self.ksteps) * to_ms)
             if ctas == 1:
-                refill_ms = per_sm_tiles * device.refill_cycles / device.clock_hz * 1e3
-        bound = max(parts, key=parts.get)
-        return {**parts, "refill_ms": refill_ms, "modeled_ms": parts[bound] + refill_ms,
-                "bound": bound.removesuffix("_ms")}
+                refill_ms = rounds * device.refill_cycles / device.clock_hz * 1e3
+        if mem_ms >= compute_ms:
+            compute_ms, bound = mem_ms, "memory"
+        return {**parts, "refill_ms": refill_ms, "modeled_ms": compute_ms + refill_ms, "bound": bound}
+
+
+#: tiles a library GEMM may take (the large ones of the "typical tile dimensions in cuBLAS", NVIDIA's
+#: Matrix Multiplication Background User's Guide, §2.3)
+LIBRARY_TILES = ((128, 256), (256, 128), (128, 128))
+
+
+def library_gemm_ms(m: int, n: int, k: int, device: Device, dtype: str) -> float:
+    """Milliseconds of one library GEMM's tensor-core work: its FLOPs at the device's matmul rate (a
+    measured large-GEMM rate), divided by the share of the last wave of output tiles its SMs fill
+    ("wave quantization", same guide §3.2), on the library tile that fills them best. Its bytes are
+    charged by the caller (:meth:`Launch.model`: the larger of the two)."""
+    best = 0.0
+    for tm, tn in LIBRARY_TILES:
+        tiles = math.ceil(m / tm) * math.ceil(n / tn)
+        best = max(best, tiles / (math.ceil(tiles / device.sms) * device.sms))
+    return 2.0 * m * n * k / (device.mma_flops[dtype] * best) * 1e3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,6 +158,12 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
         if branch != "both" and original is not None:
             mod.plain_tile = original
             _reset_hashes(mod)
+    return read_compiled(compiled, kernel_name, warps, stages)
+
+
+def read_compiled(compiled, name: str, warps: int, stages: int) -> KernelStats:
+    """Registers and spills (Triton's bundled ``ptxas -v`` on the kernel's PTX) and the SASS counts
+    (its ``cuobjdump``, :func:`.sass.sass_stats`) of one compiled Triton kernel."""
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         ptx.write_text(compiled.asm["ptx"])
@@ -169,13 +175,22 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
                               check=True).stdout
     registers = int(re.search(r"Used (\d+) registers", verbose).group(1))
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", verbose)
-    kind, mma_count, tile_instr, kloop_instr, mufu = sass_stats(parse_sass(sass))
-    return KernelStats(kernel=kernel_name, warps=warps, stages=stages, registers=registers,
-                       spill_stores=int(spills.group(1)) if spills else 0,
-                       spill_loads=int(spills.group(2)) if spills else 0, shared=compiled.metadata.shared,
-                       mma_kind=kind, mma_count=mma_count, tile_instructions=tile_instr,
-                       kloop_instructions=kloop_instr, tile_mufu=mufu,
-                       total_instructions=len(parse_sass(sass)))
+    return stats_from_sass(name, warps, stages, registers, int(spills.group(1)) if spills else 0,
+                           int(spills.group(2)) if spills else 0, compiled.metadata.shared, parse_sass(sass))
+
+
+def stats_from_sass(name: str, warps: int, stages: int, registers: int, spill_stores: int, spill_loads: int,
+                    shared: int, instructions) -> KernelStats:
+    """A :class:`.model.KernelStats` from a kernel's resources and its parsed SASS."""
+    s = sass_stats(instructions)
+    return KernelStats(kernel=name, warps=warps, stages=stages, registers=registers, spill_stores=spill_stores,
+                       spill_loads=spill_loads, shared=shared, mma_kind=s.mma_kind, mma_count=s.mma_count,
+                       tile_instructions=s.tile_instructions, kloop_instructions=s.kloop_instructions,
+                       tile_mufu=s.tile_mufu, total_instructions=s.total_instructions,
+                       tile_exposed=s.tile_exposed, tile_overlapped=s.tile_overlapped,
+                       kloop_exposed=s.kloop_exposed, kloop_overlapped=s.kloop_overlapped,
+                       kloop_mufu=s.kloop_mufu, specialized=s.specialized,
+                       tile_exposed_chain=s.tile_exposed_chain, kloop_exposed_chain=s.kloop_exposed_chain)
 
 
 # ---------------------------------------------------------------------------------------------
