@@ -131,3 +131,62 @@ def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headli
     total = out["total"]
     assert total["modeled_ms"] == pytest.approx(sum(r["modeled_ms"] for r in out["rows"]))
     assert total["modeled_ms"] > total["floor_ms"] and total["triton_modeled_ms"] > 0
+
+
+def test_per_opcode_throughputs_and_pipelines():
+    """sm_90 throughputs from the programming guide's table: FFMA 4 warp-instructions per clock per SM,
+    MUFU one per 2 cycles, shuffles one per cycle; distinct pipelines overlap, the issue slots bound."""
+    from benchmarks.static.sass import sm_cycles
+
+    assert sm_cycles({"FFMA": 4}, 4) == pytest.approx(4.0)
+    assert sm_cycles({"MUFU": 4}, 4) == pytest.approx(32.0)
+    assert sm_cycles({"SHFL": 4}, 4) == pytest.approx(16.0)
+    assert sm_cycles({"FMNMX": 4}, 4) == pytest.approx(8.0)
+    assert sm_cycles({"MUFU": 4, "FFMA": 16}, 4) == pytest.approx(32.0)  # XU and FMA overlap
+    assert sm_cycles({"MOV": 8}, 4) == pytest.approx(8.0)  # issue slots only
+
+
+def test_exposed_work_serializes_with_the_warpgroups_mma():
+    """One CTA per SM: exposed issue adds to the MMA; two CTAs may hide one's softmax under the other's
+    MMA; a warp-specialized kernel overlaps within the CTA."""
+    import dataclasses
+
+    from benchmarks.static.model import H200, KernelStats, Launch
+
+    base = KernelStats("k", 4, 3, 255, 0, 0, 200 * 1024, "wgmma", 8, 100, 0, 0, 100,
+                       tile_exposed={"FFMA": 1000}, tile_overlapped={"IADD3": 10})
+    tile_flops = 1000.0 * H200.mma_flops["bfloat16"] / H200.sms / H200.clock_hz  # 1000 cycles of MMA
+    one = Launch("k", base, H200.sms, 10, 1, tile_flops * H200.sms * 10, 0.0).model(H200, "bfloat16")
+    assert one["bound"] == "mma+epilogue (serial)"
+    assert one["modeled_ms"] - one["refill_ms"] == pytest.approx(10 * 2000 / H200.clock_hz * 1e3, rel=1e-3)
+    special = dataclasses.replace(base, specialized=True)
+    ws = Launch("k", special, H200.sms, 10, 1, tile_flops * H200.sms * 10, 0.0).model(H200, "bfloat16")
+    assert ws["modeled_ms"] < one["modeled_ms"]
+
+
+def test_library_gemms_pay_their_last_wave():
+    from benchmarks.static.model import H200, library_gemm_ms
+
+    full = 2.0 * 4096 * 768 * 65536 / H200.mma_flops["bfloat16"] * 1e3
+    # 4096 × 768 outputs: 96 or 192 tiles of the library's on 132 SMs, at best 73% of a full last wave
+    assert library_gemm_ms(4096, 768, 65536, H200, "bfloat16") == pytest.approx(full / (192 / 264), rel=1e-6)
+    assert library_gemm_ms(65536, 65536, 768, H200, "bfloat16") < 1.01 * 2.0 * 65536 ** 2 * 768 / 790e12 * 1e3
+
+
+def test_any_triton_kernel_can_be_modeled(tmp_path):
+    """benchmarks.static.any_kernel: a kernel of another project, typed by its caller."""
+    code = ("import triton, triton.language as tl\n"
+            "from benchmarks.static.any_kernel import model_kernel\n"
+            "@triton.jit\n"
+            "def scale(X, Y, N, BLOCK: tl.constexpr):\n"
+            "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n"
+            "    tl.store(Y + offs, tl.load(X + offs, mask=offs < N) * 2.0, mask=offs < N)\n"
+            "r = model_kernel(scale, {'X': '*fp32', 'Y': '*fp32', 'N': 'i32'}, {'BLOCK': 1024}, (4096,), 0.0,\n"
+            "                 8.0 * 4096 * 1024, divisible=('N',))\n"
+            "assert r['bound'] == 'memory' and r['modeled_ms'] > 0 and r['stats'].mma_kind == 'none', r\n"
+            "print(r['modeled_ms'])\n")
+    script = tmp_path / "other_project.py"  # Triton reads a kernel's source from its file
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False, env={**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]

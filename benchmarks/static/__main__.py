@@ -4,6 +4,10 @@
     python -m benchmarks.static --json rows.json     # and one JSON row per workload × kernel
     python -m benchmarks.static --subset ci          # the few Triton variants CI checks
     python -m benchmarks.static --subset headline    # the two headline workloads only
+    python -m benchmarks.static --subset calibration # the calibration table alone
+
+Every report starts with the calibration table (:mod:`.calibration`): published H100-class times of
+public kernels beside the same model's (``--no-calibration`` skips it).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import dataclasses
 import json
 import sys
 
-from . import cuda_report
+from . import calibration, cuda_report
 from .model import H200, headline_workloads
 from .triton_report import (
     best_configs,
@@ -28,9 +32,10 @@ from .triton_report import (
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write one JSON row per workload × kernel (and a 'total' row each) here")
-    parser.add_argument("--subset", choices=("headline", "all", "ci"), default="all",
+    parser.add_argument("--subset", choices=("headline", "all", "ci", "calibration"), default="all",
                         help="headline: the two headline workloads; all: every workload of the report; ci: the "
-                             "variants CI checks")
+                             "variants CI checks; calibration: the calibration table alone")
+    parser.add_argument("--no-calibration", action="store_true", help="skip the calibration table")
     parser.add_argument("--n", type=int, default=65536)
     parser.add_argument("--mma-tflops", type=float, help="measured bf16/fp16 matmul rate (TFLOP/s)")
     parser.add_argument("--bandwidth-tbs", type=float, help="measured copy bandwidth (TB/s)")
@@ -48,6 +53,16 @@ def main(argv=None) -> int:
     print(f"# Static kernel report (sm_90a, Triton {triton.__version__}); every time below is MODELED for "
           f"{device.name}: {device.mma_flops['bfloat16'] / 1e12:.0f} TFLOP/s bf16, "
           f"{device.dram_bytes_s / 1e12:.1f} TB/s, {device.clock_hz / 1e9:.2f} GHz\n")
+    calibration_rows = []
+    if not args.no_calibration and args.subset != "ci":
+        calibration_rows = calibration.run()
+        print("## Calibration: published times of public kernels, and the same model's (MODELED)\n")
+        print(calibration.table(calibration_rows) + "\n")
+        if args.subset == "calibration":
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(calibration_rows, fh, indent=1)
+            return 0
     if args.subset == "ci":
         variants = list(ci_variants())
         print(variant_table(variants, device) + "\n")
@@ -78,7 +93,8 @@ def main(argv=None) -> int:
             print("\n" + text)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows + [row for wrows, total in results for row in wrows + [total]] + cuda_rows, fh, indent=1)
+            json.dump(rows + [row for wrows, total in results for row in wrows + [total]] + cuda_rows
+                      + [{"calibration": True, **r} for r in calibration_rows], fh, indent=1, default=str)
     return 0
 
 

@@ -1,0 +1,61 @@
+"""The static model held to published GPU times of public kernels (``benchmarks.static.calibration``):
+siglip-kernel's SigLIP loss and its Triton BCE pass, Triton's attention tutorial forward. Compiled
+for sm_90a without a GPU; the points the model misses are reported, not hidden."""
+import importlib.util
+import os
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None
+                                and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") != "1",
+                                reason="Triton is not installed")
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+
+@pytest.fixture(scope="module")
+def results():
+    if importlib.util.find_spec("siglip_kernel") is None:
+        pytest.skip("siglip-kernel is not installed")
+    from benchmarks.static import calibration
+
+    return calibration.run()
+
+
+def test_every_point_is_published_and_modeled(results):
+    from benchmarks.static import calibration
+
+    assert [r["name"] for r in results] == [p.name for p in calibration.POINTS]
+    for r in results:
+        assert r["published"] > 0 and r["modeled"] > 0 and r["source"], r
+        assert r["within"] == (abs(r["ratio"] - 1) <= calibration.TOLERANCE)
+
+
+def test_the_streaming_bce_pass_is_within_tolerance(results):
+    """siglip-kernel's BCE pass: many warps per SM, so its issue and pipelines are the whole story."""
+    bce = next(r for r in results if "BCE" in r["name"])
+    assert bce["within"], bce
+
+
+def test_the_misses_are_the_documented_ones(results):
+    """The points the model misses (see docs/static-model.md, Calibration): the SigLIP total (library
+    GEMMs of its chunk shapes run slower than wave quantization explains) and the attention forward
+    (co-resident CTAs modeled as overlapping one another's softmax and MMA perfectly) — both optimistic,
+    never pessimistic beyond the tolerance."""
+    for r in results:
+        assert r["ratio"] > 1 - 0.20, r  # the model never overestimates a published time beyond tolerance
+        if not r["within"]:
+            assert "SigLIP bf16" in r["name"] or "attention" in r["name"], r
+
+
+def test_attention_is_modeled_over_the_tutorials_launchable_configs():
+    from benchmarks.static import calibration
+    from benchmarks.static.public_kernels.attention import CONFIGS
+
+    rows = calibration.attention(64)
+    assert 0 < len(rows) <= len(CONFIGS)
+    for r in rows:
+        assert r["ctas_per_sm"] >= 1 and not r["specialized"], r
+        assert r["exposed_ms"] > 0  # the softmax after each wait for the products
+    one_cta = [r for r in rows if r["ctas_per_sm"] == 1]
+    assert all(r["bound"] == "mma+epilogue (serial)" for r in one_cta), one_cta
