@@ -50,7 +50,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Callable
 
 import torch
@@ -443,13 +443,13 @@ def _backends_here(device: torch.device, wanted: list[str]) -> tuple[list[tuple[
 
 
 def _dtypes_for(backend: str, dtypes: list[str], device: torch.device) -> tuple[list[str], list[Row]]:
-    from contrastive_ops.kernels import config as tile_config  # imports no Triton
+    from .backends.triton import in_interpreter  # imports no Triton
 
     run, skipped = [], []
     for name in dtypes:
         if name == "float64" and backend not in FLOAT64_BACKENDS:
             continue  # by design: fp32/fp16/bf16 only (they raise a TypeError pointing at chunked)
-        if name == "bfloat16" and backend == "triton" and device.type == "cpu" and tile_config.interpreting():
+        if name == "bfloat16" and backend == "triton" and device.type == "cpu" and in_interpreter():
             skipped.append(Row("*", backend, name, BF16_INTERPRETER))
             continue
         run.append(name)
@@ -547,7 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (unless --losses)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--n", type=int, help="rows per input (default: 37 on a GPU, 19 on a CPU)")
+    parser.add_argument("--extra", type=int, help="extra negatives (default: 23 on a GPU, 7 on a CPU)")
+    parser.add_argument("--d", type=int, help="features per row (default: 24 on a GPU, 16 on a CPU)")
     args = parser.parse_args(argv)
+    for name in ("n", "extra", "d"):  # the losses with extra negatives need at least one
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available")
@@ -557,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = _names(args.dtypes, list(DTYPES), "dtype", parser, DTYPE_ALIASES) or list(DTYPES)
     losses = _names(args.losses, list(CASES), "loss", parser) or list(QUICK if args.quick else CASES)
 
-    shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    default = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    shapes = Shapes(*(default_value if value is None else value
+                      for value, default_value in zip((args.n, args.extra, args.d), astuple(default))))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"contrastive_ops {__version__} check on {device.type} ({where}): N={shapes.n}, R={shapes.r}, "
           f"D={shapes.d}, seed {args.seed}", flush=True)

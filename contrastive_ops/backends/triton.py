@@ -290,7 +290,7 @@ torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, set
 # ---------------------------------------------------------------------------------------------
 
 
-def _in_interpreter() -> bool:
+def in_interpreter() -> bool:
     """Whether Triton interprets the kernels in this process (read from the environment, as Triton does:
     ``tile_config.interpreting`` may be stood in for by the ahead-of-time tools)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -326,7 +326,7 @@ def compute_terms(
             f"backend='triton' takes float32, float16 or bfloat16 features, got {query.dtype} "
             "(use backend='chunked' for float64)"
         )
-    if query.dtype == torch.bfloat16 and _in_interpreter():
+    if query.dtype == torch.bfloat16 and in_interpreter():
         raise BackendUnavailableError(
             "backend='triton' cannot compute bfloat16 in Triton's interpreter (TRITON_INTERPRET=1): its bf16 dot "
             "products are wrong there; use float32/float16 with the interpreter, a GPU, or backend='chunked'"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -102,12 +101,6 @@ STEPS = ("environment", "build", "smoke", "headline", "report", "gpu tests")
 
 def plan(tiny: bool = False) -> Plan:
     return TINY_PLAN if tiny else GPU_PLAN
-
-
-def _smoke_workloads():
-    from benchmarks.workloads import WORKLOADS
-
-    return list(WORKLOADS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +186,6 @@ def step_build(p: Plan, out: Path, cap_s: float) -> int:
 # step 3: smoke (correctness of every loss on both GPU backends, and determinism)
 # ---------------------------------------------------------------------------------------------
 
-# the tolerance's additive floor: a quarter of the dtype's unit roundoff (fp32 runs tf32 products)
-_FLOOR = {"bfloat16": 2.0**-8 / 4, "float16": 2.0**-11 / 4, "float32": 2.0**-11 / 4}
-
-
 def _evaluate(call, x: dict, backend: str):
     """``(loss, {leaf: grad})`` of one workload call; a leaf the loss does not use is left out."""
     import torch
@@ -205,15 +194,6 @@ def _evaluate(call, x: dict, backend: str):
     leaves = [k for k, v in x.items() if v.requires_grad]
     grads = torch.autograd.grad(loss, [x[k] for k in leaves], allow_unused=True)
     return loss.detach(), {k: g.detach() for k, g in zip(leaves, grads) if g is not None}
-
-
-def _rel(a, b) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    den = b.norm().item()
-    diff = (a - b).norm().item()
-    if not math.isfinite(diff):
-        return math.inf
-    return diff / den if den > 0 else diff
 
 
 def _cast(x: dict, dtype) -> dict:
@@ -230,81 +210,50 @@ def _cast(x: dict, dtype) -> dict:
     return out
 
 
+def _smoke_shapes(p: Plan):
+    from contrastive_ops.check import Shapes
+
+    return [Shapes(p.smoke_n, max(1, p.smoke_n // 4), d) for d in p.smoke_d]
+
+
 def step_smoke(p: Plan, out: Path) -> int:
+    """``python -m contrastive_ops.check`` at the plan's sizes (every loss on naive and the plan's
+    backends, in its dtypes, against float64, with its bitwise repeat), as rows of ``results.jsonl``."""
     import torch
 
-    import contrastive_ops as co
-    from benchmarks.workloads import WORKLOADS, make_inputs
+    from contrastive_ops import check
 
     device = torch.device("cuda" if torch.cuda.is_available() and not p.tiny else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     failed = 0
-    for name in _smoke_workloads():
-        workload = WORKLOADS[name]
-        for d in p.smoke_d:
-            base = make_inputs(p.smoke_n, d, torch.float32, device, seed=d)
-            for dtype_name in p.smoke_dtypes:
-                dtype = getattr(torch, dtype_name)
-                rounded = _cast(base, dtype)  # the values every implementation sees
-                ref_loss, ref_grads = _evaluate(workload.call, _cast(rounded, torch.float64), "chunked")
-                errors = {}
-                for impl in ("naive",) + p.smoke_backends:
-                    row = {"kind": "smoke", "loss": name, "backend": impl, "dtype": dtype_name, "d": d,
-                           "n": workload.logits_shape(p.smoke_n)[0], "m": workload.logits_shape(p.smoke_n)[1]}
-                    ok, why = co.backend_status(impl, device)
-                    if not ok:
-                        _append(out, dict(row, status="unavailable", reason=why))
-                        continue
-                    try:
-                        loss, grads = _evaluate(workload.call, _cast(rounded, dtype), impl)
-                    except Exception as exc:  # noqa: BLE001  (a refusal or a failure is a row)
-                        _append(out, dict(row, status="error", error=f"{type(exc).__name__}: {exc}"[:300]))
-                        failed += impl != "naive"
-                        continue
-                    if set(grads) != set(ref_grads):  # a gradient missing (or extra) is an error, not a zero
-                        _append(out, dict(row, status="error", error=f"gradients of {sorted(grads)}, the reference "
-                                                                      f"has {sorted(ref_grads)}"))
-                        failed += impl != "naive"
-                        continue
-                    err = {"loss": _rel(loss, ref_loss), **{k: _rel(g, ref_grads[k]) for k, g in grads.items()}}
-                    errors[impl] = err
-                    row.update(status="ok", errors=err)
-                    if impl != "naive" and "naive" in errors:
-                        # discontinuous in the logits: a Ring band decided on other roundings differs by design
-                        judged = name != "ring"
-                        worst = max(err[k] / (2 * errors["naive"][k] + _FLOOR[dtype_name]) for k in err)
-                        row.update(judged=judged, worst_ratio=worst, passed=(worst <= 1.0) if judged else None)
-                        failed += judged and worst > 1.0
-                    _append(out, row)
-                    print(_smoke_line(row), flush=True)
-    failed += _determinism(p, out, device)
+    for shapes in _smoke_shapes(p):
+        rows = check.run_checks(device, ["naive", *p.smoke_backends], list(p.smoke_dtypes), list(check.CASES),
+                                shapes=shapes)
+        for r in rows:
+            row = {"kind": "smoke", "loss": r.loss, "backend": r.backend, "dtype": r.dtype, "d": shapes.d,
+                   "n": shapes.n, "m": shapes.n}
+            if r.verdict.startswith("skipped"):
+                _append(out, dict(row, status="unavailable", reason=r.verdict))
+                continue
+            if r.loss_err is None:  # the call raised
+                _append(out, dict(row, status="error", error=r.verdict[:300]))
+                failed += 1
+                continue
+            judged = r.loss_bound is not None  # naive is the yardstick, judged by nothing but itself
+            errors = {"loss": r.loss_err, f"d/d{r.grad_input}": r.grad_err}
+            _append(out, dict(row, status="ok", errors=errors, judged=judged, passed=not r.failed,
+                              verdict=r.verdict))
+            if r.deterministic is not None:
+                _append(out, {"kind": "determinism", "loss": r.loss, "backend": r.backend, "dtype": r.dtype,
+                              "n": shapes.n, "d": shapes.d, "bitwise_equal": r.deterministic})
+            failed += r.failed
+            print(f"smoke {r.loss:18s} {r.backend:15s} {r.dtype:8s} d={shapes.d:<4d} loss {r.loss_err:.1e} "
+                  f"grad {r.grad_err:.1e} | {r.verdict}", flush=True)
     if device.type == "cuda":
         _library_kernels(p, out, device)
     print(f"smoke: {failed} failure(s)")
     return 1 if failed else 0
-
-
-def _determinism(p: Plan, out: Path, device) -> int:
-    """Two forward+backward calls on the same inputs give the same bits (triton and cuda, clip)."""
-    import torch
-
-    import contrastive_ops as co
-    from benchmarks.workloads import WORKLOADS, make_inputs
-
-    failed = 0
-    dtype = getattr(torch, p.smoke_dtypes[0])
-    x = _cast(make_inputs(p.smoke_n, p.smoke_d[0], torch.float32, device, seed=1), dtype)
-    for impl in p.smoke_backends:
-        if not co.backend_status(impl, device)[0]:
-            continue
-        runs = [_evaluate(WORKLOADS["clip"].call, _cast(x, dtype), impl) for _ in range(2)]
-        same = torch.equal(runs[0][0], runs[1][0]) and all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
-        _append(out, {"kind": "determinism", "loss": "clip", "backend": impl, "dtype": p.smoke_dtypes[0],
-                      "n": p.smoke_n, "d": p.smoke_d[0], "bitwise_equal": same})
-        print(f"determinism clip {impl} {p.smoke_dtypes[0]}: {'bitwise equal' if same else 'DIFFERS'}")
-        failed += not same
-    return failed
 
 
 def _library_kernels(p: Plan, out: Path, device) -> None:
@@ -410,7 +359,7 @@ def step_report(p: Plan, out: Path) -> int:
             if r.get("judged"):
                 cell += " ok" if r["passed"] else " **FAIL**"
             elif "judged" in r:
-                cell += " (Ring band: not judged)"
+                cell += " (the yardstick)"
         cells.setdefault(key, {})[r["backend"]] = cell
     for (loss, d, dtype), by in cells.items():
         lines.append(f"| {loss} | {d} | {dtype} | " + " | ".join(by.get(b, "") for b in ("naive",) + p.smoke_backends)
@@ -595,11 +544,14 @@ def census_points(p: Plan):
             _evaluate(WORKLOADS[name].call, x, "triton")
         return go
 
-    points = []
-    for name in _smoke_workloads():
-        for d in p.smoke_d:
-            for dtype_name in p.smoke_dtypes:
-                points.append(("smoke", call(name, p.smoke_n, d, dtype_name)))
+    def check_call(shapes):
+        def go():
+            from contrastive_ops import check
+
+            check.run_checks(torch.device("cpu"), ["triton"], list(p.smoke_dtypes), list(check.CASES), shapes=shapes)
+        return go
+
+    points = [("smoke", check_call(shapes)) for shapes in _smoke_shapes(p)]
     for g in p.groups:
         if "triton" in g.impls:
             for n in g.ns:
@@ -723,7 +675,10 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     line("build", min(p.caps["build"], build_pred),
          f"{build_what}; beside it the Triton precompile of {len(cache['records'])} kernels: ~0 s from the cache, "
          f"{miss_s:.0f} s on {gpu_workers} processes if every key missed")
-    smoke_calls = len(_smoke_workloads()) * len(p.smoke_d) * len(p.smoke_dtypes) * (2 + len(p.smoke_backends))
+    from contrastive_ops.check import CASES
+
+    # per case, dtype and D: the float64 reference, naive, and each backend twice (the bitwise repeat)
+    smoke_calls = len(CASES) * len(p.smoke_d) * len(p.smoke_dtypes) * (2 + 2 * len(p.smoke_backends))
     per_call = ASSUMED["smoke_call_tiny_s" if p.tiny else "smoke_call_s"]
     line("smoke", min(p.caps["smoke"], smoke_calls * per_call),
          f"{smoke_calls} forward+backward calls (reference, naive, backends) at {per_call} s each (assumed); "
