@@ -328,17 +328,20 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                           ds_bytes + inputs * cdiv(n, rows),
                           note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
         row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
+        chunk_r, chunk_c = min(rows, n), min(cols, mt)  # each chunk's products (cuBLAS: its wave quantization)
         # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
         # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
         if row_products:  # only the dĈ products
             gemm_bytes = ds_bytes + col_chunks * n * d * item + 16.0 * d * row_chunks * mt + grads
             out.append(Launch("backward dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 2.0 * n * mt * d,
-                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
+                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows",
+                              gemms=((chunk_c, d, chunk_r, chunks, 4, True),)))
         else:
             gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
                           + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
             out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
-                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows"))
+                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows",
+                              gemms=((chunk_r, d, chunk_c, chunks, 4, True), (chunk_c, d, chunk_r, chunks, 4, True))))
     if w.switch("NORMALIZE") and hasattr(bwd, "unit_rows"):
         # Q̂ and Ĉ read and written; with row products only Q̂ (no dQ product needs Ĉ)
         unit_bytes = 2 * n * d * item if row_products else 2 * inputs
