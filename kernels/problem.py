@@ -114,17 +114,9 @@ class TileProblem:
         else:
             rq = rc = placeholder
         flags = {
-            "HAS_POS": pos_index is not None,
-            "HAS_LABELS": pos_index is None and row_labels is not None,
-            "MASK_LABELS": pos_index is not None and row_labels is not None,
-            "HAS_SELF": self_index is not None,
-            "KEY_NEGATIVES": bool(key_negatives),
-            "DECOUPLED": bool(decoupled),
-            "HAS_BAND": band is not None,
-            "NORMALIZE": bool(normalize),
-            "COLUMN_TERMS": bool(column_terms),
-            "HARD_NEGATIVES": hard_beta is not None,
-            "PAIRWISE_SIGMOID": bool(pairwise_sigmoid),
+            **role_switches(pos_index is not None, row_labels is not None, self_index is not None, key_negatives,
+                            decoupled, band is not None, normalize, column_terms, hard_beta is not None,
+                            pairwise_sigmoid),
             "INPUT_PRECISION": _input_precision(query.dtype),
             **(NO_GUIDE if guide is None else {"HAS_GUIDE": True, "GUIDE_BLOCK_D": _guide_block(guide[0].shape[1]),
                                                "GUIDE_PRECISION": _input_precision(guide[0].dtype)}),
@@ -179,6 +171,27 @@ class TileProblem:
         return (triton.next_power_of_2(self.n), triton.next_power_of_2(self.m_total), self.d, self.query.dtype,
                 self.flags["NORMALIZE"], self.flags["COLUMN_TERMS"], self.flags["INPUT_PRECISION"],
                 self.flags["HAS_GUIDE"], self.query.device.index)
+
+
+def role_switches(has_pos: bool, has_labels: bool, has_self: bool, key_negatives: bool, decoupled: bool,
+                  has_band: bool, normalize: bool, column_terms: bool, hard_negatives: bool,
+                  pairwise_sigmoid: bool) -> dict:
+    """The kernels' switches of a problem's roles and terms (labels with a positive index mask false
+    negatives; without one they define the positives). :meth:`TileProblem.build` and the static report
+    both take them from here."""
+    return {
+        "HAS_POS": bool(has_pos),
+        "HAS_LABELS": not has_pos and bool(has_labels),
+        "MASK_LABELS": bool(has_pos) and bool(has_labels),
+        "HAS_SELF": bool(has_self),
+        "KEY_NEGATIVES": bool(key_negatives),
+        "DECOUPLED": bool(decoupled),
+        "HAS_BAND": bool(has_band),
+        "NORMALIZE": bool(normalize),
+        "COLUMN_TERMS": bool(column_terms),
+        "HARD_NEGATIVES": bool(hard_negatives),
+        "PAIRWISE_SIGMOID": bool(pairwise_sigmoid),
+    }
 
 
 def role_constexprs(flags: dict) -> dict:

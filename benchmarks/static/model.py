@@ -51,9 +51,7 @@ H200 = Device(name="H200 (sm_90a, 132 SMs)", sms=132, clock_hz=1.83e9,
 
 
 ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
-#: the Triton kernels' role switches (``kernels/problem.py``) that a workload sets
-SWITCHES = ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "DECOUPLED", "HAS_BAND",
-            "NORMALIZE", "COLUMN_TERMS", "HARD_NEGATIVES", "PAIRWISE_SIGMOID")
+
 
 @dataclasses.dataclass
 class KernelStats:
@@ -222,25 +220,16 @@ class Workload:
         return 8.0 * self.n * self.m_total * self.d
 
 
-def flags(**on) -> tuple:
-    base = dict.fromkeys(SWITCHES, False)
-    base.update(on)
-    return tuple(sorted(base.items()))
-
-
-#: the roles of the modeled losses (switches as the triton backend sets them) and their Ring radix bits
-MODELED_LOSSES = {
-    "clip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "COLUMN_TERMS": True}, 0),
-    "info_nce": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
-    "siglip": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "DECOUPLED": True, "PAIRWISE_SIGMOID": True}, 0),
-    "supcon": ({"HAS_LABELS": True, "HAS_SELF": True, "KEY_NEGATIVES": True, "NORMALIZE": True}, 0),
-    "ring": ({"HAS_POS": True, "KEY_NEGATIVES": True, "NORMALIZE": True, "HAS_BAND": True}, 4),
-}
+#: The modeled losses; their roles come from the library (:func:`.plan.loss_switches`).
+MODELED_LOSSES = ("clip", "info_nce", "siglip", "supcon", "ring")
 
 
 def workload(loss: str, n: int, m: int, d: int, dtype: str) -> Workload:
-    roles, radix_bits = MODELED_LOSSES[loss]
-    return Workload(loss, n, m, d, dtype, flags(**roles), ring_radix_bits=radix_bits)
+    """One forward + backward of ``loss`` (one of :data:`MODELED_LOSSES`) at ``n × m``, dimension ``d``."""
+    from .plan import loss_switches
+
+    switches, radix_bits = loss_switches(loss)
+    return Workload(loss, n, m, d, dtype, switches, ring_radix_bits=radix_bits)
 
 
 def headline_workloads(d_values=(128, 768), n: int = 65536) -> list[Workload]:
