@@ -7,8 +7,13 @@ logits, so there the backward recomputes them with the forward's config. Choices
 (shape bucket, dtype, options).
 
 Pinning: ``with pin_config(TileConfig(...))`` or ``CONTRASTIVE_OPS_TRITON_CONFIG="BM,BN,BD[,warps,stages,radix_bits]"``.
-Bounding the tuner: ``CONTRASTIVE_OPS_TRITON_CANDIDATES=k`` tries only the first ``k`` candidates of
-each list (``1``: the first, untimed; each candidate tried is one more compile of every kernel).
+Bounding the tuner: each list is ordered by the static model's ranking (``python -m benchmarks.static``:
+the best-modeled configs of the headline workloads first), and the tuner tries the first
+:data:`DEFAULT_CANDIDATES` of it; ``CONTRASTIVE_OPS_TRITON_CANDIDATES=k`` tries the first ``k`` (``1``: the
+first, untimed; ``all``: every one; each candidate tried is one more compile of every kernel).
+A tuned choice is kept on disk (:func:`tuning_cache_path`), keyed by the GPU, the torch and Triton
+versions, the kernels' sources and the problem, so later processes do not tune (nor compile the
+losing candidates) again.
 Under ``TRITON_INTERPRET=1`` the default is :data:`INTERPRETER_CONFIG` (small tiles, so that CPU
 tests cross several tile boundaries quickly).
 """
@@ -54,12 +59,14 @@ class TileConfig:
         return cls(*[int(v) for v in values])
 
 
-#: Candidates for Hopper/Ampere-class GPUs (bf16/fp16 tensor cores; fp32 through tf32).
+#: Candidates for Hopper/Ampere-class GPUs (bf16/fp16 tensor cores; fp32 through tf32), the static
+#: model's best first: 128 × 128 × 64 for clip, siglip and ring at D = 768 and 128, 64 × 64 × 128 for
+#: info_nce at D = 128 (benchmarks/results/2026-12-03-static-headline-88c8d72.md, -calibrated-76935d1.md).
 GPU_CONFIGS = (
     TileConfig(128, 128, 64, num_warps=8, num_stages=3),
+    TileConfig(64, 64, 128, num_warps=4, num_stages=2),
     TileConfig(128, 64, 64, num_warps=4, num_stages=3),
     TileConfig(64, 128, 64, num_warps=4, num_stages=3),
-    TileConfig(64, 64, 128, num_warps=4, num_stages=2),
     TileConfig(128, 128, 128, num_warps=8, num_stages=2),
     TileConfig(64, 64, 256, num_warps=8, num_stages=2),
 )
@@ -71,11 +78,12 @@ BACKWARD_REGISTER_CONFIGS = (
     TileConfig(128, 64, 16, num_warps=8, num_stages=2),
     TileConfig(128, 128, 16, num_warps=8, num_stages=2),
 )
-#: Backward candidates for larger D: the dS-chunk kernel's tile (its products go to the GEMM library).
+#: Backward candidates for larger D: the dS-chunk kernel's tile (its products go to the GEMM library),
+#: the static model's best first (clip, then siglip, at D = 768).
 BACKWARD_CHUNK_CONFIGS = (
-    TileConfig(128, 128, 64, num_warps=8, num_stages=3),
     TileConfig(128, 64, 64, num_warps=4, num_stages=3),
     TileConfig(64, 128, 64, num_warps=4, num_stages=3),
+    TileConfig(128, 128, 64, num_warps=8, num_stages=3),
     TileConfig(128, 128, 128, num_warps=8, num_stages=2),
 )
 REGISTER_D_MAX = 256  # the largest D whose backward keeps [BLOCK, D] fp32 accumulators in registers
@@ -201,9 +209,75 @@ def _time_config_ms(run, config) -> float:
     return do_bench(lambda: run(config), warmup=5, rep=20)
 
 
+DEFAULT_CANDIDATES = 2  # the tuner's candidates per list when CONTRASTIVE_OPS_TRITON_CANDIDATES is unset
+
+
 def candidate_limit() -> int | None:
-    """``CONTRASTIVE_OPS_TRITON_CANDIDATES`` as a positive int, or None (every candidate)."""
-    return _positive_int_env("CONTRASTIVE_OPS_TRITON_CANDIDATES", "number of candidates")
+    """``CONTRASTIVE_OPS_TRITON_CANDIDATES`` as a positive int, None for ``all`` (every candidate), else
+    :data:`DEFAULT_CANDIDATES`."""
+    if os.environ.get("CONTRASTIVE_OPS_TRITON_CANDIDATES", "").strip().lower() == "all":
+        return None
+    return _positive_int_env("CONTRASTIVE_OPS_TRITON_CANDIDATES", "number of candidates (or 'all')") or \
+        DEFAULT_CANDIDATES
+
+
+def tuning_cache_path():
+    """Where tuned choices are kept across processes: ``CONTRASTIVE_OPS_TUNING_CACHE`` (a file; ``off``:
+    nowhere), else ``contrastive_ops/triton-tuning.json`` under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    from pathlib import Path
+
+    spec = os.environ.get("CONTRASTIVE_OPS_TUNING_CACHE")
+    if spec is not None and spec.strip().lower() in ("off", "0", "none", ""):
+        return None
+    if spec:
+        return Path(spec).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "contrastive_ops" / "triton-tuning.json"
+
+
+def _sources_digest() -> str:
+    """A digest of the kernels' sources: a choice tuned on other kernels is not reused."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _disk_key(key: tuple, candidates: tuple[TileConfig, ...]) -> str:
+    import torch
+    import triton
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return " | ".join((device, f"torch {torch.__version__}", f"triton {triton.__version__}", _sources_digest(),
+                       repr(key), repr([c.as_list() for c in candidates])))
+
+
+def _load_choices(path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or unreadable: tune again
+
+
+def _store_choice(path, disk_key: str, config: TileConfig) -> None:
+    """Add one choice to the file (written whole to a temporary file, then renamed over it)."""
+    import json
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        choices = _load_choices(path)
+        choices[disk_key] = config.as_list()
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            json.dump(choices, tmp, indent=0)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # a read-only home: the choice stays in this process only
 
 
 def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFIGS) -> TileConfig:
@@ -216,6 +290,13 @@ def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFI
     if key not in _tuned:
         import triton
 
+        path = tuning_cache_path()
+        disk_key = None if path is None else _disk_key(key, candidates)
+        if disk_key is not None:
+            kept = _load_choices(path).get(disk_key)
+            if kept is not None:
+                _tuned[key] = TileConfig.from_list(kept)
+                return _tuned[key]
         timings = {}
         for config in candidates:
             try:
@@ -225,4 +306,6 @@ def tuned_config(key: tuple, run, candidates: tuple[TileConfig, ...] = GPU_CONFI
         if not timings:
             raise RuntimeError(f"no Triton tile config fits this GPU for problem {key}")
         _tuned[key] = min(timings, key=timings.get)
+        if disk_key is not None:
+            _store_choice(path, disk_key, _tuned[key])
     return _tuned[key]

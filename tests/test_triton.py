@@ -367,5 +367,7 @@ def test_the_tuner_can_be_held_to_its_first_candidates(monkeypatch):
         monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_CANDIDATES", bad)
         with pytest.raises(ValueError, match="CONTRASTIVE_OPS_TRITON_CANDIDATES"):
             cfg.tuned_config(("limit-test",), run)
-    monkeypatch.delenv("CONTRASTIVE_OPS_TRITON_CANDIDATES")
+    monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_CANDIDATES", "all")
     assert cfg.candidate_limit() is None
+    monkeypatch.delenv("CONTRASTIVE_OPS_TRITON_CANDIDATES")
+    assert cfg.candidate_limit() == cfg.DEFAULT_CANDIDATES
