@@ -276,3 +276,48 @@ def as_scale_tensor(scale: Scale, ref: torch.Tensor) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         return scale.reshape(()).to(acc)
     return torch.tensor(scale, dtype=acc, device=ref.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# L2 normalization of feature rows (every backend's, so that they agree on odd inputs)
+# ---------------------------------------------------------------------------------------------
+
+#: ``F.normalize``'s eps: a row is divided by ``max(‖x‖, NORM_EPS)``.
+NORM_EPS = 1e-12
+
+
+def _row_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """``[N, 1]``: each row's largest magnitude, 1 for a zero row (no gradient). Dividing a row by it
+    before the sum of squares keeps that sum in range: it neither overflows (rows of norm ≳ 1e19 in
+    fp32) nor underflows."""
+    with torch.no_grad():
+        magnitude = x.detach().abs().amax(dim=-1, keepdim=True)
+        return torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x / max(‖x‖, 1e-12)`` row-wise, as ``F.normalize(x, dim=-1)`` computed in the accumulation dtype
+    (fp32 for fp16/bf16/fp32, float64 for float64) with a scaled norm, returned in ``x``'s dtype.
+
+    Unlike ``F.normalize`` in the input dtype, a zero fp16 row stays 0 (fp16 has no 1e-12: the eps
+    underflows and 0/0 is NaN there), and a row whose sum of squares overflows fp32 (entries ≳ 1e19) is
+    still a unit row rather than 0. Differentiable (autograd's gradient is that of ``F.normalize``);
+    non-finite entries give NaN rows."""
+    acc = accumulation_dtype(x.dtype)
+    xa = x.to(acc)
+    c = _row_magnitude(xa)
+    y = xa / c  # max |y| = 1 per nonzero row: ‖y‖ in [1, sqrt(D)]
+    unit = y / torch.maximum(torch.linalg.vector_norm(y, dim=-1, keepdim=True), NORM_EPS / c)
+    return unit.to(x.dtype)
+
+
+def normalize_rows_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """The gradient through :func:`normalize_rows` in ``grad_unit``'s dtype: ``(g - x̂<x̂, g>)/max(‖x‖, eps)``
+    (``g/eps`` where ``‖x‖ <= eps``), with the same scaled norm."""
+    xa = x.to(grad_unit.dtype)
+    c = _row_magnitude(xa)
+    y = xa / c
+    norm_y = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    unit = y / torch.maximum(norm_y, NORM_EPS / c)
+    radial = (unit * grad_unit).sum(dim=-1, keepdim=True) * (norm_y * c > NORM_EPS)
+    return (grad_unit - unit * radial) / torch.maximum(norm_y * c, torch.full_like(norm_y, NORM_EPS))

@@ -130,12 +130,25 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-// The products' operand: the unit rows 1/max(||x||, 1e-12) · x (fp32 arithmetic, rounded to the
-// input dtype on a GPU; fp32 on the CPU, whose products run in fp32), or x itself.
+constexpr double kNormEps = 1e-12;  // F.normalize's eps
+
+// Scaled norms, as core.normalize_rows: each row divided by its largest magnitude c (1 for a zero row)
+// before the sum of squares, which then neither overflows (entries >~ 1e19) nor underflows.
+// Returns (y = x / c, c, ||y||), fp32 [N, D], [N, 1], [N, 1].
+std::tuple<Tensor, Tensor, Tensor> scaled_rows(const Tensor& x) {
+  const Tensor xf = x.to(at::kFloat);
+  Tensor c = xf.abs().amax({1}, true);
+  c = at::where(c > 0, c, at::ones_like(c));
+  const Tensor y = xf / c;
+  return {y, c, at::linalg_vector_norm(y, 2, {1}, true)};
+}
+
+// The products' operand: the unit rows 1/max(||x||, 1e-12) · x (fp32 arithmetic with a scaled norm,
+// rounded to the input dtype on a GPU; fp32 on the CPU, whose products run in fp32), or x itself.
 Tensor unit_rows(const Tensor& x, bool normalize) {
   if (!normalize) return x.is_cuda() ? x : x.to(at::kFloat);
-  const Tensor xf = x.to(at::kFloat);
-  const Tensor unit = xf / at::linalg_vector_norm(xf, 2, {1}, true).clamp_min(1e-12);
+  auto [y, c, norm_y] = scaled_rows(x);
+  const Tensor unit = y / at::maximum(norm_y, kNormEps / c);
   return x.is_cuda() ? unit.to(x.scalar_type()) : unit;
 }
 
@@ -478,12 +491,11 @@ Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& ext
 // dropped where ||x|| <= eps; g itself without normalization. In the input dtype.
 Tensor input_grad(const Tensor& x, const Tensor& g, bool normalize) {
   if (!normalize) return g.to(x.scalar_type());
-  const Tensor xf = x.to(at::kFloat);
-  const Tensor norm = at::linalg_vector_norm(xf, 2, {1}, true);
-  const Tensor denom = norm.clamp_min(1e-12);
-  const Tensor unit = xf / denom;
-  const Tensor radial = (unit * g).sum(1, true) * (norm > 1e-12);
-  return ((g - unit * radial) / denom).to(x.scalar_type());
+  auto [y, c, norm_y] = scaled_rows(x);
+  const Tensor norm = norm_y * c;  // may be inf past fp32's range: the gradient is then 0, as rounded
+  const Tensor unit = y / at::maximum(norm_y, kNormEps / c);
+  const Tensor radial = (unit * g).sum(1, true) * (norm > kNormEps);
+  return ((g - unit * radial) / norm.clamp_min(kNormEps)).to(x.scalar_type());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(

@@ -22,11 +22,11 @@ pass recomputing the tiles, exact on the same tile values the loss uses.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ..core import (
     ContrastiveTerms,
@@ -36,6 +36,8 @@ from ..core import (
     as_scale_tensor,
     check_guide_shapes,
     denominator,
+    normalize_rows,
+    normalize_rows_backward,
     pair_roles,
     ring_ranks,
     sigmoid_pair_losses,
@@ -87,19 +89,16 @@ def _tile_cosines(q_blk: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
 
 
 def _normalized(x: torch.Tensor | None, normalize: bool) -> torch.Tensor | None:
+    """The unit rows (:func:`~contrastive_ops.core.normalize_rows`: fp32 arithmetic, a scaled norm) in
+    ``x``'s dtype, or ``x`` itself."""
     if x is None or not normalize:
         return x
-    return F.normalize(x, dim=-1)
+    return normalize_rows(x)
 
 
-def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Gradient through ``F.normalize(x)``: ``(g - x̂<x̂,g>)/‖x‖``, and ``g/eps`` where ``‖x‖ < eps``."""
-    x = x.to(grad_unit.dtype)
-    norm = x.norm(dim=-1, keepdim=True)
-    denom = norm.clamp_min(eps)
-    unit = x / denom
-    radial = (unit * grad_unit).sum(dim=-1, keepdim=True) * (norm > eps)
-    return (grad_unit - unit * radial) / denom
+def _normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
+    """Gradient through the normalization: ``(g - x̂<x̂,g>)/‖x‖``, and ``g/eps`` where ``‖x‖ <= eps``."""
+    return normalize_rows_backward(x, grad_unit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +349,46 @@ def _backward(qh, kh, eh, scale_t, bias_t, spec: RoleSpec, band, blocks: tuple[i
     return grad_q * scale_t, grad_k * scale_t, grad_e, grad_scale, grad_bias
 
 
+DOUBLE_BACKWARD_ERROR = ("backend='chunked' computes first derivatives only: a double backward (a gradient of a "
+                         "gradient, e.g. torch.autograd.grad(..., create_graph=True) differentiated again) is not "
+                         "supported; use backend='naive' for higher derivatives")
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on a gradient ``x``, on the graph of ``sources`` (the inputs it was computed from),
+    whose own backward raises :data:`DOUBLE_BACKWARD_ERROR`."""
+
+    @staticmethod
+    def forward(ctx, x, *sources):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _first_order_only(backward):
+    """A custom backward run without recording a graph; where one is asked for (``create_graph=True``
+    with inputs or incoming gradients that require grad) each gradient comes back through
+    :class:`_NoSecondDerivative`, so differentiating it again raises :data:`DOUBLE_BACKWARD_ERROR`
+    instead of treating it as a constant (silently wrong). ``torch.autograd.function.once_differentiable``
+    does not suffice: its error node hangs off detached copies, off the path to the inputs, so
+    ``torch.autograd.grad`` prunes it."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        sources = [t for t in (*ctx.saved_tensors, *grads) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not sources:
+            return outputs
+        return tuple(x if x is None else _NoSecondDerivative.apply(x, *sources) for x in outputs)
+
+    return wrapper
+
+
 #: The autograd function's outputs, in order (absent terms are empty placeholder tensors).
 _OUTPUTS = ("row_lse", "row_pos", "row_den", "row_pos_n", "col_lse", "col_pos", "col_den", "col_pos_n",
             "row_lse_beta", "row_pair_loss")
@@ -358,7 +397,8 @@ _SAVED = ("row_lse", "row_pos_n", "col_lse", "col_pos_n", "row_lse_beta")
 
 
 class _ChunkedContrastive(torch.autograd.Function):
-    """Autograd of the tiled core. Saves inputs and O(N+M) vectors only.
+    """Autograd of the tiled core. Saves inputs and O(N+M) vectors only. Differentiable once: a double
+    backward (``create_graph=True`` and a second ``grad``) raises a RuntimeError saying so.
 
     ``keys=None`` means the keys are the queries themselves (NT-Xent, SupCon): the tensor is passed
     once, as ``torch.compile`` cannot trace one tensor given twice, and its two gradients are summed.
@@ -383,6 +423,7 @@ class _ChunkedContrastive(torch.autograd.Function):
         )
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, *output_grads):
         spec: RoleSpec = ctx.spec
         query, keys, extra, scale_t, bias_t, band_lo, band_hi, *saved_list = ctx.saved_tensors

@@ -6,7 +6,6 @@ against. Memory grows like N·M; ``backend="auto"`` never picks it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..core import (
     ContrastiveTerms,
@@ -16,6 +15,7 @@ from ..core import (
     as_scale_tensor,
     check_guide_shapes,
     denominator,
+    normalize_rows,
     pair_roles,
     ring_ranks,
     sigmoid_pair_losses,
@@ -25,7 +25,7 @@ from ..core import (
 def _logits(query, keys, extra, scale: Scale, spec: RoleSpec) -> torch.Tensor:
     cols = keys if extra is None else torch.cat([keys, extra], dim=0)
     if spec.normalize:
-        query, cols = F.normalize(query, dim=-1), F.normalize(cols, dim=-1)
+        query, cols = normalize_rows(query), normalize_rows(cols)
     acc = accumulation_dtype(query.dtype)
     return (query @ cols.T).to(acc) * scale
 
