@@ -11,6 +11,9 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
+
+from contrastive_ops.kernels import config as _tile_config  # imports no Triton
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -22,10 +25,19 @@ def _describe(x) -> str:
     return repr(x)
 
 
+def check_dense(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A strided (dense) tensor: sparse layouts and nested tensors raise a TypeError naming ``name``."""
+    if x.layout != torch.strided or x.is_nested:
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}: use .to_dense()")
+    return x
+
+
 def check_features(name: str, x, *, ndim: int = 2) -> torch.Tensor:
-    """A floating tensor of ``ndim`` dims with at least one row and one feature."""
+    """A dense floating tensor of ``ndim`` dims with at least one row and one feature."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}: {x!r}")
+    check_dense(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}"
@@ -71,6 +83,7 @@ def check_temperature(temperature, name: str = "temperature", ref: torch.Tensor 
     one-element floating tensor, returned 0-d (its value is not read: no host sync; it may require
     grad and then receives one), on ``ref``'s device when ``ref`` is given."""
     if isinstance(temperature, torch.Tensor):
+        check_dense(name, temperature)
         if temperature.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be a floating tensor, got dtype {temperature.dtype}")
         if temperature.numel() != 1:
@@ -96,6 +109,7 @@ def check_scale(scale, ref: torch.Tensor, name: str = "logit_scale"):
     A tensor is returned as a 0-d tensor (its value is not read: no host sync); it may require grad.
     """
     if isinstance(scale, torch.Tensor):
+        check_dense(name, scale)
         if scale.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be a floating tensor, got dtype {scale.dtype}")
         if scale.numel() != 1:
@@ -117,6 +131,7 @@ def check_bias(bias, ref: torch.Tensor, name: str = "logit_bias"):
     """A finite real number (any sign), or a one-element floating tensor on ``ref``'s device (returned
     as a 0-d tensor, value not read; it may require grad)."""
     if isinstance(bias, torch.Tensor):
+        check_dense(name, bias)
         if bias.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be a floating tensor, got dtype {bias.dtype}")
         if bias.numel() != 1:
@@ -136,6 +151,7 @@ def check_labels(name: str, labels, n: int, ref: torch.Tensor) -> torch.Tensor:
     """An integer (or bool) 1-D tensor of length ``n`` on ``ref``'s device."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+    check_dense(name, labels)
     if labels.dtype.is_floating_point or labels.dtype.is_complex:
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != n:
@@ -184,3 +200,44 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {_describe(value)}")
     return value
+
+
+def check_backend(backend) -> str:
+    """``"auto"`` or one of the backends' names (whether it can run here is decided at dispatch)."""
+    from .backends import BACKENDS
+
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {_describe(backend)}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_process_group(group):
+    """None, or a ``torch.distributed.ProcessGroup`` (``torch.distributed.group.WORLD``, ``new_group(...)``).
+
+    Only the type is checked here (a module may be built before ``init_process_group``); that
+    ``torch.distributed`` is initialized is checked when a loss uses the group."""
+    if group is None:
+        return None
+    process_group_type = getattr(dist, "ProcessGroup", None) if dist.is_available() else None
+    if process_group_type is None or not isinstance(group, process_group_type):
+        raise TypeError("process_group must be None or a torch.distributed.ProcessGroup (e.g. "
+                        f"torch.distributed.group.WORLD or torch.distributed.new_group(...)), got {_describe(group)}")
+    return group
+
+
+def check_environment() -> None:
+    """The package's environment settings, read at the start of every loss call whatever the backend (a
+    bad value fails on the CPU machine too, not first on the GPU whose backends use it):
+    ``CONTRASTIVE_OPS_DS_CHUNK_BYTES`` (a positive integer) and ``CONTRASTIVE_OPS_TRITON_CONFIG``."""
+    _tile_config.ds_chunk_bytes()
+    _tile_config.pinned_config()
+
+
+def check_call(reduction, backend, process_group) -> None:
+    """The arguments every loss call shares (and the environment settings), before any work."""
+    check_reduction(reduction)
+    check_backend(backend)
+    check_process_group(process_group)
+    check_environment()

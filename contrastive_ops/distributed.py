@@ -11,9 +11,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ._checks import check_process_group
+
 
 def world(group) -> tuple[int, int]:
-    """``(rank, world_size)`` in ``group``; raises a clear error if the group cannot be used."""
+    """``(rank, world_size)`` in ``group``; raises a clear error if the group cannot be used (a
+    ``TypeError`` for anything but a ``ProcessGroup``, a ``ValueError`` before ``init_process_group``)."""
+    check_process_group(group)
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError(
             f"process_group={group!r} was given but torch.distributed is not initialized "

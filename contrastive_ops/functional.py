@@ -5,8 +5,9 @@ Common keyword arguments:
 * ``temperature`` — a finite float > 0, or a learnable temperature: a one-element floating tensor on
   the features' device (e.g. an ``nn.Parameter``) that receives its gradient on every backend (its
   value is not checked, so that no host sync happens).
-* ``normalize`` — L2-normalize the feature rows first (fused; eps = 1e-12 as ``F.normalize``, so a
-  zero vector gives finite losses and gradients).
+* ``normalize`` — L2-normalize the feature rows first (fused; ``x / max(‖x‖, 1e-12)`` as ``F.normalize``,
+  computed in fp32 with a scaled norm: a zero row gives finite losses in every dtype, a row of norm
+  beyond fp32's square root is still a unit row; see ``core.normalize_rows``).
 * ``reduction`` — ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-anchor losses, shapes below).
 * ``backend`` — ``"auto"`` (default: a fused backend on CUDA when one can run, else ``"chunked"``),
   ``"naive"``, ``"chunked"``, ``"triton"`` or ``"cuda"``.
@@ -32,12 +33,11 @@ import numbers
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import _checks as C
 from . import distributed as dist_
 from .backends import compute_terms
-from .core import ContrastiveTerms, RoleSpec, accumulation_dtype
+from .core import ContrastiveTerms, RoleSpec, accumulation_dtype, normalize_rows
 
 __all__ = ["clip_loss", "dcl_loss", "debiased_nce", "gist_loss", "hard_negative_nce", "info_nce", "nt_xent",
            "ring_info_nce", "siglip_loss", "supcon_loss"]
@@ -175,6 +175,7 @@ def info_nce(
     """
     t = _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction)
     C.check_bool("symmetric", symmetric)
+    C.check_call(reduction, backend, process_group)
     if symmetric and not in_batch_negatives:
         raise ValueError(
             "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
@@ -253,6 +254,7 @@ def nt_xent(
     """
     _two_views(z1, z2, normalize, reduction)
     t = C.check_temperature(temperature, ref=z1)
+    C.check_call(reduction, backend, process_group)
     loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=False, normalize=normalize, backend=backend, group=process_group)
     return _reduce(loss, reduction)
 
@@ -272,7 +274,9 @@ def dcl_loss(
 
     Row ``i`` loss: ``-w_i·s_{i,i±N} + log Σ_{j ∉ {i, i±N}} exp(s_ij)``. ``weight_fn(a, b)``, if
     given, is called as lightly's ``DCLLoss`` does — on the (normalized) views ``(ẑ1, ẑ2)`` for the
-    first N rows and ``(ẑ2, ẑ1)`` for the last N — and must return ``[N]`` weights. With ``N = 1``
+    first N rows and ``(ẑ2, ẑ1)`` for the last N — and must return ``[N]`` floating weights on the
+    features' device (anything else raises a TypeError/ValueError naming ``weight_fn``), used in fp32
+    (fp64 for fp64 features). With ``N = 1``
     the denominator is empty and the loss is 0.
 
     Returns:
@@ -282,21 +286,30 @@ def dcl_loss(
     t = C.check_temperature(temperature, ref=z1)
     if weight_fn is not None and not callable(weight_fn):
         raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
+    C.check_call(reduction, backend, process_group)
     n = z1.shape[0]
     weights = None
     if weight_fn is not None:
-        a, b = (F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)) if normalize else (z1, z2)
-        weights = torch.cat([_check_weights(weight_fn(a, b), n), _check_weights(weight_fn(b, a), n)])
+        a, b = (normalize_rows(z1), normalize_rows(z2)) if normalize else (z1, z2)
+        weights = torch.cat([_check_weights(weight_fn(a, b), n, z1), _check_weights(weight_fn(b, a), n, z1)])
     loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
                           group=process_group, pos_weight=weights)
     return _reduce(loss, reduction)
 
 
-def _check_weights(w, n: int) -> torch.Tensor:
-    if not isinstance(w, torch.Tensor) or w.shape != (n,):
-        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-        raise ValueError(f"weight_fn must return a tensor of shape ({n},), got {shape}")
-    return w
+def _check_weights(w, n: int, ref: torch.Tensor) -> torch.Tensor:
+    """``weight_fn``'s output: a dense floating ``[N]`` tensor on the features' device, used in the
+    accumulation dtype (so the loss stays fp32 for half features, fp64 for fp64)."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"weight_fn must return a torch.Tensor of shape ({n},), got {type(w).__name__}: {w!r}")
+    C.check_dense("weight_fn's output", w)
+    if w.shape != (n,):
+        raise ValueError(f"weight_fn must return a tensor of shape ({n},), got {tuple(w.shape)}")
+    if not w.dtype.is_floating_point:
+        raise TypeError(f"weight_fn must return a floating tensor, got dtype {w.dtype}")
+    if w.device != ref.device:
+        raise ValueError(f"weight_fn returned a tensor on {w.device} but the features are on {ref.device}")
+    return w.to(accumulation_dtype(ref.dtype))
 
 
 def check_clip_arguments(image_features, text_features, logit_scale, normalize, reduction):
@@ -341,6 +354,7 @@ def clip_loss(
     n = image_features.shape[0]
     if labels is not None:
         C.check_labels("labels", labels, n, image_features)
+    C.check_call(reduction, backend, process_group)
     if process_group is not None:
         return _info_nce_distributed(image_features, text_features, None, scale, True, True, normalize, reduction,
                                      backend, process_group, query_labels=labels, key_labels=labels)
@@ -378,7 +392,7 @@ def supcon_loss(
     C.check_labels("labels", labels, features.shape[0], features)
     t = C.check_temperature(temperature, ref=features)
     C.check_bool("normalize", normalize)
-    C.check_reduction(reduction)
+    C.check_call(reduction, backend, process_group)
     n = features.shape[0]
     candidates, candidate_labels = features, labels
     if process_group is not None:
@@ -435,6 +449,7 @@ def ring_info_nce(
     inner = C.check_fraction("inner", inner)
     n = query.shape[0]
     row_labels, col_labels = _check_label_pair(labels, query_labels, key_labels, n, query)
+    C.check_call(reduction, backend, process_group)
     keys = key if process_group is None else dist_.gather_rows(key, process_group)
     if process_group is not None:
         col_labels = _gather_labels(col_labels, process_group)
@@ -532,6 +547,7 @@ def hard_negative_nce(
     t = C.check_temperature(temperature, ref=z1)
     b = C.check_beta(beta)
     tp = C.check_tau_plus(tau_plus)
+    C.check_call(reduction, backend, process_group)
     terms = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
                             group=process_group, hard_beta=b)
     return _reduce(_hard_negative_rows(terms, t, tp), reduction)
@@ -597,6 +613,7 @@ def siglip_loss(
     """
     scale, bias = check_siglip_arguments(image_features, text_features, logit_scale, logit_bias, normalize,
                                          reduction)
+    C.check_call(reduction, backend, process_group)
     n = image_features.shape[0]
     texts = text_features
     if process_group is not None:
@@ -608,7 +625,7 @@ def siglip_loss(
 
 
 def _unit_guide(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.detach().to(accumulation_dtype(x.dtype)), dim=1)
+    return normalize_rows(x.detach().to(accumulation_dtype(x.dtype)))
 
 
 def gist_loss(
@@ -653,6 +670,7 @@ def gist_loss(
     """
     t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
                     margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
+    C.check_call(reduction, backend, process_group)
     gather = None
     if process_group is not None:
         gather = (lambda x: dist_.gather_rows(x, process_group), dist_.offset(anchor.shape[0], process_group))
@@ -668,6 +686,7 @@ def _gist_loss(anchor, positive, negative=None, *, anchor_guide, positive_guide,
     anchor among them (sentence-transformers' own helpers, for its compat classes); None: no gather."""
     t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
                     margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
+    C.check_call(reduction, backend, None)
     return _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy,
                       margin, contrast_anchors, contrast_positives, reduction, backend, gather)
 

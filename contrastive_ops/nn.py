@@ -1,6 +1,10 @@
 """``nn.Module`` wrappers of the functional API: constructor = the keyword arguments (including
 ``process_group``), forward = the tensors. Arguments are validated when the module is built, so a
-typo fails at construction."""
+typo fails at construction.
+
+A tensor ``temperature`` is the module's own: an ``nn.Parameter`` is registered as its parameter
+(``parameters()``, ``state_dict()``, ``.to()``, ``copy.deepcopy`` and an assignment to ``p.data`` see it),
+any other tensor as a buffer."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,16 +14,9 @@ from torch import nn
 
 from . import _checks as C
 from . import functional as Fn
-from .backends import BACKENDS
 
 __all__ = ["ClipLoss", "DCLLoss", "DebiasedNCELoss", "HardNegativeNCELoss", "InfoNCELoss", "NTXentLoss",
            "RingInfoNCELoss", "SigLipLoss", "SupConLoss"]
-
-
-def _check_backend(backend) -> str:
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
-    return backend
 
 
 class _ContrastiveLoss(nn.Module):
@@ -27,8 +24,20 @@ class _ContrastiveLoss(nn.Module):
         super().__init__()
         self.normalize = C.check_bool("normalize", normalize)
         self.reduction = C.check_reduction(reduction)
-        self.backend = _check_backend(backend)
-        self.process_group = process_group
+        self.backend = C.check_backend(backend)
+        self.process_group = C.check_process_group(process_group)
+
+    def _set_temperature(self, temperature) -> None:
+        """Validated; a tensor temperature is kept itself, not a copy: an ``nn.Parameter`` is registered
+        (``parameters()``, ``state_dict()``, ``.to()``, ``deepcopy``, ``p.data = ...`` all see it), another
+        tensor becomes a buffer; a number stays a float attribute."""
+        C.check_temperature(temperature)
+        if isinstance(temperature, nn.Parameter):
+            self.register_parameter("temperature", temperature)
+        elif isinstance(temperature, torch.Tensor):
+            self.register_buffer("temperature", temperature)
+        else:
+            self.temperature = float(temperature)
 
     def _common(self):
         return {"normalize": self.normalize, "reduction": self.reduction, "backend": self.backend,
@@ -36,6 +45,8 @@ class _ContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "training"}
+        if "temperature" in self._parameters or "temperature" in self._buffers:  # a registered tensor
+            fields = {"temperature": self.temperature.detach(), **fields}
         return ", ".join(f"{k}={v!r}" for k, v in fields.items())
 
 
@@ -46,7 +57,7 @@ class InfoNCELoss(_ContrastiveLoss):
     def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = True, symmetric: bool = False,
                  normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
         self.symmetric = C.check_bool("symmetric", symmetric)
 
@@ -63,7 +74,7 @@ class NTXentLoss(_ContrastiveLoss):
 
     def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor):
         return Fn.nt_xent(z1, z2, temperature=self.temperature, **self._common())
@@ -75,7 +86,7 @@ class DCLLoss(_ContrastiveLoss):
     def __init__(self, temperature: float = 0.1, weight_fn: Callable | None = None, normalize: bool = True,
                  reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
         if weight_fn is not None and not callable(weight_fn):
             raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
         self.weight_fn = weight_fn
@@ -101,7 +112,7 @@ class SupConLoss(_ContrastiveLoss):
 
     def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
         return Fn.supcon_loss(features, labels, temperature=self.temperature, **self._common())
@@ -119,7 +130,7 @@ class RingInfoNCELoss(_ContrastiveLoss):
                  in_batch_negatives: bool = True, normalize: bool = True, reduction: str = "mean",
                  backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
         self.outer = C.check_fraction("outer", outer)
         self.inner = C.check_fraction("inner", inner)
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
@@ -141,7 +152,7 @@ class HardNegativeNCELoss(_ContrastiveLoss):
     def __init__(self, temperature: float = 0.5, beta: float = 1.0, tau_plus: float = 0.1, normalize: bool = True,
                  reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
         self.beta = C.check_beta(beta)
         self.tau_plus = C.check_tau_plus(tau_plus)
 
@@ -156,7 +167,7 @@ class DebiasedNCELoss(_ContrastiveLoss):
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, normalize: bool = True,
                  reduction: str = "mean", backend: str = "auto", process_group=None):
         super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
-        self.temperature = C.check_temperature(temperature)
+        self._set_temperature(temperature)
         self.tau_plus = C.check_tau_plus(tau_plus)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor):
