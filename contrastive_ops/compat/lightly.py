@@ -1,6 +1,14 @@
-"""Drop-in ``NTXentLoss``, ``DCLLoss`` and ``DCLWLoss`` of lightly (``lightly.loss``)."""
+"""Drop-in ``NTXentLoss``, ``DCLLoss`` and ``DCLWLoss`` of lightly (``lightly.loss``).
+
+As lightly: any temperature it accepts (negative, infinite; ``DCLLoss`` checks none), a ``weight_fn``
+whose output broadcasts against ``[N]`` (a scalar, ``[N, 1]``: its mean over the broadcast rows is
+each row's weight, which is what lightly's mean over the broadcast loss matrix amounts to), ``DCLLoss``
+of one pair giving ``-inf`` (no negatives: lightly's empty log-sum-exp), and the loss in the inputs'
+dtype.
+"""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Callable
@@ -10,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import distributed as dist_
+from ..core import normalize_rows
 from ..functional import dcl_loss, info_nce, nt_xent
 
 _EPS = 1e-8
@@ -20,13 +29,39 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
 
 
+_FP32_MAX = torch.finfo(torch.float32).max
+
+
 def _temperature_for(temperature, ref: Tensor):
-    """What the functional losses take: the float itself when > 0; lightly also accepts a negative
-    temperature (it only rejects |T| < 1e-8), which reaches the core as a 0-d tensor (whose value
-    the functional API does not check)."""
-    if isinstance(temperature, Tensor) or temperature > 0:
+    """What the functional losses take: the float itself when it is > 0 and its inverse a finite fp32
+    number; any other number lightly accepts (negative, infinite, tiny, 0 or NaN for ``DCLLoss``)
+    reaches the core as a 0-d tensor (whose value the functional API does not read), so the core
+    computes what lightly's ``/ temperature`` does."""
+    if isinstance(temperature, Tensor):
         return temperature
-    return torch.tensor(float(temperature), dtype=torch.float32, device=ref.device)
+    t = float(temperature)
+    if 0 < t < math.inf and 1.0 / t <= _FP32_MAX:
+        return t
+    return torch.tensor(t, dtype=torch.float32, device=ref.device)
+
+
+def _broadcast_weights(weight_fn, n: int):
+    """``weight_fn`` as the functional ``dcl_loss`` takes it (``[N]`` weights): lightly multiplies the
+    ``[N]`` positive losses by its output and takes the mean of the broadcast result (plus the ``[N]``
+    negative terms), so an output that broadcasts against ``[N]`` weighs row ``j`` by its mean over the
+    broadcast's other dims; one that does not raises torch's own error, as lightly's product does."""
+    if weight_fn is None:
+        return None
+
+    def weights(a: Tensor, b: Tensor) -> Tensor:
+        w = weight_fn(a, b)
+        if not isinstance(w, Tensor):
+            w = torch.as_tensor(w, device=a.device)
+        shape = torch.broadcast_shapes(w.shape, (n,))
+        w = torch.broadcast_to(w, shape).reshape(-1, n).mean(dim=0) if len(shape) > 1 else w.expand(n)
+        return w if w.dtype.is_floating_point else w.to(a.dtype)
+
+    return weights
 
 
 def _check_gather(gather_distributed: bool) -> None:
@@ -97,18 +132,18 @@ class NTXentLoss(nn.Module):
         group = _world_group(self.gather_distributed)
         if self.memory_bank_size == (0,):
             return nt_xent(out0, out1, temperature=_temperature_for(self.temperature, out0), backend=self.backend,
-                           process_group=group)
+                           process_group=group).to(out0.dtype)
         if self.bank.shape[1] != out1.shape[1]:
             raise ValueError(f"memory bank rows have dim {self.bank.shape[1]}, out1 has {out1.shape[1]}")
         negatives = self.bank.detach().clone().to(device=out0.device, dtype=out0.dtype)
         loss = info_nce(out0, out1, negatives, temperature=_temperature_for(self.temperature, out0),
                         in_batch_negatives=False, backend=self.backend)
         if out0.requires_grad:
-            keys = nn.functional.normalize(out1.detach(), dim=1)
+            keys = nn.functional.normalize(out1.detach(), dim=1)  # bit for bit the peer's bank rows
             if group is not None:  # every rank enqueues the keys of all ranks
                 keys = dist_.gather_rows(keys, group, with_grad=False)
             self._enqueue(keys)
-        return loss
+        return loss.to(out0.dtype)
 
 
 class DCLLoss(nn.Module):
@@ -124,9 +159,23 @@ class DCLLoss(nn.Module):
         self.backend = backend
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        return dcl_loss(out0, out1, temperature=_temperature_for(self.temperature, out0), weight_fn=self.weight_fn,
-                        backend=self.backend,
-                        process_group=_world_group(self.gather_distributed))
+        group = _world_group(self.gather_distributed)
+        temperature = _temperature_for(self.temperature, out0)
+        n = out0.shape[0] if isinstance(out0, Tensor) and out0.dim() > 0 else 0
+        if n == 1 and group is None and isinstance(out1, Tensor) and out1.shape[:1] == (1,):
+            return self._single_pair(out0, out1, temperature)
+        loss = dcl_loss(out0, out1, temperature=temperature, weight_fn=_broadcast_weights(self.weight_fn, n),
+                        backend=self.backend, process_group=group)
+        return loss.to(out0.dtype)
+
+    def _single_pair(self, out0: Tensor, out1: Tensor, temperature) -> Tensor:
+        """One pair has no negative: lightly's log-sum-exp over none is ``-inf``, so its loss is ``-inf``,
+        and the gradient is the positive term's (O(D); the functional ``dcl_loss`` gives such a row 0)."""
+        a, b = normalize_rows(out0), normalize_rows(out1)
+        positive = -(a * b).sum(dim=1) / temperature
+        weights = _broadcast_weights(self.weight_fn, 1)
+        w0, w1 = (1.0, 1.0) if weights is None else (weights(a, b), weights(b, a))
+        return (0.5 * ((positive * w0).mean() + (positive * w1).mean()) + float("-inf")).to(out0.dtype)
 
 
 def negative_mises_fisher_weights(out0: Tensor, out1: Tensor, sigma: float = 0.5) -> Tensor:

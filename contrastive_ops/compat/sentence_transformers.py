@@ -18,9 +18,12 @@ Every direction and partition mode is exact:
 
 ``gather_across_devices`` gathers every rank's rows with their gradients by the peer's own
 ``all_gather_with_grad`` and ``get_rank`` (this rank's anchors against all ranks' candidates, as the
-peer), so a gather the peer's code would use is ours too. The loss comes back in the embeddings'
-dtype, as the peer's (computed in fp32). Another ``similarity_fct`` runs the peer's own code, after a
-one-time warning.
+peer), so a gather the peer's code would use is ours too. The loss comes back in the dtype of the
+installed peer's similarity scores (found by its own ``similarity_fct`` on one row: fp32 for half
+embeddings where it upcasts, the embeddings' dtype where it does not), computed in fp32. Another
+``similarity_fct``, and embeddings the fused path does not take (not ``[B, D]`` floating tensors of
+one dtype, or documents with other than ``B`` rows per column), run the peer's own code, which then
+raises where it raises; the first after a one-time warning.
 
 A ``hardness_mode`` with ``hardness_strength = α > 0`` adds ``α·sim`` (detached) to the query_to_doc
 logits of one class of documents. With ``s`` the scale, those logits are ``(s + α)·sim`` in value and
@@ -210,6 +213,25 @@ def _hard_query_to_doc(terms, queries, docs, docs_all, local, owner, offset, bat
     return torch.logsumexp(torch.stack(rest), dim=0), pos
 
 
+def _score_dtype(similarity_fct, a: Tensor, b: Tensor) -> torch.dtype:
+    """The dtype of the installed peer's scores: its similarity function on one row of each side."""
+    with torch.no_grad():
+        return similarity_fct(a[:1].detach(), b[:1].detach()).dtype
+
+
+def _fusable(embeddings: list[Tensor]) -> bool:
+    """Embeddings the fused path takes: ``[B, D]`` dense floating tensors of one dtype, device and ``D``,
+    every document column with the queries' ``B`` rows (``B >= 1``). The peer's own code runs anything
+    else (and raises where it raises)."""
+    first = embeddings[0]
+    for e in embeddings:
+        if not isinstance(e, Tensor) or e.dim() != 2 or e.layout != torch.strided or not e.dtype.is_floating_point:
+            return False
+        if e.shape != first.shape or e.dtype != first.dtype or e.device != first.device:
+            return False
+    return first.shape[0] > 0 and first.shape[1] > 0
+
+
 class _Fused:
     """What the fused classes share: whether this configuration can take the fused path."""
 
@@ -224,12 +246,12 @@ class _Fused:
         return normalize
 
     def _fused_loss(self, queries, docs, normalize):
-        """The loss, in the embeddings' dtype as the peer's (computed in fp32 for half embeddings)."""
+        """The loss, in the dtype of the peer's scores (computed in fp32 for half embeddings)."""
         loss = ranking_loss(queries, docs, scale=self.scale, normalize=normalize, directions=self.directions,
                             partition_mode=self.partition_mode, gather_across_devices=self.gather_across_devices,
                             hardness_mode=self.hardness_mode, hardness_strength=self.hardness_strength,
                             backend=self.backend, distributed=_peer_distributed(type(self)))
-        return loss.to(queries.dtype)
+        return loss.to(_score_dtype(self.similarity_fct, queries, docs[0]))
 
 
 class MultipleNegativesRankingLoss(_Fused, _st_losses.MultipleNegativesRankingLoss):
@@ -243,8 +265,10 @@ class MultipleNegativesRankingLoss(_Fused, _st_losses.MultipleNegativesRankingLo
         self.backend = backend
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        if len(embeddings) < 2 or not _fusable(list(embeddings)):
+            return super().compute_loss_from_embeddings(embeddings, labels)
         normalize = self._fused_normalize()
-        if normalize is None or len(embeddings) < 2:
+        if normalize is None:
             return super().compute_loss_from_embeddings(embeddings, labels)
         return self._fused_loss(embeddings[0], list(embeddings[1:]), normalize)
 
@@ -260,10 +284,13 @@ class CachedMultipleNegativesRankingLoss(_Fused, _st_losses.CachedMultipleNegati
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
                        with_backward: bool = False) -> Tensor:
+        embeddings = [torch.cat(r) for r in reps]
+        if len(embeddings) < 2 or not _fusable(embeddings):
+            return super().calculate_loss(reps, labels, with_backward=with_backward)
         normalize = self._fused_normalize()
         if normalize is None:
             return super().calculate_loss(reps, labels, with_backward=with_backward)
-        loss = self._fused_loss(torch.cat(reps[0]), [torch.cat(r) for r in reps[1:]], normalize)
+        loss = self._fused_loss(embeddings[0], embeddings[1:], normalize)
         if with_backward:
             loss.backward()
             loss = loss.detach()
@@ -287,7 +314,9 @@ class _FusedGIST:
                           margin_strategy=self.margin_strategy, margin=self.margin,
                           contrast_anchors=self.contrast_anchors, contrast_positives=self.contrast_positives,
                           backend=self.backend, gather=gather)
-        return loss.to(embeddings[0].dtype)
+        with torch.no_grad():  # the dtype of the installed peer's scores, from its own sim_matrix on one row
+            dtype = self.sim_matrix(embeddings[0][:1].detach(), embeddings[1][:1].detach()).dtype
+        return loss.to(dtype)
 
 
 class GISTEmbedLoss(_FusedGIST, _st_losses.GISTEmbedLoss):
