@@ -6,7 +6,7 @@ import sys
 import pytest
 import reference as ref
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 import contrastive_ops as co
 from contrastive_ops import nn as con

@@ -10,7 +10,7 @@ reference semantics); inf-cl, memeff and siglip-kernel's kernels need CUDA and a
 import peers
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 from benchmarks import workloads
 from benchmarks.workloads import WORKLOADS, make_inputs

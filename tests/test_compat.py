@@ -5,7 +5,7 @@ import warnings
 import peers
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 from contrastive_ops.backends import chunked
 from contrastive_ops.compat import lightly as co_lightly

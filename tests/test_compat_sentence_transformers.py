@@ -6,7 +6,7 @@ import logging
 import peers
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 from tiny_models import tiny_bert
 
 from contrastive_ops.backends import chunked

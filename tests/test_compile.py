@@ -2,7 +2,7 @@
 gives eager's loss and gradients."""
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 import contrastive_ops as co
 

@@ -1,74 +1,47 @@
 """The cuda backend's arithmetic on a CPU: the extension's operators run on CPU tensors with the very
 epilogue functions its GPU kernels call (csrc/epilogue.h; plain loops instead of warps, fp32
 products instead of cuBLAS), through the backend's own Python (autograd, the Ring band first, the
-chunk shape). Every loss and every input's gradient against float64, in one chunk and in chunks
-much smaller than the shapes (8 × 9 cosines), so that every merge of partial states runs; the guide
-role directly at the core's level on every role it changes.
+chunk shape). Every loss and every input's gradient against float64 in chunks much smaller than the
+shapes (8 × 9 cosines, and 8 × 8), so that every merge of partial states runs (in one chunk:
+test_against_float64.py); the guide role directly at the core's level on every role it changes.
 """
-import os
-
 import pytest
 import torch
 from cases import CASES
-from conftest import assert_close_rel
+from helpers import (
+    FP32_REL,
+    assert_close_rel,
+    check_against_float64,
+    cuda_extension_expected,
+    make_inputs,
+    route_cuda_to_cpu,
+)
 
 import contrastive_ops as co
-from contrastive_ops import _ext, functional
 from contrastive_ops.core import RoleSpec
 
-FP32_REL = 1e-5
 # 8 × 9 fp32 cosines per chunk at the tests' shapes (N = 37): partial chunks both ways
 SMALL_CHUNK_BYTES = str(4 * 72)
 # 8 × 8: rows of whole quads (the epilogues' plain-quad paths), quads cut by the key/extra boundary
 QUAD_CHUNK_BYTES = str(4 * 64)
 CHUNK_BYTES = {"small": SMALL_CHUNK_BYTES, "quads": QUAD_CHUNK_BYTES}
 
-pytestmark = pytest.mark.skipif(
-    not _ext.prebuilt() and os.environ.get("CONTRASTIVE_OPS_REQUIRE_CUDA_EXT") != "1",
-    reason="the CUDA extension is not built here")
+pytestmark = pytest.mark.skipif(not cuda_extension_expected(), reason="the CUDA extension is not built here")
 
 
 @pytest.fixture
 def cuda_on_cpu(monkeypatch):
     """backend="cuda" routed to the extension's CPU implementation for the losses of contrastive_ops."""
-    from contrastive_ops.backends import cuda
-
-    real = functional.compute_fn
-
-    def compute_fn(name):
-        if name != "cuda":
-            return real(name)
-        return lambda *args, **kwargs: cuda.compute_terms(*args, allow_cpu=True, **kwargs)
-
-    monkeypatch.setattr(functional, "resolve", lambda backend, device: backend)
-    monkeypatch.setattr(functional, "compute_fn", compute_fn)
-    return cuda
+    return route_cuda_to_cpu(monkeypatch)
 
 
-def _grads(loss, tensors):
-    leaves = [t for t in tensors if t.requires_grad]
-    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-
-
-@pytest.mark.parametrize("chunks", ["one", "small", "quads"])
+@pytest.mark.parametrize("chunks", ["small", "quads"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_every_loss_and_gradient_against_float64(cuda_on_cpu, name, chunks, seed, monkeypatch):
-    if chunks in CHUNK_BYTES:
-        monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", CHUNK_BYTES[chunks])
+def test_every_loss_and_gradient_in_chunks(cuda_on_cpu, name, chunks, seed, monkeypatch):
+    """As test_against_float64.py's cuda-cpu row, the cosines in many partial chunks."""
+    monkeypatch.setenv("CONTRASTIVE_OPS_DS_CHUNK_BYTES", CHUNK_BYTES[chunks])
     case = CASES[name]
-    tensors = [t.requires_grad_(True) if t.dtype.is_floating_point else t for t in case.make(torch.float32)]
-    ours = case.ours(tensors, backend="cuda", reduction="none")
-    ref_tensors = [t.detach().double().requires_grad_(True) if t.dtype.is_floating_point else t for t in tensors]
-    expected = case.reference(ref_tensors)
-    assert ours.dtype == torch.float32
-    assert_close_rel(ours, expected, FP32_REL, f"{name} per-anchor loss")
-    weights = torch.rand(expected.shape, dtype=torch.float64)
-    ours_grads = _grads((ours.double() * weights).sum(), tensors)
-    ref_grads = _grads((expected * weights).sum(), ref_tensors)
-    assert len(ours_grads) == len(ref_grads) > 0
-    for input_name, g, g_ref in zip(case.names, ours_grads, ref_grads):
-        assert g.dtype == torch.float32
-        assert_close_rel(g, g_ref, FP32_REL, f"{name} d/d{input_name}")
+    check_against_float64(case, make_inputs(case, torch.float32), "cuda", rel=FP32_REL, what=f"{name}/{chunks}")
 
 
 @pytest.mark.parametrize("chunk_bytes", [SMALL_CHUNK_BYTES, str(4 * 37 * 60)])

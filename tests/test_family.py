@@ -4,7 +4,7 @@ import pytest
 import reference as ref
 import torch
 from cases import CASES, CLAMP_CASES
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 import contrastive_ops as co
 from contrastive_ops.backends import chunked, naive

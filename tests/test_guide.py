@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 from cases import _ring_boundary_gaps
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 
 import contrastive_ops as co
 from contrastive_ops.backends import chunked, compute_fn

@@ -1,26 +1,13 @@
-"""Every loss × backend against its float64 reference: values, every reduction, every input's gradient."""
+"""The naive and chunked backends beyond test_against_float64.py: every reduction against float64,
+tiling, float64 gradcheck, partial requires_grad, a learnable temperature."""
 import pytest
 import torch
 from cases import CASES, TEMPERATURE_LOSSES, temperature_inputs, temperature_reference
-from conftest import assert_close_rel
+from helpers import FP32_REL, as_reference, assert_close_rel, grads, make_inputs
 
 from contrastive_ops.backends import chunked
 
 BACKENDS = ["naive", "chunked"]
-FP32_REL = 1e-5
-
-
-def _inputs(case, dtype, requires_grad=True):
-    tensors = case.make(dtype)
-    for t in tensors:
-        if t.dtype.is_floating_point:
-            t.requires_grad_(requires_grad)
-    return tensors
-
-
-def _grads(loss, tensors):
-    leaves = [t for t in tensors if t.requires_grad]
-    return torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
 
 
 def _run(case, tensors, backend, reduction):
@@ -28,34 +15,15 @@ def _run(case, tensors, backend, reduction):
         return case.ours(tensors, backend=backend, reduction=reduction)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_per_anchor_losses_and_gradients_fp32(name, backend, seed):
-    case = CASES[name]
-    tensors = _inputs(case, torch.float32)
-    ours = _run(case, tensors, backend, "none")
-    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
-                   for t in tensors]
-    expected = case.reference(ref_tensors)
-    assert_close_rel(ours, expected, FP32_REL, f"{name}/{backend} per-anchor loss")
-    # Random per-anchor weights check the gradient of every anchor's loss, not only of their sum.
-    weights = torch.rand(expected.shape, dtype=torch.float64)
-    ours_grads = _grads((ours.double() * weights).sum(), tensors)
-    ref_grads = _grads((expected * weights).sum(), ref_tensors)
-    for input_name, g, g_ref in zip(case.names, ours_grads, ref_grads):
-        assert_close_rel(g, g_ref, FP32_REL, f"{name}/{backend} d/d{input_name}")
-
-
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_reductions(name, backend, reduction, seed):
     case = CASES[name]
-    tensors = _inputs(case, torch.float32)
+    tensors = make_inputs(case, torch.float32)
     ours = _run(case, tensors, backend, reduction)
     assert ours.dim() == 0
-    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
-                   for t in tensors]
+    ref_tensors = as_reference(tensors)
     per_anchor = case.reference(ref_tensors)
     if reduction == "sum":
         expected = per_anchor.sum()
@@ -64,7 +32,7 @@ def test_reductions(name, backend, reduction, seed):
     else:
         expected = per_anchor.mean()
     assert_close_rel(ours, expected, FP32_REL, f"{name}/{backend}/{reduction}")
-    for input_name, g, g_ref in zip(case.names, _grads(ours, tensors), _grads(expected, ref_tensors)):
+    for input_name, g, g_ref in zip(case.names, grads(ours, tensors), grads(expected, ref_tensors)):
         assert_close_rel(g, g_ref, FP32_REL, f"{name}/{backend}/{reduction} d/d{input_name}")
 
 
@@ -74,7 +42,7 @@ def test_reductions(name, backend, reduction, seed):
 def test_chunked_equals_naive_with_one_tile_and_many(name, seed):
     """Tiling must not change the result: one big tile and 16×16 tiles agree with naive."""
     case = CASES[name]
-    tensors = _inputs(case, torch.float64)
+    tensors = make_inputs(case, torch.float64)
     naive = case.ours(tensors, backend="naive", reduction="none")
     with chunked.block_size(1024, 1024):
         one_tile = case.ours(tensors, backend="chunked", reduction="none")
@@ -92,7 +60,7 @@ def test_gradcheck_chunked_float64(name, seed):
     case = CASES[name]
     small = {"query": 6, "key": 6, "negatives": 4, "z1": 5, "z2": 5, "image_features": 6, "text_features": 6,
              "features": 7}
-    tensors = [t for t in _inputs(case, torch.float64)]
+    tensors = make_inputs(case, torch.float64)
     # shrink to a few rows and features so gradcheck's finite differences stay cheap
     shrunk = []
     rows = small[case.names[0]]  # labels follow the anchors' rows
@@ -141,36 +109,6 @@ def test_no_grad_inputs_give_plain_tensor(backend, seed):
     assert not loss.requires_grad and torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["info_nce_queue", "clip_tensor_scale", "supcon_few_classes", "nt_xent",
-                                  "info_nce_symmetric_queue_labels", "hard_negative_beta1", "debiased_clamp", "siglip"])
-def test_half_precision_error_within_twice_pytorch(name, dtype, seed):
-    """chunked's error in fp16/bf16 is at most twice PyTorch's own (naive in that dtype)."""
-    case = CASES[name]
-    tensors = _inputs(case, dtype)
-    ref_tensors = [t.detach().double().requires_grad_(t.requires_grad) if t.dtype.is_floating_point else t
-                   for t in tensors]
-    expected = case.reference(ref_tensors)
-    torch_own = case.ours(tensors, backend="naive", reduction="none")
-    ours = _run(case, tensors, "chunked", "none")
-    assert ours.dtype == torch.float32
-    own_err = (torch_own.double() - expected).abs().max().item()
-    our_err = (ours.double() - expected).abs().max().item()
-    assert our_err <= 2 * own_err + 1e-3 * expected.abs().max().item(), (our_err, own_err)
-    g_own = _grads(torch_own.sum(), tensors)
-    g_ours = _grads(ours.sum(), tensors)
-    g_ref = _grads(expected.sum(), ref_tensors)
-    # the gradients come back in the dtype: rounding them to it alone costs up to half its ulp, which
-    # for bf16 (2^-9 relative) exceeds 1e-3; a draw where naive's own error happens to be far below that
-    # must not fail on rounding
-    rounding = max(1e-3, torch.finfo(dtype).eps / 2)
-    for nm, a, b, r in zip(case.names, g_ours, g_own, g_ref):
-        assert a.dtype == dtype
-        our_err = (a.double() - r).abs().max().item()
-        own_err = (b.double() - r).abs().max().item()
-        assert our_err <= 2 * own_err + rounding * r.abs().max().item(), (nm, our_err, own_err)
-
-
 # ---------------------------------------------------------------------------------------------
 # a learnable temperature (0-d tensor)
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +123,7 @@ def test_a_tensor_temperature_gets_its_gradient(name, backend, seed):
     t = torch.tensor(0.1, requires_grad=True)
     with chunked.block_size(8, 16):
         loss = TEMPERATURE_LOSSES[name](t, *ours_in, backend)
-        grads = torch.autograd.grad(loss, [t, *ours_in], allow_unused=True, materialize_grads=True)
+        ours_grads = grads(loss, [t, *ours_in])
     assert_close_rel(loss, expected, 1e-5, f"{name} loss")
-    for what, g, g_ref in zip(("temperature", "q", "k", "e"), grads, expected_grads):
+    for what, g, g_ref in zip(("temperature", "q", "k", "e"), ours_grads, expected_grads):
         assert_close_rel(g, g_ref, 1e-5, f"{name} d {what}")
