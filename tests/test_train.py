@@ -1,5 +1,5 @@
-"""The bundled trainer: every objective runs, resume equals an uninterrupted run, bad input fails
-in one line, and it runs under torchrun with two gloo processes."""
+"""The bundled trainer: every objective runs (plain and with --micro-batch), resume equals an
+uninterrupted run, bad input fails in one line, and it runs under torchrun with two gloo processes."""
 import json
 import os
 import pickle
@@ -49,10 +49,10 @@ def test_each_objective_trains_and_writes_everything(loss, tmp_path, capsys):
     assert "linear probe accuracy" in printed and "k-NN (k=20, cosine)" in printed and "random_init" in printed
 
 
-@pytest.mark.parametrize("loss", ["info_nce", "ring"])
-def test_resume_equals_uninterrupted(loss, tmp_path):
+@pytest.mark.parametrize("loss,extra", [("info_nce", []), ("ring", []), ("moco_ring", ["--micro-batch", "24"])])
+def test_resume_equals_uninterrupted(loss, extra, tmp_path):
     base = ["--loss", loss, "--queue-size", "128", "--max-steps-per-epoch", "2", "--batch-size", "64",
-            "--progress", "false", "--ring-anneal-epochs", "2"]
+            "--progress", "false", "--ring-anneal-epochs", "2"] + extra
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_main(base + ["--out", str(whole), "--epochs", "3"]) == 0
     assert run_main(base + ["--out", str(parts), "--epochs", "1"]) == 0
@@ -140,10 +140,11 @@ def test_config_file_sets_options_and_cli_wins(tmp_path):
     assert (cfg["loss"], cfg["batch_size"], cfg["temperature"]) == ("dcl", 32, 0.4)
 
 
-def test_trainer_under_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--micro-batch", "12"]])
+def test_trainer_under_torchrun_two_processes(extra, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "contrastive_ops.train", "--out", str(out), "--loss", "clip"] + QUICK
+           "-m", "contrastive_ops.train", "--out", str(out), "--loss", "clip"] + QUICK + extra
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,19 +153,21 @@ def test_trainer_under_torchrun_two_processes(tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [(["--tau-plus", "1"], "tau_plus must be in"),
-                                        (["--hard-beta", "-0.5"], "hard_beta must be a number >= 0")])
+                                        (["--hard-beta", "-0.5"], "hard_beta must be a number >= 0"),
+                                        (["--micro-batch", "-1"], "micro_batch must be an integer >= 0")])
 def test_new_loss_options_are_validated(args, match):
     with pytest.raises(cli.ConfigError, match=match):
         cli.resolve_config(args)
 
 
 def test_checkpoint_from_before_an_option_resumes_with_its_default(tmp_path):
-    """A checkpoint whose config lacks an option added later (hard_beta, tau_plus) had its default."""
+    """A checkpoint whose config lacks an option added later (hard_beta, tau_plus, micro_batch, norm) had
+    its default."""
     out = tmp_path / "run"
     base = ["--out", str(out), "--max-steps-per-epoch", "1", "--batch-size", "32", "--progress", "false"]
     assert run_main(base + ["--epochs", "1"]) == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    for key in ("hard_beta", "tau_plus"):
+    for key in ("hard_beta", "tau_plus", "micro_batch", "norm"):
         del ckpt["config"][key]
     torch.save(ckpt, out / "checkpoint.pt")
     assert run_main(base + ["--epochs", "2", "--resume"]) == 0
@@ -269,3 +272,53 @@ def test_seed_paper_preset_end_to_end_on_tiny_cifar(loss, tmp_path, capsys):
     assert cfg["epochs"] == 2  # the command line wins over the preset
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert any(v.dim() == 4 and v.shape[1:] == (3, 3, 3) for v in ckpt["objective"].values())  # the 3×3 stem
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_objective_trains_with_micro_batches(loss, tmp_path):
+    """--micro-batch 12 on batches of 32 (chunks of 12, 12 and 8), each normalization in turn (unlabelled
+    images, so no evaluation, except for supcon)."""
+    images = torch.rand(160, 8, 8)
+    data = tmp_path / ("x.pt" if loss == "supcon" else "x.npy")
+    if loss == "supcon":
+        torch.save({"images": images, "labels": torch.arange(160) % 4}, data)
+    else:
+        np.save(data, images.numpy())
+    out = tmp_path / "run"
+    norm = ("batch", "group", "layer")[LOSSES.index(loss) % 3]
+    assert run_main(["--loss", loss, "--data", str(data), "--out", str(out), "--queue-size", "64", "--micro-batch", "12",
+                     "--norm", norm, "--batch-size", "32", "--epochs", "2", "--max-steps-per-epoch", "2",
+                     "--progress", "false"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (ckpt["config"]["micro_batch"], ckpt["config"]["norm"]) == (12, norm)
+
+
+def test_micro_batches_follow_the_plain_run_with_a_batch_independent_encoder(tmp_path):
+    """With GroupNorm the cached step is the full-batch step: the same losses, to float32 rounding."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((256, 8, 8)))
+    losses = {}
+    for micro in ("0", "24"):
+        out = tmp_path / f"micro{micro}"
+        assert run_main(["--data", str(tmp_path / "x.npy"), "--out", str(out), "--norm", "group", "--micro-batch", micro,
+                         "--batch-size", "64", "--epochs", "2", "--max-steps-per-epoch", "3", "--progress", "false"]) == 0
+        losses[micro] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses["0"] == pytest.approx(losses["24"], rel=1e-4)
+
+
+def test_augmentation_on_the_device_path_is_a_function_of_the_generator():
+    """Off the CPU the noise comes from a device generator seeded by the augmentation generator (run
+    here on the CPU with ``device_noise=True``): the views are a function of the generator's state,
+    and the generator advances by the same draws whatever the images."""
+    from contrastive_ops.train.data import augment
+
+    x = torch.rand(20, 3, 8, 8)
+    views = []
+    for images in (x, x, torch.rand(20, 3, 8, 8)):
+        g = torch.Generator().manual_seed(5)
+        views.append(augment(images, g, device_noise=True))
+        views.append(torch.rand(3, generator=g))
+    assert torch.equal(views[0], views[2]) and not torch.equal(views[0], views[4])
+    assert torch.equal(views[1], views[3]) and torch.equal(views[1], views[5])
+    assert views[0].shape == x.shape and 0.0 <= float(views[0].min()) and float(views[0].max()) <= 1.0

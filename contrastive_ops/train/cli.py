@@ -8,7 +8,7 @@ import sys
 
 from ..backends import BACKENDS
 from .config import DEFAULTS, HELP, PRESETS, ConfigError
-from .model import ARCHS
+from .model import ARCHS, NORMS
 from .objectives import LOSSES, RING_SCHEDULES
 
 
@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
             kwargs["choices"] = tuple(PRESETS)
         elif key == "arch":
             kwargs["choices"] = ARCHS
+        elif key == "norm":
+            kwargs["choices"] = NORMS
         elif key == "optimizer":
             kwargs["choices"] = ("adamw", "sgd")
         elif key == "autocast":
@@ -115,7 +117,11 @@ def _validate(cfg: dict) -> None:
         raise ConfigError(f"hard_beta must be a number >= 0, got {cfg['hard_beta']!r}")
     if isinstance(cfg["tau_plus"], bool) or not isinstance(cfg["tau_plus"], (int, float)) or not 0 <= cfg["tau_plus"] < 1:
         raise ConfigError(f"tau_plus must be in [0, 1), got {cfg['tau_plus']!r}")
-    for key, allowed in (("arch", ARCHS), ("optimizer", ("adamw", "sgd")), ("autocast", ("auto", "bf16", "off"))):
+    micro = cfg["micro_batch"]
+    if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
+        raise ConfigError(f"micro_batch must be an integer >= 0 (0: the plain step), got {micro!r}")
+    for key, allowed in (("arch", ARCHS), ("norm", NORMS), ("optimizer", ("adamw", "sgd")),
+                         ("autocast", ("auto", "bf16", "off"))):
         if cfg[key] not in allowed:
             raise ConfigError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
     if cfg["ring_anneal"] not in RING_SCHEDULES:

@@ -12,6 +12,7 @@ DEFAULTS = {
     "temperature": 0.2,
     "epochs": 150,
     "batch_size": 256,
+    "micro_batch": 0,
     "lr": 2e-3,
     "weight_decay": 1e-4,
     "seed": 0,
@@ -29,6 +30,7 @@ DEFAULTS = {
     "hard_beta": 1.0,
     "tau_plus": 0.1,
     "arch": "small",
+    "norm": "batch",
     "optimizer": "adamw",
     "autocast": "auto",
     "width": 32,
@@ -47,6 +49,9 @@ HELP = {
     "temperature": "softmax temperature (clip: initial 1/logit_scale; siglip: unused, logit scale starts at 10)",
     "epochs": "train until this many epochs are done (with --resume: in total)",
     "batch_size": "global batch size (split over ranks under torchrun)",
+    "micro_batch": "0: the plain step; K > 0: the cached step (GradCache) — the encoders run K images at a time "
+                   "(per rank), the loss once over the whole batch, the same gradients as the chunked forward "
+                   "with memory flat in the batch, for one more encoder forward",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "seed": "seed of the model init, data order, split and augmentations",
@@ -64,6 +69,8 @@ HELP = {
     "hard_beta": "hard_negative: concentration beta on hard negatives (>= 0)",
     "tau_plus": "hard_negative, debiased: class prior tau+ of a false negative, in [0, 1)",
     "arch": "encoder: small (a 3-block CNN) or resnet18 (3x3 CIFAR stem; torchvision's when installed)",
+    "norm": "encoder normalization: batch (BatchNorm; per chunk under --micro-batch), or group or layer "
+            "(batch-independent: the cached step is then the full-batch step)",
     "optimizer": "adamw, or sgd (momentum 0.9)",
     "autocast": "auto (bf16 on CUDA, off on the CPU), bf16 or off",
     "width": "small encoder: width (channels of the first conv)",
@@ -81,7 +88,7 @@ HELP = {
 FINGERPRINT_KEYS = ("loss", "temperature", "batch_size", "lr", "weight_decay", "seed", "data", "queue_size",
                     "momentum", "ring_outer", "ring_inner", "ring_anneal_epochs", "ring_anneal_share", "ring_anneal",
                     "hard_beta", "tau_plus", "width", "feature_dim", "embed_dim", "probe_test_fraction",
-                    "max_steps_per_epoch", "arch", "optimizer")
+                    "max_steps_per_epoch", "arch", "optimizer", "micro_batch", "norm")
 
 #: ``--preset`` values: defaults that options from a config file or the command line override.
 PRESETS = {

@@ -153,13 +153,23 @@ def _load_folder(path: str) -> Dataset:
     return Dataset(images, labels, os.path.basename(os.path.normpath(path)))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, *, device_noise: bool | None = None) -> torch.Tensor:
     """One random view per image, in torch: a random affine crop (scale 0.7–1.0, rotation ±15°,
-    shift ±15%), brightness/contrast jitter, Gaussian noise and a random cutout square."""
+    shift ±15%), brightness/contrast jitter, Gaussian noise and a random cutout square.
+
+    Batched over ``images [n, C, H, W]`` on their own device: the per-image parameters (a few numbers
+    per image) are drawn from the CPU ``generator``, the pixel work runs where the images are. The
+    noise (``C·H·W`` numbers per image) is drawn from ``generator`` itself on the CPU, or, with
+    ``device_noise`` (the default off the CPU), on the images' device from a generator seeded by one
+    draw of ``generator`` — so a GPU run is not limited by the CPU, and every view is still a function
+    of ``generator``'s state (the checkpointed one: ``--resume`` stays exact)."""
     n, c, h, w = images.shape
+    device = images.device
+    if device_noise is None:
+        device_noise = device.type != "cpu"
 
     def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape, generator=generator)
+        return (lo + (hi - lo) * torch.rand(*shape, generator=generator)).to(device)
 
     scale = uniform(0.7, 1.0, n)
     angle = uniform(-15, 15, n) * torch.pi / 180
@@ -170,13 +180,18 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     views = F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
     contrast, brightness = uniform(0.7, 1.3, n, 1, 1, 1), uniform(-0.15, 0.15, n, 1, 1, 1)
     views = (views - 0.5) * contrast + 0.5 + brightness
-    views = views + 0.05 * torch.randn(views.shape, generator=generator)
+    if device_noise:
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        noise = torch.randn(views.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+    else:
+        noise = torch.randn(views.shape, generator=generator)
+    views = views + 0.05 * noise
     side = max(1, h // 4)
-    top = (torch.rand(n, generator=generator) * (h - side + 1)).long()
-    left = (torch.rand(n, generator=generator) * (w - side + 1)).long()
-    rows = torch.arange(h)[None, :, None]
-    cols = torch.arange(w)[None, None, :]
+    top = (torch.rand(n, generator=generator) * (h - side + 1)).long().to(device)
+    left = (torch.rand(n, generator=generator) * (w - side + 1)).long().to(device)
+    rows = torch.arange(h, device=device)[None, :, None]
+    cols = torch.arange(w, device=device)[None, None, :]
     hole = ((rows >= top[:, None, None]) & (rows < (top + side)[:, None, None])
             & (cols >= left[:, None, None]) & (cols < (left + side)[:, None, None]))
-    keep = (torch.rand(n, generator=generator) < 0.5)[:, None, None] & hole
+    keep = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None] & hole
     return views.masked_fill(keep[:, None], 0.0).clamp(0.0, 1.0)

@@ -18,6 +18,7 @@ from . import evaluate, objectives
 from .config import DEFAULTS, FINGERPRINT_KEYS
 from .data import DataError, Dataset, augment, load_digits, load_path
 from .model import ContrastiveModel
+from .step import TrainStep
 
 CHECKPOINT_FORMAT = 1
 
@@ -164,7 +165,8 @@ def train(cfg: dict) -> dict | None:
         raise DataError(f"--batch-size {cfg['batch_size']} exceeds the {train_set.images.shape[0]} training images")
 
     torch.manual_seed(cfg["seed"])
-    model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"], cfg["arch"])
+    model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"], cfg["arch"],
+                             cfg["norm"])
     objective = objectives.build(cfg["loss"], model, cfg, group).to(device)
     if device.type == "cuda":  # NHWC convolutions (tensor cores); the loss sees [N, D] features either way
         objective.to(memory_format=torch.channels_last)
@@ -191,9 +193,8 @@ def train(cfg: dict) -> dict | None:
         _write_lines(metrics_path, history)  # what the checkpoint holds; later epochs are appended
 
     evaluation = _evaluation(train_set, test_set, cfg["seed"]) if dataset.labels is not None else None
-    runner = objective
-    if group is not None:
-        runner = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    trainer = TrainStep(objective, optimizer, micro_batch=cfg["micro_batch"], group=group, device=device,
+                        autocast=autocast)
     images, labels = train_set.images, train_set.labels
     n, per_rank = images.shape[0], cfg["batch_size"] // world
     steps = n // cfg["batch_size"]  # drop the last partial batch: every step has the same candidates
@@ -213,18 +214,16 @@ def train(cfg: dict) -> dict | None:
             iterator = bar(iterator, desc=f"epoch {epoch + 1}/{cfg['epochs']} [{cfg['loss']}/{backend}]", leave=False)
         for step in iterator:
             idx = order[step * cfg["batch_size"] : (step + 1) * cfg["batch_size"]][rank * per_rank : (rank + 1) * per_rank]
-            batch = images[idx]
-            v1, v2 = augment(batch, aug_rng).to(device), augment(batch, aug_rng).to(device)
+            batch = images[idx].to(device)  # augmented where it is trained (data.augment)
+            v1, v2 = augment(batch, aug_rng), augment(batch, aug_rng)
             y = labels[idx].to(device) if labels is not None else None
             objective.set_progress(epoch + step / steps)
-            with autocast():
-                loss = runner(v1, v2, y)
+            loss = trainer.forward(v1, v2, y)
             if not torch.isfinite(loss):
+                trainer.discard()
                 raise DataError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            objective.after_step()
+            trainer.backward(loss)
+            trainer.step()
             total += loss.item()
             count += 1
             if bar is not None:
@@ -272,7 +271,7 @@ def train(cfg: dict) -> dict | None:
         trained = history[-1]["eval"] if done else evaluation(model.encoder, device)
         torch.manual_seed(cfg["seed"])  # the trained model's own initialization
         random_model = ContrastiveModel(dataset.images.shape[1], cfg["width"], cfg["feature_dim"], cfg["embed_dim"],
-                                        cfg["arch"])
+                                        cfg["arch"], cfg["norm"])
         baselines = {"random_init": evaluation(random_model.encoder.to(device), device),
                      "pixels": evaluation(None, device)}
         summary["eval"] = {"trained": trained, **baselines}

@@ -2,6 +2,9 @@
 
 Every objective maps two augmented views of a batch (and its labels) to a scalar loss, and says
 how many candidates each anchor's softmax holds (``K``), for the InfoNCE bound ``log K − loss``.
+Every encoder call goes through :meth:`Objective.embed`, so that under ``--micro-batch`` the trainer
+runs the encoders through a :class:`contrastive_ops.cached.CachedStep` (``Objective.cache``) and the
+loss, its options and any state (queue, logit scale) stay as they are.
 """
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ class Objective(nn.Module):
         self.cfg = cfg
         self.group = group
         self.candidates = 1.0  # K of the last step
+        #: None: encoders run on the whole batch; else an object whose ``embed(module, x)`` runs them
+        #: (a ``CachedStep`` under ``--micro-batch``)
+        self.cache = None
+
+    def embed(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``, or through :attr:`cache` when one is set (chunks of the micro-batch; under
+        ``torch.no_grad()`` just chunked)."""
+        return module(x) if self.cache is None else self.cache.embed(module, x)
 
     def common(self):
         return {"backend": self.cfg["backend"], "process_group": self.group}
@@ -46,14 +57,14 @@ def _world(group) -> int:
 
 class NTXent(Objective):
     def forward(self, v1, v2, labels):
-        z1, z2 = self.model(v1), self.model(v2)
+        z1, z2 = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
         return cf.nt_xent(z1, z2, temperature=self.cfg["temperature"], **self.common())
 
 
 class DCL(Objective):
     def forward(self, v1, v2, labels):
-        z1, z2 = self.model(v1), self.model(v2)
+        z1, z2 = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = 2 * z1.shape[0] * _world(self.group) - 2
         return cf.dcl_loss(z1, z2, temperature=self.cfg["temperature"], **self.common())
 
@@ -62,7 +73,7 @@ class SupCon(Objective):
     needs_labels = True
 
     def forward(self, v1, v2, labels):
-        z = torch.cat([self.model(v1), self.model(v2)])
+        z = torch.cat([self.embed(self.model, v1), self.embed(self.model, v2)])
         self.candidates = z.shape[0] * _world(self.group) - 1
         return cf.supcon_loss(z, torch.cat([labels, labels]), temperature=self.cfg["temperature"], **self.common())
 
@@ -75,7 +86,7 @@ class Clip(Objective):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["temperature"])))
 
     def forward(self, v1, v2, labels):
-        image, text = self.model(v1), self.model(v2)
+        image, text = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = image.shape[0] * _world(self.group)
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
         return cf.clip_loss(image, text, scale, normalize=True, **self.common())
@@ -85,7 +96,7 @@ class HardNegative(Objective):
     """Robinson et al.'s hard-negative loss over the two views (``--hard-beta``, ``--tau-plus``)."""
 
     def forward(self, v1, v2, labels):
-        z1, z2 = self.model(v1), self.model(v2)
+        z1, z2 = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
         return cf.hard_negative_nce(z1, z2, temperature=self.cfg["temperature"], beta=self.cfg["hard_beta"],
                                     tau_plus=self.cfg["tau_plus"], **self.common())
@@ -95,7 +106,7 @@ class Debiased(Objective):
     """Chuang et al.'s debiased contrastive loss over the two views (``--tau-plus``)."""
 
     def forward(self, v1, v2, labels):
-        z1, z2 = self.model(v1), self.model(v2)
+        z1, z2 = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = 2 * z1.shape[0] * _world(self.group) - 1
         return cf.debiased_nce(z1, z2, temperature=self.cfg["temperature"], tau_plus=self.cfg["tau_plus"],
                                **self.common())
@@ -112,7 +123,7 @@ class SigLip(Objective):
         self.bias = nn.Parameter(torch.tensor(-10.0))
 
     def forward(self, v1, v2, labels):
-        image, text = self.model(v1), self.model(v2)
+        image, text = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = image.shape[0] * _world(self.group)
         return cf.siglip_loss(image, text, self.log_scale.exp(), self.bias, normalize=True, **self.common())
 
@@ -150,10 +161,10 @@ class MoCo(Objective):
 
     def _keys(self, v2):
         with torch.no_grad():
-            return F.normalize(self.key_model(v2), dim=1)
+            return F.normalize(self.embed(self.key_model, v2), dim=1)
 
     def forward(self, v1, v2, labels):
-        q, k = self.model(v1), self._keys(v2)
+        q, k = self.embed(self.model, v1), self._keys(v2)
         self.candidates = self.queue.shape[0] + 1
         loss = cf.info_nce(q, k, self.queue.clone(), temperature=self.cfg["temperature"], in_batch_negatives=False,
                            **self.common())
@@ -202,7 +213,7 @@ class Ring(_RingSchedule, Objective):
     with ``outer`` annealed from 1.0 to its final value (:func:`ring_outer`)."""
 
     def forward(self, v1, v2, labels):
-        q, k = self.model(v1), self.model(v2)
+        q, k = self.embed(self.model, v1), self.embed(self.model, v2)
         self.candidates = self._ring_candidates(q.shape[0] * _world(self.group) - 1)
         return self._ring_loss(q, k)
 
@@ -213,7 +224,7 @@ class MoCoRing(_RingSchedule, MoCo):
     annealed as :class:`Ring`."""
 
     def forward(self, v1, v2, labels):
-        q, k = self.model(v1), self._keys(v2)
+        q, k = self.embed(self.model, v1), self._keys(v2)
         self.candidates = self._ring_candidates(self.queue.shape[0])
         loss = self._ring_loss(q, k, self.queue.clone(), in_batch_negatives=False)
         if self.training:
