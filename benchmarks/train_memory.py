@@ -180,7 +180,7 @@ def main() -> None:
     env = environment(torch.device("cpu"))
     stem = os.path.join(args.out_dir, f"{env['timestamp'][:10]}-train-memory-{env['commit']}")
     os.makedirs(args.out_dir, exist_ok=True)
-    command = "python -m benchmarks.train_memory " + " ".join(sys.argv[1:])
+    command = " ".join(["python -m benchmarks.train_memory", *sys.argv[1:]])
     print(f"{env['device']}, torch {env['torch']}, commit {env['commit']}", flush=True)
     rows = []
     for arch in args.arch.split(","):

@@ -5,7 +5,8 @@ A contrastive loss couples every row of the batch, so plain gradient accumulatio
 micro-batch) changes the objective. The cached step keeps it:
 
 1. embed the whole batch in chunks of ``micro_batch`` rows without autograd, recording each chunk's
-   random state (CPU and CUDA generators) and the autocast state;
+   random state (the CPU generator's, and the CUDA generators' of the current device and the chunk's
+   devices) and the autocast state;
 2. compute the loss once over all embeddings (leaves that require grad) and backpropagate it: this
    gives the loss's own parameters their gradients (a learnable scale) and the embeddings theirs;
 3. re-run the encoder chunk by chunk with autograd, the random state replayed, and push each chunk's
@@ -87,25 +88,27 @@ def chunked(encoder: Callable, *inputs: torch.Tensor, micro_batch: int) -> torch
 
 
 class _RandomState:
-    """The CPU generator's state and, once CUDA is in use, every CUDA device's: what dropout and
-    in-model augmentations draw from."""
+    """The CPU generator's state and, once CUDA is in use, that of the current CUDA device and of the
+    devices the chunk's tensors are on: what dropout and in-model augmentations draw from. (Other
+    devices are left alone: no context is created on a GPU the step does not use.)"""
 
-    __slots__ = ("cpu", "cuda")
+    __slots__ = ("cpu", "cuda", "devices")
 
-    def __init__(self):
+    def __init__(self, tensors):
         self.cpu = torch.get_rng_state()
-        self.cuda = None
+        self.devices, self.cuda = [], []
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.cuda = torch.cuda.get_rng_state_all()
+            devices = {torch.cuda.current_device()} | {t.device.index for t in tensors if t.is_cuda}
+            self.devices = sorted(devices)
+            self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
 
     @contextlib.contextmanager
     def replay(self):
         """Run the block from this state; the generators are put back as they were afterwards."""
-        devices = list(range(len(self.cuda))) if self.cuda is not None else []
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        with torch.random.fork_rng(devices=self.devices, device_type="cuda"):
             torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state_all(self.cuda)
+            for device, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, device)
             yield
 
 
@@ -159,7 +162,7 @@ class CachedStep:
         states, outs = [], []
         with torch.no_grad():
             for c in chunks:
-                states.append(_RandomState())
+                states.append(_RandomState(c))
                 outs.append(_output(encoder(*c), "CachedStep.embed"))
         embedding = (outs[0] if len(outs) == 1 else torch.cat(outs)).detach().requires_grad_()
         self._records.append(_Record(encoder, chunks, states, autocast, embedding))
