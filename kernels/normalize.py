@@ -68,13 +68,20 @@ def _normalize_bwd_kernel(X, G, DX, N, D, stride_x, stride_g, stride_dx,
         tl.store(dx_rows + (d0 + offs_d)[None, :], dx.to(DX.dtype.element_ty), mask=mask)
 
 
+def _rowwise(x: torch.Tensor) -> torch.Tensor:
+    """``x`` where its rows are of unit stride (the kernels step rows by ``stride(0)`` and read each row's
+    elements one apart), else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def _blocks(d: int) -> tuple[int, int]:
     block_d = min(triton.next_power_of_2(max(d, 16)), 256)
     return max(1, 2048 // block_d), block_d
 
 
 def inverse_norms(x: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[N]``: ``1 / max(‖x_i‖, eps)`` of the rows of ``x [N, D]`` (last dim contiguous)."""
+    """fp32 ``[N]``: ``1 / max(‖x_i‖, eps)`` of the rows of ``x [N, D]`` (any strides)."""
+    x = _rowwise(x)
     n, d = x.shape
     out = torch.empty(n, dtype=torch.float32, device=x.device)
     rows, block_d = _blocks(d)
@@ -83,9 +90,11 @@ def inverse_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_backward(x: torch.Tensor, grad_unit: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``F.normalize(x, dim=-1)`` given ``grad_unit`` (fp32), in ``x``'s dtype."""
+    """Gradient through ``F.normalize(x, dim=-1)`` given ``grad_unit`` (fp32), in ``x``'s dtype; ``x`` and
+    ``grad_unit`` of any strides (the kernel reads rows of unit stride), the result dense."""
+    x, grad_unit = _rowwise(x), _rowwise(grad_unit)
     n, d = x.shape
-    out = torch.empty_like(x)
+    out = torch.empty((n, d), dtype=x.dtype, device=x.device)
     rows, block_d = _blocks(d)
     _normalize_bwd_kernel[(triton.cdiv(n, rows),)](
         x, grad_unit, out, n, d, x.stride(0), grad_unit.stride(0), out.stride(0),

@@ -85,7 +85,8 @@ def _row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
 def _tile_cosines(q_blk: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
     """``<q̂_i, k̂_j>`` of one tile, in the accumulation dtype. Every pass uses this one function,
     so the Ring selection, the forward and the backward see bit-identical logits."""
-    return (q_blk @ c_blk.T).to(accumulation_dtype(q_blk.dtype))
+    acc = accumulation_dtype(q_blk.dtype)  # fp32 products of half rows: no overflow of the fp16 output
+    return q_blk.to(acc) @ c_blk.to(acc).T
 
 
 def _normalized(x: torch.Tensor | None, normalize: bool) -> torch.Tensor | None:
@@ -338,9 +339,8 @@ def _backward(qh, kh, eh, scale_t, bias_t, spec: RoleSpec, band, blocks: tuple[i
             d_logits = d_logits + _softmax_part(t, t.logits, col_lse[None, cs], g_col_lse[None, cs], zero)
             d_logits = d_logits + t.positive * g_col_pos_w[None, cs]
         grad_scale += (d_logits * t.cosines).sum()
-        d_low = d_logits.to(qh.dtype)
-        grad_q[rs] += (d_low @ t.c_blk).to(acc)
-        d_cols = (d_low.T @ t.q_blk).to(acc)
+        grad_q[rs] += d_logits @ t.c_blk.to(acc)  # in the accumulation dtype, as the cosines
+        d_cols = d_logits.T @ t.q_blk.to(acc)
         if t.is_key:
             grad_k[cs] += d_cols
         else:

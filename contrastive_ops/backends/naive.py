@@ -26,8 +26,8 @@ def _logits(query, keys, extra, scale: Scale, spec: RoleSpec) -> torch.Tensor:
     cols = keys if extra is None else torch.cat([keys, extra], dim=0)
     if spec.normalize:
         query, cols = normalize_rows(query), normalize_rows(cols)
-    acc = accumulation_dtype(query.dtype)
-    return (query @ cols.T).to(acc) * scale
+    acc = accumulation_dtype(query.dtype)  # fp32 products of half rows: no overflow of the fp16 output
+    return (query.to(acc) @ cols.to(acc).T) * scale
 
 
 def _masked_lse(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
