@@ -42,14 +42,16 @@ def _temperature_for(temperature, ref: Tensor):
     t = float(temperature)
     if 0 < t < math.inf and 1.0 / t <= _FP32_MAX:
         return t
-    return torch.tensor(t, dtype=torch.float32, device=ref.device)
+    return torch.tensor(t, dtype=torch.float64 if ref.dtype == torch.float64 else torch.float32, device=ref.device)
 
 
-def _broadcast_weights(weight_fn, n: int):
+def _broadcast_weights(weight_fn, n: int, dtypes: list | None = None):
     """``weight_fn`` as the functional ``dcl_loss`` takes it (``[N]`` weights): lightly multiplies the
     ``[N]`` positive losses by its output and takes the mean of the broadcast result (plus the ``[N]``
     negative terms), so an output that broadcasts against ``[N]`` weighs row ``j`` by its mean over the
-    broadcast's other dims; one that does not raises torch's own error, as lightly's product does."""
+    broadcast's other dims; one that does not raises torch's own error, as lightly's product does.
+    ``dtypes`` collects the dtype of lightly's product (its loss's dtype: an fp32 ``[N, 1]`` output
+    promotes fp16 losses, a 0-d one does not)."""
     if weight_fn is None:
         return None
 
@@ -58,6 +60,8 @@ def _broadcast_weights(weight_fn, n: int):
         if not isinstance(w, Tensor):
             w = torch.as_tensor(w, device=a.device)
         shape = torch.broadcast_shapes(w.shape, (n,))
+        if dtypes is not None:
+            dtypes.append((a.new_empty(n) * w.new_empty(w.shape)).dtype)
         w = torch.broadcast_to(w, shape).reshape(-1, n).mean(dim=0) if len(shape) > 1 else w.expand(n)
         return w if w.dtype.is_floating_point else w.to(a.dtype)
 
@@ -164,18 +168,21 @@ class DCLLoss(nn.Module):
         n = out0.shape[0] if isinstance(out0, Tensor) and out0.dim() > 0 else 0
         if n == 1 and group is None and isinstance(out1, Tensor) and out1.shape[:1] == (1,):
             return self._single_pair(out0, out1, temperature)
-        loss = dcl_loss(out0, out1, temperature=temperature, weight_fn=_broadcast_weights(self.weight_fn, n),
+        dtypes: list = []
+        loss = dcl_loss(out0, out1, temperature=temperature, weight_fn=_broadcast_weights(self.weight_fn, n, dtypes),
                         backend=self.backend, process_group=group)
-        return loss.to(out0.dtype)
+        return loss.to(dtypes[0] if dtypes else out0.dtype)
 
     def _single_pair(self, out0: Tensor, out1: Tensor, temperature) -> Tensor:
         """One pair has no negative: lightly's log-sum-exp over none is ``-inf``, so its loss is ``-inf``,
         and the gradient is the positive term's (O(D); the functional ``dcl_loss`` gives such a row 0)."""
         a, b = normalize_rows(out0), normalize_rows(out1)
         positive = -(a * b).sum(dim=1) / temperature
-        weights = _broadcast_weights(self.weight_fn, 1)
+        dtypes: list = []
+        weights = _broadcast_weights(self.weight_fn, 1, dtypes)
         w0, w1 = (1.0, 1.0) if weights is None else (weights(a, b), weights(b, a))
-        return (0.5 * ((positive * w0).mean() + (positive * w1).mean()) + float("-inf")).to(out0.dtype)
+        loss = 0.5 * ((positive * w0).mean() + (positive * w1).mean()) + float("-inf")
+        return loss.to(dtypes[0] if dtypes else out0.dtype)
 
 
 def negative_mises_fisher_weights(out0: Tensor, out1: Tensor, sigma: float = 0.5) -> Tensor:

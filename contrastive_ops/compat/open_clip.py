@@ -173,7 +173,8 @@ class ClipLoss(nn.Module):
         if logit_bias is not None:
             # A bias added to every logit cancels in both softmaxes: its gradient is zero; a NaN or
             # infinite one still makes the loss NaN, as in open_clip's logits.
-            total_loss = total_loss + (_core_value(logit_bias, image_features) * 0).sum()
+            zero = _core_value(logit_bias, image_features) * 0
+            total_loss = total_loss + (zero.sum() if isinstance(zero, torch.Tensor) else zero)
         total_loss = total_loss.to(dtype)
         return {"contrastive_loss": total_loss} if output_dict else total_loss
 
