@@ -102,6 +102,7 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-benchmark>=4",
+            "hypothesis>=6",  # tests/test_fuzz.py
             "pytest-xdist>=3",
             "pytorch-metric-learning>=2.0",
         ],
