@@ -98,20 +98,29 @@ def _compile(source: str, arch: str, extra: tuple = ()) -> tuple[str, str]:
     return verbose, sass
 
 
+def _ptxas_resources(verbose: str) -> dict[str, dict[str, int]]:
+    """Per mangled kernel name, from ``ptxas -v``: registers, spill stores, spill loads, smem (bytes)."""
+    out = {}
+    for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
+        found = {key: re.search(pattern, block) for key, pattern in (
+            ("registers", r"Used (\d+) registers"), ("spill stores", r"(\d+) bytes spill stores"),
+            ("spill loads", r"(\d+) bytes spill loads"), ("smem", r"(\d+) bytes smem"))}
+        out[block.split("'")[0]] = {key: int(m.group(1)) if m else 0 for key, m in found.items()}
+    return out
+
+
+def _sass_functions(sass: str) -> tuple[list[str], list[str]]:
+    """``(mangled names, SASS bodies)`` of cuobjdump's listing, in its order."""
+    parts = re.split(r"\n\s*Function : (\S+)", sass)
+    return parts[1::2], parts[2::2]
+
+
 @functools.cache
 def epilogue_stats(arch: str = ARCH) -> dict[str, EpilogueStats]:
     """Every kernel of ``csrc/epilogue.cu`` compiled for ``sm_{arch}`` as the build compiles it."""
     verbose, sass = _compile("epilogue.cu", arch)
-    resources = {}
-    for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
-        name = block.split("'")[0]
-        regs = re.search(r"Used (\d+) registers", block)
-        spills = re.search(r"(\d+) bytes spill stores", block)
-        smem = re.search(r"(\d+) bytes smem", block)
-        resources[name] = (int(regs.group(1)) if regs else 0, int(spills.group(1)) if spills else 0,
-                           int(smem.group(1)) if smem else 0)
-    parts = re.split(r"\n\s*Function : (\S+)", sass)
-    names, bodies = parts[1::2], parts[2::2]
+    resources = {name: (r["registers"], r["spill stores"], r["smem"]) for name, r in _ptxas_resources(verbose).items()}
+    names, bodies = _sass_functions(sass)
     stats = {}
     for mangled, label, body in zip(names, _demangle(names), bodies):
         instructions = parse_sass(body)
@@ -148,16 +157,9 @@ def fused_stats(arch: str = ARCH) -> dict[str, KernelStats]:
     a large plain batch runs), read as the Triton kernels are (``sass.sass_stats``: the whole
     kernel is one tile, its k-loop the loop holding the HGMMAs)."""
     verbose, sass = _compile("fused_sm90.cu", arch, ("-DCO_FUSED_REPORT_PLAIN=1",))
-    resources = {}
-    for block in re.split(r"ptxas info\s+: Compiling entry function '", verbose)[1:]:
-        name = block.split("'")[0]
-        regs = re.search(r"Used (\d+) registers", block)
-        spills = re.search(r"(\d+) bytes spill stores", block)
-        loads = re.search(r"(\d+) bytes spill loads", block)
-        resources[name] = (int(regs.group(1)) if regs else 0, int(spills.group(1)) if spills else 0,
-                           int(loads.group(1)) if loads else 0)
-    parts = re.split(r"\n\s*Function : (\S+)", sass)
-    names, bodies = parts[1::2], parts[2::2]
+    resources = {name: (r["registers"], r["spill stores"], r["spill loads"])
+                 for name, r in _ptxas_resources(verbose).items()}
+    names, bodies = _sass_functions(sass)
     stats = {}
     for mangled, label, body in zip(names, _demangle(names), bodies):
         if not label.startswith("fused_"):
