@@ -29,6 +29,7 @@ from ..core import (
     Scale,
     as_scale_tensor,
     check_guide_shapes,
+    pair_roles,
     ring_ranks,
     role_schema,
     terms_from_outputs,
@@ -99,6 +100,49 @@ _ROLES = role_schema()
 _N_ROLES = len(ROLE_FIELDS)
 
 
+#: How the triton backend selects the Ring band: ``"bracketed"`` (default: thresholds from a sample, one
+#: counting and one gathering pass over the tiles, the radix search only for the rows they leave) or
+#: ``"radix"`` (the radix search alone); ``CONTRASTIVE_OPS_RING_SELECT`` changes it.
+RING_SELECT_ENV = "CONTRASTIVE_OPS_RING_SELECT"
+
+
+def _ring_select_mode() -> str:
+    mode = os.environ.get(RING_SELECT_ENV, "bracketed")
+    if mode not in ("bracketed", "radix"):
+        raise ValueError(f"{RING_SELECT_ENV} must be 'bracketed' or 'radix', got {mode!r}")
+    return mode
+
+
+def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom):
+    """The bracketed selection's thresholds (``ring_select.sample_thresholds``), estimated from the
+    logits of at most ``ring_select.SAMPLE_COLUMNS`` evenly spread columns (computed by torch: the
+    estimate needs no bit-exactness), in row chunks of at most 4 Mi sampled logits."""
+    ring_select = _kernels()[3]
+    n, mt = tiles.n, tiles.m_total
+    device = tiles.query.device
+    s = max(1, min(mt, ring_select.SAMPLE_COLUMNS))
+    cols = torch.arange(s, device=device) * mt // s
+    sample_cols = tiles.columns[cols].float()
+    if tiles.flags["NORMALIZE"]:
+        sample_cols = sample_cols * tiles.rc[cols][:, None]
+    scale = tiles.scale.float()
+    top, bottom = [], []
+    chunk = max(1, (4 << 20) // s)
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        rows = torch.arange(r0, r1, device=device)
+        q = tiles.query[r0:r1].float()
+        if tiles.flags["NORMALIZE"]:
+            q = q * tiles.rq[r0:r1][:, None]
+        logits = scale * (q @ sample_cols.T)
+        candidate = pair_roles(rows, cols, tiles.m, spec)[1]
+        ordered = torch.where(candidate, logits, float("-inf")).sort(dim=1, descending=True).values
+        top.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_top[r0:r1], ring_select.TOP_THRESHOLDS))
+        bottom.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_bottom[r0:r1],
+                                                    ring_select.BOTTOM_THRESHOLDS))
+    return torch.cat(top, dim=1), torch.cat(bottom, dim=1)
+
+
 def _ring_band_impl(query, keys, extra, scale, *rest):
     """``(v_lo, v_hi)`` fp32 ``[N]``; ``(+inf, -inf)`` for a row whose ring is empty."""
     roles, (outer, inner, config) = rest[:_N_ROLES], rest[_N_ROLES:]
@@ -108,12 +152,22 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
                    pairwise_sigmoid=False)
     tiles = _problem(query, keys, extra, scale, None, None, None, spec)
     cfg = _config(tiles, config)
-    count = ring_select.candidate_counts(tiles, cfg)
-    lo, hi = ring_ranks(count.to(torch.int64), outer, inner)
+    count = ring_select.candidate_counts(tiles, cfg).to(torch.int64)
+    lo, hi = ring_ranks(count, outer, inner)
     nonempty = hi > lo
-    rank_top = torch.where(nonempty, lo, 0).to(torch.int32)
-    rank_bottom = torch.where(nonempty, hi - 1, 0).to(torch.int32)
-    v_lo, v_hi = ring_select.ring_band(tiles, cfg, rank_top, rank_bottom)
+    rank_top = torch.where(nonempty, lo, 0)
+    rank_bottom = torch.where(nonempty, hi - 1, 0)
+    if _ring_select_mode() == "bracketed":
+        thresholds = _ring_sample_thresholds(tiles, spec, count, rank_top, rank_bottom)
+        fast_lo, fast_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, rank_top,
+                                                                     rank_bottom)
+        # the radix search for the rows left over (rank -1: skipped; a row block of such rows does no pass)
+        left = nonempty & ~resolved
+        v_lo, v_hi = ring_select.ring_band(tiles, cfg, torch.where(left, rank_top, -1).to(torch.int32),
+                                           torch.where(left, rank_bottom, -1).to(torch.int32))
+        v_lo, v_hi = torch.where(left, v_lo, fast_lo), torch.where(left, v_hi, fast_hi)
+    else:
+        v_lo, v_hi = ring_select.ring_band(tiles, cfg, rank_top.to(torch.int32), rank_bottom.to(torch.int32))
     inf = torch.full_like(v_lo, float("inf"))
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
