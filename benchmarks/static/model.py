@@ -139,6 +139,7 @@ class Launch:
     note: str = ""
 
     gemms: tuple = ()  # a library call's products as (m, n, k, count, output bytes per element, accumulate)
+    alu_ops: float = 0.0  # a library call's integer/compare thread-instructions (e.g. a sort's), at 64 per clock per SM
 
     def model(self, device: Device, dtype: str) -> dict:
         """Modeled milliseconds (see the module's docstring): a tile kernel's waves of tile rounds or
@@ -154,6 +155,10 @@ class Launch:
             elif self.flops:
                 parts["mma_ms"] = self.flops / device.mma_flops[dtype] * 1e3
             compute_ms, bound = parts["mma_ms"], "mma"
+            if self.alu_ops:
+                parts["issue_ms"] = self.alu_ops / (device.sms * ALU_RESULTS_PER_CLOCK * device.clock_hz) * 1e3
+                if parts["issue_ms"] > compute_ms:
+                    compute_ms, bound = parts["issue_ms"], "issue"
         else:
             v = self.variant
             ctas = max(1, v.ctas_per_sm(device))
@@ -176,6 +181,19 @@ class Launch:
         if mem_ms >= compute_ms:
             compute_ms, bound = mem_ms, "memory"
         return {**parts, "refill_ms": refill_ms, "modeled_ms": compute_ms + refill_ms, "bound": bound}
+
+
+#: integer, compare and min/max results per clock per SM on sm_90 (the programming guide's table, as
+#: :data:`.sass.SM90_RESULTS_PER_CLOCK` has them): what a library sort is charged per instruction
+ALU_RESULTS_PER_CLOCK = 64
+
+
+def sort_alu_ops(rows: int, length: int) -> float:
+    """Thread-instructions of sorting ``rows`` rows of ``length`` keys each by a bitonic network in shared
+    memory (torch's sort of short rows): ``log2(L)·(log2(L)+1)/2`` compare-exchange stages over ``L/2``
+    pairs, each pair a compare, two selects and its shared-memory load and store (5, assumed)."""
+    stages = math.ceil(math.log2(max(2, length)))
+    return rows * (length / 2) * stages * (stages + 1) / 2 * 5.0
 
 
 #: tiles a library GEMM may take (the large ones of the "typical tile dimensions in cuBLAS", NVIDIA's

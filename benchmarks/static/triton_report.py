@@ -28,6 +28,7 @@ from .model import (
     Workload,
     cdiv,
     fmt,
+    sort_alu_ops,
     workload,
 )
 from .sass import parse_sass, sass_stats, tool
@@ -41,7 +42,7 @@ DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # the flat (ungrouped) arguments of the normalization kernels; the core's kernels take their arguments in
 # the groups of ``kernels.problem.GROUPS``, typed from that table
 FLAT_TYPES = {"X": "F", "DX": "F", "G": "*fp32", "R": "*fp32", "N": "i32", "D": "i32", "stride_x": "i32",
-              "stride_g": "i32", "stride_dx": "i32"}
+              "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +258,66 @@ def row_products_used(w: Workload) -> bool:
     return hasattr(cfg, "row_grad_supported") and cfg.row_grad_supported(dict(w.flags), w.d)
 
 
+def ring_select_mode() -> str:
+    """The triton backend's Ring selection as shipped: ``"bracketed"`` (sample thresholds, a counting and
+    a gathering pass) where the kernels have it, else ``"radix"``."""
+    from contrastive_ops.kernels import ring_select
+
+    if not hasattr(ring_select, "ring_band_bracketed"):
+        return "radix"
+    from contrastive_ops.backends.triton import _ring_select_mode
+
+    return _ring_select_mode()
+
+
+def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> list[Launch]:
+    """The Ring selection's launches (``mode``: ``"bracketed"`` or ``"radix"``, default as shipped).
+
+    Bracketed (``kernels.ring_select.ring_band_bracketed``): the logits of ``SAMPLE_COLUMNS`` columns by
+    ``torch.mm`` and sorted per row, one counting pass at the sample's thresholds and one gathering
+    pass over the tiles, the gathered slots sorted per row. The radix search then runs only for rows
+    whose bracket overflowed its slots, charged here as none: the modeled time assumes every row
+    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back; rows with
+    many candidates tied at a band boundary, or a sample far off the row's distribution, add up to
+    one radix search of their row blocks)."""
+    from contrastive_ops.kernels import ring_select as rs
+
+    mode = mode or ring_select_mode()
+    item = ITEMSIZE[w.dtype]
+    n, mt, d = w.n, w.m_total, w.d
+    inputs = (n + mt) * d * item
+    ks_f = cdiv(d, f.block_d_for(d))
+    row_blocks = cdiv(n, f.block_m)
+    col_tiles = cdiv(mt, f.block_n)
+    module = "contrastive_ops.kernels.ring_select"
+    if mode == "radix":
+        passes = 32 // w.ring_radix_bits
+        stats = _stats(module, "_ring_select_kernel", w, f, {"RADIX_BITS": w.ring_radix_bits})
+        slots = device.sms * max(1, stats.ctas_per_sm(device))
+        return [Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
+                       2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
+                       note=f"{passes} radix passes, each recomputing every tile")]
+    s = min(mt, rs.SAMPLE_COLUMNS)
+    t = rs.TOP_THRESHOLDS + rs.BOTTOM_THRESHOLDS
+    k = rs.GATHER_SLOTS
+    out = [Launch(f"ring sample: {s} columns' logits (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
+                  2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
+                  gemms=((n, s, d, 1, 4, False),), note="estimates only: the thresholds")]
+    count = _stats(module, "_ring_count_at_kernel", w, f, {"T": t, "T_POW2": 1 << (t - 1).bit_length()})
+    slots = device.sms * max(1, count.ctas_per_sm(device))
+    out.append(Launch("ring count at thresholds", count, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
+                      inputs * cdiv(row_blocks, slots) + 2 * t * n * 4,
+                      note=f"pass 1 of 2 over the tiles: {rs.TOP_THRESHOLDS} + {rs.BOTTOM_THRESHOLDS} thresholds"))
+    gather = _stats(module, "_ring_gather_kernel", w, f, {"SLOTS": k})
+    slots = device.sms * max(1, gather.ctas_per_sm(device))
+    out.append(Launch("ring gather brackets", gather, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
+                      inputs * cdiv(row_blocks, slots) + n * k * 4 * 2,
+                      note=f"pass 2 of 2 over the tiles: {k} slots per row"))
+    out.append(Launch(f"ring: gathered slots sorted per row (torch.sort, {n}×{k})", None, 0, 0, 1, 0.0,
+                      n * k * 4 * 3, alu_ops=sort_alu_ops(n, k)))
+    return out
+
+
 def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
     """The launches of one forward + backward of ``w`` on the current kernels, tiles as configured."""
     from contrastive_ops.kernels import contrastive_bwd as bwd
@@ -272,13 +333,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     if w.switch("NORMALIZE"):
         out.append(Launch("inverse norms", None, 0, 0, 1, 0.0, inputs, note="torch-free Triton row pass"))
     if w.ring_radix_bits:
-        passes = 32 // w.ring_radix_bits
-        stats = _stats("contrastive_ops.kernels.ring_select", "_ring_select_kernel", w, f,
-                       {"RADIX_BITS": w.ring_radix_bits})
-        slots = device.sms * max(1, stats.ctas_per_sm(device))
-        out.append(Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
-                          2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
-                          note=f"{passes} radix passes, each recomputing every tile"))
+        out.extend(ring_launches(w, f, device))
     # forward: persistent programs; symmetric losses own [P, M] column partials; row-only losses with
     # one positive per row also form the rows' gradient products (an online softmax times Ĉ)
     row_products = row_products_used(w)
