@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 from contrastive_ops.kernels import config as _tile_config  # imports no Triton
 
+from .core import EXCHANGES
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -213,6 +215,15 @@ def check_backend(backend) -> str:
     return backend
 
 
+def check_exchange(exchange) -> str:
+    """``"auto"``, ``"gather"`` or ``"ring"`` (how the ranks of a process group exchange their rows)."""
+    if not isinstance(exchange, str):
+        raise TypeError(f"exchange must be a string, got {_describe(exchange)}")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
+    return exchange
+
+
 def check_process_group(group):
     """None, or a ``torch.distributed.ProcessGroup`` (``torch.distributed.group.WORLD``, ``new_group(...)``).
 
@@ -235,9 +246,10 @@ def check_environment() -> None:
     _tile_config.pinned_config()
 
 
-def check_call(reduction, backend, process_group) -> None:
+def check_call(reduction, backend, process_group, exchange="auto") -> None:
     """The arguments every loss call shares (and the environment settings), before any work."""
     check_reduction(reduction)
     check_backend(backend)
     check_process_group(process_group)
+    check_exchange(exchange)
     check_environment()

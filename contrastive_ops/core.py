@@ -48,6 +48,9 @@ import torch
 
 Scale = Union[float, torch.Tensor]
 
+#: How the ranks of a process group see each other's rows (``contrastive_ops.exchange``).
+EXCHANGES = ("auto", "gather", "ring")
+
 
 #: The loss options as every backend's ops take them, in this order: ``(name, torch schema type)``.
 #: The one list of them: :meth:`RoleSpec.flat` / :meth:`RoleSpec.from_flat` convert, :func:`role_schema`

@@ -11,12 +11,18 @@ Common keyword arguments:
 * ``reduction`` — ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-anchor losses, shapes below).
 * ``backend`` — ``"auto"`` (default: a fused backend on CUDA when one can run, else ``"chunked"``),
   ``"naive"``, ``"chunked"``, ``"triton"`` or ``"cuda"``.
-* ``process_group`` — ``None`` (single process) or a ``torch.distributed`` group: every rank's
-  candidates (and, for symmetric losses, anchors) are gathered with their gradients, so each local
-  anchor sees the global negatives. With ``reduction="mean"`` the ranks' losses average to the
+* ``process_group`` — ``None`` (single process) or a ``torch.distributed`` group: each local anchor
+  sees every rank's candidates (and, for symmetric losses, the reverse direction every rank's
+  anchors), with their gradients. With ``reduction="mean"`` the ranks' losses average to the
   single-process loss on the concatenated batch (rank order), and each rank's gradients divided by
   the world size (DDP's averaging) equal the single-process gradients of its slice;
-  ``"none"``/``"sum"`` give this rank's anchors' losses. All ranks pass the same batch size.
+  ``"none"``/``"sum"`` give this rank's anchors' losses.
+* ``exchange`` — how the ranks see each other's rows (see :mod:`contrastive_ops.exchange`):
+  ``"gather"`` (all-gather with gradients; per-rank memory grows with the world size; every rank
+  passes the same batch size), ``"ring"`` (blocks passed around the ranks, the next transfer
+  overlapped with the current block's tiles; per-rank memory independent of the world size; uneven
+  batch sizes allowed) or ``"auto"`` (default: :func:`contrastive_ops.exchange.choose`). Ignored
+  without a ``process_group``.
 
 False-negative masking (``labels`` of :func:`info_nce`, :func:`clip_loss`, :func:`ring_info_nce`):
 a candidate that shares the anchor's label but is not its own positive is left out of the
@@ -36,8 +42,10 @@ import torch
 
 from . import _checks as C
 from . import distributed as dist_
+from . import exchange as exchange_
 from .backends import compute_terms
 from .core import ContrastiveTerms, RoleSpec, accumulation_dtype, normalize_rows
+from .exchange import Block, SpecFn, View, own_index
 
 __all__ = ["clip_loss", "dcl_loss", "debiased_nce", "gist_loss", "hard_negative_nce", "info_nce", "nt_xent",
            "ring_info_nce", "siglip_loss", "supcon_loss"]
@@ -78,6 +86,45 @@ def _reduce(per_anchor: torch.Tensor, reduction: str, count: torch.Tensor | None
     return per_anchor.sum() / count.clamp(min=1).to(per_anchor.dtype)
 
 
+def _row_terms(rows, block: Block, extra, scale, spec_fn: SpecFn, backend: str, group, exchange: str, *,
+               bias=None, gather=None, sizes=None) -> ContrastiveTerms:
+    """The core's row terms of this rank's ``rows`` against every rank's ``block`` of columns plus the
+    local ``extra`` columns: one call without a group; with one, by the ``exchange`` (``"gather"`` or
+    ``"ring"``). ``spec_fn(view)`` builds the roles of a call from its columns' :class:`View`.
+    ``gather = (gather_fn, rank)`` replaces the package's all-gather (a peer's own, for compat classes)."""
+    bias_kw = {} if bias is None else {"bias": bias}
+    if group is None and gather is None:
+        view = View(block.labels, block.guides, 0, extra is not None)
+        return compute_terms(rows, block.features, extra, scale, spec_fn(view), backend, **bias_kw)
+    if exchange == "ring":
+        return exchange_.ring_row_terms(rows, block, extra, scale, spec_fn, backend, group, bias=bias, sizes=sizes)
+    if gather is None:
+        gather = (lambda x: dist_.gather_rows(x, group), dist_.world(group)[0])
+    gather_fn, rank = gather
+    features = gather_fn(block.features)
+    no_grad = gather_fn if group is None else (lambda x: dist_.gather_rows(x, group, with_grad=False))
+    labels, guides = (None if x is None else no_grad(x) for x in (block.labels, block.guides))
+    view = View(labels, guides, rank * block.features.shape[0], extra is not None)
+    return compute_terms(rows, features, extra, scale, spec_fn(view), backend, **bias_kw)
+
+
+def _exchange(exchange: str, group, block_rows: int, ref: torch.Tensor, ring_possible: bool = True):
+    """``(concrete exchange, every rank's block size or None)`` of a call (nothing without a group)."""
+    if group is None:
+        return "gather", None
+    return exchange_.resolve(exchange, group, block_rows, ref.shape[1], ref, ring_possible)
+
+
+def _reduce_ranks(per_anchor: torch.Tensor, reduction: str, group, sizes) -> torch.Tensor:
+    """:func:`_reduce`, except that with a group and uneven batch sizes the mean is this rank's share of
+    the global mean times the world size (so that the ranks' losses still average to it)."""
+    if reduction != "mean" or group is None or sizes is None or len(set(sizes)) == 1:
+        return _reduce(per_anchor, reduction)
+    _, size = dist_.world(group)
+    total = dist_.all_reduce_sum(torch.tensor(per_anchor.shape[0], device=per_anchor.device), group)
+    return per_anchor.sum() * size / total.to(per_anchor.dtype)
+
+
 def _two_views(z1, z2, normalize, reduction):
     C.check_features("z1", z1)
     C.check_features("z2", z2)
@@ -87,31 +134,30 @@ def _two_views(z1, z2, normalize, reduction):
     C.check_reduction(reduction)
 
 
-def _two_view_terms(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
-                    hard_beta=None) -> ContrastiveTerms:
-    """The core's terms of the rows ``[z1; z2]`` against the columns ``[Z1; Z2]``, where ``Zk`` is
-    ``zk`` gathered over the group (``zk`` itself without one). The positive of a view is the other
-    view of its sample; a view never contrasts with itself."""
+def _two_view_terms(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group, exchange: str,
+                    hard_beta=None) -> tuple[ContrastiveTerms, list[int] | None]:
+    """The core's terms of the rows ``[z1; z2]`` against every rank's ``[z1; z2]``, and the ranks' block
+    sizes when known. The positive of a view is the other view of its sample; a view never contrasts
+    with itself."""
     n = z1.shape[0]
     rows = torch.cat([z1, z2], dim=0)
-    if group is None:
-        cols, total, start = rows, n, 0
-    else:
-        cols_1, cols_2 = dist_.gather_rows(z1, group), dist_.gather_rows(z2, group)
-        cols, total, start = torch.cat([cols_1, cols_2], dim=0), cols_1.shape[0], dist_.offset(n, group)
-    local = torch.arange(n, device=z1.device) + start  # global sample index of each local row
-    self_index = torch.cat([local, local + total])
-    pos_index = torch.cat([local + total, local])
-    spec = RoleSpec(pos_index=pos_index, self_index=self_index, decoupled=decoupled, normalize=normalize,
-                    hard_beta=hard_beta)
-    return compute_terms(rows, cols, None, scale, spec, backend)
+    local = torch.arange(n, device=z1.device)
+    pos_local, self_local = torch.cat([local + n, local]), torch.arange(2 * n, device=z1.device)
+
+    def spec(view: View) -> RoleSpec:
+        return RoleSpec(pos_index=own_index(view, pos_local), self_index=own_index(view, self_local),
+                        decoupled=decoupled, normalize=normalize, hard_beta=hard_beta)
+
+    exchange, sizes = _exchange(exchange, group, 2 * n, z1)
+    return _row_terms(rows, Block(rows), None, scale, spec, backend, group, exchange, sizes=sizes), sizes
 
 
-def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group,
-                   pos_weight=None) -> torch.Tensor:
-    """Per-view losses ``lse - w·pos`` of :func:`_two_view_terms`."""
-    terms = _two_view_terms(z1, z2, scale, decoupled=decoupled, normalize=normalize, backend=backend, group=group)
-    return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, pos_weight)
+def _two_view_rows(z1, z2, scale, *, decoupled: bool, normalize: bool, backend: str, group, exchange: str,
+                   pos_weight=None) -> tuple[torch.Tensor, list[int] | None]:
+    """Per-view losses ``lse - w·pos`` of :func:`_two_view_terms`, and the block sizes."""
+    terms, sizes = _two_view_terms(z1, z2, scale, decoupled=decoupled, normalize=normalize, backend=backend,
+                                   group=group, exchange=exchange)
+    return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count, pos_weight), sizes
 
 
 def _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction) -> float:
@@ -143,6 +189,7 @@ def info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
     labels: torch.Tensor | None = None,
     query_labels: torch.Tensor | None = None,
     key_labels: torch.Tensor | None = None,
@@ -175,7 +222,7 @@ def info_nce(
     """
     t = _check_query_key(query, key, negatives, temperature, in_batch_negatives, normalize, reduction)
     C.check_bool("symmetric", symmetric)
-    C.check_call(reduction, backend, process_group)
+    C.check_call(reduction, backend, process_group, exchange)
     if symmetric and not in_batch_negatives:
         raise ValueError(
             "symmetric=True needs in_batch_negatives=True: the key→query direction has only the in-batch queries as negatives"
@@ -184,7 +231,7 @@ def info_nce(
     row_labels, col_labels = _check_label_pair(labels, query_labels, key_labels, n, query)
     if process_group is not None:
         return _info_nce_distributed(query, key, negatives, 1.0 / t, in_batch_negatives, symmetric, normalize,
-                                     reduction, backend, process_group, query_labels=row_labels,
+                                     reduction, backend, process_group, exchange=exchange, query_labels=row_labels,
                                      key_labels=col_labels)
     spec = RoleSpec(
         pos_index=torch.arange(n, device=query.device),
@@ -202,32 +249,33 @@ def info_nce(
     return _reduce(loss, reduction)
 
 
-def _rows_against(anchors, candidates, extra, scale, spec: RoleSpec, backend: str) -> torch.Tensor:
-    terms = compute_terms(anchors, candidates, extra, scale, spec, backend)
-    return _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
-
-
-def _gather_labels(labels, group):
-    return None if labels is None else dist_.gather_rows(labels, group, with_grad=False)
-
-
 def _info_nce_distributed(query, key, negatives, scale, in_batch_negatives, symmetric, normalize, reduction,
-                          backend, group, *, gather=None, query_labels=None, key_labels=None):
-    """Local anchors against every rank's keys (and, if symmetric, local keys against every
-    rank's queries: the reverse direction as rows of a second pass). Labels, if any, are gathered
-    with the rows they label."""
-    gather = gather or (lambda x: dist_.gather_rows(x, group))
+                          backend, group, *, exchange="auto", gather=None, query_labels=None, key_labels=None):
+    """Local anchors against every rank's keys (and, if symmetric, local keys against every rank's
+    queries: the reverse direction as rows of a second pass). Labels, if any, travel with the rows
+    they label. ``gather``: a caller's all-gather of rows (open_clip's ``gather_with_grad`` choices),
+    used instead of the package's."""
     n = query.shape[0]
-    pos = torch.arange(n, device=query.device) + dist_.offset(n, group)
-    spec = RoleSpec(pos_index=pos, row_labels=query_labels, col_labels=_gather_labels(key_labels, group),
-                    key_negatives=in_batch_negatives, normalize=normalize)
-    loss = _rows_against(query, gather(key), negatives, scale, spec, backend)
+    local = torch.arange(n, device=query.device)
+    exchange, sizes = _exchange(exchange, group, n, query)
+    hook = None if gather is None else (gather, dist_.world(group)[0])
+
+    def forward_spec(view: View) -> RoleSpec:
+        return RoleSpec(pos_index=own_index(view, local), row_labels=query_labels, col_labels=view.labels,
+                        key_negatives=in_batch_negatives, normalize=normalize)
+
+    terms = _row_terms(query, Block(key, key_labels), negatives, scale, forward_spec, backend, group, exchange,
+                       gather=hook, sizes=sizes)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     if symmetric:
-        reverse_spec = RoleSpec(pos_index=pos, row_labels=key_labels, col_labels=_gather_labels(query_labels, group),
-                                normalize=normalize)
-        all_queries = gather(query)
-        loss = 0.5 * (loss + _rows_against(key, all_queries, None, scale, reverse_spec, backend))
-    return _reduce(loss, reduction)
+        def reverse_spec(view: View) -> RoleSpec:
+            return RoleSpec(pos_index=own_index(view, local), row_labels=key_labels, col_labels=view.labels,
+                            normalize=normalize)
+
+        rev = _row_terms(key, Block(query, query_labels), None, scale, reverse_spec, backend, group, exchange,
+                         gather=hook, sizes=sizes)
+        loss = 0.5 * (loss + _anchor_loss(rev.row_lse, rev.row_pos, rev.row_den_count, rev.row_pos_count))
+    return _reduce_ranks(loss, reduction, group, sizes)
 
 
 def nt_xent(
@@ -239,6 +287,7 @@ def nt_xent(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """NT-Xent (SimCLR): each of the 2N views against the other 2N-1, the other view positive.
 
@@ -254,9 +303,10 @@ def nt_xent(
     """
     _two_views(z1, z2, normalize, reduction)
     t = C.check_temperature(temperature, ref=z1)
-    C.check_call(reduction, backend, process_group)
-    loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=False, normalize=normalize, backend=backend, group=process_group)
-    return _reduce(loss, reduction)
+    C.check_call(reduction, backend, process_group, exchange)
+    loss, sizes = _two_view_rows(z1, z2, 1.0 / t, decoupled=False, normalize=normalize, backend=backend,
+                                 group=process_group, exchange=exchange)
+    return _reduce_ranks(loss, reduction, process_group, sizes)
 
 
 def dcl_loss(
@@ -269,6 +319,7 @@ def dcl_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """Decoupled contrastive loss (Yeh et al.): NT-Xent with the positive left out of the denominator.
 
@@ -286,15 +337,15 @@ def dcl_loss(
     t = C.check_temperature(temperature, ref=z1)
     if weight_fn is not None and not callable(weight_fn):
         raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
-    C.check_call(reduction, backend, process_group)
+    C.check_call(reduction, backend, process_group, exchange)
     n = z1.shape[0]
     weights = None
     if weight_fn is not None:
         a, b = (normalize_rows(z1), normalize_rows(z2)) if normalize else (z1, z2)
         weights = torch.cat([_check_weights(weight_fn(a, b), n, z1), _check_weights(weight_fn(b, a), n, z1)])
-    loss = _two_view_rows(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
-                          group=process_group, pos_weight=weights)
-    return _reduce(loss, reduction)
+    loss, sizes = _two_view_rows(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
+                                 group=process_group, exchange=exchange, pos_weight=weights)
+    return _reduce_ranks(loss, reduction, process_group, sizes)
 
 
 def _check_weights(w, n: int, ref: torch.Tensor) -> torch.Tensor:
@@ -333,6 +384,7 @@ def clip_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's symmetric cross-entropy (open_clip ``ClipLoss``), pair ``i`` positive.
@@ -354,10 +406,11 @@ def clip_loss(
     n = image_features.shape[0]
     if labels is not None:
         C.check_labels("labels", labels, n, image_features)
-    C.check_call(reduction, backend, process_group)
+    C.check_call(reduction, backend, process_group, exchange)
     if process_group is not None:
         return _info_nce_distributed(image_features, text_features, None, scale, True, True, normalize, reduction,
-                                     backend, process_group, query_labels=labels, key_labels=labels)
+                                     backend, process_group, exchange=exchange, query_labels=labels,
+                                     key_labels=labels)
     spec = RoleSpec(pos_index=torch.arange(n, device=image_features.device), row_labels=labels, col_labels=labels,
                     column_terms=True, normalize=normalize)
     terms = compute_terms(image_features, text_features, None, scale, spec, backend)
@@ -375,6 +428,7 @@ def supcon_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., the "L_out" form; pytorch-metric-learning).
 
@@ -392,15 +446,17 @@ def supcon_loss(
     C.check_labels("labels", labels, features.shape[0], features)
     t = C.check_temperature(temperature, ref=features)
     C.check_bool("normalize", normalize)
-    C.check_call(reduction, backend, process_group)
+    C.check_call(reduction, backend, process_group, exchange)
     n = features.shape[0]
-    candidates, candidate_labels = features, labels
-    if process_group is not None:
-        candidates = dist_.gather_rows(features, process_group)
-        candidate_labels = dist_.gather_rows(labels, process_group, with_grad=False)
-    self_index = torch.arange(n, device=features.device) + dist_.offset(n, process_group)
-    spec = RoleSpec(row_labels=labels, col_labels=candidate_labels, self_index=self_index, normalize=normalize)
-    terms = compute_terms(features, candidates, None, 1.0 / t, spec, backend)
+    local = torch.arange(n, device=features.device)
+
+    def spec(view: View) -> RoleSpec:
+        return RoleSpec(row_labels=labels, col_labels=view.labels, self_index=own_index(view, local),
+                        normalize=normalize)
+
+    exchange, sizes = _exchange(exchange, process_group, n, features)
+    terms = _row_terms(features, Block(features, labels), None, 1.0 / t, spec, backend, process_group, exchange,
+                       sizes=sizes)
     loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
     count = (terms.row_pos_count > 0).sum()
     if process_group is not None and reduction == "mean":
@@ -423,6 +479,7 @@ def ring_info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
     labels: torch.Tensor | None = None,
     query_labels: torch.Tensor | None = None,
     key_labels: torch.Tensor | None = None,
@@ -441,6 +498,8 @@ def ring_info_nce(
         outer, inner: fractions in ``[0, 1]`` (a schedule usually anneals ``outer`` from 1.0).
         labels, query_labels, key_labels: false-negative masking as in :func:`info_nce`; the masked
             keys are not candidates, so ``M_i`` counts the candidates left after masking.
+        exchange: ``"gather"`` or ``"auto"`` (which gathers): the band is a rank selection over every
+            rank's candidates of a row, made exactly on the gathered logits; ``"ring"`` raises.
     Returns:
         a scalar (mean over all N queries), or ``[N]`` with ``reduction="none"``.
     """
@@ -449,10 +508,13 @@ def ring_info_nce(
     inner = C.check_fraction("inner", inner)
     n = query.shape[0]
     row_labels, col_labels = _check_label_pair(labels, query_labels, key_labels, n, query)
-    C.check_call(reduction, backend, process_group)
+    C.check_call(reduction, backend, process_group, exchange)
+    if exchange == "ring" and process_group is not None:
+        raise ValueError("exchange='ring' is not available for ring_info_nce: its band is a rank selection over "
+                         "every rank's candidates of a row, made on the gathered logits; use exchange='gather'")
     keys = key if process_group is None else dist_.gather_rows(key, process_group)
-    if process_group is not None:
-        col_labels = _gather_labels(col_labels, process_group)
+    if process_group is not None and col_labels is not None:
+        col_labels = dist_.gather_rows(col_labels, process_group, with_grad=False)
     spec = RoleSpec(
         pos_index=torch.arange(n, device=query.device) + dist_.offset(n, process_group),
         row_labels=row_labels,
@@ -461,7 +523,9 @@ def ring_info_nce(
         ring=(outer, inner),
         normalize=normalize,
     )
-    return _reduce(_rows_against(query, keys, negatives, 1.0 / t, spec, backend), reduction)
+    terms = compute_terms(query, keys, negatives, 1.0 / t, spec, backend)
+    loss = _anchor_loss(terms.row_lse, terms.row_pos, terms.row_den_count, terms.row_pos_count)
+    return _reduce(loss, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +585,7 @@ def hard_negative_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """Hard-negative contrastive loss (Robinson et al. 2021), as their reference code's ``criterion``.
 
@@ -547,10 +612,10 @@ def hard_negative_nce(
     t = C.check_temperature(temperature, ref=z1)
     b = C.check_beta(beta)
     tp = C.check_tau_plus(tau_plus)
-    C.check_call(reduction, backend, process_group)
-    terms = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
-                            group=process_group, hard_beta=b)
-    return _reduce(_hard_negative_rows(terms, t, tp), reduction)
+    C.check_call(reduction, backend, process_group, exchange)
+    terms, sizes = _two_view_terms(z1, z2, 1.0 / t, decoupled=True, normalize=normalize, backend=backend,
+                                   group=process_group, exchange=exchange, hard_beta=b)
+    return _reduce_ranks(_hard_negative_rows(terms, t, tp), reduction, process_group, sizes)
 
 
 def debiased_nce(
@@ -563,6 +628,7 @@ def debiased_nce(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """Debiased contrastive loss (Chuang et al. 2020): :func:`hard_negative_nce` with ``β = 0``.
 
@@ -571,7 +637,7 @@ def debiased_nce(
     :func:`hard_negative_nce`.
     """
     return hard_negative_nce(z1, z2, temperature=temperature, beta=0.0, tau_plus=tau_plus, normalize=normalize,
-                             reduction=reduction, backend=backend, process_group=process_group)
+                             reduction=reduction, backend=backend, process_group=process_group, exchange=exchange)
 
 
 def check_siglip_arguments(image_features, text_features, logit_scale, logit_bias, normalize, reduction):
@@ -591,6 +657,7 @@ def siglip_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023; open_clip ``SigLipLoss``).
 
@@ -604,24 +671,26 @@ def siglip_loss(
         logit_scale: the multiplier itself (already exponentiated, as open_clip passes it): a float
             > 0 or a one-element tensor, which receives a gradient.
         logit_bias: a float, a one-element tensor (receives a gradient) or None (no bias).
-        process_group: every rank's texts are gathered (with gradients): this rank's images against
-            all texts, only the own pair positive — open_clip's multi-rank loss; the mean divides by
-            the local N, so the ranks' losses average to the single-process loss.
+        process_group: this rank's images against every rank's texts (with gradients), only the own
+            pair positive — open_clip's multi-rank loss; the mean divides by the local N, so the ranks'
+            losses average to the single-process loss. With ``exchange="ring"`` the texts travel
+            around the ranks as open_clip's neighbour exchange, fused with the tiles.
     Returns:
         a scalar (``mean``: the sum over all pairs divided by N, as open_clip; ``sum``: the sum over
         all pairs), or ``[N]`` per-image sums over the row's pairs with ``reduction="none"``.
     """
     scale, bias = check_siglip_arguments(image_features, text_features, logit_scale, logit_bias, normalize,
                                          reduction)
-    C.check_call(reduction, backend, process_group)
-    n = image_features.shape[0]
-    texts = text_features
-    if process_group is not None:
-        texts = dist_.gather_rows(text_features, process_group)
-    pos = torch.arange(n, device=image_features.device) + dist_.offset(n, process_group)
-    spec = RoleSpec(pos_index=pos, pairwise_sigmoid=True, normalize=normalize)
-    terms = compute_terms(image_features, texts, None, scale, spec, backend, bias=bias)
-    return _reduce(terms.row_pair_loss, reduction)
+    C.check_call(reduction, backend, process_group, exchange)
+    local = torch.arange(image_features.shape[0], device=image_features.device)
+
+    def spec(view: View) -> RoleSpec:
+        return RoleSpec(pos_index=own_index(view, local), pairwise_sigmoid=True, normalize=normalize)
+
+    exchange, sizes = _exchange(exchange, process_group, text_features.shape[0], image_features)
+    terms = _row_terms(image_features, Block(text_features), None, scale, spec, backend, process_group, exchange,
+                       bias=bias, sizes=sizes)
+    return _reduce_ranks(terms.row_pair_loss, reduction, process_group, sizes)
 
 
 def _unit_guide(x: torch.Tensor) -> torch.Tensor:
@@ -644,6 +713,7 @@ def gist_loss(
     reduction: str = "mean",
     backend: str = "auto",
     process_group=None,
+    exchange: str = "auto",
 ) -> torch.Tensor:
     """GISTEmbed (Solatorio 2024): InfoNCE whose in-batch negatives a guide model filters.
 
@@ -663,32 +733,29 @@ def gist_loss(
             ``[B, G]`` / ``[R, G]``, any floating dtype (no gradient flows to them).
         temperature: finite, > 0, or a one-element tensor (learnable).
         margin_strategy: ``"absolute"`` or ``"relative"``; margin: a finite real.
-        process_group: positives and negatives (and their guides) are gathered from every rank with
+        process_group: every rank's positives and negatives (and their guides) are candidates, with
             their gradients; anchors contrast with this rank's anchors only (as the peer).
     Returns:
         a scalar, or ``[B]`` per-anchor losses with ``reduction="none"``.
     """
     t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
                     margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
-    C.check_call(reduction, backend, process_group)
-    gather = None
-    if process_group is not None:
-        gather = (lambda x: dist_.gather_rows(x, process_group), dist_.offset(anchor.shape[0], process_group))
+    C.check_call(reduction, backend, process_group, exchange)
     return _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy,
-                      margin, contrast_anchors, contrast_positives, reduction, backend, gather)
+                      margin, contrast_anchors, contrast_positives, reduction, backend, process_group, exchange, None)
 
 
 def _gist_loss(anchor, positive, negative=None, *, anchor_guide, positive_guide, negative_guide=None,
                temperature=0.01, margin_strategy="absolute", margin=0.0, contrast_anchors=True,
                contrast_positives=True, reduction="mean", backend="auto", gather=None):
-    """:func:`gist_loss` (the same checks) with a gather of the caller's: ``gather = (gather_fn, offset)``,
-    ``gather_fn(x)`` every rank's rows of ``x`` with their gradients and ``offset`` this rank's first
-    anchor among them (sentence-transformers' own helpers, for its compat classes); None: no gather."""
+    """:func:`gist_loss` (the same checks) with a gather of the caller's: ``gather = (gather_fn, rank)``,
+    ``gather_fn(x)`` every rank's rows of ``x`` with their gradients in rank order and ``rank`` this
+    rank's place among them (sentence-transformers' own helpers, for its compat classes); None: no gather."""
     t = _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
                     margin_strategy, margin, contrast_anchors, contrast_positives, reduction)
     C.check_call(reduction, backend, None)
     return _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy,
-                      margin, contrast_anchors, contrast_positives, reduction, backend, gather)
+                      margin, contrast_anchors, contrast_positives, reduction, backend, None, "gather", gather)
 
 
 def _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, temperature,
@@ -731,32 +798,37 @@ def _check_gist(anchor, positive, negative, anchor_guide, positive_guide, negati
 
 
 def _gist_rows(anchor, positive, negative, anchor_guide, positive_guide, negative_guide, t, margin_strategy, margin,
-               contrast_anchors, contrast_positives, reduction, backend, gather):
-    """GISTEmbed's per-anchor losses as two core calls: anchors against ``[positives; anchors; negatives]``
-    and each anchor's own positive against the positives, both under the anchor's guide limit."""
+               contrast_anchors, contrast_positives, reduction, backend, group, exchange, gather):
+    """GISTEmbed's per-anchor losses as two sets of row terms: anchors against every rank's
+    ``[positives; negatives]`` plus this rank's anchors, and each anchor's own positive against every
+    rank's positives, both under the anchor's guide limit."""
     batch = anchor.shape[0]
-    gather_fn, offset = gather if gather is not None else ((lambda x: x), 0)
-    positives, positive_guides = gather_fn(positive), gather_fn(_unit_guide(positive_guide))
-    local = torch.arange(batch, device=anchor.device) + offset
-    unit_anchor_guide = _unit_guide(anchor_guide)
-    own_guide = (unit_anchor_guide * positive_guides[local]).sum(dim=1)  # the guide's g_i
+    local = torch.arange(batch, device=anchor.device)
+    unit_anchor_guide, unit_positive_guide = _unit_guide(anchor_guide), _unit_guide(positive_guide)
+    own_guide = (unit_anchor_guide * unit_positive_guide).sum(dim=1)  # the guide's g_i
     limit = own_guide - (margin if margin_strategy == "absolute" else own_guide.abs() * margin)
+    if negative is None:
+        block = Block(positive, guides=unit_positive_guide)
+    else:
+        block = Block(torch.cat([positive, negative]),
+                      guides=torch.cat([unit_positive_guide, _unit_guide(negative_guide)]))
+    anchors = anchor if contrast_anchors else None  # local columns: this rank's anchors only
 
-    columns, column_guides = [positives], [positive_guides]
-    if contrast_anchors:
-        columns.append(anchor)
-        column_guides.append(unit_anchor_guide)
-    if negative is not None:
-        columns.append(gather_fn(negative))
-        column_guides.append(gather_fn(_unit_guide(negative_guide)))
-    spec = RoleSpec(pos_index=local, guide_rows=unit_anchor_guide, guide_cols=torch.cat(column_guides),
-                    guide_max=limit)
-    terms = compute_terms(anchor, torch.cat(columns) if len(columns) > 1 else positives, None, 1.0 / t, spec, backend)
+    def spec(view: View) -> RoleSpec:
+        guides = [view.guides] + ([unit_anchor_guide] if view.with_extra else [])
+        return RoleSpec(pos_index=own_index(view, local), guide_rows=unit_anchor_guide,
+                        guide_cols=torch.cat(guides) if len(guides) > 1 else guides[0], guide_max=limit)
+
+    exchange, sizes = _exchange(exchange, group, block.features.shape[0], anchor)
+    terms = _row_terms(anchor, block, anchors, 1.0 / t, spec, backend, group, exchange, gather=gather, sizes=sizes)
     log_z = terms.row_lse
     if contrast_positives:  # row i's own positive against every positive, under anchor i's threshold
-        pp_spec = RoleSpec(guide_rows=positive_guides[local], guide_cols=positive_guides, guide_max=limit)
-        pp = compute_terms(positives[local] if positives.shape[0] != batch else positive, positives, None, 1.0 / t,
-                      pp_spec, backend)
+        def positive_spec(view: View) -> RoleSpec:
+            return RoleSpec(guide_rows=unit_positive_guide, guide_cols=view.guides, guide_max=limit)
+
+        psizes = sizes if negative is None else None
+        pp = _row_terms(positive, Block(positive, guides=unit_positive_guide), None, 1.0 / t, positive_spec, backend,
+                        group, exchange, gather=gather, sizes=psizes)
         log_z = torch.logaddexp(log_z, torch.where(pp.row_den_count > 0, pp.row_lse,
                                                    torch.full_like(pp.row_lse, float("-inf"))))
-    return _reduce(log_z - terms.row_pos, reduction)
+    return _reduce_ranks(log_z - terms.row_pos, reduction, group, sizes)

@@ -1,5 +1,5 @@
 """``nn.Module`` wrappers of the functional API: constructor = the keyword arguments (including
-``process_group``), forward = the tensors. Arguments are validated when the module is built, so a
+``process_group`` and ``exchange``), forward = the tensors. Arguments are validated when the module is built, so a
 typo fails at construction.
 
 A tensor ``temperature`` is the module's own: an ``nn.Parameter`` is registered as its parameter
@@ -20,12 +20,14 @@ __all__ = ["ClipLoss", "DCLLoss", "DebiasedNCELoss", "HardNegativeNCELoss", "Inf
 
 
 class _ContrastiveLoss(nn.Module):
-    def __init__(self, *, normalize: bool, reduction: str, backend: str, process_group=None):
+    def __init__(self, *, normalize: bool, reduction: str, backend: str, process_group=None,
+                 exchange: str = "auto"):
         super().__init__()
         self.normalize = C.check_bool("normalize", normalize)
         self.reduction = C.check_reduction(reduction)
         self.backend = C.check_backend(backend)
         self.process_group = C.check_process_group(process_group)
+        self.exchange = C.check_exchange(exchange)
 
     def _set_temperature(self, temperature) -> None:
         """Validated; a tensor temperature is kept itself, not a copy: an ``nn.Parameter`` is registered
@@ -41,7 +43,7 @@ class _ContrastiveLoss(nn.Module):
 
     def _common(self):
         return {"normalize": self.normalize, "reduction": self.reduction, "backend": self.backend,
-                    "process_group": self.process_group}
+                "process_group": self.process_group, "exchange": self.exchange}
 
     def extra_repr(self) -> str:
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "training"}
@@ -55,8 +57,10 @@ class InfoNCELoss(_ContrastiveLoss):
     ``forward(query, key, negatives=None, labels=None, query_labels=None, key_labels=None)``."""
 
     def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = True, symmetric: bool = False,
-                 normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+                 normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
         self.in_batch_negatives = C.check_bool("in_batch_negatives", in_batch_negatives)
         self.symmetric = C.check_bool("symmetric", symmetric)
@@ -72,8 +76,10 @@ class InfoNCELoss(_ContrastiveLoss):
 class NTXentLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.nt_xent`; ``forward(z1, z2)``."""
 
-    def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+    def __init__(self, temperature: float = 0.5, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor):
@@ -84,8 +90,10 @@ class DCLLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.dcl_loss`; ``forward(z1, z2)``."""
 
     def __init__(self, temperature: float = 0.1, weight_fn: Callable | None = None, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+                 reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
         if weight_fn is not None and not callable(weight_fn):
             raise TypeError(f"weight_fn must be callable or None, got {weight_fn!r}")
@@ -99,8 +107,10 @@ class ClipLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.clip_loss`;
     ``forward(image_features, text_features, logit_scale, labels=None)``."""
 
-    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
                 labels: torch.Tensor | None = None):
@@ -110,8 +120,10 @@ class ClipLoss(_ContrastiveLoss):
 class SupConLoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.supcon_loss`; ``forward(features, labels)``."""
 
-    def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+    def __init__(self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
@@ -128,8 +140,10 @@ class RingInfoNCELoss(_ContrastiveLoss):
 
     def __init__(self, temperature: float = 0.07, outer: float = 0.1, inner: float = 0.1,
                  in_batch_negatives: bool = True, normalize: bool = True, reduction: str = "mean",
-                 backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+                 backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
         self.outer = C.check_fraction("outer", outer)
         self.inner = C.check_fraction("inner", inner)
@@ -150,8 +164,10 @@ class HardNegativeNCELoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.hard_negative_nce`; ``forward(z1, z2)``."""
 
     def __init__(self, temperature: float = 0.5, beta: float = 1.0, tau_plus: float = 0.1, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+                 reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
         self.beta = C.check_beta(beta)
         self.tau_plus = C.check_tau_plus(tau_plus)
@@ -165,8 +181,10 @@ class DebiasedNCELoss(_ContrastiveLoss):
     """Module form of :func:`contrastive_ops.debiased_nce`; ``forward(z1, z2)``."""
 
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, normalize: bool = True,
-                 reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+                 reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
         self._set_temperature(temperature)
         self.tau_plus = C.check_tau_plus(tau_plus)
 
@@ -179,8 +197,10 @@ class SigLipLoss(_ContrastiveLoss):
     ``forward(image_features, text_features, logit_scale, logit_bias)`` (the scale already
     exponentiated; for open_clip's own constructor see :mod:`contrastive_ops.compat.open_clip`)."""
 
-    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group)
+    def __init__(self, normalize: bool = False, reduction: str = "mean", backend: str = "auto", process_group=None,
+                 exchange: str = "auto"):
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, process_group=process_group,
+                         exchange=exchange)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias):
         return Fn.siglip_loss(image_features, text_features, logit_scale, logit_bias, **self._common())

@@ -108,8 +108,9 @@ void check_index_range(const char* OP, const char* name, const Tensor& index, in
   if (index.numel() == 0) return;
   auto [lo, hi] = at::aminmax(index);
   const int64_t vlo = lo.item<int64_t>(), vhi = hi.item<int64_t>();
-  TORCH_CHECK_VALUE(vlo >= 0 && vhi < columns, OP, ": ", name, " values must be column indices in [0, ", columns,
-                    "), got values in [", vlo, ", ", vhi, "]");
+  // -1: the row has no such column among these (a block of another rank's columns, say)
+  TORCH_CHECK_VALUE(vlo >= -1 && vhi < columns, OP, ": ", name, " values must be column indices in [0, ", columns,
+                    ") or -1 (none), got values in [", vlo, ", ", vhi, "]");
 }
 
 // The checked, contiguous inputs of one call, their unit rows and the epilogues' role view.

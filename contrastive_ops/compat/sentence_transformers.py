@@ -306,9 +306,9 @@ class _FusedGIST:
         negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
         negative_guides = torch.cat(guides[2:]) if len(guides) > 2 else None
         gather = None
-        if self.gather_across_devices:  # gathered as the peer would, this rank's anchors at rank · B
+        if self.gather_across_devices:  # gathered as the peer would
             gather_fn, get_rank = _peer_distributed(type(self))
-            gather = (gather_fn, get_rank() * embeddings[0].shape[0])
+            gather = (gather_fn, get_rank())
         loss = _gist_loss(embeddings[0], embeddings[1], negatives, anchor_guide=guides[0], positive_guide=guides[1],
                           negative_guide=negative_guides, temperature=self.temperature,
                           margin_strategy=self.margin_strategy, margin=self.margin,
