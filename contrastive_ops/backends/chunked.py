@@ -82,6 +82,23 @@ def _row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
         yield r0, min(r0 + block, n)
 
 
+class _Workspace:
+    """Tile-sized scratch tensors reused by every tile of a pass (no allocation, and no page faults of
+    fresh memory, per tile). ``get(name, r, c)`` is a contiguous ``[r, c]`` view of the named buffer."""
+
+    def __init__(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device):
+        self.size, self.dtype, self.device = max(rows * cols, 1), dtype, device
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, r: int, c: int) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced: plain fresh tensors
+            return torch.empty(r, c, dtype=self.dtype, device=self.device)
+        flat = self.flat.get(name)
+        if flat is None or flat.numel() < r * c:
+            flat = self.flat[name] = torch.empty(max(self.size, r * c), dtype=self.dtype, device=self.device)
+        return flat[: r * c].view(r, c)
+
+
 def _tile_cosines(q_blk: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
     """``<q̂_i, k̂_j>`` of one tile, in the accumulation dtype. Every pass uses this one function,
     so the Ring selection, the forward and the backward see bit-identical logits."""
@@ -121,7 +138,9 @@ def _order_bits(values: torch.Tensor) -> torch.Tensor:
     int_dtype = _int_dtype(values.dtype)
     info = torch.iinfo(int_dtype)
     bits = (values + 0.0).view(int_dtype)  # + 0.0 turns -0.0 into +0.0
-    return torch.where(bits >= 0, bits, bits ^ info.max) ^ info.min
+    # negatives: magnitude bits flipped; an arithmetic shift of the sign gives the mask (no where())
+    flip = (bits >> (info.bits - 1)).bitwise_and_(info.max)
+    return bits.bitwise_xor_(flip).bitwise_xor_(info.min)
 
 
 def _bits_to_values(keys: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
@@ -137,7 +156,31 @@ def _as_pattern(prefix: torch.Tensor, int_dtype: torch.dtype) -> torch.Tensor:
     return torch.where(prefix >= 2**31, prefix - 2**32, prefix).to(torch.int32)
 
 
-def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor):
+def _plain_candidates(spec: RoleSpec) -> bool:
+    """Whether a tile's candidates are every column but the row's positive (no self pair, labels,
+    guide or restricted key pool): then they are one comparison with the positive's column."""
+    return (spec.self_index is None and spec.row_labels is None and not spec.has_guide and spec.key_negatives)
+
+
+def _candidates(rows, cols, num_keys, spec: RoleSpec) -> torch.Tensor:
+    if _plain_candidates(spec):
+        if spec.pos_index is None:
+            return torch.ones(rows.shape[0], cols.shape[0], dtype=torch.bool, device=rows.device)
+        return cols[None, :] != spec.pos_index[rows][:, None]
+    return pair_roles(rows, cols, num_keys, spec)[1]
+
+
+def _natural_logits(q_blk: torch.Tensor, c_blk: torch.Tensor, scale, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``_tile_cosines(q_blk, c_blk) * scale`` (the same bits), written into ``out`` when given. The
+    Ring's selection, forward and backward all take their logits from here."""
+    acc = accumulation_dtype(q_blk.dtype)
+    q_blk, c_blk = q_blk.to(acc), c_blk.to(acc)
+    if out is None:
+        return (q_blk @ c_blk.T).mul_(scale)
+    return torch.mm(q_blk, c_blk.T, out=out).mul_(scale)
+
+
+def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor, workspace=None):
     """``(v_lo, v_hi)`` of the Ring for the rows of one block, exact on the tile values.
 
     The order-preserving bit patterns of the logits are selected one byte at a time, from the most
@@ -150,23 +193,29 @@ def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Te
     nbits = 64 if int_dtype == torch.int64 else 32
     n = rows.shape[0]
     device = q_blk.device
+    ws = workspace if workspace is not None else _Workspace(n, max((g1 - g0 for g0, g1, _, _ in columns), default=1),
+                                                            acc, device)
     ranks = None  # [2, n] descending ranks still to skip within the current prefix
     prefix = torch.zeros(2, n, dtype=torch.int64, device=device)  # chosen bytes, as an unsigned pattern
     nonempty = None
+    tile_hist = torch.zeros(n, 256, dtype=acc, device=device)  # one tile's counts: exact integers (<= its columns)
     for shift in range(nbits - 8, -1, -8):
         hist = torch.zeros(2, n, 256, dtype=torch.int64, device=device)
         pattern = _as_pattern(prefix, int_dtype)
+        first = shift == nbits - 8
         for g0, g1, c_blk, _ in columns:
             cols = torch.arange(g0, g1, device=device)
-            keys = _order_bits(_tile_cosines(q_blk, c_blk) * scale)
-            _, candidate = pair_roles(rows, cols, columns.num_keys, spec)
-            digit = ((keys >> shift) & 255).long()
-            if shift == nbits - 8:  # no prefix yet: both ranks share one histogram
-                hist[0].scatter_add_(1, digit, candidate.long())
-                continue
-            for t in range(2):  # only candidates whose bytes above `shift` match the prefix
-                match = candidate & (((keys ^ pattern[t][:, None]) >> (shift + 8)) == 0)
-                hist[t].scatter_add_(1, digit, match.long())
+            logits = _natural_logits(q_blk, c_blk, scale, ws.get("logits", n, g1 - g0))
+            keys = _order_bits(logits)
+            candidate = _candidates(rows, cols, columns.num_keys, spec)
+            digit = (keys >> shift).bitwise_and_(255).long()
+            for t in range(1 if first else 2):  # first pass: no prefix yet, both ranks share one histogram
+                if first:
+                    match = candidate
+                else:  # only candidates whose bytes above `shift` match the prefix
+                    match = candidate & (((keys ^ pattern[t][:, None]) >> (shift + 8)) == 0)
+                tile_hist.zero_().scatter_add_(1, digit, match.to(acc))
+                hist[t] += tile_hist.long()
         if ranks is None:  # first pass: the histogram's total is the row's candidate count
             hist[1] = hist[0]
             lo, hi = ring_ranks(hist[0].sum(dim=1), *spec.ring)
@@ -190,12 +239,15 @@ def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: tuple[in
     the last bit with its shape, and the band is exact only on the values the loss itself uses."""
     with torch.no_grad():
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+        acc = accumulation_dtype(qh.dtype)
+        qh, kh, eh = (None if t is None else t.to(acc) for t in (qh, kh, eh))
         scale_t = as_scale_tensor(scale.detach() if isinstance(scale, torch.Tensor) else scale, qh)
         columns = _Columns(kh, eh, blocks[1])
+        ws = _Workspace(min(blocks[0], qh.shape[0]), min(blocks[1], max(kh.shape[0], 1)), acc, qh.device)
         bands = []
         for r0, r1 in _row_blocks(qh.shape[0], blocks[0]):
             rows = torch.arange(r0, r1, device=qh.device)
-            bands.append(_select_band(qh[r0:r1], columns, scale_t, spec, rows))
+            bands.append(_select_band(qh[r0:r1], columns, scale_t, spec, rows, ws))
         return torch.cat([b[0] for b in bands]), torch.cat([b[1] for b in bands])
 
 
@@ -349,6 +401,422 @@ def _backward(qh, kh, eh, scale_t, bias_t, spec: RoleSpec, band, blocks: tuple[i
     return grad_q * scale_t, grad_k * scale_t, grad_e, grad_scale, grad_bias
 
 
+# ---------------------------------------------------------------------------------------------
+# The fast CPU path: positives and exclusions off the tiles, one exponential per tile
+# ---------------------------------------------------------------------------------------------
+#
+# Taken in eager mode on CPU tensors (where a branch on a value costs no device sync) for the roles most
+# losses use: positives by index (or by label alone, SupCon), at most a self pair and a decoupled positive
+# left out per row, optionally a Ring band (natural-base logits, exactly those of the selection), the
+# column terms or the pairwise sigmoid. Everything else (labels with an index, guides, hard negatives,
+# a restricted key pool, traced or non-CPU calls) takes the general path above. Differences:
+#
+# * the scale (times log2(e), the softmax then runs on exp2) is folded into the query rows, so a tile's
+#   logits are one GEMM; ``ds = Σ_i <q̂_i, (dS·K̂)_i>`` needs no cosines;
+# * per row at most two columns are left out: they are set to -inf in the tile (O(rows) scatters),
+#   never a [rows, cols] role mask; the positives' logits, counts and gradient terms are O((N+M)·D)
+#   work outside the tiles (by index, or by label class sums);
+# * the column log-sum-exp reuses the row-shifted exponentials: Σ_i exp2(S_ij - M) = Σ_i w_i·E_ij with
+#   E_ij = exp2(S_ij - m_i), w_i = exp2(m_i - M) (a GEMV); a column whose sum falls below 2^-60 (its own
+#   maximum far below the tile's) is recomputed with its own maximum. Backward likewise:
+#   exp2(S_ij - c_j) = E_ij·a_i·b_j with E_ij = exp2(S_ij - r_i), when the tile's spread max r - min c
+#   is at most 60 (a lost term is then below 2^-66), else a second exponential;
+# * SigLIP's pair gradient needs no row statistic: dS_ij = σ(x_ij) - [positive]. The forward forms
+#   A = dS·K̂ and B = dSᵀ·Q̂ (O((N+M)·D)) in the same tiles; the backward scales them when the
+#   incoming per-row gradient is one value for every row (reduction "mean" or "sum"), and otherwise
+#   recomputes the tiles.
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_COLUMN_FLOOR = 2.0**-60  # a column sum of the shared exponentials below this is recomputed
+_MAX_SPREAD = 60.0  # backward: share one exponential while max(row lse) - min(column lse) <= this (base 2)
+
+
+def fast_path_applies(spec: RoleSpec, device: torch.device) -> bool:
+    """Whether :func:`compute_terms` takes the fast CPU path for ``spec`` (see above)."""
+    if not _FAST["on"] or device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if spec.has_guide or spec.hard_beta is not None or not spec.key_negatives:
+        return False
+    if spec.row_labels is not None and spec.pos_index is None:  # positives by label: all but self in the denominator
+        return not spec.decoupled and spec.ring is None and not spec.column_terms and not spec.pairwise_sigmoid
+    if spec.row_labels is not None and (spec.decoupled or spec.pairwise_sigmoid):
+        return False
+    if spec.ring is not None:
+        return spec.self_index is None and not spec.decoupled and not spec.column_terms and not spec.pairwise_sigmoid
+    if spec.pairwise_sigmoid:
+        return not spec.decoupled and not spec.column_terms
+    return True
+
+
+_FAST = {"on": True}
+
+
+@contextlib.contextmanager
+def general_path():
+    """Run every call through the general tile path (tests: the path of traced and non-CPU calls)."""
+    saved = _FAST["on"]
+    _FAST["on"] = False
+    try:
+        yield
+    finally:
+        _FAST["on"] = saved
+
+
+class _Problem:
+    """The unit rows in the accumulation dtype, the scaled query rows, and the O(N+M) role vectors."""
+
+    def __init__(self, qh, kh, eh, scale_t, spec: RoleSpec, blocks):
+        acc = scale_t.dtype
+        self.acc, self.spec, self.blocks = acc, spec, blocks
+        self.q, self.k = qh.to(acc), kh.to(acc)
+        self.e = None if eh is None else eh.to(acc)
+        self.n, self.m = self.q.shape[0], self.k.shape[0]
+        self.m_total = self.m + (0 if self.e is None else self.e.shape[0])
+        self.device = self.q.device
+        self.natural = spec.ring is not None  # the Ring's band is on the natural logits
+        self.scale = scale_t
+        # tile logits: one GEMM of these rows (natural: cosines times the scale, as the selection)
+        self.qs = self.q if self.natural else self.q * (scale_t * _LOG2E)
+        self.columns = _Columns(self.k, self.e, blocks[1])
+        n, m_total, dev = self.n, self.m_total, self.device
+        none = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        if spec.self_index is not None:
+            self_index = spec.self_index.to(torch.int64)
+            self.self_valid = (self_index >= 0) & (self_index < m_total)
+            self.self_col = torch.where(self.self_valid, self_index, none)
+        else:
+            self.self_valid, self.self_col = torch.zeros(n, dtype=torch.bool, device=dev), none
+        if spec.pos_index is not None:
+            pos = spec.pos_index.to(torch.int64)
+            self.pos_valid = (pos >= 0) & (pos < m_total) & (pos != self.self_col)
+            self.pos_col = torch.where(self.pos_valid, pos, none)
+        else:
+            self.pos_valid, self.pos_col = torch.zeros(n, dtype=torch.bool, device=dev), none
+        # columns left out of each row's denominator: the self pair, and the positive when decoupled
+        self.excluded = [self.self_col] + ([self.pos_col] if spec.decoupled else [])
+        self.by_label = spec.pos_index is None and spec.row_labels is not None  # SupCon's positives
+        self.label_mask = spec.pos_index is not None and spec.row_labels is not None  # false negatives left out
+        self.counted = self.label_mask or spec.ring is not None  # denominators counted in the tiles
+
+    def rows_of(self, r0, r1, g0, c, col):
+        """``(local index [r, 1], inside [r, 1])`` of the global columns ``col[r0:r1]`` in a tile at ``g0``."""
+        local = col[r0:r1] - g0
+        inside = (local >= 0) & (local < c)
+        return local.clamp(0, c - 1)[:, None], inside[:, None]
+
+    def gather_columns(self, col):
+        """The unit column rows ``[N, D]`` of the global columns ``col`` (0 where ``col`` is -1)."""
+        idx = col.clamp(0, self.m_total - 1)
+        rows = self.k[idx.clamp(max=self.m - 1)]
+        if self.e is not None:
+            rows = torch.where((idx < self.m)[:, None], rows, self.e[(idx - self.m).clamp(min=0)])
+        return rows * (col >= 0)[:, None]
+
+    def column_target(self, grads_k, grads_e, g0, g1):
+        return grads_k[g0:g1] if g0 < self.m else grads_e[g0 - self.m : g1 - self.m]
+
+    def tile_logits(self, r0, r1, g0, g1, c_blk, out):
+        if self.natural:
+            return _natural_logits(self.q[r0:r1], c_blk, self.scale, out)
+        return torch.mm(self.qs[r0:r1], c_blk.T, out=out)
+
+    def mask_tile(self, S, r0, r1, g0, band):
+        """-inf at the pairs left out of the denominator; with a band, at the candidates outside it."""
+        c = S.shape[1]
+        neg_inf = torch.tensor(float("-inf"), dtype=S.dtype)
+        for col in self.excluded:
+            idx, inside = self.rows_of(r0, r1, g0, c, col)
+            S.scatter_(1, idx, torch.where(inside, neg_inf, S.gather(1, idx)))
+        if band is not None or (self.label_mask and g0 < self.m):
+            idx, inside = self.rows_of(r0, r1, g0, c, self.pos_col)
+            pos_value = S.gather(1, idx)
+            if self.label_mask and g0 < self.m:  # same label as the row, but not its positive: a false negative
+                _, row_cls, col_cls, _ = self.label_state
+                S.masked_fill_(row_cls[r0:r1, None] == col_cls[None, g0 : g0 + c], float("-inf"))
+            if band is not None:
+                lo, hi = band[0][r0:r1, None], band[1][r0:r1, None]
+                S.masked_fill_(~((S >= lo) & (S <= hi)), float("-inf"))
+            S.scatter_(1, idx, torch.where(inside, pos_value, S.gather(1, idx)))  # the positive is always in
+        return S
+
+    # -- the positives, off the tiles ------------------------------------------------------------
+
+    @functools.cached_property
+    def label_state(self):
+        """SupCon's classes: ``(count, row class [N], column class [M], self pair is a positive [N])``."""
+        spec = self.spec
+        labels, inverse = torch.unique(torch.cat([spec.row_labels.reshape(-1), spec.col_labels.reshape(-1)]),
+                                       return_inverse=True)
+        row_cls, col_cls = inverse[: self.n], inverse[self.n :]
+        self_is_pos = self.self_valid & (self.self_col < self.m)
+        self_is_pos = self_is_pos & (col_cls[self.self_col.clamp(0, self.m - 1)] == row_cls)
+        return labels.numel(), row_cls, col_cls, self_is_pos
+
+    def positives(self, pos_logit):
+        """``(row_pos mean logit, row_pos_n)`` and, with column terms, ``(col_pos, col_pos_n)``, from
+        ``pos_logit`` [N]: each row's positive logit (or, by label, the sum of them) as its tile had it."""
+        spec, acc = self.spec, self.acc
+        if self.by_label:  # SupCon: every key with the row's label but itself
+            classes, row_cls, col_cls, self_is_pos = self.label_state
+            pos_n = torch.bincount(col_cls, minlength=classes)[row_cls] - self_is_pos.long()
+            return pos_logit / pos_n.clamp(min=1).to(acc), pos_n, None, None
+        logit = pos_logit * self.pos_valid
+        pos_n = self.pos_valid.long()
+        if not spec.column_terms:
+            return logit, pos_n, None, None
+        key_pos = self.pos_valid & (self.pos_col < self.m)
+        idx = self.pos_col.clamp(0, self.m - 1)
+        col_pos_n = torch.zeros(self.m, dtype=torch.int64, device=self.device).index_add_(0, idx, key_pos.long())
+        col_pos = torch.zeros(self.m, dtype=acc, device=self.device).index_add_(0, idx, logit * key_pos)
+        return logit, pos_n, col_pos / col_pos_n.clamp(min=1).to(acc), col_pos_n
+
+    def add_tile_positives(self, S, r0, r1, g0, is_key, pos_logit, workspace):
+        """Add the tile's positive logits (before any masking) to ``pos_logit[r0:r1]``: one gathered
+        value per row by index, or the sum over the row's label by label (the self pair left out)."""
+        c = S.shape[1]
+        rs = slice(r0, r1)
+        if not self.by_label:
+            idx, inside = self.rows_of(r0, r1, g0, c, self.pos_col)
+            pos_logit[rs] += torch.where(inside[:, 0], S.gather(1, idx)[:, 0], 0.0)
+            return
+        if not is_key:
+            return
+        _, row_cls, col_cls, _ = self.label_state
+        same = row_cls[rs, None] == col_cls[None, g0 : g0 + c]
+        masked = torch.mul(S, same, out=workspace.get("P", r1 - r0, c))
+        idx, inside = self.rows_of(r0, r1, g0, c, self.self_col)
+        masked.scatter_(1, idx, torch.where(inside, 0.0, masked.gather(1, idx)))
+        pos_logit[rs] += masked.sum(1)
+
+    def den_counts(self):
+        row_den = self.m_total - sum(col >= 0 for col in self.excluded).long() if self.excluded else None
+        col_den = None
+        if self.spec.column_terms:
+            col_den = torch.full((self.m,), self.n, dtype=torch.int64, device=self.device)
+            for col in self.excluded:
+                key = (col >= 0) & (col < self.m)
+                col_den.index_add_(0, col.clamp(0, self.m - 1), -key.long())
+        return row_den, col_den
+
+    def positive_gradients(self, g_row_pos, g_col_pos, grads_q, grads_k, grads_e):
+        """Add the positives' ``dS`` terms to the unscaled gradients ``dS·K̂`` and ``dSᵀ·Q̂``."""
+        spec, acc = self.spec, self.acc
+        if self.by_label:
+            classes, row_cls, col_cls, self_is_pos = self.label_state
+            pos_n = torch.bincount(col_cls, minlength=classes)[row_cls] - self_is_pos.long()
+            w = g_row_pos / pos_n.clamp(min=1).to(acc)  # dS_ij = w_i on every positive (i, j)
+            class_sum = torch.zeros(classes, self.q.shape[1], dtype=acc, device=self.device)
+            class_sum.index_add_(0, col_cls, self.k)
+            self_k = self.k[self.self_col.clamp(0, self.m - 1)] * self_is_pos[:, None]
+            grads_q += w[:, None] * (class_sum[row_cls] - self_k)
+            weighted = torch.zeros(classes, self.q.shape[1], dtype=acc, device=self.device)
+            weighted.index_add_(0, row_cls, w[:, None] * self.q)
+            grads_k += weighted[col_cls]
+            grads_k.index_add_(0, self.self_col.clamp(0, self.m - 1), -(w * self_is_pos)[:, None] * self.q)
+            return
+        pos_n = self.pos_valid.to(acc)
+        d_pos = g_row_pos * pos_n  # dS at (i, pos_i): the row's mean over its one positive
+        key_pos = self.pos_valid & (self.pos_col < self.m)
+        idx = self.pos_col.clamp(0, self.m - 1)
+        if g_col_pos is not None:  # the column's mean over the rows whose positive it is
+            col_n = torch.zeros(self.m, dtype=acc, device=self.device).index_add_(0, idx, key_pos.to(acc))
+            d_pos = d_pos + (g_col_pos / col_n.clamp(min=1))[idx] * key_pos
+        self.add_pair_gradients(d_pos, grads_q, grads_k, grads_e)
+
+    def add_pair_gradients(self, d_pos, grads_q, grads_k, grads_e):
+        """``dS`` of ``d_pos[i]`` at each row's positive ``(i, pos_i)``."""
+        grads_q += d_pos[:, None] * self.gather_columns(self.pos_col)
+        contrib = d_pos[:, None] * self.q
+        key_pos = self.pos_valid & (self.pos_col < self.m)
+        grads_k.index_add_(0, self.pos_col.clamp(0, self.m - 1), contrib * key_pos[:, None])
+        if grads_e is not None:
+            extra_pos = self.pos_valid & (self.pos_col >= self.m)
+            grads_e.index_add_(0, (self.pos_col - self.m).clamp(0, grads_e.shape[0] - 1), contrib * extra_pos[:, None])
+
+
+def _lse_ops(natural: bool):
+    if natural:
+        return torch.Tensor.exp_, torch.log, torch.logaddexp, torch.exp
+    return torch.Tensor.exp2_, torch.log2, torch.logaddexp2, torch.exp2
+
+
+def _column_lse_own(S, cols, log, exp):
+    """Log-sum-exp of the columns ``cols`` of ``S``, each shifted by its own maximum."""
+    sub = S[:, cols]
+    top = sub.amax(0)
+    top = torch.where(top == float("-inf"), torch.zeros_like(top), top)
+    return top + log(exp(sub - top).sum(0))
+
+
+def _forward_fast(P: _Problem, bias_t, band, want_grads: bool):
+    spec, acc, dev = P.spec, P.acc, P.device
+    n, m = P.n, P.m
+    exp_, log, logaddexp, exp = _lse_ops(P.natural)
+    neg_inf = float("-inf")
+    row_lse = torch.full((n,), neg_inf, dtype=acc, device=dev)
+    col_lse = torch.full((m,), neg_inf, dtype=acc, device=dev) if spec.column_terms else None
+    sig = spec.pairwise_sigmoid
+    row_pair = torch.zeros(n, dtype=acc, device=dev) if sig else None
+    if sig:
+        x_pos = torch.zeros(n, dtype=acc, device=dev)
+        grad_rows = torch.zeros(n, P.q.shape[1], dtype=acc, device=dev) if want_grads else None
+        grad_k = torch.zeros(m, P.q.shape[1], dtype=acc, device=dev) if want_grads else None
+        grad_e = torch.zeros_like(P.e) if (want_grads and P.e is not None) else None
+        d_sum = torch.zeros(n, dtype=acc, device=dev) if want_grads else None
+    ws = _Workspace(min(P.blocks[0], n), min(P.blocks[1], max(P.m_total, 1)), acc, dev)
+    pos_logit = torch.zeros(n, dtype=acc, device=dev)  # tile units
+    if P.counted:
+        den_rows = torch.zeros(n, dtype=torch.int64, device=dev)
+        den_cols = torch.zeros(m, dtype=torch.int64, device=dev)
+    for r0, r1 in _row_blocks(n, P.blocks[0]):
+        rs = slice(r0, r1)
+        for g0, g1, c_blk, is_key in P.columns:
+            r, c = r1 - r0, g1 - g0
+            S = P.tile_logits(r0, r1, g0, g1, c_blk, ws.get("S", r, c))
+            if spec.pos_index is not None or spec.row_labels is not None:
+                P.add_tile_positives(S, r0, r1, g0, is_key, pos_logit, ws)
+            S = P.mask_tile(S, r0, r1, g0, band)
+            if P.counted:
+                member = S != neg_inf
+                den_rows[rs] += member.sum(1)
+                if col_lse is not None and is_key:
+                    den_cols[g0:g1] += member.sum(0)
+            top = S.amax(1)
+            shift = torch.where(top == neg_inf, torch.zeros_like(top), top)
+            E = exp_(torch.sub(S, shift[:, None], out=ws.get("E", r, c)))
+            row_lse[rs] = logaddexp(row_lse[rs], shift + log(E.sum(1)))
+            if col_lse is not None and is_key:
+                tile_top = top.max()
+                tile_shift = torch.where(tile_top == neg_inf, torch.zeros_like(tile_top), tile_top)
+                col_sum = torch.mv(E.T, exp(top - tile_shift))
+                col_tile = tile_shift + log(col_sum)
+                low = col_sum < _COLUMN_FLOOR
+                if bool(low.any()):
+                    cols = low.nonzero()[:, 0]
+                    col_tile[cols] = _column_lse_own(S, cols, log, exp)
+                col_lse[g0:g1] = logaddexp(col_lse[g0:g1], col_tile)
+            if sig:
+                X = torch.add(bias_t, S, alpha=_LN2, out=ws.get("X", r, c))  # x = S + bias, natural units
+                idx, inside = P.rows_of(r0, r1, g0, c, P.pos_col)
+                x_here = X.gather(1, idx)
+                x_pos[rs] = torch.where(inside[:, 0], x_here[:, 0], x_pos[rs])
+                X.scatter_(1, idx, torch.where(inside, torch.tensor(neg_inf, dtype=acc), x_here))  # positives: below
+                U = torch.abs(X, out=ws.get("U", r, c)).neg_().sigmoid_()  # u = σ(-|x|) = e/(1+e), e = exp(-|x|)
+                V = torch.clamp(X, min=0, out=ws.get("V", r, c))
+                pair = V.sum(1)
+                pair -= torch.neg(U, out=V).log1p_().sum(1)  # softplus(x) = max(x, 0) + log(1 + e)
+                row_pair[rs] += pair
+                if want_grads:
+                    D = torch.sigmoid(X, out=V)  # d softplus(x)/dx; 0 at the -inf pairs
+                    grad_rows[rs].addmm_(D, c_blk)
+                    P.column_target(grad_k, grad_e, g0, g1).addmm_(D.T, P.q[r0:r1])
+                    d_sum[rs] += D.sum(1)
+    row_lse_t = torch.where(row_lse == neg_inf, torch.zeros_like(row_lse), row_lse)
+    col_lse_t = None if col_lse is None else torch.where(col_lse == neg_inf, torch.zeros_like(col_lse), col_lse)
+    to_natural = (lambda t: t) if P.natural else (lambda t: t * _LN2)
+    row_pos, row_pos_n, col_pos, col_pos_n = P.positives(to_natural(pos_logit))
+    row_den, col_den = P.den_counts()
+    if P.counted:
+        row_den, col_den = den_rows, (den_cols if spec.column_terms else None)
+    out = {"row_lse": to_natural(row_lse_t), "row_pos": row_pos, "row_den": row_den, "row_pos_n": row_pos_n,
+           "col_lse": None if col_lse is None else to_natural(col_lse_t), "col_pos": col_pos, "col_den": col_den,
+           "col_pos_n": col_pos_n, "row_lse_beta": None, "row_pair_loss": None}
+    saved = {"row_lse_t": row_lse_t, "col_lse_t": col_lse_t}
+    if sig:
+        # the positive pair: softplus(-x) and its derivative -σ(-x), from its tile's x
+        valid = P.pos_valid
+        u = torch.sigmoid(-x_pos.abs())
+        pair_pos = torch.clamp(-x_pos, min=0) - torch.log1p(-u)
+        out["row_pair_loss"] = row_pair + pair_pos * valid
+        saved["x_pos"] = x_pos
+        if want_grads:
+            d_pos = -torch.sigmoid(-x_pos) * valid
+            P.add_pair_gradients(d_pos, grad_rows, grad_k, grad_e)
+            saved.update(pair_rows=grad_rows, pair_k=grad_k, pair_e=grad_e, pair_dsum=d_sum + d_pos)
+    return out, saved
+
+
+def _uniform(g: torch.Tensor) -> bool:
+    return g.numel() == 0 or bool((g == g.reshape(-1)[0]).all())
+
+
+def _backward_fast(P: _Problem, bias_t, band, saved: dict, grads: dict):
+    """Gradients of the unit rows ``(dQ̂, dK̂, dÊ)`` in fp32, of the scale and of the bias."""
+    spec, acc, dev = P.spec, P.acc, P.device
+    n, m, d = P.n, P.m, P.q.shape[1]
+    exp_, _, _, exp = _lse_ops(P.natural)
+    g_lse, g_pos = grads.get("row_lse"), grads.get("row_pos")
+    g_col_lse, g_col_pos = grads.get("col_lse"), grads.get("col_pos")
+    g_pair = grads.get("row_pair_loss")
+    grad_q = torch.zeros(n, d, dtype=acc, device=dev)
+    grad_k = torch.zeros(m, d, dtype=acc, device=dev)
+    grad_e = None if P.e is None else torch.zeros_like(P.e)
+    grad_bias = torch.zeros((), dtype=acc, device=dev)
+    sig_done = False
+    if g_pair is not None and "pair_rows" in saved and _uniform(g_pair):
+        # SigLIP: the forward formed dS·K̂ and dSᵀ·Q̂ of the pair losses; one weight for every row
+        grad_q += g_pair[:, None] * saved["pair_rows"]
+        w = g_pair.reshape(-1)[0] if g_pair.numel() else torch.zeros((), dtype=acc, device=dev)
+        grad_k += w * saved["pair_k"]
+        if grad_e is not None:
+            grad_e += w * saved["pair_e"]
+        grad_bias = grad_bias + (g_pair * saved["pair_dsum"]).sum()
+        sig_done = True
+    softmax_rows = g_lse is not None
+    softmax_cols = g_col_lse is not None and spec.column_terms
+    sig_tiles = g_pair is not None and not sig_done
+    if softmax_rows or softmax_cols or sig_tiles:
+        row_t, col_t = saved["row_lse_t"], saved["col_lse_t"]
+        ws = _Workspace(min(P.blocks[0], n), min(P.blocks[1], max(P.m_total, 1)), acc, dev)
+        neg_inf = torch.tensor(float("-inf"), dtype=acc)
+        for r0, r1 in _row_blocks(n, P.blocks[0]):
+            rs = slice(r0, r1)
+            for g0, g1, c_blk, is_key in P.columns:
+                r, c = r1 - r0, g1 - g0
+                S = P.mask_tile(P.tile_logits(r0, r1, g0, g1, c_blk, ws.get("S", r, c)), r0, r1, g0, band)
+                cols_here = softmax_cols and is_key
+                dS = None
+                if sig_tiles:  # before S is overwritten: g_i·σ(x_ij) off the positive (added below)
+                    X = torch.add(bias_t, S, alpha=_LN2, out=ws.get("X", r, c))
+                    idx, inside = P.rows_of(r0, r1, g0, c, P.pos_col)
+                    X.scatter_(1, idx, torch.where(inside, neg_inf, X.gather(1, idx)))
+                    X.sigmoid_()
+                    grad_bias += (X.sum(1) * g_pair[rs]).sum()
+                    dS = X.mul_(g_pair[rs, None])
+                if cols_here:
+                    r_lse, c_lse = row_t[rs], col_t[g0:g1]
+                    spread = float(r_lse.max() - c_lse.min()) if softmax_rows else float("inf")
+                    g_r = g_lse[rs] if softmax_rows else torch.zeros(r, dtype=acc, device=dev)
+                    if spread <= _MAX_SPREAD:  # one exponential: exp2(S - c_j) = E·exp2(r_i - t)·exp2(t - c_j)
+                        E = exp_(torch.sub(S, r_lse[:, None], out=ws.get("E", r, c)))
+                        t = r_lse.max()
+                        a, v = exp(r_lse - t), g_col_lse[g0:g1] * exp(t - c_lse)
+                        E.mul_(torch.addcmul(g_r[:, None], a[:, None], v[None, :], out=S))
+                    else:
+                        E = exp_(torch.sub(S, r_lse[:, None], out=ws.get("E", r, c))).mul_(g_r[:, None])
+                        E.add_(exp_(S.sub_(c_lse[None, :])).mul_(g_col_lse[None, g0:g1]))
+                    dS = E if dS is None else dS.add_(E)
+                elif softmax_rows:
+                    E = exp_(S.sub_(row_t[rs, None])).mul_(g_lse[rs, None])
+                    dS = E if dS is None else dS.add_(E)
+                if dS is None:
+                    continue
+                grad_q[rs].addmm_(dS, c_blk)
+                P.column_target(grad_k, grad_e, g0, g1).addmm_(dS.T, P.q[r0:r1])
+        if sig_tiles:  # the positive pair: dS = -g_i·σ(-x_i)
+            d_pos = -torch.sigmoid(-saved["x_pos"]) * P.pos_valid * g_pair
+            grad_bias += d_pos.sum()
+            P.add_pair_gradients(d_pos, grad_q, grad_k, grad_e)
+    if g_pos is not None or (g_col_pos is not None and spec.column_terms):
+        zeros = torch.zeros(n, dtype=acc, device=dev)
+        P.positive_gradients(zeros if g_pos is None else g_pos, g_col_pos if spec.column_terms else None,
+                             grad_q, grad_k, grad_e)
+    grad_scale = (grad_q * P.q).sum()
+    s = P.scale
+    return grad_q * s, grad_k * s, None if grad_e is None else grad_e * s, grad_scale, grad_bias
+
+
 DOUBLE_BACKWARD_ERROR = ("backend='chunked' computes first derivatives only: a double backward (a gradient of a "
                          "gradient, e.g. torch.autograd.grad(..., create_graph=True) differentiated again) is not "
                          "supported; use backend='naive' for higher derivatives")
@@ -410,11 +878,22 @@ class _ChunkedContrastive(torch.autograd.Function):
         band = None if band_lo is None else (band_lo, band_hi)
         qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
         kh = qh if keys is None else kh
-        out = _forward(qh, kh, eh, scale_t, bias_t, spec, band, blocks)
-        named = dict(zip(_OUTPUTS, out))
         ctx.spec = spec
         ctx.blocks = blocks  # backward must recompute the very same tiles
-        ctx.save_for_backward(query, keys, extra, scale_t, bias_t, band_lo, band_hi, *(named[k] for k in _SAVED))
+        ctx.fast = fast_path_applies(spec, query.device)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: its tile work is skipped
+        if ctx.fast:
+            problem = _Problem(qh, kh, eh, scale_t, spec, blocks)
+            named, saved = _forward_fast(problem, bias_t, band, want_grads=any(ctx.needs_input_grad[:5]))
+            out = [named[k] for k in _OUTPUTS]
+            ctx.saved_names = tuple(saved)
+            extra_saved = list(saved.values())
+        else:
+            out = _forward(qh, kh, eh, scale_t, bias_t, spec, band, blocks)
+            named = dict(zip(_OUTPUTS, out))
+            ctx.saved_names = _SAVED
+            extra_saved = [named[k] for k in _SAVED]
+        ctx.save_for_backward(query, keys, extra, scale_t, bias_t, band_lo, band_hi, *extra_saved)
         ctx.mark_non_differentiable(*(named[k] for k in _COUNTS if named[k] is not None))
         # fixed arity; distinct tensors (torch.compile rejects aliased outputs)
         return tuple(
@@ -427,28 +906,39 @@ class _ChunkedContrastive(torch.autograd.Function):
     def backward(ctx, *output_grads):
         spec: RoleSpec = ctx.spec
         query, keys, extra, scale_t, bias_t, band_lo, band_hi, *saved_list = ctx.saved_tensors
-        saved = dict(zip(_SAVED, saved_list))
+        saved = dict(zip(ctx.saved_names, saved_list))
         band = None if band_lo is None else (band_lo, band_hi)
         acc = scale_t.dtype
-        row_like = saved["row_lse"]
-
-        def grad_or_zero(name, like):
-            g = output_grads[_OUTPUTS.index(name)]
-            return torch.zeros_like(like) if g is None else g.to(acc)
-
-        grads = {k: grad_or_zero(k, row_like) for k in ("row_lse", "row_pos")}
-        if spec.column_terms:
-            grads.update({k: grad_or_zero(k, saved["col_lse"]) for k in ("col_lse", "col_pos")})
-        if spec.hard_beta is not None:
-            grads["row_lse_beta"] = grad_or_zero("row_lse_beta", row_like)
-        if spec.pairwise_sigmoid:
-            grads["row_pair_loss"] = grad_or_zero("row_pair_loss", row_like)
         shared = keys is None
         keys_in = query if shared else keys
         bias_in = torch.zeros((), dtype=acc, device=query.device) if bias_t is None else bias_t
+        if ctx.fast:
+            wanted = {"row_lse": True, "row_pos": True, "col_lse": spec.column_terms, "col_pos": spec.column_terms,
+                      "row_pair_loss": spec.pairwise_sigmoid}
+            grads = {k: output_grads[_OUTPUTS.index(k)] for k, on in wanted.items() if on}
+            grads = {k: None if g is None else g.to(acc) for k, g in grads.items()}
+        else:
+            row_like = saved["row_lse"]
+
+            def grad_or_zero(name, like):
+                g = output_grads[_OUTPUTS.index(name)]
+                return torch.zeros_like(like) if g is None else g.to(acc)
+
+            grads = {k: grad_or_zero(k, row_like) for k in ("row_lse", "row_pos")}
+            if spec.column_terms:
+                grads.update({k: grad_or_zero(k, saved["col_lse"]) for k in ("col_lse", "col_pos")})
+            if spec.hard_beta is not None:
+                grads["row_lse_beta"] = grad_or_zero("row_lse_beta", row_like)
+            if spec.pairwise_sigmoid:
+                grads["row_pair_loss"] = grad_or_zero("row_pair_loss", row_like)
         with torch.no_grad():
             qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys_in, extra))
-            dq, dk, de, dscale, dbias = _backward(qh, kh, eh, scale_t, bias_in, spec, band, ctx.blocks, saved, grads)
+            if ctx.fast:
+                problem = _Problem(qh, kh, eh, scale_t, spec, ctx.blocks)
+                dq, dk, de, dscale, dbias = _backward_fast(problem, bias_in, band, saved, grads)
+            else:
+                dq, dk, de, dscale, dbias = _backward(qh, kh, eh, scale_t, bias_in, spec, band, ctx.blocks, saved,
+                                                      grads)
             if shared:
                 dq, dk = dq + dk, None
             if spec.normalize:
