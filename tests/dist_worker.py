@@ -117,7 +117,7 @@ def main():
             g_ours = torch.autograd.grad(ours, ours_in)
             g_peer = torch.autograd.grad(peer, peer_in)
             results[key] = {"loss": rel_err(ours, peer), **{f"grad{i}": rel_err(x, y) for i, (x, y) in enumerate(zip(g_ours, g_peer))}}
-    for impl in ("bidir", "gather"):
+    for impl in ("bidir", "gather"):  # open_clip's neighbour exchange is this package's ring
         kw = {"rank": rank, "world_size": world, "dist_impl": impl}
         ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True),
                    scale.clone().requires_grad_(True), torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)]
@@ -132,6 +132,10 @@ def main():
     for key, ours_mod, peer_mod in (
         ("lightly_ntxent", co_lightly.NTXentLoss(gather_distributed=True), ntx.NTXentLoss(gather_distributed=True)),
         ("lightly_dcl", co_lightly.DCLLoss(gather_distributed=True), dcl.DCLLoss(gather_distributed=True)),
+        ("lightly_ntxent_ring", co_lightly.NTXentLoss(gather_distributed=True, exchange="ring"),
+         ntx.NTXentLoss(gather_distributed=True)),
+        ("lightly_dcl_ring", co_lightly.DCLLoss(gather_distributed=True, exchange="ring"),
+         dcl.DCLLoss(gather_distributed=True)),
     ):
         ours_in = [a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True)]
         peer_in = [t.detach().clone().requires_grad_(True) for t in ours_in]

@@ -24,7 +24,7 @@ def results(tmp_path_factory):
 
 EXPECTED = ["info_nce_queue", "info_nce_symmetric", "clip", "nt_xent", "dcl", "supcon", "ring", "module_nt_xent",
             "open_clip_local1_grad1", "open_clip_local1_grad0", "open_clip_local0_grad1", "open_clip_local0_grad0",
-            "lightly_ntxent", "lightly_dcl", "info_nce_labels", "clip_labels", "ring_labels", "hard_negative",
+            "lightly_ntxent", "lightly_dcl", "lightly_ntxent_ring", "lightly_dcl_ring", "info_nce_labels", "clip_labels", "ring_labels", "hard_negative",
             "debiased", "siglip", "open_clip_siglip_bidir", "open_clip_siglip_gather"]
 ST_EXPECTED = [f"sentence_transformers_{name}" for name in ("mnrl_1", "mnrl_4", "mnrl_hard_negatives",
                                                            "mnrl_in_batch_negatives", "mnrl_all_negatives",

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import distributed as dist_
+from .._checks import check_exchange
 from ..core import normalize_rows
 from ..functional import dcl_loss, info_nce, nt_xent
 
@@ -104,7 +105,8 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.5, memory_bank_size: int | Sequence[int] = 0,
-                 gather_distributed: bool = False, *, backend: str = "auto"):
+                 gather_distributed: bool = False, *, backend: str = "auto",
+                 exchange: str = "auto"):
         super().__init__()
         _check_temperature(temperature)
         _check_gather(gather_distributed)
@@ -112,6 +114,7 @@ class NTXentLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.eps = _EPS
         self.backend = backend
+        self.exchange = check_exchange(exchange)  # not in lightly: how the ranks exchange their rows
         self.memory_bank_size = _bank_size(memory_bank_size)
         self.register_buffer("bank", torch.empty(self.memory_bank_size, dtype=torch.float), persistent=False)
         self.register_buffer("bank_ptr", torch.zeros(1, dtype=torch.long), persistent=False)
@@ -136,7 +139,7 @@ class NTXentLoss(nn.Module):
         group = _world_group(self.gather_distributed)
         if self.memory_bank_size == (0,):
             return nt_xent(out0, out1, temperature=_temperature_for(self.temperature, out0), backend=self.backend,
-                           process_group=group).to(out0.dtype)
+                           process_group=group, exchange=self.exchange).to(out0.dtype)
         if self.bank.shape[1] != out1.shape[1]:
             raise ValueError(f"memory bank rows have dim {self.bank.shape[1]}, out1 has {out1.shape[1]}")
         negatives = self.bank.detach().clone().to(device=out0.device, dtype=out0.dtype)
@@ -154,13 +157,15 @@ class DCLLoss(nn.Module):
     """lightly's ``DCLLoss`` (decoupled contrastive loss, optional ``weight_fn(out0, out1)``)."""
 
     def __init__(self, temperature: float = 0.1, weight_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 gather_distributed: bool = False, *, backend: str = "auto"):
+                 gather_distributed: bool = False, *, backend: str = "auto",
+                 exchange: str = "auto"):
         super().__init__()
         _check_gather(gather_distributed)
         self.temperature = temperature
         self.weight_fn = weight_fn
         self.gather_distributed = gather_distributed
         self.backend = backend
+        self.exchange = check_exchange(exchange)  # not in lightly: how the ranks exchange their rows
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         group = _world_group(self.gather_distributed)
@@ -170,7 +175,7 @@ class DCLLoss(nn.Module):
             return self._single_pair(out0, out1, temperature)
         dtypes: list = []
         loss = dcl_loss(out0, out1, temperature=temperature, weight_fn=_broadcast_weights(self.weight_fn, n, dtypes),
-                        backend=self.backend, process_group=group)
+                        backend=self.backend, process_group=group, exchange=self.exchange)
         return loss.to(dtypes[0] if dtypes else out0.dtype)
 
     def _single_pair(self, out0: Tensor, out1: Tensor, temperature) -> Tensor:
@@ -195,7 +200,7 @@ class DCLWLoss(DCLLoss):
     """lightly's ``DCLWLoss``: :class:`DCLLoss` with the von Mises–Fisher weighting of width ``sigma``."""
 
     def __init__(self, temperature: float = 0.1, sigma: float = 0.5, gather_distributed: bool = False, *,
-                 backend: str = "auto"):
+                 backend: str = "auto", exchange: str = "auto"):
         super().__init__(temperature=temperature, gather_distributed=gather_distributed, backend=backend,
-                         weight_fn=partial(negative_mises_fisher_weights, sigma=sigma))
+                         exchange=exchange, weight_fn=partial(negative_mises_fisher_weights, sigma=sigma))
         self.sigma = sigma

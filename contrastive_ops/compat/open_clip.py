@@ -189,17 +189,23 @@ class SigLipLoss(nn.Module):
     With ``world_size > 1`` (``torch.distributed`` initialized with that many ranks) this rank's
     images meet every rank's texts, the other ranks' as negatives only, divided by the local batch
     size, with gradients flowing back to every rank's texts: what each of open_clip's ``dist_impl``
-    exchanges (``bidir``, ``shift``, ``reduce``, ``gather``) computes; here the texts are gathered
-    once and the tiled core never builds the logits. ``cache_labels`` is accepted and has nothing to
-    cache. ``backend`` (not in open_clip) picks this package's backend.
+    exchanges (``bidir``, ``shift``, ``reduce``, ``gather``) computes, and the tiled core never builds
+    the logits. Open_clip's neighbour exchanges (``bidir``, ``shift``) become this package's ring
+    exchange (texts passed around the ranks, memory independent of the world size), ``gather`` and
+    ``reduce`` its gather; ``exchange`` (not in open_clip: ``"gather"``, ``"ring"`` or ``"auto"``)
+    overrides that. ``cache_labels`` is accepted and has nothing to cache. ``backend`` (not in
+    open_clip) picks this package's backend.
     """
 
     def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl: str | None = None,
-                 *, backend: str = "auto"):
+                 *, backend: str = "auto", exchange: str | None = None):
         super().__init__()
         dist_impl = dist_impl or "bidir"
         if dist_impl not in SIGLIP_DIST_IMPLS:
             raise ValueError(f"dist_impl must be one of {SIGLIP_DIST_IMPLS} or None, got {dist_impl!r}")
+        if exchange is None:
+            exchange = "ring" if dist_impl in ("bidir", "shift") else "gather"
+        self.exchange = C.check_exchange(exchange)
         self.cache_labels = cache_labels
         self.rank = rank
         self.world_size = world_size
@@ -219,5 +225,5 @@ class SigLipLoss(nn.Module):
         dtype = _peer_dtype(image_features, text_features, logit_scale, logit_bias, sigmoid=True)
         bias = None if logit_bias is None else _core_value(logit_bias, image_features)
         loss = siglip_loss(image_features, text_features, _core_value(logit_scale, image_features), bias,
-                           normalize=False, backend=self.backend, process_group=group).to(dtype)
+                           normalize=False, backend=self.backend, process_group=group, exchange=self.exchange).to(dtype)
         return {"contrastive_loss": loss} if output_dict else loss
