@@ -4,7 +4,8 @@
 
 Writes, beside the file: ``<stem>-<dtype>-d<D>.png`` (per loss: forward+backward time vs N, peak
 memory vs N on log–log axes, and share of the matmul rate; one line per backend and peer) and
-``<stem>.md`` (forward+backward milliseconds and peak MiB per N and implementation).
+``<stem>.md`` (forward+backward milliseconds and peak MiB per N and implementation, then ``chunked``'s
+time and memory divided by ``compiled_naive``'s wherever both ran).
 """
 from __future__ import annotations
 
@@ -99,14 +100,42 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def ratios(rows, impl: str = "chunked", baseline: str = "compiled_naive") -> str:
+    """Per loss and size: ``impl``'s forward+backward time and peak memory divided by ``baseline``'s
+    (the CPU acceptance figure: both at most 1, memory far below at large N)."""
+    lines = []
+    for (dtype, d), group in sorted(_groups(rows).items()):
+        cells = defaultdict(dict)
+        for r in group:
+            if r["status"] == "ok" and r["backend"] in (impl, baseline):
+                cells[(r["loss"], r["n"], r["m"])][r["backend"]] = r
+        pairs = [(key, by) for key, by in sorted(cells.items()) if impl in by and baseline in by]
+        if not pairs:
+            continue
+        lines.append(f"### {dtype}, D = {d} — {impl} ÷ {baseline}, forward+backward\n")
+        lines.append(f"| loss | N × M | {impl} ms | {baseline} ms | time ratio | {impl} MiB | {baseline} MiB "
+                     "| memory ratio |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for (loss, n, m), by in pairs:
+            a, b = by[impl], by[baseline]
+            mem = a["peak_mem_mib"] / b["peak_mem_mib"] if b["peak_mem_mib"] > 0 else float("nan")
+            lines.append(f"| {loss} | {n} × {m} | {a['ms']:.1f} | {b['ms']:.1f} | {a['ms'] / b['ms']:.2f} "
+                         f"| {a['peak_mem_mib']:.0f} | {b['peak_mem_mib']:.0f} | {mem:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m benchmarks.report RESULTS.jsonl")
     rows = load(argv[0])
     stem = os.path.splitext(argv[0])[0]
+    ratio_table = ratios(rows)
     with open(stem + ".md", "w") as f:
-        f.write(table(rows))
+        f.write(table(rows) + ("\n" + ratio_table if ratio_table else ""))
+    if ratio_table:
+        print(ratio_table)
     print("table:", stem + ".md")
     try:
         written = plots(rows, stem)

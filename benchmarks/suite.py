@@ -156,6 +156,9 @@ def main(argv=None) -> None:
                    help="backends and peers to run (default: all that run on the device)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per point on the CPU")
+    p.add_argument("--logit-rows", action="store_true",
+                   help="--n counts rows of the logit matrix: the two-view losses (nt_xent, dcl, hard_negative, "
+                        "debiased) get batches of N/2, so every loss is measured at the same N × M")
     p.add_argument("--max-seconds", type=float, default=10.0,
                    help="skip a point whose one call the smaller-N time predicts to take longer")
     p.add_argument("--budget-s", type=float, default=None,
@@ -216,6 +219,8 @@ def main(argv=None) -> None:
                 for d in grid["d"]:
                     schedule = Schedule(args.max_seconds, deadline, args.budget_s)
                     for n in sorted(grid["n"]):
+                        if args.logit_rows:  # N counts logit rows: a two-view loss gets a batch of N/2
+                            n = max(n // workload.logits_shape(1)[0], 1)
                         rows, cols = workload.logits_shape(n)
                         input_sets = None  # made once per size, shared by every implementation and mode
                         for name, fn, why in candidates:
