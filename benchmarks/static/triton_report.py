@@ -277,7 +277,7 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     ``torch.mm`` and sorted per row, one counting pass at the sample's thresholds and one gathering
     pass over the tiles, the gathered slots sorted per row. The radix search then runs only for rows
     whose bracket overflowed its slots, charged here as none: the modeled time assumes every row
-    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back; rows with
+    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back, at most 748 of 1024 slots; rows with
     many candidates tied at a band boundary, or a sample far off the row's distribution, add up to
     one radix search of their row blocks)."""
     from contrastive_ops.kernels import ring_select as rs
