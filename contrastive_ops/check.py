@@ -550,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help="rows per input (default: 37 on a GPU, 19 on a CPU)")
     parser.add_argument("--extra", type=int, help="extra negatives (default: 23 on a GPU, 7 on a CPU)")
     parser.add_argument("--d", type=int, help="features per row (default: 24 on a GPU, 16 on a CPU)")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="instead: every process-group loss on N processes (both exchanges) against one "
+                             "process (contrastive_ops.check_processes); --backends may name one backend")
     args = parser.parse_args(argv)
     for name in ("n", "extra", "d"):  # the losses with extra negatives need at least one
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -558,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.processes is not None:
+        return _main_processes(args, device, parser)
     _use_interpreter_without_gpu()  # before anything imports the Triton kernels
     backends = _names(args.backends, BACKENDS, "backend", parser) or list(BACKENDS)
     dtypes = _names(args.dtypes, list(DTYPES), "dtype", parser, DTYPE_ALIASES) or list(DTYPES)
@@ -582,6 +587,32 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"version": __version__, "device": str(device), "seed": args.seed,
                        "shapes": asdict(shapes), "rows": [asdict(r) for r in rows]}, f, indent=1)
+    return 1 if failed else 0
+
+
+def _main_processes(args, device: torch.device, parser) -> int:
+    from . import check_processes
+
+    backends = _names(args.backends, BACKENDS, "backend", parser) or ["auto"]
+    if len(backends) != 1:
+        parser.error(f"--processes checks one backend at a time, got {backends}")
+    if args.processes < 2:
+        parser.error(f"--processes must be >= 2, got {args.processes}")
+    print(f"contrastive_ops {__version__} check on {args.processes} processes ({device.type}), backend "
+          f"{backends[0]}, seed {args.seed}", flush=True)
+    start = time.perf_counter()
+    try:
+        rows = check_processes.run(args.processes, device, backends[0], args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(check_processes.table(rows))
+    failed = [r for r in rows if r.verdict.startswith("FAIL")]
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed in {time.perf_counter() - start:.1f} s"
+          + (": " + "; ".join(r.case for r in failed) if failed else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"version": __version__, "device": str(device), "processes": args.processes,
+                       "seed": args.seed, "rows": [asdict(r) for r in rows]}, f, indent=1)
     return 1 if failed else 0
 
 
