@@ -90,12 +90,13 @@ class _Workspace:
         self.size, self.dtype, self.device = max(rows * cols, 1), dtype, device
         self.flat: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, r: int, c: int) -> torch.Tensor:
+    def get(self, name: str, r: int, c: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
         if torch.compiler.is_compiling():  # traced: plain fresh tensors
-            return torch.empty(r, c, dtype=self.dtype, device=self.device)
+            return torch.empty(r, c, dtype=dtype, device=self.device)
         flat = self.flat.get(name)
-        if flat is None or flat.numel() < r * c:
-            flat = self.flat[name] = torch.empty(max(self.size, r * c), dtype=self.dtype, device=self.device)
+        if flat is None or flat.numel() < r * c or flat.dtype != dtype:
+            flat = self.flat[name] = torch.empty(max(self.size, r * c), dtype=dtype, device=self.device)
         return flat[: r * c].view(r, c)
 
 
@@ -180,42 +181,19 @@ def _natural_logits(q_blk: torch.Tensor, c_blk: torch.Tensor, scale, out: torch.
     return torch.mm(q_blk, c_blk.T, out=out).mul_(scale)
 
 
-def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor, workspace=None):
-    """``(v_lo, v_hi)`` of the Ring for the rows of one block, exact on the tile values.
-
-    The order-preserving bit patterns of the logits are selected one byte at a time, from the most
-    significant: each pass histograms, per row, the next byte of the candidates that still match
-    the prefix chosen so far, and picks the byte holding the wanted rank. Two ranks are selected at
-    once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``).
-    """
-    acc = accumulation_dtype(q_blk.dtype)
+def _radix_band(n: int, acc: torch.dtype, device, spec: RoleSpec, count):
+    """``(v_lo, v_hi)`` of ``n`` rows by a radix select over the order-preserving bit patterns of their
+    logits, one byte per pass from the most significant. ``count(shift, patterns)`` returns the int64
+    histograms ``[2, n, 256]`` of byte ``shift`` of the candidates whose bytes above it match
+    ``patterns[t]`` (``patterns`` None on the first pass: one histogram of every candidate, in ``[0]``).
+    Two ranks are selected at once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``)."""
     int_dtype = _int_dtype(acc)
     nbits = 64 if int_dtype == torch.int64 else 32
-    n = rows.shape[0]
-    device = q_blk.device
-    ws = workspace if workspace is not None else _Workspace(n, max((g1 - g0 for g0, g1, _, _ in columns), default=1),
-                                                            acc, device)
     ranks = None  # [2, n] descending ranks still to skip within the current prefix
     prefix = torch.zeros(2, n, dtype=torch.int64, device=device)  # chosen bytes, as an unsigned pattern
     nonempty = None
-    tile_hist = torch.zeros(n, 256, dtype=acc, device=device)  # one tile's counts: exact integers (<= its columns)
     for shift in range(nbits - 8, -1, -8):
-        hist = torch.zeros(2, n, 256, dtype=torch.int64, device=device)
-        pattern = _as_pattern(prefix, int_dtype)
-        first = shift == nbits - 8
-        for g0, g1, c_blk, _ in columns:
-            cols = torch.arange(g0, g1, device=device)
-            logits = _natural_logits(q_blk, c_blk, scale, ws.get("logits", n, g1 - g0))
-            keys = _order_bits(logits)
-            candidate = _candidates(rows, cols, columns.num_keys, spec)
-            digit = (keys >> shift).bitwise_and_(255).long()
-            for t in range(1 if first else 2):  # first pass: no prefix yet, both ranks share one histogram
-                if first:
-                    match = candidate
-                else:  # only candidates whose bytes above `shift` match the prefix
-                    match = candidate & (((keys ^ pattern[t][:, None]) >> (shift + 8)) == 0)
-                tile_hist.zero_().scatter_add_(1, digit, match.to(acc))
-                hist[t] += tile_hist.long()
+        hist = count(shift, None if ranks is None else _as_pattern(prefix, int_dtype))
         if ranks is None:  # first pass: the histogram's total is the row's candidate count
             hist[1] = hist[0]
             lo, hi = ring_ranks(hist[0].sum(dim=1), *spec.ring)
@@ -230,6 +208,39 @@ def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Te
     v_hi, v_lo = _bits_to_values(_as_pattern(prefix, int_dtype), acc).unbind(0)
     inf = torch.full_like(v_hi, float("inf"))
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
+
+
+def _select_band(q_blk, columns: _Columns, scale, spec: RoleSpec, rows: torch.Tensor, workspace=None):
+    """``(v_lo, v_hi)`` of the Ring for the rows of one block, exact on the tile values.
+
+    The order-preserving bit patterns of the logits are selected one byte at a time, from the most
+    significant: each pass histograms, per row, the next byte of the candidates that still match
+    the prefix chosen so far, and picks the byte holding the wanted rank. Two ranks are selected at
+    once: ``lo`` (gives ``v_hi``) and ``hi - 1`` (gives ``v_lo``).
+    """
+    acc = accumulation_dtype(q_blk.dtype)
+    n = rows.shape[0]
+    device = q_blk.device
+    ws = workspace if workspace is not None else _Workspace(n, max((g1 - g0 for g0, g1, _, _ in columns), default=1),
+                                                            acc, device)
+    tile_hist = torch.zeros(n, 256, dtype=acc, device=device)  # one tile's counts: exact integers (<= its columns)
+
+    def count(shift, patterns):
+        hist = torch.zeros(2, n, 256, dtype=torch.int64, device=device)
+        for g0, g1, c_blk, _ in columns:
+            cols = torch.arange(g0, g1, device=device)
+            keys = _order_bits(_natural_logits(q_blk, c_blk, scale, ws.get("logits", n, g1 - g0)))
+            candidate = _candidates(rows, cols, columns.num_keys, spec)
+            digit = (keys >> shift).bitwise_and_(255).long()
+            for t in range(1 if patterns is None else 2):
+                match = candidate  # first pass: no prefix yet, both ranks share one histogram
+                if patterns is not None:  # only candidates whose bytes above `shift` match the prefix
+                    match = candidate & (((keys ^ patterns[t][:, None]) >> (shift + 8)) == 0)
+                tile_hist.zero_().scatter_add_(1, digit, match.to(acc))
+                hist[t] += tile_hist.long()
+        return hist
+
+    return _radix_band(n, acc, device, spec, count)
 
 
 def ring_band(query, keys, extra, scale: Scale, spec: RoleSpec, blocks: tuple[int, int]):
@@ -474,7 +485,7 @@ class _Problem:
         self.n, self.m = self.q.shape[0], self.k.shape[0]
         self.m_total = self.m + (0 if self.e is None else self.e.shape[0])
         self.device = self.q.device
-        self.natural = spec.ring is not None  # the Ring's band is on the natural logits
+        self.natural = False  # tile logits in base 2 (the Ring's band too: see _ring_band_fast)
         self.scale = scale_t
         # tile logits: one GEMM of these rows (natural: cosines times the scale, as the selection)
         self.qs = self.q if self.natural else self.q * (scale_t * _LOG2E)
@@ -633,6 +644,55 @@ class _Problem:
         if grads_e is not None:
             extra_pos = self.pos_valid & (self.pos_col >= self.m)
             grads_e.index_add_(0, (self.pos_col - self.m).clamp(0, grads_e.shape[0] - 1), contrib * extra_pos[:, None])
+
+
+def _ring_band_fast(P: _Problem):
+    """The Ring band ``(v_lo, v_hi)`` on the fast path's own (base-2) tile logits, exact on the values
+    its forward and backward use. The radix select of :func:`_select_band`, with the order bits made in
+    place, the candidates as float weights (the positive zeroed by one scatter per row, false negatives
+    by the label comparison) and reused buffers."""
+    spec, acc, dev = P.spec, P.acc, P.device
+    int_dtype = _int_dtype(acc)
+    info = torch.iinfo(int_dtype)
+    ws = _Workspace(min(P.blocks[0], P.n), min(P.blocks[1], max(P.m_total, 1)), acc, dev)
+    tile_hist = torch.zeros(min(P.blocks[0], P.n), 256, dtype=acc, device=dev)
+    zero = torch.zeros((), dtype=acc, device=dev)
+    bands = []
+    for r0, r1 in _row_blocks(P.n, P.blocks[0]):
+        r = r1 - r0
+
+        def count(shift, patterns, r0=r0, r1=r1, r=r):
+            hist = torch.zeros(2, r, 256, dtype=torch.int64, device=dev)
+            high = None if patterns is None else patterns >> (shift + 8)
+            for g0, g1, c_blk, is_key in P.columns:
+                c = g1 - g0
+                bits = P.tile_logits(r0, r1, g0, g1, c_blk, ws.get("S", r, c)).add_(0.0).view(int_dtype)
+                flip = torch.bitwise_right_shift(bits, info.bits - 1, out=ws.get("J", r, c, int_dtype))
+                keys = bits.bitwise_xor_(flip.bitwise_and_(info.max)).bitwise_xor_(info.min)  # as _order_bits
+                digit = torch.bitwise_right_shift(keys, shift, out=ws.get("J", r, c, int_dtype)).bitwise_and_(255)
+                index = ws.get("L", r, c, torch.int64).copy_(digit)
+                if high is not None:
+                    keys_high = torch.bitwise_right_shift(keys, shift + 8, out=ws.get("J", r, c, int_dtype))
+                not_false_negative = None
+                if P.label_mask and is_key:
+                    _, row_cls, col_cls, _ = P.label_state
+                    not_false_negative = row_cls[r0:r1, None] != col_cls[None, g0:g1]
+                idx, inside = P.rows_of(r0, r1, g0, c, P.pos_col)
+                for t in range(1 if high is None else 2):
+                    weight = ws.get("F", r, c)
+                    if high is None:
+                        weight.fill_(1.0)
+                    else:
+                        weight.copy_(torch.eq(keys_high, high[t][:, None], out=ws.get("B", r, c, torch.bool)))
+                    if not_false_negative is not None:
+                        weight.mul_(not_false_negative)
+                    weight.scatter_(1, idx, torch.where(inside, zero, weight.gather(1, idx)))  # the positive
+                    tile_hist[:r].zero_().scatter_add_(1, index, weight)
+                    hist[t] += tile_hist[:r].long()
+            return hist
+
+        bands.append(_radix_band(r, acc, dev, spec, count))
+    return torch.cat([b[0] for b in bands]), torch.cat([b[1] for b in bands])
 
 
 def _lse_ops(natural: bool):
@@ -977,7 +1037,12 @@ def compute_terms(
     blocks = (_BLOCK["rows"], _BLOCK["cols"])
     band_lo = band_hi = None
     check_guide_shapes(spec, query.shape[0], keys.shape[0] + (0 if extra is None else extra.shape[0]))
-    if spec.ring is not None:
+    if spec.ring is not None and fast_path_applies(spec, query.device):
+        with torch.no_grad():  # the band on the fast path's own tile logits (base 2)
+            qh, kh, eh = (_normalized(t, spec.normalize) for t in (query, keys, extra))
+            detached = as_scale_tensor(scale.detach() if isinstance(scale, torch.Tensor) else scale, query)
+            band_lo, band_hi = _ring_band_fast(_Problem(qh, kh, eh, detached, spec, blocks))
+    elif spec.ring is not None:
         band_lo, band_hi = ring_band(query, keys, extra, scale, spec, blocks)
     scale_t = as_scale_tensor(scale, query)
     bias_t = as_scale_tensor(0.0 if bias is None else bias, query) if spec.pairwise_sigmoid else None
