@@ -683,7 +683,7 @@ def _ring_band_fast(P: _Problem):
                     if high is None:
                         weight.fill_(1.0)
                     else:
-                        weight.copy_(torch.eq(keys_high, high[t][:, None], out=ws.get("B", r, c, torch.bool)))
+                        torch.eq(keys_high, high[t][:, None], out=weight)  # 1.0 where the prefix matches
                     if not_false_negative is not None:
                         weight.mul_(not_false_negative)
                     weight.scatter_(1, idx, torch.where(inside, zero, weight.gather(1, idx)))  # the positive
