@@ -145,7 +145,9 @@ def measure(loss: str, exchange: str, world: int, n_local: int, d: int, reps: in
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
                "-m", "benchmarks.exchange"]
         point = {"loss": loss, "exchange": exchange, "n_local": n_local, "d": d, "reps": reps, "out": out}
-        env = dict(os.environ, OMP_NUM_THREADS="1", **{_CHILD: json.dumps(point)})
+        # a fixed mmap threshold: glibc returns every large block at its free, so the high-water mark
+        # follows the live tensors (its adaptive threshold would keep freed blocks of earlier steps)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072", **{_CHILD: json.dumps(point)})
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1800)
         if proc.returncode != 0:
             raise RuntimeError(f"{loss} {exchange} world {world} failed:\n{proc.stderr[-3000:]}")
@@ -219,13 +221,18 @@ def paper(local: int = 8192, d: int = 768, element: int = 2, worlds=(8, 64, 512)
             times = " | ".join(f"{sent / bw * 1e3:.1f} ms" for bw in LINKS.values())
             lines.append(f"| {world} × {local} = {world * local:,} | {exchange} | {mem / 2**30:.2f} GiB | "
                          f"{sent / 2**30:.2f} GiB | {times} |")
-    per_step = local * d * element
+    block, grad = local * d * element, local * d * 4
+    product = 2 * local * local * d / 790e12  # one block's S at the measured matmul rate
     lines.append("")
-    lines.append(f"The ring sends one block of {per_step / 2**20:.1f} MiB per step and column set "
-                 f"({per_step / 50e9 * 1e3:.2f} ms on the 50 GB/s link, {per_step / 450e9 * 1e3:.3f} ms on NVLink), "
-                 f"while the step's forward product of {local}² × {d} takes {2 * local * local * d / 790e12 * 1e3:.2f} ms "
-                 "at 790 TFLOP/s: the transfer hides behind the tiles on NVLink and nearly on InfiniBand; the "
-                 "gather's transfer precedes every tile.")
+    lines.append(f"Per ring step and column set: forward, one block of {block / 2**20:.0f} MiB against one product of "
+                 f"{local}² × {d} ({product * 1e3:.2f} ms at 790 TFLOP/s); backward, the block and its fp32 "
+                 f"gradient ({(block + grad) / 2**20:.0f} MiB) against four products ({4 * product * 1e3:.2f} ms).")
+    for name, bw in LINKS.items():
+        fwd, bwd = block / bw, (block + grad) / bw
+        lines.append(f"- {name}: {fwd * 1e3:.3f} ms forward and {bwd * 1e3:.3f} ms backward per step: "
+                     + ("hidden behind the tiles." if fwd <= product and bwd <= 4 * product else
+                        f"exposed; the tiles hide it from about {local * max(fwd / product, bwd / (4 * product)):,.0f} "
+                        "rows per rank."))
     return "\n".join(lines)
 
 
