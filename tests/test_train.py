@@ -140,7 +140,7 @@ def test_config_file_sets_options_and_cli_wins(tmp_path):
     assert (cfg["loss"], cfg["batch_size"], cfg["temperature"]) == ("dcl", 32, 0.4)
 
 
-@pytest.mark.parametrize("extra", [[], ["--micro-batch", "12"]])
+@pytest.mark.parametrize("extra", [[], ["--micro-batch", "12"], ["--exchange", "ring"]])
 def test_trainer_under_torchrun_two_processes(extra, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -154,8 +154,12 @@ def test_trainer_under_torchrun_two_processes(extra, tmp_path):
 
 @pytest.mark.parametrize("args,match", [(["--tau-plus", "1"], "tau_plus must be in"),
                                         (["--hard-beta", "-0.5"], "hard_beta must be a number >= 0"),
-                                        (["--micro-batch", "-1"], "micro_batch must be an integer >= 0")])
-def test_new_loss_options_are_validated(args, match):
+                                        (["--micro-batch", "-1"], "micro_batch must be an integer >= 0"),
+                                        (["--config", "{exchange}"], "exchange must be one of")])
+def test_new_loss_options_are_validated(args, match, tmp_path):
+    if args[0] == "--config":  # a value the command line's choices would refuse first
+        (tmp_path / "c.json").write_text(json.dumps({"exchange": "all"}))
+        args = ["--config", str(tmp_path / "c.json")]
     with pytest.raises(cli.ConfigError, match=match):
         cli.resolve_config(args)
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..backends import BACKENDS
+from ..core import EXCHANGES
 from .config import DEFAULTS, HELP, PRESETS, ConfigError
 from .model import ARCHS, NORMS
 from .objectives import LOSSES, RING_SCHEDULES
@@ -46,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
             kwargs["choices"] = ("auto", "bf16", "off")
         elif key == "backend":
             kwargs["choices"] = ("auto",) + BACKENDS
+        elif key == "exchange":
+            kwargs["choices"] = EXCHANGES
         elif key == "resume":
             kwargs.update(action="store_const", const=True)
         elif key == "progress":
@@ -102,6 +105,8 @@ def _validate(cfg: dict) -> None:
         raise ConfigError(f"loss must be one of {LOSSES}, got {cfg['loss']!r}")
     if cfg["backend"] not in ("auto",) + BACKENDS:
         raise ConfigError(f"backend must be one of {('auto',) + BACKENDS}, got {cfg['backend']!r}")
+    if cfg["exchange"] not in EXCHANGES:
+        raise ConfigError(f"exchange must be one of {EXCHANGES}, got {cfg['exchange']!r}")
     for key in ("epochs", "batch_size", "queue_size", "width", "feature_dim", "embed_dim"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")

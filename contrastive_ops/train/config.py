@@ -9,6 +9,7 @@ DEFAULTS = {
     "preset": None,
     "loss": "nt_xent",
     "backend": "auto",
+    "exchange": "auto",
     "temperature": 0.2,
     "epochs": 150,
     "batch_size": 256,
@@ -46,6 +47,8 @@ HELP = {
     "preset": "a set of defaults: wu2020-cifar (the seed paper's CIFAR setup); other options still win",
     "loss": "objective (info_nce is MoCo: momentum key encoder + queue)",
     "backend": "contrastive_ops backend for the loss",
+    "exchange": "under torchrun: how the ranks exchange their rows, gather, ring (memory flat in the world size) "
+                "or auto (docs/distributed.md); the ring loss gathers",
     "temperature": "softmax temperature (clip: initial 1/logit_scale; siglip: unused, logit scale starts at 10)",
     "epochs": "train until this many epochs are done (with --resume: in total)",
     "batch_size": "global batch size (split over ranks under torchrun)",

@@ -42,7 +42,7 @@ class Objective(nn.Module):
         return module(x) if self.cache is None else self.cache.embed(module, x)
 
     def common(self):
-        return {"backend": self.cfg["backend"], "process_group": self.group}
+        return {"backend": self.cfg["backend"], "process_group": self.group, "exchange": self.cfg["exchange"]}
 
     def after_step(self) -> None:
         """Called after the optimizer step (momentum updates)."""
@@ -204,8 +204,11 @@ class _RingSchedule:
         return 1 + hi - math.floor(self.cfg["ring_inner"] * hi)
 
     def _ring_loss(self, q, k, queue=None, **kwargs):
+        common = self.common()
+        if common["exchange"] == "ring":  # the band is a selection over every rank's candidates: gathered
+            common["exchange"] = "gather"
         return cf.ring_info_nce(q, k, queue, temperature=self.cfg["temperature"], outer=self.outer,
-                                inner=self.cfg["ring_inner"], **kwargs, **self.common())
+                                inner=self.cfg["ring_inner"], **kwargs, **common)
 
 
 class Ring(_RingSchedule, Objective):
