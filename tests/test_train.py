@@ -326,3 +326,22 @@ def test_augmentation_on_the_device_path_is_a_function_of_the_generator():
     assert torch.equal(views[0], views[2]) and not torch.equal(views[0], views[4])
     assert torch.equal(views[1], views[3]) and torch.equal(views[1], views[5])
     assert views[0].shape == x.shape and 0.0 <= float(views[0].min()) and float(views[0].max()) <= 1.0
+
+
+@pytest.mark.parametrize("queue,batch", [(8, 3), (8, 8), (8, 21), (5, 13)])
+def test_moco_queue_is_a_fifo_even_when_a_batch_outnumbers_it(queue, batch):
+    """The queue after two batches equals writing every key one after another into the ring of slots."""
+    from types import SimpleNamespace
+
+    from contrastive_ops.train.objectives import MoCo
+
+    state = SimpleNamespace(group=None, queue=torch.zeros(queue, 2), queue_ptr=torch.zeros((), dtype=torch.long))
+    expected, ptr = torch.zeros(queue, 2), 0
+    for step in range(2):
+        keys = torch.arange(batch * 2, dtype=torch.float32).reshape(batch, 2) + 100 * step
+        MoCo._enqueue(state, keys)
+        for row in keys:  # one key at a time
+            expected[ptr] = row
+            ptr = (ptr + 1) % queue
+    assert torch.equal(state.queue, expected)
+    assert int(state.queue_ptr) == ptr

@@ -154,10 +154,13 @@ class MoCo(Objective):
             from ..distributed import gather_rows
 
             keys = gather_rows(keys, self.group, with_grad=False)
-        size = self.queue.shape[0]
-        idx = (self.queue_ptr + torch.arange(keys.shape[0])) % size
-        self.queue[idx] = keys[-size:] if keys.shape[0] > size else keys
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        size, n = self.queue.shape[0], keys.shape[0]
+        # FIFO: as if the n keys were written one after another; more keys than slots leave the last ones
+        start = self.queue_ptr + max(n - size, 0)
+        keys = keys[-size:]
+        idx = (start + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[idx] = keys
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     def _keys(self, v2):
         with torch.no_grad():
