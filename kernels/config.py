@@ -97,10 +97,11 @@ def row_grad_supported(flags: dict, d: int) -> bool:
     """Whether the forward can compute the rows' gradient products (``ROW_GRAD`` of
     ``contrastive_fwd``) for a problem with these switches: rows only (no column terms), plain softmax
     rows (no hard-negative or sigmoid terms), at most one positive per row (``pos_index``; several by
-    labels would need a second product), no Ring band (its backward must recompute the logits with
-    the selection's config, whatever its ``BLOCK_D``), and ``d <= 256``."""
+    labels would need a second product), and ``d <= 256``. A Ring band is fine: the forward then runs
+    with the selection's config (same tile logits, bit for bit), and so does the backward's dC pass
+    (or its dS chunks when that config's ``BLOCK_D`` is below D)."""
     return (d <= ROW_GRAD_D_MAX and not flags["COLUMN_TERMS"] and not flags["HARD_NEGATIVES"]
-            and not flags["PAIRWISE_SIGMOID"] and not flags["HAS_LABELS"] and not flags["HAS_BAND"])
+            and not flags["PAIRWISE_SIGMOID"] and not flags["HAS_LABELS"])
 
 
 def backward_candidates(d: int) -> tuple[TileConfig, ...]:

@@ -26,7 +26,6 @@ import triton.language as tl
 from .config import ds_chunk_bytes
 from .normalize import unit_rows
 from .tiles import (
-    HAS_BAND,
     HAS_GUIDE,
     HAS_LABELS,
     MASK_LABELS,
@@ -66,7 +65,8 @@ def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, row0, c0, inside, r
     N, M, M_TOTAL, D, stride_q, stride_c, beta = sizes
     cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                            NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_BAND] or ROLE[HAS_GUIDE])
+    # a plain tile with a Ring band tests the band alone (tiles.tile_denominator)
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     plain = False
     if MAY_BE_PLAIN:
         plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
@@ -277,7 +277,10 @@ def rows_from_forward(tiles, row, row_dq, row_dscale, q_hat):
         c_pos = t.columns[index].float()
         if t.flags["NORMALIZE"]:
             c_pos = c_pos * t.rc[index][:, None]
-        dq.addcmul_(weight[:, None], c_pos)
+        # the product rounded on its own, as g_lse·A is: where the positive is a row's whole denominator
+        # (A = ĉ_pos, g_pos_w = -g_lse) the two cancel exactly, as the dQ pass's p - 1 = 0 does (a fused
+        # multiply-add would leave the first product's rounding error)
+        dq.add_(weight[:, None] * c_pos)
         dscale = dscale + (weight * (q_hat.float() * c_pos).sum(dim=1)).sum()
     return dq.mul_(t.scale.to(torch.float32)), dscale
 

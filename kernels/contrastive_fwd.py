@@ -83,21 +83,25 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, pa
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms (returned) and of this program's column partials (stored).
     ``PLAIN`` (see ``tiles.plain_tile``): every pair is a candidate negative, so no role is tested, no
-    positive is summed and the counts grow by the tile's size."""
+    positive is summed and, without a Ring band, the counts grow by the tile's size (with one, the
+    band's two comparisons per pair are the only test)."""
+    ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
     if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
-        run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den, PLAIN)
-        beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, PLAIN)
+        run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den, ALL)
+        beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, ALL)
+    elif PLAIN and ROLE[HAS_BAND]:  # the denominator's pairs are at most the band's top <= run_max: no max
+        run_sum += tl.sum(tl.where(den, exp_minus(logits, run_max[:, None]), 0.0), axis=1)
     else:
-        run_max, run_sum = _online_lse(run_max, run_sum, logits, den, PLAIN)
+        run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
         if PLAIN:  # every pair a negative: z = -1
             pair_loss += tl.sum(softplus(logits + bias), axis=1)
         else:
             sign = tl.where(positive, 1.0, -1.0)
             pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
-    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, PLAIN)
+    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys
             PART_MAX, PART_SUM, PART_POS, PART_DEN, PART_POS_N = partials
@@ -106,11 +110,11 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, pa
             p_max = PART_MAX + part_row + cols
             p_sum = PART_SUM + part_row + cols
             col_max, col_sum = _online_lse(tl.load(p_max, mask=key_mask, other=float("-inf")),
-                                           tl.load(p_sum, mask=key_mask, other=0.0), logits, den, PLAIN, 0)
+                                           tl.load(p_sum, mask=key_mask, other=0.0), logits, den, ALL, 0)
             tl.store(p_max, col_max, mask=key_mask)
             tl.store(p_sum, col_sum, mask=key_mask)
             p_den = PART_DEN + part_row + cols
-            if PLAIN:
+            if ALL:
                 tl.store(p_den, tl.load(p_den, mask=key_mask, other=0) + BLOCK_M, mask=key_mask)
             else:
                 p_pos = PART_POS + part_row + cols
@@ -130,18 +134,27 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
     and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
-    by the final sum they are ``A_i`` and ``E_i``)."""
+    by the final sum they are ``A_i`` and ``E_i``; ``PLAIN`` as in :func:`_fwd_tile`)."""
+    ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
-    new_max, alpha, p = _online_step(run_max, logits, den, PLAIN)  # the exponentials feed the products too
-    run_sum = run_sum * alpha + tl.sum(p, axis=1)
-    e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
     offs_d = tl.arange(0, ACC_D)
     c = tl.load(CH + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
                 mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
-    # p <= 1: no scaling needed before the cast to the operands' dtype
-    acc = tl.dot(p.to(CH.dtype.element_ty), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, PLAIN)
+    if PLAIN and ROLE[HAS_BAND]:
+        # the denominator's pairs are at most the band's top, where run_max started: no max, no rescaling
+        new_max = run_max
+        p = tl.where(den, exp_minus(logits, run_max[:, None]), 0.0)
+        run_sum += tl.sum(p, axis=1)
+        e_acc += tl.sum(p * cosines, axis=1)
+        acc = tl.dot(p.to(CH.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
+    else:
+        new_max, alpha, p = _online_step(run_max, logits, den, ALL)  # the exponentials feed the products too
+        run_sum = run_sum * alpha + tl.sum(p, axis=1)
+        e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
+        # p <= 1: no scaling needed before the cast to the operands' dtype
+        acc = tl.dot(p.to(CH.dtype.element_ty), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
 
 
@@ -161,14 +174,20 @@ def _contrastive_fwd_kernel(
     num_programs = tl.num_programs(0)
     scale = tl.load(SCALE).to(tl.float32)
     bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
-    # tiles without per-pair roles exist only for losses without labels, Ring bands and guides
-    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_BAND] or ROLE[HAS_GUIDE])
+    # tiles without per-pair role tests exist only for losses without labels and guides (with a Ring band
+    # a plain tile tests the band alone)
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     part_row = pid.to(tl.int64) * M
     for row_block in range(pid, tl.cdiv(N, BLOCK_M), num_programs):
         row0 = row_block * BLOCK_M
         rows = row0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
-        run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        if ROLE[HAS_BAND] and not HARD_NEGATIVES:
+            # the row's softmax starts shifted by its band's top (a candidate's logit; -inf for an empty
+            # band), so that a plain tile, whose pairs in the denominator are at most that, needs no max
+            run_max = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
+        else:
+            run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         beta_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         beta_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import key_value, order_key, tile_cosines, tile_roles
+from .tiles import HAS_GUIDE, HAS_LABELS, MASK_LABELS, key_value, order_key, plain_tile, tile_cosines, tile_roles
 
 
 @triton.jit
@@ -145,18 +145,26 @@ def _ring_count_at_kernel(
     over the row block's tiles."""
     Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     scale = tl.load(SCALE).to(tl.float32)
     ks = tl.arange(0, T_POW2)
     counts = tl.zeros((BLOCK_M, T_POW2), dtype=tl.int32)
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
         logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                       NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-        candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-        values = tl.where(candidate, logits, float("-inf"))  # thresholds are never -inf
+        plain = False
+        if MAY_BE_PLAIN:
+            plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
+        if plain:  # every pair a candidate (tiles.plain_tile): no per-pair role test
+            values = logits
+        else:
+            candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
+            values = tl.where(candidate, logits, float("-inf"))  # thresholds are never -inf
         for k in tl.static_range(T):
             threshold = tl.load(THRESH + k * N + rows, mask=row_mask, other=float("inf"))
             at_least = tl.sum((values >= threshold[:, None]).to(tl.int32), axis=1)
@@ -177,9 +185,11 @@ def _ring_gather_kernel(
     ``SLOTS``)."""
     Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     scale = tl.load(SCALE).to(tl.float32)
+    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     top_lo = tl.load(BRACKET + rows, mask=row_mask, other=float("inf"))
     top_hi = tl.load(BRACKET + N + rows, mask=row_mask, other=float("inf"))
     bottom_lo = tl.load(BRACKET + 2 * N + rows, mask=row_mask, other=float("inf"))
@@ -191,9 +201,13 @@ def _ring_gather_kernel(
         col_mask = cols < M_TOTAL
         logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                                       NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-        candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-        inside = candidate & (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
-                              | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))
+        inside = (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
+                  | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))
+        plain = False
+        if MAY_BE_PLAIN:
+            plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
+        if not plain:  # a plain tile (tiles.plain_tile): every pair a candidate, no per-pair role test
+            inside = inside & tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
         slot = filled[:, None] + tl.cumsum(inside.to(tl.int32), axis=1) - 1
         tl.store(out_rows + slot, logits, mask=inside & (slot < SLOTS))
         filled += tl.sum(inside.to(tl.int32), axis=1)

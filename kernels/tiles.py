@@ -94,8 +94,9 @@ def plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE: tl.
                BLOCK_N: tl.constexpr):
     """Whether the tile ``[row0, row0 + BLOCK_M) × [c0, c0 + BLOCK_N)`` is plain: wholly inside the
     matrix, on one side of the key/extra boundary, and free of positives and self pairs, so that every
-    pair in it is a candidate negative (for losses without labels and Ring bands). Most tiles of a
-    large batch are; the kernels take a branch without per-pair role tests for them. ``inside``: the
+    pair in it is a candidate negative (for losses without labels; with a Ring band the band still
+    applies, :func:`tile_denominator`). Most tiles of a large batch are; the kernels take a branch
+    without per-pair role tests for them. ``inside``: the
     caller's own masks (e.g. a chunk's bounds) cut nothing off the tile."""
     POS, SELF, _, _, _, _, _, _, _, _, _, _ = roles
     plain = inside & (row0 + BLOCK_M <= N) & (c0 + BLOCK_N <= M_TOTAL) & ((c0 + BLOCK_N <= M) | (c0 >= M))
@@ -187,7 +188,8 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
     * pairwise sigmoid: ``-z·σ(-z·(S + b))`` times the row's gradient (``z = ±1``: positive or not).
 
     ``where`` rather than a product keeps an overflowing ``exp`` of a masked logit out of it.
-    ``PLAIN`` (see :func:`plain_tile`): no positive in the tile, every pair in the denominator.
+    ``PLAIN`` (see :func:`plain_tile`): no positive in the tile, every pair a candidate (in the
+    denominator unless a Ring band leaves it out: ``den`` says).
     ``grads``: the saved terms and their incoming gradients (``problem.GROUPS["grads"]``).
     """
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
@@ -208,8 +210,8 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
         key_mask = col_mask & (cols < M)
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
         g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0)
-        if PLAIN:  # every pair in the denominator; extra negatives have no column terms
-            grad += tl.where(key_mask[None, :], exp_minus(logits, col_lse[None, :]) * g_col_lse[None, :], 0.0)
+        if PLAIN:  # no positive; extra negatives have no column terms (``den``: a constant without a band)
+            grad += tl.where(den & key_mask[None, :], exp_minus(logits, col_lse[None, :]) * g_col_lse[None, :], 0.0)
         else:
             g_col_pos_w = tl.load(G_COL_POS_W + cols, mask=key_mask, other=0.0)
             in_key = key_mask[None, :]

@@ -233,10 +233,11 @@ def _stats(module, name, w: Workload, config, extra=(), plain_fraction=0.0):
 
 
 def plain_fraction(w: Workload, config, columns_first: bool = False) -> float:
-    """Share of ``w``'s tiles that ``tiles.plain_tile`` finds plain: none with labels or a Ring band;
-    else all but those holding a positive or self pair (one index per row: the ``ceil(BM/BN)`` tiles of
-    a row block's diagonal each, for ``columns_first`` programs ``ceil(BN/BM)``) and the edges."""
-    if w.switch("HAS_LABELS") or w.switch("MASK_LABELS") or w.switch("HAS_BAND"):
+    """Share of ``w``'s tiles that ``tiles.plain_tile`` finds plain: none with labels; else all but those
+    holding a positive or self pair (one index per row: the ``ceil(BM/BN)`` tiles of a row block's
+    diagonal each, for ``columns_first`` programs ``ceil(BN/BM)``) and the edges. With a Ring band a
+    plain tile tests the band alone (its branch is compiled with the band)."""
+    if w.switch("HAS_LABELS") or w.switch("MASK_LABELS"):
         return 0.0
     per_index = cdiv(config.block_n, config.block_m) if columns_first else cdiv(config.block_m, config.block_n)
     special = (int(w.switch("HAS_POS")) + int(w.switch("HAS_SELF"))) * per_index
@@ -303,12 +304,15 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     out = [Launch(f"ring sample: {s} columns' logits (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
                   2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
                   gemms=((n, s, d, 1, 4, False),), note="estimates only: the thresholds")]
-    count = _stats(module, "_ring_count_at_kernel", w, f, {"T": t, "T_POW2": 1 << (t - 1).bit_length()})
+    # the selection's tiles: plain (no per-pair role test) as the loss's are, where the kernels have the branch
+    plain = plain_fraction(w, f) if hasattr(rs, "plain_tile") else 0.0
+    count = _stats(module, "_ring_count_at_kernel", w, f, {"T": t, "T_POW2": 1 << (t - 1).bit_length()},
+                   plain_fraction=plain)
     slots = device.sms * max(1, count.ctas_per_sm(device))
     out.append(Launch("ring count at thresholds", count, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
                       inputs * cdiv(row_blocks, slots) + 2 * t * n * 4,
                       note=f"pass 1 of 2 over the tiles: {rs.TOP_THRESHOLDS} + {rs.BOTTOM_THRESHOLDS} thresholds"))
-    gather = _stats(module, "_ring_gather_kernel", w, f, {"SLOTS": k})
+    gather = _stats(module, "_ring_gather_kernel", w, f, {"SLOTS": k}, plain_fraction=plain)
     slots = device.sms * max(1, gather.ctas_per_sm(device))
     out.append(Launch("ring gather brackets", gather, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
                       inputs * cdiv(row_blocks, slots) + n * k * 4 * 2,
@@ -356,8 +360,9 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     grads = (n + mt) * d * 4  # fp32 dQ̂, dĈ
     if row_products:  # dQ̂ = s·(g_lse·A + g_pos·ĉ_pos): fp32 rows read and written, a gather of Ĉ
         # A read, dQ̂ written and scaled (fp32), the positives' columns gathered, Q̂ read for the scale
+        # (the positives' product as an fp32 temporary: written, then read by the add)
         out.append(Launch("backward dQ̂ from the row products (torch)", None, 0, 0, 1, 0.0,
-                          n * d * (4 + 4 + 4 + item) + n * d * item))
+                          n * d * (4 + 4 + 4 + item) + n * d * item + 8 * n * d))
     if registers or not hasattr(bwd, "_contrastive_bwd_ds_kernel"):
         sliced = not registers  # the former route: fp32 rows read and written per tile in global memory
         extra = {"ONE_D_BLOCK": registers}

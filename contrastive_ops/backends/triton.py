@@ -68,12 +68,14 @@ def _problem(query, keys, extra, scale, bias, band_lo, band_hi, spec: RoleSpec):
 
 def _config(tiles, config: List[int], row_grad: bool = False):
     """The pinned config when one was given, else the tuned one for this problem's size (a forward
-    with row gradients is another kernel, on its own key)."""
+    with row gradients is another kernel, on its own key; not with a Ring band, whose forward must
+    use the selection's config: its tile logits, bit for bit)."""
     cfg, fwd = _kernels()[0], _kernels()[1]
     if config:
         return cfg.TileConfig.from_list(config)
     programs = _column_programs(tiles.query.device)
-    key = tiles.tuning_key() + (("row_grad",) if row_grad else ())
+    own_key = row_grad and not tiles.flags["HAS_BAND"]
+    key = tiles.tuning_key() + (("row_grad",) if own_key else ())
     return cfg.tuned_config(key, lambda c: fwd.contrastive_forward(tiles, c, programs, row_grad))
 
 
