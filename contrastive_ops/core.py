@@ -100,6 +100,9 @@ class RoleSpec:
     guide_rows: torch.Tensor | None = None  # [N, G] a guide's row embeddings (no gradient flows to them)
     guide_cols: torch.Tensor | None = None  # [M + R, G] ... and its column embeddings
     guide_max: torch.Tensor | None = None  # [N] candidates with a larger guide similarity are excluded
+    # a promise of the caller, not a role (no op takes it): the gradient of row_pair_loss will be one value for
+    # every row (a mean or sum of it), so a backend may form the pair losses' gradient in the forward
+    uniform_pair_grad: bool = False
 
     @property
     def has_guide(self) -> bool:

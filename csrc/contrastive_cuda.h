@@ -105,6 +105,13 @@ int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* 
                   const GradVecs& grads, DType ds_dtype, void* ds, float* row_dscale, float* row_dbias,
                   void* stream);
 
+// SigLIP's forward and unit-weight gradient in one pass over the chunk (terms.sigmoid, no column
+// terms or hard negatives): every row merges its pairs into acc[r0 + i] as rows_forward, and
+// ds [rows, cols] = scale · acc_push_pair_grad (row weight 1), row_dscale[r0 + i] += Σ_j dL/dx_ij ·
+// cos_ij, row_dbias[r0 + i] += Σ_j dL/dx_ij, as rows_backward with g_pair = 1 and no other gradient.
+int rows_pair_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias, Acc* acc,
+                      DType ds_dtype, void* ds, float* row_dscale, float* row_dbias, void* stream);
+
 // Ring radix select, one pass over one chunk: hist[(i · 2 + t) · 256 + digit] += the chunk's
 // candidates of row r0 + i whose order key matches prefix[2 i + t] above bit shift + 8 and has this
 // digit at `shift` (hist indexed by the chunk's row, from 0; t = 0 only on the first pass, shift 24).

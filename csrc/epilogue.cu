@@ -322,6 +322,43 @@ __global__ void rows_backward_kernel(Chunk c, Roles roles, Terms terms, const fl
   }
 }
 
+// SigLIP's forward with its unit-weight gradient: rows_forward_kernel's accumulator and
+// rows_backward_kernel's dS, dL/dscale and dL/dbias partials from one read of the chunk (a warp per
+// row, lanes over the columns, fixed-order merges).
+template <typename T, int F>
+__global__ void rows_pair_forward_kernel(Chunk c, Roles roles, Terms terms, const float* scale, const float* bias,
+                                         Acc* acc, T* ds, float* row_dscale, float* row_dbias) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= c.rows) return;
+  specialize<F>(roles, terms);
+  const float s = *scale;
+  terms.bias = *bias;
+  const int64_t row = c.r0 + i;
+  const RowRoles rr = row_roles(roles, row);
+  const float* __restrict__ srow = c.s + i * c.ld;
+  T* __restrict__ drow = ds + i * c.cols;
+  Acc a;
+  float dscale = 0.0f, dbias = 0.0f;
+  CO_PAIR_LOOP for (int64_t j = lane; j < c.cols; j += 32) {
+    const float cosine = srow[j];
+    const float x = s * cosine;
+    const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
+    const float d = acc_push_pair_grad(a, terms, p, in_denominator(roles, rr, p, x), x);
+    drow[j] = from_float<T>(s * d);
+    dscale += d * cosine;
+    dbias += d;
+  }
+  a = warp_merge(a);
+  dscale = warp_sum(dscale);
+  dbias = warp_sum(dbias);
+  if (lane == 0) {
+    acc[row] = acc_merge(acc[row], a);
+    row_dscale[row] += dscale;
+    row_dbias[row] += dbias;
+  }
+}
+
 // one warp per row; a shared histogram of 2 × 256 counts per warp (integer atomics: exact)
 template <int F>
 __global__ void ring_histogram_kernel(Chunk c, Roles roles, const float* scale, const uint32_t* prefix, int shift,
@@ -421,6 +458,35 @@ int rows_backward(const Chunk& c, const Roles& roles, Terms terms, const float* 
       rows_backward_kernel<T, decltype(feat)::value><<<grid, block, 0, as_stream(stream)>>>(
           c, roles, terms, scale, bias, grads, static_cast<T*>(ds), row_dscale, row_dbias);
     });
+  };
+  switch (ds_dtype) {
+    case DType::kFloat32:
+      launch(static_cast<float*>(nullptr));
+      break;
+    case DType::kFloat16:
+      launch(static_cast<__half*>(nullptr));
+      break;
+    case DType::kBFloat16:
+      launch(static_cast<__nv_bfloat16*>(nullptr));
+      break;
+  }
+  return last_error();
+}
+
+int rows_pair_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias, Acc* acc,
+                      DType ds_dtype, void* ds, float* row_dscale, float* row_dbias, void* stream) {
+  if (c.rows == 0 || c.cols == 0) return 0;
+  const dim3 grid(blocks_of(c.rows, kWarps)), block(32 * kWarps);
+  // SigLIP's own feature set compiled; any other mix (a band, labels, a guide) the generic kernel
+  const bool plain = features(roles, terms, false) == kSigmoid;
+  auto launch = [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    if (plain)
+      rows_pair_forward_kernel<T, kSigmoid><<<grid, block, 0, as_stream(stream)>>>(
+          c, roles, terms, scale, bias, acc, static_cast<T*>(ds), row_dscale, row_dbias);
+    else
+      rows_pair_forward_kernel<T, -1><<<grid, block, 0, as_stream(stream)>>>(
+          c, roles, terms, scale, bias, acc, static_cast<T*>(ds), row_dscale, row_dbias);
   };
   switch (ds_dtype) {
     case DType::kFloat32:

@@ -270,6 +270,29 @@ CO_HD float pair_grad(const Terms& t, Pair p, bool den, float x, const RowGrad& 
   return ds;
 }
 
+// SigLIP's forward with its gradient formed in the same pass (the pairwise sigmoid alone, no
+// softmax term read by the loss): the pair pushed into the row's accumulator as acc_push, and its
+// dL/dx for a row weight of 1, -z sigmoid(-z (x + b)) on positive and candidate pairs (0 elsewhere):
+// pair_grad's sigmoid term with g_pair = 1, so the backward only scales the products of these.
+// The loss softplus(u) = max(u, 0) + log1p(e) and sigmoid(u) = (u >= 0 ? 1 : e) / (1 + e) share one
+// exponential e = exp(-|u|) (in (0, 1]: no overflow) and one reciprocal.
+CO_HD float acc_push_pair_grad(Acc& a, const Terms& t, Pair p, bool den, float x) {
+  Terms softmax = t;  // the row's softmax terms as acc_push; the pair loss below
+  softmax.sigmoid = false;
+  acc_push(a, softmax, p, den, x);
+  if (!(p.positive || p.candidate)) return 0.0f;
+  const float z = p.positive ? 1.0f : -1.0f;
+  const float u = -z * (x + t.bias);  // the pair's loss is softplus(u), its dL/dx = -z sigmoid(u)
+  const float e = exp_term(-fabsf(u));
+  a.pair += fmaxf(u, 0.0f) + log1pf(e);
+#ifdef __CUDA_ARCH__
+  const float r = __fdividef(1.0f, 1.0f + e);  // 1 + e in [1, 2]: the fast reciprocal is within 2 ulp
+#else
+  const float r = 1.0f / (1.0f + e);
+#endif
+  return -z * (u >= 0.0f ? r : e * r);
+}
+
 // dL/dx of a pair of a plain quad (a candidate in the denominator; no hard negatives or sigmoid):
 // pair_grad's value for it without the role tests.
 CO_HD float plain_grad(const RowGrad& g, const ColGrad* col, float x) {

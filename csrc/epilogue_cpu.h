@@ -113,6 +113,31 @@ inline void rows_backward(const Chunk& c, const Roles& roles, Terms terms, const
   }
 }
 
+// rows_forward and rows_backward of the pairwise sigmoid with unit row weights in one pass (ds fp32)
+inline void rows_pair_forward(const Chunk& c, const Roles& roles, Terms terms, const float* scale, const float* bias,
+                              Acc* acc, float* ds, float* row_dscale, float* row_dbias) {
+  const float s = *scale;
+  terms.bias = *bias;
+  for (int64_t i = 0; i < c.rows; ++i) {
+    const int64_t row = c.r0 + i;
+    const RowRoles rr = row_roles(roles, row);
+    Acc a;
+    float dscale = 0.0f, dbias = 0.0f;
+    for (int64_t j = 0; j < c.cols; ++j) {
+      const float cosine = c.s[i * c.ld + j];
+      const float x = s * cosine;
+      const Pair p = pair_role(roles, rr, c.c0 + j, chunk_guide(c, roles, i, j));
+      const float d = acc_push_pair_grad(a, terms, p, in_denominator(roles, rr, p, x), x);
+      ds[i * c.cols + j] = s * d;
+      dscale += d * cosine;
+      dbias += d;
+    }
+    acc[row] = acc_merge(acc[row], a);
+    row_dscale[row] += dscale;
+    row_dbias[row] += dbias;
+  }
+}
+
 inline void ring_histogram(const Chunk& c, const Roles& roles, const float* scale, const uint32_t* prefix, int shift,
                            int32_t* hist) {
   const float s = *scale;

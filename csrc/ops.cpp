@@ -28,6 +28,10 @@
 //     -> grad_query, grad_keys, grad_extra, grad_scale, grad_bias
 //   ring_band(query, keys?, extra?, scale, <roles>, <guide>, key_negatives, normalize, outer, inner,
 //             chunk_rows, chunk_cols) -> v_lo, v_hi
+//   pair_forward(<forward's arguments>) -> forward's ten terms, dqh [N, D], dch [M + R, D], row_dscale [N],
+//     row_dbias [N]: SigLIP's pair-loss gradient products for a row weight of 1, formed in the forward
+//   pair_backward(g_row_pair, dqh, dch, row_dscale, row_dbias, query, keys?, extra?, normalize)
+//     -> grad_query, grad_keys, grad_extra, grad_scale, grad_bias (a uniform g_row_pair)
 //   built_archs() -> str
 // <roles> = pos_index?, row_labels?, col_labels?, self_index?; <guide> = guide_rows? [N, G],
 // guide_cols? [M + R, G] (keys then extra, the logits' columns), guide_max? [N], given together: a
@@ -414,6 +418,27 @@ Tensor acc_buffer(const Tensor& like, int64_t count, void* stream) {
 
 cc::Acc* acc_ptr(Tensor& buf) { return reinterpret_cast<cc::Acc*>(buf.data_ptr<uint8_t>()); }
 
+// The terms of `count` accumulators: lse, pos, den_count, pos_count, lse_beta (beta), pair (pair).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> finish_terms(const char* OP, Tensor& buf, int64_t count,
+                                                                        bool beta, bool pair, const Tensor& like,
+                                                                        void* stream) {
+  auto f32 = like.options().dtype(at::kFloat);
+  auto i64 = like.options().dtype(at::kLong);
+  Tensor lse = at::empty({count}, f32), pos = at::empty({count}, f32);
+  Tensor den = at::empty({count}, i64), pos_n = at::empty({count}, i64);
+  Tensor lse_beta = at::empty({beta ? count : 0}, f32), pair_loss = at::empty({pair ? count : 0}, f32);
+  float* lb = beta ? lse_beta.data_ptr<float>() : nullptr;
+  float* pl = pair ? pair_loss.data_ptr<float>() : nullptr;
+  if (like.is_cuda()) {
+    CHECK_LAUNCH(cc::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(),
+                                den.data_ptr<int64_t>(), pos_n.data_ptr<int64_t>(), lb, pl, stream));
+  } else {
+    cc::cpu::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(), den.data_ptr<int64_t>(),
+                        pos_n.data_ptr<int64_t>(), lb, pl);
+  }
+  return std::make_tuple(lse, pos, den, pos_n, lse_beta, pair_loss);
+}
+
 using Terms10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
@@ -464,28 +489,69 @@ Terms10 forward(const Tensor& query, const OptTensor& keys, const OptTensor& ext
       }
     });
   }
-  auto f32 = p.query.options().dtype(at::kFloat);
-  auto i64 = p.query.options().dtype(at::kLong);
-  auto finish = [&](Tensor& buf, int64_t count, bool beta, bool pair) {
-    Tensor lse = at::empty({count}, f32), pos = at::empty({count}, f32);
-    Tensor den = at::empty({count}, i64), pos_n = at::empty({count}, i64);
-    Tensor lse_beta = at::empty({beta ? count : 0}, f32), pair_loss = at::empty({pair ? count : 0}, f32);
-    float* lb = beta ? lse_beta.data_ptr<float>() : nullptr;
-    float* pl = pair ? pair_loss.data_ptr<float>() : nullptr;
-    if (gpu) {
-      CHECK_LAUNCH(cc::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(),
-                                  den.data_ptr<int64_t>(), pos_n.data_ptr<int64_t>(), lb, pl, stream));
-    } else {
-      cc::cpu::acc_finish(acc_ptr(buf), count, lse.data_ptr<float>(), pos.data_ptr<float>(), den.data_ptr<int64_t>(),
-                          pos_n.data_ptr<int64_t>(), lb, pl);
-    }
-    return std::make_tuple(lse, pos, den, pos_n, lse_beta, pair_loss);
-  };
   auto [row_lse, row_pos, row_den, row_pos_n, row_lse_beta, row_pair] =
-      finish(row_buf, p.n, p.terms.hard, p.terms.sigmoid);
+      finish_terms(OP, row_buf, p.n, p.terms.hard, p.terms.sigmoid, p.query, stream);
   auto [col_lse, col_pos, col_den, col_pos_n, unused_beta, unused_pair] =
-      finish(col_buf, column_terms ? p.m : 0, false, false);
+      finish_terms(OP, col_buf, column_terms ? p.m : 0, false, false, p.query, stream);
   return {row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n, row_lse_beta, row_pair};
+}
+
+using Terms14 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                           Tensor, Tensor, Tensor>;
+
+// SigLIP without recomputation: forward's terms and, from the same chunks of cosines, the gradient
+// products of the pair losses for a row weight of 1 — dQ̂₁ = dS₁·Ĉ [N, D], dĈ₁ = dS₁ᵀ·Q̂ [M + R, D]
+// (fp32) and per row Σ_j dL/dx·cos, Σ_j dL/dx (the scale's and bias's) — one S GEMM, one epilogue
+// (rows_pair_forward) and the two gradient GEMMs per chunk. pair_backward then scales them by the
+// incoming gradient, exact when it is one value for every row (a mean or sum of the pair losses).
+// Only the pairwise sigmoid's roles without column terms or hard negatives.
+Terms14 pair_forward(const Tensor& query, const OptTensor& keys, const OptTensor& extra, const Tensor& scale,
+                     const OptTensor& bias, const OptTensor& pos_index, const OptTensor& row_labels,
+                     const OptTensor& col_labels, const OptTensor& self_index, const OptTensor& band_lo,
+                     const OptTensor& band_hi, const OptTensor& guide_rows, const OptTensor& guide_cols,
+                     const OptTensor& guide_max, bool key_negatives, bool decoupled, bool column_terms,
+                     bool normalize, std::optional<double> hard_beta, bool pairwise_sigmoid, int64_t chunk_rows,
+                     int64_t chunk_cols) {
+  const char* OP = "contrastive_ops_cuda::pair_forward";
+  TORCH_CHECK_VALUE(pairwise_sigmoid && !column_terms && !hard_beta.has_value(), OP,
+                    ": forms the gradient of the pairwise sigmoid alone (pairwise_sigmoid, no column_terms or ",
+                    "hard_beta)");
+  c10::DeviceGuard guard(query.device());
+  Problem p = prepare(OP, query, keys, extra, scale, bias, pos_index, row_labels, col_labels, self_index, band_lo,
+                      band_hi, guide_rows, guide_cols, guide_max, key_negatives, decoupled, normalize, hard_beta,
+                      pairwise_sigmoid, chunk_rows, chunk_cols, /*check_indices=*/true);
+  void* stream = current_stream(p.query);
+  const bool gpu = p.query.is_cuda();
+  auto f32 = p.query.options().dtype(at::kFloat);
+  Tensor row_buf = acc_buffer(p.query, p.n, stream);
+  Tensor col_buf = acc_buffer(p.query, 0, stream);
+  Tensor dqh = at::zeros({p.n, p.d}, f32), dch = at::zeros({p.m + p.r, p.d}, f32);
+  Tensor row_dscale = at::zeros({p.n}, f32), row_dbias = at::zeros({p.n}, f32);
+  const float* scale_ptr = p.scale.const_data_ptr<float>();
+  const float* bias_ptr = p.bias.const_data_ptr<float>();
+  for (int64_t r0 = 0; r0 < p.n; r0 += p.chunk_rows) {
+    const int64_t r1 = std::min(r0 + p.chunk_rows, p.n);
+    const Tensor q = p.qh.narrow(0, r0, r1 - r0);
+    for_each_chunk(p, r0, r1, [&](int64_t c0, int64_t c1, const cc::Chunk& c) {
+      Tensor ds = at::empty({c.rows, c.cols}, p.qh.options());  // scale · dL/dx, the GEMMs' dtype
+      if (gpu) {
+        CHECK_LAUNCH(cc::rows_pair_forward(c, p.roles, p.terms, scale_ptr, bias_ptr, acc_ptr(row_buf), kernel_dtype(ds),
+                                           ds.data_ptr(), row_dscale.data_ptr<float>(), row_dbias.data_ptr<float>(),
+                                           stream));
+      } else {
+        cc::cpu::rows_pair_forward(c, p.roles, p.terms, scale_ptr, bias_ptr, acc_ptr(row_buf), ds.data_ptr<float>(),
+                                   row_dscale.data_ptr<float>(), row_dbias.data_ptr<float>());
+      }
+      accumulate_product(dqh.narrow(0, r0, r1 - r0), ds, p.ch.narrow(0, c0, c1 - c0));
+      accumulate_product(dch.narrow(0, c0, c1 - c0), ds.t(), q);
+    });
+  }
+  auto [row_lse, row_pos, row_den, row_pos_n, row_lse_beta, row_pair] =
+      finish_terms(OP, row_buf, p.n, false, true, p.query, stream);
+  auto [col_lse, col_pos, col_den, col_pos_n, unused_beta, unused_pair] =
+      finish_terms(OP, col_buf, 0, false, false, p.query, stream);
+  return {row_lse, row_pos, row_den, row_pos_n, col_lse, col_pos, col_den, col_pos_n, row_lse_beta, row_pair,
+          dqh, dch, row_dscale, row_dbias};
 }
 
 // Gradient through x̂ = x / max(||x||, eps): (g - x̂ <x̂, g>) / max(||x||, eps), the radial part
@@ -610,6 +676,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   return {grad_query, grad_keys, grad_extra, grad_scale, grad_bias};
 }
 
+// The gradients of pair_forward's pair losses: dQ̂ = g_i · dQ̂₁ row by row, dĈ = w · dĈ₁ with w =
+// g_row_pair[0] (the one weight of every row: the caller's promise), d(scale) = Σ_i g_i Σ_j dL/dx·cos,
+// d(bias) = Σ_i g_i Σ_j dL/dx, then the normalization backward. O((N + M)·D), no chunk recomputed.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pair_backward(const Tensor& g_row_pair, const Tensor& dqh1,
+                                                                 const Tensor& dch1, const Tensor& row_dscale1,
+                                                                 const Tensor& row_dbias1, const Tensor& query,
+                                                                 const OptTensor& keys, const OptTensor& extra,
+                                                                 bool normalize) {
+  const char* OP = "contrastive_ops_cuda::pair_backward";
+  c10::DeviceGuard guard(query.device());
+  check_float_type(OP, query);
+  CHECK_2D("query", query);
+  const bool shared = !keys.has_value();
+  const int64_t n = query.size(0), d = query.size(1), m = shared ? n : keys->size(0);
+  const int64_t r = extra.has_value() ? extra->size(0) : 0;
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"g_row_pair", &g_row_pair},
+                                {"row_dscale", &row_dscale1}, {"row_dbias", &row_dbias1}}) {
+    CHECK_DTYPE(name, *t, at::kFloat);
+    CHECK_SHAPE(name, *t, n);
+    CHECK_SAME_DEVICE(name, *t, query);
+  }
+  CHECK_DTYPE("dqh", dqh1, at::kFloat);
+  CHECK_SHAPE("dqh", dqh1, n, d);
+  CHECK_DTYPE("dch", dch1, at::kFloat);
+  CHECK_SHAPE("dch", dch1, m + r, d);
+  const Tensor g = g_row_pair.contiguous();
+  Tensor dqh = dqh1 * g.unsqueeze(1);
+  Tensor dch = dch1 * g.narrow(0, 0, 1).unsqueeze(1);  // no host sync: the weight stays on the device
+  Tensor grad_scale = (row_dscale1 * g).sum();
+  Tensor grad_bias = (row_dbias1 * g).sum();
+  if (shared) dqh.add_(dch.narrow(0, 0, m));
+  Tensor grad_query = input_grad(query, dqh, normalize);
+  Tensor grad_keys = shared ? at::empty({0}, query.options()) : input_grad(*keys, dch.narrow(0, 0, m), normalize);
+  Tensor grad_extra = r > 0 ? input_grad(*extra, dch.narrow(0, m, r), normalize)
+                      : extra.has_value() ? at::zeros_like(*extra)
+                                          : at::empty({0}, query.options());
+  return {grad_query, grad_keys, grad_extra, grad_scale, grad_bias};
+}
+
 std::tuple<Tensor, Tensor> ring_band(const Tensor& query, const OptTensor& keys, const OptTensor& extra,
                                      const Tensor& scale, const OptTensor& pos_index, const OptTensor& row_labels,
                                      const OptTensor& col_labels, const OptTensor& self_index,
@@ -684,17 +789,31 @@ TORCH_LIBRARY(contrastive_ops_cuda, m) {
       "Tensor? col_labels, Tensor? self_index, Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, "
       "bool key_negatives, bool normalize, float outer, float inner, int chunk_rows, int chunk_cols) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "pair_forward(Tensor query, Tensor? keys, Tensor? extra, Tensor scale, Tensor? bias, Tensor? pos_index, "
+      "Tensor? row_labels, Tensor? col_labels, Tensor? self_index, Tensor? band_lo, Tensor? band_hi, "
+      "Tensor? guide_rows, Tensor? guide_cols, Tensor? guide_max, bool key_negatives, bool decoupled, "
+      "bool column_terms, bool normalize, float? hard_beta, bool pairwise_sigmoid, int chunk_rows, int chunk_cols) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "pair_backward(Tensor g_row_pair, Tensor dqh, Tensor dch, Tensor row_dscale, Tensor row_dbias, Tensor query, "
+      "Tensor? keys, Tensor? extra, bool normalize) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("built_archs() -> str", &built_archs);
 }
 
 // CUDA tensors run the epilogue kernels; CPU tensors the same arithmetic in loops (epilogue_cpu.h).
 TORCH_LIBRARY_IMPL(contrastive_ops_cuda, CUDA, m) {
   m.impl("forward", &forward);
+  m.impl("pair_forward", &pair_forward);
+  m.impl("pair_backward", &pair_backward);
   m.impl("backward", &backward);
   m.impl("ring_band", &ring_band);
 }
 TORCH_LIBRARY_IMPL(contrastive_ops_cuda, CPU, m) {
   m.impl("forward", &forward);
+  m.impl("pair_forward", &pair_forward);
+  m.impl("pair_backward", &pair_backward);
   m.impl("backward", &backward);
   m.impl("ring_band", &ring_band);
 }

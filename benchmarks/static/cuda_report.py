@@ -225,8 +225,19 @@ def _library_ms(flops: float, dram_bytes: float, device: Device, dtype: str, gem
     return Launch("library", None, 0, 0, 1, flops, dram_bytes, gemms=gemms).model(device, dtype)
 
 
-def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict]:
-    """Rows per launch group and the total of one forward + backward of ``w`` on the cuda backend."""
+def pair_route_applies(w: Workload) -> bool:
+    """Whether the backend forms SigLIP's pair gradient in the forward (``contrastive_ops.backends.cuda.
+    pair_route``: the pairwise sigmoid alone, no labels, band, hard negatives or column terms; the modeled
+    SigLIP workload is ``siglip_loss``'s default mean, whose incoming gradient is one value per row)."""
+    flags = dict(w.flags)
+    return (flags.get("PAIRWISE_SIGMOID", False) and not w.ring_radix_bits and _feature_set(w) == _FEATURES["sigmoid"]
+            and not flags.get("COLUMN_TERMS", False) and not flags.get("DECOUPLED", False))
+
+
+def model_workload(w: Workload, device: Device = H200, pair_forward: bool = True) -> tuple[list[dict], dict]:
+    """Rows per launch group and the total of one forward + backward of ``w`` on the cuda backend.
+    ``pair_forward=False`` models SigLIP as before its forward-formed gradient (the backward recomputing
+    the cosines; ``CONTRASTIVE_OPS_CUDA_SIGLIP=recompute``)."""
     from contrastive_ops.kernels.config import cosine_chunk_shape
 
     stats = epilogue_stats()
@@ -254,6 +265,8 @@ def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict
         return _fused_workload(w, device, add, out, operands, pairs, rows, cols)
     s_gemm = _library_ms(2.0 * pairs * d, 4.0 * pairs + operands, device, w.dtype,
                          ((min(rows, n), min(cols, mt), d, row_chunks * col_chunks, 4, False),))
+    if pair_forward and pair_route_applies(w):
+        return _pair_workload(w, device, add, out, s_gemm, pairs, rows, cols, operands)
     if w.ring_radix_bits:
         hist = _epilogue(stats, f"ring_histogram_kernel<{_feature_set(w) & _FEATURES['labels']}>")
         passes = 4
@@ -281,6 +294,33 @@ def model_workload(w: Workload, device: Device = H200) -> tuple[list[dict], dict
     else:  # the fp32 gradients cast to the input dtype
         add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
     return out, _total_row(w, device, out, rows, cols, "cuBLAS + epilogues")
+
+
+def _pair_workload(w: Workload, device: Device, add, out, s_gemm, pairs, rows, cols, operands):
+    """SigLIP without recomputation (``csrc/ops.cpp`` pair_forward / pair_backward): per chunk the S GEMM,
+    one epilogue forming the pair losses and dS (row weight 1) from one read of the cosines, the two
+    gradient GEMMs — 6·N·M·D — and a backward of O((N + M)·D) passes (the saved products scaled, the
+    normalization backward)."""
+    stats = epilogue_stats()
+    item = ITEMSIZE[w.dtype]
+    n, mt, d = w.n, w.m_total, w.d
+    row_chunks, col_chunks = math.ceil(n / rows), math.ceil(mt / cols)
+    dtype_name = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}[w.dtype]
+    add("forward: cosines S = Q̂·Ĉᵀ (cuBLAS, fp32 out)", s_gemm, f"{row_chunks}×{col_chunks} chunks of {rows}×{cols}")
+    pf = _epilogue(stats, f"rows_pair_forward_kernel<{dtype_name}, {_feature_set(w)}>")
+    add("forward: pair losses and dS epilogue (one read of S)", _epilogue_ms(pf, pairs, (4.0 + item) * pairs, device),
+        "row weight 1", e=pf)
+    accumulate = 8.0 * d * (n * col_chunks + mt * row_chunks)  # fp32 gradients read and written per chunk
+    add("forward: dQ̂₁ += dS·Ĉ, dĈ₁ += dSᵀ·Q̂ (cuBLAS, into fp32)",
+        _library_ms(4.0 * pairs * d, 2.0 * item * pairs + operands + accumulate, device, w.dtype,
+                    _ds_gemms(n, mt, d, rows, cols)))
+    add("backward: saved products × the upstream gradient (torch)", _library_ms(0.0, 8.0 * (n + mt) * d, device, w.dtype),
+        "no chunk recomputed")
+    if w.switch("NORMALIZE"):
+        add("normalize backward (torch)", _library_ms(0.0, (4 * 4 + 2 * item) * (n + mt) * d, device, w.dtype))
+    else:
+        add("gradients to the input dtype (torch)", _library_ms(0.0, (4 + item) * (n + mt) * d, device, w.dtype))
+    return out, _total_row(w, device, out, rows, cols, "cuBLAS + epilogues, dS formed in the forward")
 
 
 def _ds_gemms(n: int, mt: int, d: int, rows: int, cols: int) -> tuple:

@@ -27,6 +27,7 @@ float64 on machines without a GPU (``compute_terms(..., allow_cpu=True)``).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import torch
@@ -54,7 +55,7 @@ def _arguments(op: str) -> tuple[str, ...]:
 
 #: Each operator's arguments; the loss options among them carry ``core.ROLE_FIELDS``' names, so calls
 #: are made by name (:func:`_call`) and the order lives in the C++ schema alone.
-_ARGS = {op: _arguments(op) for op in ("forward", "backward", "ring_band")}
+_ARGS = {op: _arguments(op) for op in ("forward", "backward", "ring_band", "pair_forward", "pair_backward")}
 
 
 def _call(op: str, values: dict):
@@ -77,6 +78,27 @@ def _forward_fake(*args):
         query.new_empty(n if a["hard_beta"] is not None else 0, dtype=f32),
         query.new_empty(n if a["pairwise_sigmoid"] else 0, dtype=f32),
     )
+
+
+@torch.library.register_fake("contrastive_ops_cuda::pair_forward")
+def _pair_forward_fake(*args):
+    a = dict(zip(_ARGS["pair_forward"], args))
+    query, keys, extra = a["query"], a["keys"], a["extra"]
+    n, d = query.shape
+    m_total = (query if keys is None else keys).shape[0] + (0 if extra is None else extra.shape[0])
+    f32 = torch.float32
+    return (*_forward_fake(*args), query.new_empty(n, d, dtype=f32), query.new_empty(m_total, d, dtype=f32),
+            query.new_empty(n, dtype=f32), query.new_empty(n, dtype=f32))
+
+
+@torch.library.register_fake("contrastive_ops_cuda::pair_backward")
+def _pair_backward_fake(*args):
+    a = dict(zip(_ARGS["pair_backward"], args))
+    query, keys, extra = a["query"], a["keys"], a["extra"]
+    grad_keys = query.new_empty(0) if keys is None else torch.empty_like(keys)
+    grad_extra = query.new_empty(0) if extra is None else torch.empty_like(extra)
+    scalar = query.new_empty((), dtype=torch.float32)
+    return torch.empty_like(query), grad_keys, grad_extra, scalar, scalar.clone()
 
 
 @torch.library.register_fake("contrastive_ops_cuda::backward")
@@ -116,7 +138,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g_row_lse, g_row_pos, _d0, _d1, g_col_lse, g_col_pos, _d2, _d3, g_row_lse_beta, g_row_pair):
     saved = ctx.saved_tensors
     values = dict(zip(_SAVED, saved[:len(_SAVED)]), **ctx.options)
-    row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta = saved[len(_SAVED):]
+    row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta = saved[len(_SAVED):len(_SAVED) + 5]
     columns, hard, sigmoid = values["column_terms"], values["hard_beta"] is not None, values["pairwise_sigmoid"]
 
     def grad(g, like):
@@ -135,6 +157,60 @@ def _backward(ctx, g_row_lse, g_row_pos, _d0, _d1, g_col_lse, g_col_pos, _d2, _d
 
 
 torch.library.register_autograd("contrastive_ops_cuda::forward", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# SigLIP without recomputation: pair_forward forms the pair losses' gradient products (row weight 1)
+# in the forward; the backward scales them (exact when the incoming gradient is one value per row)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pair_setup_context(ctx, inputs, output):
+    values = dict(zip(_ARGS["pair_forward"], inputs))
+    ctx.options = {name: value for name, value in values.items() if name not in _SAVED}
+    row_lse, _, _, row_pos_n, col_lse, _, _, col_pos_n, row_lse_beta, _ = output[:10]
+    # then dQ̂₁, dĈ₁, Σ_j dL/dx·cos and Σ_j dL/dx per row (fp32) of the pair losses at row weight 1
+    ctx.save_for_backward(*(values[name] for name in _SAVED), row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta,
+                          *output[10:])
+
+
+def _pair_backward(ctx, *grads):
+    saved = ctx.saved_tensors
+    values = dict(zip(_SAVED, saved[:len(_SAVED)]), **ctx.options)
+    g_pair = grads[9]
+    g_pair = torch.zeros_like(saved[len(_SAVED)]) if g_pair is None else g_pair.float().contiguous()
+    dqh, dch, row_dscale, row_dbias = saved[-4:]
+    out = _call("pair_backward", {**values, "g_row_pair": g_pair, "dqh": dqh, "dch": dch, "row_dscale": row_dscale,
+                                  "row_dbias": row_dbias})
+    if grads[0] is not None or grads[1] is not None:  # a caller of the softmax terms too: those recompute
+        rest = _backward(ctx, *grads[:9], None)
+        out = tuple(a if b is None else a + b for a, b in zip(out, (rest[_ARGS["forward"].index(name)]
+                                                                     for name in _DIFFERENTIABLE)))
+    grads_by_name = dict(zip(_DIFFERENTIABLE, out))
+    return tuple(grads_by_name[name] if name in grads_by_name and values[name] is not None else None
+                 for name in _ARGS["pair_forward"])
+
+
+torch.library.register_autograd("contrastive_ops_cuda::pair_forward", _pair_backward,
+                                setup_context=_pair_setup_context)
+
+
+def pair_route(spec: RoleSpec, *tensors) -> bool:
+    """Whether :func:`compute_terms` forms SigLIP's pair gradient in the forward (``pair_forward``): the
+    roles of the chunked backend's fast sigmoid path (the pairwise sigmoid alone, no labels, guide,
+    hard negatives, band or column terms, keys as negatives), a caller's promise that the incoming
+    gradient is one value for every row (``spec.uniform_pair_grad``: siglip_loss's mean and sum), a
+    gradient to be asked for (grad mode on and an input requiring one), and
+    ``CONTRASTIVE_OPS_CUDA_SIGLIP`` not ``"recompute"`` (which keeps the backward's recomputation)."""
+    if os.environ.get("CONTRASTIVE_OPS_CUDA_SIGLIP", "forward") == "recompute":
+        return False
+    if not (spec.pairwise_sigmoid and spec.uniform_pair_grad and spec.key_negatives) or spec.decoupled:
+        return False
+    if spec.column_terms or spec.hard_beta is not None or spec.ring is not None or spec.has_guide:
+        return False
+    if spec.row_labels is not None:
+        return False
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,4 +277,6 @@ def compute_terms(
                     for name in ("query", "keys", "extra", "scale")}
         values["band_lo"], values["band_hi"] = _call("ring_band", {**values, **detached, "outer": float(outer),
                                                                    "inner": float(inner)})
+    if pair_route(spec, query, keys, extra, scale_t, bias_t):
+        return terms_from_outputs(_call("pair_forward", values), spec)
     return terms_from_outputs(_call("forward", values), spec)
