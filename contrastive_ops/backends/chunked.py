@@ -43,7 +43,7 @@ from ..core import (
     sigmoid_pair_losses,
 )
 
-_BLOCK = {"rows": 1024, "cols": 1024}
+_BLOCK = {"rows": 2048, "cols": 2048}
 
 
 @contextlib.contextmanager
