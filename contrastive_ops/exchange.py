@@ -245,6 +245,7 @@ class _RingRows(torch.autograd.Function):
         pos = torch.where(pos_n > 0, pos_sum / pos_n.clamp(min=1), zero)
         ctx.ring = ring
         ring.has = ctx.has = (has_beta, has_pair)
+        ctx.set_materialize_grads(False)  # an unused term's gradient stays None: its products are not formed
         ctx.save_for_backward(rows, features, extra, scale_t, bias_t, lse, lse_beta, pos_n)
         ctx.mark_non_differentiable(den, pos_n)
         return lse, pos, den, pos_n, lse_beta, pair if has_pair else zero.new_empty(0)
