@@ -488,7 +488,11 @@ class _Problem:
         self.natural = False  # tile logits in base 2 (the Ring's band too: see _ring_band_fast)
         self.scale = scale_t
         # tile logits: one GEMM of these rows (natural: cosines times the scale, as the selection)
-        self.qs = self.q if self.natural else self.q * (scale_t * _LOG2E)
+        self.scale2 = scale_t * _LOG2E
+        # folded into unit rows while that cannot overflow (an infinite or huge scale, or rows that are not
+        # unit: the GEMM of the rows, then the scale, as the general path, so cos·inf stays ±inf, not NaN)
+        self.folded = spec.normalize and bool(torch.isfinite(self.scale2)) and float(self.scale2.abs()) <= 1e30
+        self.qs = self.q * self.scale2 if self.folded else self.q
         self.columns = _Columns(self.k, self.e, blocks[1])
         n, m_total, dev = self.n, self.m_total, self.device
         none = torch.full((n,), -1, dtype=torch.int64, device=dev)
@@ -530,7 +534,9 @@ class _Problem:
     def tile_logits(self, r0, r1, g0, g1, c_blk, out):
         if self.natural:
             return _natural_logits(self.q[r0:r1], c_blk, self.scale, out)
-        return torch.mm(self.qs[r0:r1], c_blk.T, out=out)
+        if self.folded:
+            return torch.mm(self.qs[r0:r1], c_blk.T, out=out)
+        return torch.mm(self.q[r0:r1], c_blk.T, out=out).mul_(self.scale2)
 
     def mask_tile(self, S, r0, r1, g0, band):
         """-inf at the pairs left out of the denominator; with a band, at the candidates outside it."""
@@ -705,7 +711,7 @@ def _column_lse_own(S, cols, log, exp):
     """Log-sum-exp of the columns ``cols`` of ``S``, each shifted by its own maximum."""
     sub = S[:, cols]
     top = sub.amax(0)
-    top = torch.where(top == float("-inf"), torch.zeros_like(top), top)
+    top = torch.where(top.isfinite(), top, torch.zeros_like(top))
     return top + log(exp(sub - top).sum(0))
 
 
@@ -743,12 +749,12 @@ def _forward_fast(P: _Problem, bias_t, band, want_grads: bool):
                 if col_lse is not None and is_key:
                     den_cols[g0:g1] += member.sum(0)
             top = S.amax(1)
-            shift = torch.where(top == neg_inf, torch.zeros_like(top), top)
+            shift = torch.where(top.isfinite(), top, torch.zeros_like(top))  # an infinite maximum: lse = ±inf
             E = exp_(torch.sub(S, shift[:, None], out=ws.get("E", r, c)))
             row_lse[rs] = logaddexp(row_lse[rs], shift + log(E.sum(1)))
             if col_lse is not None and is_key:
                 tile_top = top.max()
-                tile_shift = torch.where(tile_top == neg_inf, torch.zeros_like(tile_top), tile_top)
+                tile_shift = torch.where(tile_top.isfinite(), tile_top, torch.zeros_like(tile_top))
                 col_sum = torch.mv(E.T, exp(top - tile_shift))
                 col_tile = tile_shift + log(col_sum)
                 low = col_sum < _COLUMN_FLOOR
