@@ -99,7 +99,7 @@ def test_fast_path_backward_is_deterministic(name, seed):
 
 
 def test_fast_and_general_paths_agree_in_half_precision(seed):
-    a, b, e, labels, s = _inputs(torch.float32)
+    a, b, _, _, s = _inputs(torch.float32)
     a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
     with chunked.block_size(8, 16):
         fast = co.clip_loss(a, b, s, backend="chunked", reduction="none")

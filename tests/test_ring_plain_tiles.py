@@ -67,7 +67,7 @@ def test_band_denominator_in_plain_and_mixed_tiles(values, outer, inner, row_gra
     n, m, extra = 37, 41, 29  # partial row blocks and column tiles; plain tiles of keys and of extras
     logits = _values(values, n, m + extra)
     spec = RoleSpec(pos_index=(torch.arange(n) * 7) % m, normalize=False)  # positives off the diagonal
-    terms, _, (query, keys, extra_t) = _terms(logits, m, spec, outer, inner, row_grad)
+    terms, _, (_, keys, extra_t) = _terms(logits, m, spec, outer, inner, row_grad)
     den, lse, p = _expected(logits, m, spec, outer, inner)
     assert torch.equal(terms["row_den_count"], den.sum(dim=1))  # membership exact, ties kept
     torch.testing.assert_close(terms["row_lse"].double(), lse, rtol=1e-6, atol=1e-5)

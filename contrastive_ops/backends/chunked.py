@@ -618,7 +618,7 @@ class _Problem:
 
     def positive_gradients(self, g_row_pos, g_col_pos, grads_q, grads_k, grads_e):
         """Add the positives' ``dS`` terms to the unscaled gradients ``dS·K̂`` and ``dSᵀ·Q̂``."""
-        spec, acc = self.spec, self.acc
+        acc = self.acc
         if self.by_label:
             classes, row_cls, col_cls, self_is_pos = self.label_state
             pos_n = torch.bincount(col_cls, minlength=classes)[row_cls] - self_is_pos.long()
