@@ -21,7 +21,7 @@ Uneven block sizes are fine for the ring (the sizes are exchanged first); gather
 to pass the same number of rows.
 
 ``exchange="auto"`` (the default) picks with :func:`choose`; the choice and its reason are kept in
-:func:`last_choice` and logged at INFO on the ``contrastive_ops.exchange`` logger.
+:func:`last_choice` and logged at INFO on the ``contrastive_ops.exchange`` logger whenever it changes.
 """
 from __future__ import annotations
 
@@ -128,9 +128,10 @@ def resolve(exchange: str, group, m: int, d: int, ref: torch.Tensor, ring_possib
     if exchange == "ring":
         return exchange, sizes
     name, reason = choose(size, sizes, d, ref.element_size(), ring_possible)
+    if (_last.get("exchange"), _last.get("reason")) != (name, reason):  # logged when it changes, not every step
+        _log.info("exchange=auto chose %s (%s)", name, reason)
     _last.clear()
     _last.update(exchange=name, reason=reason, world=size, sizes=sizes, d=d, dtype=str(ref.dtype))
-    _log.info("exchange=auto chose %s (%s)", name, reason)
     return name, sizes
 
 
