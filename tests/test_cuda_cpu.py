@@ -205,3 +205,27 @@ def test_the_guided_ring_band_equals_the_chunked_backends_on_the_same_logits(cud
         unguided = chunked.ring_band(q, k, e, 14.0, RoleSpec(pos_index=spec.pos_index, ring=spec.ring), (rows, cols))
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
     assert not torch.equal(theirs[0], unguided[0]), "the guide changes no band"
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["softmax", "pair_forward"])
+def test_double_backward_raises_a_clear_error(cuda_on_cpu, sigmoid):
+    """The extension's backwards are not differentiable: a second derivative raises (it was silently
+    first-order); first derivatives with create_graph=True still work."""
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    t = torch.tensor(3.0, requires_grad=True)
+    if sigmoid:
+        spec = RoleSpec(pos_index=torch.arange(6), pairwise_sigmoid=True, normalize=False, uniform_pair_grad=True)
+        terms = cuda_on_cpu.compute_terms(q, k, None, t, spec, bias=torch.tensor(-1.0), allow_cpu=True)
+        loss = terms.row_pair_loss.sum()
+    else:
+        spec = RoleSpec(pos_index=torch.arange(6))
+        terms = cuda_on_cpu.compute_terms(q, k, None, t, spec, allow_cpu=True)
+        loss = (terms.row_lse - terms.row_pos).mean()
+    g_q, g_t = torch.autograd.grad(loss, (q, t), create_graph=True)
+    plain = torch.autograd.grad(loss, (q, t), retain_graph=True)
+    assert torch.equal(g_q.detach(), plain[0]) and torch.equal(g_t.detach(), plain[1])
+    with pytest.raises(RuntimeError, match="backend='cuda' computes first derivatives only"):
+        torch.autograd.grad(g_t, t, retain_graph=True)
+    with pytest.raises(RuntimeError, match="backend='cuda' computes first derivatives only"):
+        torch.autograd.grad(g_q.sum(), q)

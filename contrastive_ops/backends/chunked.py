@@ -42,6 +42,7 @@ from ..core import (
     ring_ranks,
     sigmoid_pair_losses,
 )
+from .first_order import double_backward_error, first_order_only
 
 _BLOCK = {"rows": 2048, "cols": 2048}
 
@@ -883,44 +884,7 @@ def _backward_fast(P: _Problem, bias_t, band, saved: dict, grads: dict):
     return grad_q * s, grad_k * s, None if grad_e is None else grad_e * s, grad_scale, grad_bias
 
 
-DOUBLE_BACKWARD_ERROR = ("backend='chunked' computes first derivatives only: a double backward (a gradient of a "
-                         "gradient, e.g. torch.autograd.grad(..., create_graph=True) differentiated again) is not "
-                         "supported; use backend='naive' for higher derivatives")
-
-
-class _NoSecondDerivative(torch.autograd.Function):
-    """The identity on a gradient ``x``, on the graph of ``sources`` (the inputs it was computed from),
-    whose own backward raises :data:`DOUBLE_BACKWARD_ERROR`."""
-
-    @staticmethod
-    def forward(ctx, x, *sources):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-
-
-def _first_order_only(backward):
-    """A custom backward run without recording a graph; where one is asked for (``create_graph=True``
-    with inputs or incoming gradients that require grad) each gradient comes back through
-    :class:`_NoSecondDerivative`, so differentiating it again raises :data:`DOUBLE_BACKWARD_ERROR`
-    instead of treating it as a constant (silently wrong). ``torch.autograd.function.once_differentiable``
-    does not suffice: its error node hangs off detached copies, off the path to the inputs, so
-    ``torch.autograd.grad`` prunes it."""
-
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
-        sources = [t for t in (*ctx.saved_tensors, *grads) if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not sources:
-            return outputs
-        return tuple(x if x is None else _NoSecondDerivative.apply(x, *sources) for x in outputs)
-
-    return wrapper
+DOUBLE_BACKWARD_ERROR = double_backward_error("chunked")
 
 
 #: The autograd function's outputs, in order (absent terms are empty placeholder tensors).
@@ -968,7 +932,7 @@ class _ChunkedContrastive(torch.autograd.Function):
         )
 
     @staticmethod
-    @_first_order_only
+    @first_order_only("chunked")
     def backward(ctx, *output_grads):
         spec: RoleSpec = ctx.spec
         query, keys, extra, scale_t, bias_t, band_lo, band_hi, *saved_list = ctx.saved_tensors

@@ -37,6 +37,7 @@ from contrastive_ops.kernels.config import cosine_chunk_shape  # imports no Trit
 from .. import _ext
 from ..core import ROLE_NAMES, ContrastiveTerms, RoleSpec, Scale, as_scale_tensor, terms_from_outputs
 from ..errors import BackendUnavailableError
+from .first_order import first_order_only
 
 _ext.load()  # raises BackendUnavailableError (reason and fix) where it is neither built nor buildable
 _OPS = torch.ops.contrastive_ops_cuda
@@ -135,6 +136,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*(values[name] for name in _SAVED), row_lse, row_pos_n, col_lse, col_pos_n, row_lse_beta)
 
 
+@first_order_only("cuda")
 def _backward(ctx, g_row_lse, g_row_pos, _d0, _d1, g_col_lse, g_col_pos, _d2, _d3, g_row_lse_beta, g_row_pair):
     saved = ctx.saved_tensors
     values = dict(zip(_SAVED, saved[:len(_SAVED)]), **ctx.options)
@@ -174,6 +176,7 @@ def _pair_setup_context(ctx, inputs, output):
                           *output[10:])
 
 
+@first_order_only("cuda")
 def _pair_backward(ctx, *grads):
     saved = ctx.saved_tensors
     values = dict(zip(_SAVED, saved[:len(_SAVED)]), **ctx.options)
