@@ -178,7 +178,8 @@ def _norm_error(actual, expected) -> float:
 def _ring_boundaries_are_clear(tensors, temperature, options, dtype) -> bool:
     """Whether every row's Ring band has its boundaries clear of near-ties that the logits' rounding in
     ``dtype`` could decide otherwise than float64 does (the band is a discontinuous function of the
-    logits: the two precisions are compared only where they select alike; exact ties are kept by both)."""
+    logits: the two precisions are compared only where they select alike; an exact float64 tie counts as
+    near too, since the unit rows' rounding in ``dtype`` can split it)."""
     a, b, e = (tensors[k].detach().double() for k in "abe")
     s = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(torch.cat([b, e]), dim=1).T
     s = s / temperature
@@ -193,7 +194,7 @@ def _ring_boundaries_are_clear(tensors, temperature, options, dtype) -> bool:
         if hi <= lo:
             continue
         for k in (lo, hi):  # the boundary between ranks k - 1 and k
-            if 0 < k < m and 0 < candidates[k - 1] - candidates[k] < margin:
+            if 0 < k < m and candidates[k - 1] - candidates[k] < margin:
                 return False
     return True
 
