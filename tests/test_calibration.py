@@ -54,14 +54,13 @@ def test_the_streaming_bce_pass_is_within_tolerance(results):
 
 
 def test_the_misses_are_the_documented_ones(results):
-    """The points the model misses (see docs/static-model.md, Calibration): the SigLIP total (library
-    GEMMs of its chunk shapes run slower than wave quantization explains) and the attention forward
-    (co-resident CTAs modeled as overlapping one another's softmax and MMA perfectly) — both optimistic,
-    never pessimistic beyond the tolerance."""
+    """The points the model misses (see docs/static-model.md, Calibration): the SigLIP total (its
+    published time exceeds what its parts' published and measured rates explain) and the attention
+    forward at head dim 128 — both optimistic, never pessimistic beyond the tolerance."""
     for r in results:
         assert r["ratio"] > 1 - 0.20, r  # the model never overestimates a published time beyond tolerance
         if not r["within"]:
-            assert "SigLIP bf16" in r["name"] or "attention" in r["name"], r
+            assert "SigLIP bf16" in r["name"] or "d=128" in r["name"], r
 
 
 def test_attention_is_modeled_over_the_tutorials_launchable_configs():

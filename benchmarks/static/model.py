@@ -11,8 +11,10 @@ included), the time of its tiles on one SM, from
   (the epilogue after the k-loop, an online softmax between two products), or one warp's dependency
   chain through it (4 cycles per dependent instruction) where that is longer. Without warp
   specialization it cannot overlap the warpgroup's own MMA, so a CTA alone on an SM takes
-  exposed + max(MMA, the rest); c CTAs on an SM share its tensor cores and schedulers,
-  so a round of c tiles takes the largest of c·MMA, c·issue and one CTA's serial chain;
+  exposed + max(MMA, the rest). c CTAs on an SM run in phase (nothing makes one's softmax wait for
+  another's products; FlashAttention-3, §3.1, needed explicit barriers to make two warpgroups
+  alternate): a round of c tiles takes c·max(MMA, the rest) on the shared tensor cores, then the
+  exposed issue of c CTAs on the shared schedulers (or one warp's chain through it, if longer);
   a warp-specialized kernel (setmaxnreg roles) is charged max(c·MMA, c·issue);
 * memory: its DRAM bytes at the copy bandwidth, overlapping the rest,
 
@@ -99,20 +101,26 @@ class KernelStats:
 
     def cycles(self, ksteps: int) -> tuple[float, float]:
         """SM cycles of one tile of this CTA (all its warps), exposed and overlapped, each opcode at its
-        documented throughput (:func:`.sass.sm_cycles`); the k-loop's step counted ``ksteps`` times."""
+        documented throughput (:func:`.sass.sm_cycles`); the k-loop's step counted ``ksteps`` times.
+        The exposed part is its throughput or one warp's dependency chain through it, if longer."""
+        throughput, chain, overlapped = self.cycle_parts(ksteps)
+        return max(throughput, chain), overlapped
+
+    def cycle_parts(self, ksteps: int) -> tuple[float, float, float]:
+        """``(exposed throughput, exposed chain, overlapped)`` SM cycles of one tile of this CTA."""
         if self.plain is not None and self.general is not None:
             f = self.plain_fraction
-            (pe, po), (ge, go) = self.plain.cycles(ksteps), self.general.cycles(ksteps)
-            return f * pe + (1 - f) * ge, f * po + (1 - f) * go
+            p, g = self.plain.cycle_parts(ksteps), self.general.cycle_parts(ksteps)
+            return tuple(f * a + (1 - f) * b for a, b in zip(p, g))
         if not (self.tile_exposed or self.tile_overlapped):  # no opcode counts: one issue slot each
-            return 0.0, self.warps * self.per_tile(ksteps) / 4.0
+            return 0.0, 0.0, self.warps * self.per_tile(ksteps) / 4.0
         # the k-loop's step appears once in the tile's counts
-        # the exposed part: its throughput, or one warp's dependency chain through it if longer
-        exposed = max(sm_cycles(self.tile_exposed, self.warps) + (ksteps - 1) * sm_cycles(self.kloop_exposed, self.warps),
-                      self.tile_exposed_chain + (ksteps - 1) * self.kloop_exposed_chain)
+        throughput = (sm_cycles(self.tile_exposed, self.warps)
+                      + (ksteps - 1) * sm_cycles(self.kloop_exposed, self.warps))
+        chain = self.tile_exposed_chain + (ksteps - 1) * self.kloop_exposed_chain
         overlapped = (sm_cycles(self.tile_overlapped, self.warps)
                       + (ksteps - 1) * sm_cycles(self.kloop_overlapped, self.warps))
-        return exposed, overlapped
+        return throughput, chain, overlapped
 
     def mufu_cycles(self, ksteps: int) -> float:
         """The MUFU part of :meth:`cycles` (16 results per clock per SM)."""
@@ -166,11 +174,14 @@ class Launch:
             rounds = waves * self.tiles_per_program  # the busiest SM: `ctas` tiles per round
             tile_flops = self.flops / max(1.0, self.programs * self.tiles_per_program)
             mma = tile_flops * device.sms / device.mma_flops[dtype] * device.clock_hz  # SM cycles per tile
-            exposed, overlapped = v.cycles(self.ksteps)
-            serial = exposed + max(mma, overlapped)
+            throughput, chain, overlapped = v.cycle_parts(self.ksteps)
+            exposed = max(throughput, chain)
             candidates = {"mma": ctas * mma, "issue": ctas * (exposed + overlapped)}
             if not v.specialized:
-                candidates["mma+epilogue (serial)"] = serial
+                # co-resident warpgroups run in phase: their products share the tensor cores, then
+                # their exposed issue shares the schedulers (its chain is each warp's own)
+                candidates["mma+epilogue (serial)"] = (max(ctas * throughput, chain)
+                                                       + ctas * max(mma, overlapped))
             bound = max(candidates, key=candidates.get)
             to_ms = rounds / device.clock_hz * 1e3
             compute_ms = candidates[bound] * to_ms
