@@ -30,9 +30,10 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend
            "compute_terms", "resolve"]
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
-# Triton first: both run every loss, and the static model puts the fused Triton kernels ahead of the
-# extension's cuBLAS products with separate epilogue passes (benchmarks/static/); no GPU
-# measurement says otherwise yet.
+# Triton first: both run every loss, and the calibrated static model (benchmarks/static/, report
+# benchmarks/results/2026-12-03-static-inphase-f7bda5d.md) puts the Triton kernels ahead on clip,
+# info_nce and Ring (44.6 vs 56.1, 10.5 vs 22.9, 9.6 vs 17.7 ms); the extension leads only on SigLIP
+# at large D (45.2 vs 49.6 ms), inside the model's error, and needs a build. No GPU measurement yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
 
 
