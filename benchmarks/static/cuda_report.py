@@ -14,7 +14,7 @@ model charges them, since nearly every pair of a large plain batch is in a plain
 
 The model (every figure *modeled*) charges, per launch group of a forward + backward:
 
-* a GEMM: its FLOPs at the matmul rate with the wave quantization of its output tiles
+* a GEMM: its FLOPs at the matmul rate times the measured efficiency of its shape
   (:func:`.model.library_gemm_ms`) or its DRAM bytes at the copy bandwidth, whichever is larger (the
   fp32 cosines it writes are bytes too);
 * an epilogue: the larger of its issue time (its SASS per pair / 32 lanes, each opcode at its

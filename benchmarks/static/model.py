@@ -20,8 +20,8 @@ included), the time of its tiles on one SM, from
 
 plus, for a Triton kernel running one CTA per SM, an exposed refill of the operand pipeline at every
 tile (``refill_cycles``, an L2-latency assumption). Library products (cuBLAS through ``torch.mm``)
-are charged :func:`library_gemm_ms`: the matmul rate, wave quantization on the library's large tiles,
-or their bytes. :data:`H200` holds the constants.
+are charged :func:`library_gemm_ms`: the matmul rate times a measured efficiency by shape (short K and
+narrow outputs cost), or their bytes. :data:`H200` holds the constants.
 """
 from __future__ import annotations
 
@@ -207,21 +207,43 @@ def sort_alu_ops(rows: int, length: int) -> float:
     return rows * (length / 2) * stages * (stages + 1) / 2 * 5.0
 
 
-#: tiles a library GEMM may take (the large ones of the "typical tile dimensions in cuBLAS", NVIDIA's
-#: Matrix Multiplication Background User's Guide, §2.3)
-LIBRARY_TILES = ((128, 256), (256, 128), (128, 128))
+#: Measured bf16 × bf16 → bf16 GEMM rates on sm_90, TFLOP/s, from OpenXLA's table of measured matmul
+#: throughput (``xla/service/gpu/model/matmul_interpolator_data.h``, key ``sm_90``; Apache-2.0), its
+#: batch-4 rows, the largest it holds: by K at M = N = 4096, and by the smaller output side at K = 4096
+#: with the other side 4096 (N the smaller: ``_BY_N``; M the smaller: ``_BY_M``).
+GEMM_RATE_BY_K = ((256, 503.9), (512, 619.9), (1024, 725.5), (2048, 764.6), (4096, 793.1))
+GEMM_RATE_BY_N = ((256, 622.5), (512, 728.6), (1024, 777.6), (2048, 808.7), (4096, 793.1))
+GEMM_RATE_BY_M = ((256, 664.0), (512, 730.1), (1024, 773.5), (2048, 801.9), (4096, 793.1))
+GEMM_RATE_PEAK = 808.7  # the table's largest bf16 rate: what the device's measured matmul rate stands for
+
+
+def _log_interpolate(points, x: float) -> float:
+    """``points`` ((x, y), ...) ascending in x, interpolated linearly in log2(x); clamped at both ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            t = (math.log2(x) - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
+            return y0 + t * (y1 - y0)
+    return points[-1][1]
+
+
+def library_gemm_efficiency(m: int, n: int, k: int) -> float:
+    """The share of the device's matmul rate a library GEMM of ``m × n × k`` reaches, from measured
+    sm_90 rates (:data:`GEMM_RATE_BY_K` and the smaller side's curve, multiplied, over the table's
+    peak). Beyond the table (a side or K above 4096) the 4096 rate holds; below its smallest K (256)
+    the K = 256 rate does, an optimistic bound."""
+    side = _log_interpolate(GEMM_RATE_BY_N if n <= m else GEMM_RATE_BY_M, min(m, n))
+    rate = _log_interpolate(GEMM_RATE_BY_K, k) * side / GEMM_RATE_BY_K[-1][1]
+    return min(1.0, rate / GEMM_RATE_PEAK)
 
 
 def library_gemm_ms(m: int, n: int, k: int, device: Device, dtype: str) -> float:
-    """Milliseconds of one library GEMM's tensor-core work: its FLOPs at the device's matmul rate (a
-    measured large-GEMM rate), divided by the share of the last wave of output tiles its SMs fill
-    ("wave quantization", same guide §3.2), on the library tile that fills them best. Its bytes are
-    charged by the caller (:meth:`Launch.model`: the larger of the two)."""
-    best = 0.0
-    for tm, tn in LIBRARY_TILES:
-        tiles = math.ceil(m / tm) * math.ceil(n / tn)
-        best = max(best, tiles / (math.ceil(tiles / device.sms) * device.sms))
-    return 2.0 * m * n * k / (device.mma_flops[dtype] * best) * 1e3
+    """Milliseconds of one library GEMM's tensor-core work: its FLOPs at the device's matmul rate
+    times :func:`library_gemm_efficiency` (measured rates of cuBLAS-class GEMMs by shape: short K and
+    a narrow output side cost, wave quantization included as measured). Its bytes are charged by the
+    caller (:meth:`Launch.model`: the larger of the two)."""
+    return 2.0 * m * n * k / (device.mma_flops[dtype] * library_gemm_efficiency(m, n, k)) * 1e3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -388,7 +388,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                           ds_bytes + inputs * cdiv(n, rows),
                           note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
         row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
-        chunk_r, chunk_c = min(rows, n), min(cols, mt)  # each chunk's products (cuBLAS: its wave quantization)
+        chunk_r, chunk_c = min(rows, n), min(cols, mt)  # each chunk's products (cuBLAS: the measured rate of its shape)
         # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
         # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
         if row_products:  # only the dĈ products
