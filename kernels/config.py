@@ -136,6 +136,19 @@ def ds_chunk_bytes() -> int:
     return _positive_int_env("CONTRASTIVE_OPS_DS_CHUNK_BYTES", "number of bytes") or DS_CHUNK_BYTES
 
 
+PIPELINE_ENV = "CONTRASTIVE_OPS_TRITON_PIPELINE"
+
+
+def pipelined(config: TileConfig, d: int) -> bool:
+    """Whether the tile loops issue each tile's product one tile ahead (software pipelining: a tile's
+    epilogue overlaps the next tile's MMA): where D fits one ``BLOCK_D`` chunk, unless
+    ``CONTRASTIVE_OPS_TRITON_PIPELINE=0``. The logits are the same bits either way."""
+    spec = os.environ.get(PIPELINE_ENV, "1")
+    if spec not in ("0", "1"):
+        raise ValueError(f"{PIPELINE_ENV} must be '0' or '1', got {spec!r}")
+    return spec == "1" and d <= config.block_d_for(d)
+
+
 def cosine_chunk_shape(n: int, m_total: int) -> tuple[int, int]:
     """``(rows, cols)`` of one chunk of fp32 cosines of the cuda backend (its GEMMs' output and its
     epilogues' input): at most :func:`ds_chunk_bytes` bytes (64 MiB: 4096 × 4096 by default), square

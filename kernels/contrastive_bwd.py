@@ -23,16 +23,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import ds_chunk_bytes
+from .config import ds_chunk_bytes, pipelined
 from .normalize import unit_rows
 from .tiles import (
     HAS_GUIDE,
     HAS_LABELS,
     MASK_LABELS,
     plain_tile,
+    row_block_operand,
     tile_cosines,
     tile_denominator,
+    tile_dot,
     tile_logit_grad,
+    tile_norms,
     tile_roles,
 )
 
@@ -62,9 +65,20 @@ def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, row0, c0, inside, r
     then the gradient by the plain branch where the tile allows it (no per-pair role tests) and
     ``inside`` (the caller's masks cut nothing off the tile)."""
     Q, C, RQ, RC, _, _ = inputs
-    N, M, M_TOTAL, D, stride_q, stride_c, beta = sizes
+    D, stride_q, stride_c = sizes[3], sizes[4], sizes[5]
     cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                            NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask,
+                                    col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+    return grad, cosines, pair_grad
+
+
+@triton.jit
+def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask, col_mask,
+                  ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+                  PAIRWISE_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(dL/dS, dL/dS of the sigmoid term)``: :func:`_tile_grad_any` on the tile's cosines already made."""
+    N, M, M_TOTAL, beta = sizes[0], sizes[1], sizes[2], sizes[6]
     # a plain tile with a Ring band tests the band alone (tiles.tile_denominator)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     plain = False
@@ -77,7 +91,7 @@ def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, row0, c0, inside, r
     else:
         grad, pair_grad = _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE,
                                      COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
-    return grad, cosines, pair_grad
+    return grad, pair_grad
 
 
 @triton.jit
@@ -85,13 +99,14 @@ def _contrastive_bwd_dq_kernel(
     inputs, roles, sizes, grads, dq_out,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
     PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
     """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``). Argument groups as
-    ``problem.GROUPS`` lists them."""
+    ``problem.GROUPS`` lists them. ``PIPELINE``: each tile's cosines issued one tile ahead (as the
+    forward's)."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
-    C, SCALE, BIAS = inputs[1], inputs[4], inputs[5]
-    N, M_TOTAL, D, stride_c = sizes[0], sizes[2], sizes[3], sizes[5]
+    Q, C, RQ, RC, SCALE, BIAS = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]
+    N, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[2], sizes[3], sizes[4], sizes[5]
     CH, DS_SCALE, DQ, DSCALE_PART, DBIAS_PART, stride_dq = dq_out
     row_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
@@ -104,13 +119,28 @@ def _contrastive_bwd_dq_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if PIPELINE:
+        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
+        first = tl.arange(0, BLOCK_N)
+        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                            INPUT_PRECISION)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        grad, cosines, pair_grad = _tile_grad_any(
-            inputs, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask,
-            ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N,
-            BLOCK_D)
+        if PIPELINE:
+            raw = raw_next
+            ahead = cols + BLOCK_N  # past the last tile: all masked, a product of zeros never read
+            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                INPUT_PRECISION)
+            cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+            grad, pair_grad = _tile_grad_of(
+                cosines, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask,
+                col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+        else:
+            grad, cosines, pair_grad = _tile_grad_any(
+                inputs, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask,
+                col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M,
+                BLOCK_N, BLOCK_D)
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
@@ -132,7 +162,9 @@ def _contrastive_bwd_dc_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``). Argument
-    groups as ``problem.GROUPS`` lists them."""
+    groups as ``problem.GROUPS`` lists them. Not pipelined as the dQ pass is: issued one row block
+    ahead, this pass modeled slower for clip and info_nce at 65536² × 128 (5.57 → 5.80 and 5.22 →
+    5.43 ms, though 6.87 → 5.39 for siglip), so the simpler loop stays."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
     Q, SCALE, BIAS = inputs[0], inputs[4], inputs[5]
     N, M_TOTAL, D, stride_q = sizes[0], sizes[2], sizes[3], sizes[4]
@@ -306,6 +338,7 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
     common = (t.inputs, t.roles, t.sizes, tuple(vectors))
     meta = {**t.constexprs(), **config.kernel_kwargs(d)}
+    dq_meta = {**meta, "PIPELINE": pipelined(config, d)}  # the register route's dQ pass
     # the products' operands: the unit rows in the input dtype (the logits still come from the raw rows
     # and their inverse norms, bit for bit as in the forward)
     normalize = t.flags["NORMALIZE"]
@@ -326,7 +359,7 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         _contrastive_bwd_dq_kernel[(row_blocks,)](*common, (c_hat, sigma, dq, dscale_part, dbias_part, dq.stride(0)),
-                                                  **meta)
+                                                  **dq_meta)
         _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
             *common, (q_hat, sigma, dc, dc.stride(0)), **meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()

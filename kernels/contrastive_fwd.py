@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import ROW_GRAD_D_MAX, row_grad_supported
+from .config import ROW_GRAD_D_MAX, pipelined, row_grad_supported
 from .normalize import unit_rows
 from .tiles import (
     HAS_BAND,
@@ -27,9 +27,12 @@ from .tiles import (
     MASK_LABELS,
     exp_minus,
     plain_tile,
+    row_block_operand,
     softplus,
     tile_cosines,
     tile_denominator,
+    tile_dot,
+    tile_norms,
     tile_roles,
 )
 
@@ -163,9 +166,11 @@ def _contrastive_fwd_kernel(
     inputs, roles, sizes, row_terms, partials, row_products,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
     PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, ROW_GRAD: tl.constexpr = False, ACC_D: tl.constexpr = 16,
+    BLOCK_D: tl.constexpr, ROW_GRAD: tl.constexpr = False, ACC_D: tl.constexpr = 16, PIPELINE: tl.constexpr = False,
 ):
-    """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``."""
+    """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``. ``PIPELINE``
+    (``D <= BLOCK_D`` only, :func:`~contrastive_ops.kernels.config.pipelined`): each tile's product is
+    issued one tile ahead (``tiles.tile_dot``), so a tile's epilogue overlaps the next tile's MMA."""
     Q, C, RQ, RC, SCALE, BIAS = inputs
     N, M, M_TOTAL, D, stride_q, stride_c, beta = sizes
     ROW_LSE, ROW_POS, ROW_DEN, ROW_POS_N, ROW_LSE_BETA, ROW_PAIR_LOSS = row_terms
@@ -197,11 +202,23 @@ def _contrastive_fwd_kernel(
         pos_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
         acc = tl.zeros((BLOCK_M, ACC_D), dtype=tl.float32)
         e_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if PIPELINE:
+            q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
+            first = tl.arange(0, BLOCK_N)
+            raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                INPUT_PRECISION)
         for c0 in range(0, M_TOTAL, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             col_mask = cols < M_TOTAL
-            cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                   NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+            if PIPELINE:
+                raw = raw_next
+                ahead = cols + BLOCK_N  # past the last tile: all masked, a product of zeros never read
+                raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                    INPUT_PRECISION)
+                cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+            else:
+                cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                       NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
             logits = scale * cosines
             plain = False
             if MAY_BE_PLAIN:
@@ -296,7 +313,7 @@ def contrastive_forward(tiles, config, column_programs: int, row_grad: bool = Fa
                  unused if out["row_pair_loss"] is None else out["row_pair_loss"])
     _contrastive_fwd_kernel[(programs,)](
         t.inputs, t.roles, t.sizes, row_terms, (part_max, part_sum, part_pos, part_den, part_pos_n), row_grad_args,
-        **t.constexprs(), **config.kernel_kwargs(t.d), **row_grad_meta,
+        **t.constexprs(), **config.kernel_kwargs(t.d), **row_grad_meta, PIPELINE=pipelined(config, t.d),
     )
     if t.column_terms:  # fixed-order combination of the programs' partials (deterministic)
         col_den = part_den.sum(dim=0, dtype=i32)

@@ -52,11 +52,39 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
         q = tl.load(q_rows + (d0 + offs_d)[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
         c_t = tl.load(c_cols + (d0 + offs_d)[:, None], mask=col_mask[None, :] & d_mask[:, None], other=0.0)
         acc = tl.dot(q, c_t, acc, input_precision=INPUT_PRECISION)
+    return tile_norms(acc, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+
+
+@triton.jit
+def tile_norms(acc, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE: tl.constexpr):
+    """``acc`` (raw dot products of the tile) times the rows' and columns' inverse norms."""
     if NORMALIZE:
         rq = tl.load(RQ + rows, mask=row_mask, other=0.0)
         rc = tl.load(RC + cols, mask=col_mask, other=0.0)
         acc = acc * rq[:, None] * rc[None, :]
     return acc
+
+
+@triton.jit
+def row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D: tl.constexpr):
+    """The row block's ``[BLOCK_M, BLOCK_D]`` operand of :func:`tile_dot` (``D <= BLOCK_D``)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.load(Q + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
+                   mask=row_mask[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def tile_dot(q, C, cols, col_mask, D, stride_c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """The raw dot products of ``q`` (:func:`row_block_operand`) with the columns ``cols`` when D fits one
+    ``BLOCK_D`` chunk: :func:`tile_cosines`' product, the same operation bit for bit, without the norms.
+    Nothing reads the result here, so a caller may issue the next tile's product before it works on
+    the current one (software pipelining: the tile's epilogue runs while the tensor cores make the
+    next tile's logits)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    c_t = tl.load(C + cols.to(tl.int64)[None, :] * stride_c + offs_d[:, None],
+                  mask=col_mask[None, :] & (offs_d < D)[:, None], other=0.0)
+    return tl.dot(q, c_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
 
 
 @triton.jit

@@ -17,6 +17,7 @@ from helpers import (
     assert_at_most_twice_pytorchs_own,
     assert_close_rel,
     check_against_float64,
+    fresh,
     grads,
     make_inputs,
     required,
@@ -54,6 +55,25 @@ def test_other_tile_configs(name, config, seed):
         pytest.skip("8-bit radix passes are too slow for the interpreter (255 thresholds per pass)")
     with pin_config(TileConfig(*config)):
         _check_against_reference(name)
+
+
+@pytest.mark.parametrize("name", ["info_nce_symmetric_queue", "clip_normalized", "supcon_many_classes", "ring",
+                                  "siglip"])
+def test_pipelined_tiles_give_the_same_bits(name, seed, monkeypatch):
+    """Tiles whose product is issued one tile ahead (``kernels.config.pipelined``: D within one
+    ``BLOCK_D``) against the same config without: the same loss and gradients, bit for bit."""
+    case = CASES[name]
+    inputs = make_inputs(case, torch.float32, DEVICE)
+    out = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_PIPELINE", switch)
+        with pin_config(TileConfig(16, 16, 64, 1, 1, 4)):  # D = 40 within one BLOCK_D: pipelined with "1"
+            leaves = fresh(inputs)
+            loss = case.ours(leaves, backend="triton")
+            out.append((loss, grads(loss, leaves)))
+    assert torch.equal(out[0][0], out[1][0]), name
+    for mine, other in zip(out[0][1], out[1][1]):
+        assert torch.equal(mine, other), name
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

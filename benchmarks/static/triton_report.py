@@ -222,10 +222,16 @@ def _stats(module, name, w: Workload, config, extra=(), plain_fraction=0.0):
     constexprs.update(INPUT_PRECISION="tf32" if w.dtype == "float32" else "ieee",
                       BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d_for(w.d))
     constexprs.update(extra)
+    import importlib
+    import inspect
+
+    from contrastive_ops.kernels import config as cfg
+
+    kernel = getattr(importlib.import_module(module), name)
+    if "PIPELINE" in inspect.signature(kernel.fn).parameters and hasattr(cfg, "pipelined"):
+        constexprs.setdefault("PIPELINE", cfg.pipelined(config, w.d))  # as the launch decides
     key = (module, name, w.dtype, tuple(sorted(constexprs.items())), config.num_warps, config.num_stages)
     stats = dataclasses.replace(compile_stats(*key))
-    import importlib
-
     if hasattr(importlib.import_module(module), "plain_tile") and plain_fraction > 0:
         stats.plain, stats.general = compile_stats(*key, branch="plain"), compile_stats(*key, branch="general")
         stats.plain_fraction = plain_fraction
