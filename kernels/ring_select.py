@@ -23,7 +23,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import HAS_GUIDE, HAS_LABELS, MASK_LABELS, key_value, order_key, plain_tile, tile_cosines, tile_roles
+from .config import pipelined
+from .tiles import (
+    HAS_GUIDE,
+    HAS_LABELS,
+    MASK_LABELS,
+    key_value,
+    order_key,
+    plain_tile,
+    row_block_operand,
+    tile_cosines,
+    tile_dot,
+    tile_norms,
+    tile_roles,
+)
 
 
 @triton.jit
@@ -139,10 +152,12 @@ def _ring_count_at_kernel(
     inputs, roles, sizes, THRESH, COUNTS,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, T: tl.constexpr,
     T_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PIPELINE: tl.constexpr = False,
 ):
     """``COUNTS[k, i]``: row ``i``'s candidates whose logit is at least ``THRESH[k, i]`` (``[T, N]``
     each, fp32 thresholds and int32 counts; ``T_POW2``: T rounded up to a power of two): one pass
-    over the row block's tiles."""
+    over the row block's tiles (``PIPELINE``: each tile's product issued one tile ahead, as the
+    forward's: the same logits)."""
     Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     row0 = tl.program_id(0) * BLOCK_M
@@ -152,11 +167,23 @@ def _ring_count_at_kernel(
     ks = tl.arange(0, T_POW2)
     counts = tl.zeros((BLOCK_M, T_POW2), dtype=tl.int32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
+    if PIPELINE:
+        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
+        first = tl.arange(0, BLOCK_N)
+        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                            INPUT_PRECISION)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                      NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        if PIPELINE:
+            raw = raw_next
+            ahead = cols + BLOCK_N
+            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                INPUT_PRECISION)
+            logits = scale * tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+        else:
+            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         plain = False
         if MAY_BE_PLAIN:
             plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
@@ -176,7 +203,7 @@ def _ring_count_at_kernel(
 def _ring_gather_kernel(
     inputs, roles, sizes, BRACKET, OUT, FILLED,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, SLOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
     """Row ``i``'s candidate logits ``x`` inside either bracket, ``BRACKET[0, i] <= x < BRACKET[1, i]``
     or ``BRACKET[2, i] <= x < BRACKET[3, i]`` (``[4, N]`` fp32), into ``OUT[i, :]`` (``[N, SLOTS]``
@@ -196,11 +223,23 @@ def _ring_gather_kernel(
     bottom_hi = tl.load(BRACKET + 3 * N + rows, mask=row_mask, other=float("inf"))
     out_rows = OUT + rows.to(tl.int64)[:, None] * SLOTS
     filled = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    if PIPELINE:  # as the counting pass's
+        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
+        first = tl.arange(0, BLOCK_N)
+        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                            INPUT_PRECISION)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                      NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        if PIPELINE:
+            raw = raw_next
+            ahead = cols + BLOCK_N
+            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                INPUT_PRECISION)
+            logits = scale * tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+        else:
+            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
         inside = (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
                   | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))
         plain = False
@@ -224,6 +263,7 @@ def count_at(tiles, config, thresholds):
         t.inputs, t.roles, t.sizes, thresholds, counts, ROLE=flags["ROLE"], NORMALIZE=flags["NORMALIZE"],
         INPUT_PRECISION=flags["INPUT_PRECISION"], T=thresholds.shape[0],
         T_POW2=triton.next_power_of_2(thresholds.shape[0]), **config.kernel_kwargs(t.d),
+        PIPELINE=pipelined(config, t.d),
     )
     return counts
 
@@ -239,7 +279,7 @@ def gather_brackets(tiles, config, brackets, slots=GATHER_SLOTS):
     _ring_gather_kernel[(triton.cdiv(t.n, config.block_m),)](
         t.inputs, t.roles, t.sizes, brackets.contiguous(), out, filled, ROLE=flags["ROLE"],
         NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], SLOTS=slots,
-        **config.kernel_kwargs(t.d),
+        **config.kernel_kwargs(t.d), PIPELINE=pipelined(config, t.d),
     )
     return out, filled
 

@@ -147,8 +147,8 @@ def test_per_opcode_throughputs_and_pipelines():
 
 
 def test_exposed_work_serializes_with_the_warpgroups_mma():
-    """One CTA per SM: exposed issue adds to the MMA; two CTAs may hide one's softmax under the other's
-    MMA; a warp-specialized kernel overlaps within the CTA."""
+    """One CTA per SM: exposed issue adds to the MMA; co-resident CTAs run in phase (each round pays
+    their products, then their exposed epilogues); a warp-specialized kernel overlaps within the CTA."""
     import dataclasses
 
     from benchmarks.static.model import H200, KernelStats, Launch
@@ -162,6 +162,49 @@ def test_exposed_work_serializes_with_the_warpgroups_mma():
     special = dataclasses.replace(base, specialized=True)
     ws = Launch("k", special, H200.sms, 10, 1, tile_flops * H200.sms * 10, 0.0).model(H200, "bfloat16")
     assert ws["modeled_ms"] < one["modeled_ms"]
+    # two CTAs per SM (half the shared memory): 2 × (1000 MMA + 1000 exposed) per round of two tiles
+    two = dataclasses.replace(base, shared=100 * 1024, registers=128)
+    assert two.ctas_per_sm(H200) == 2
+    paired = Launch("k", two, 2 * H200.sms, 10, 1, tile_flops * 2 * H200.sms * 10, 0.0).model(H200, "bfloat16")
+    assert paired["bound"] == "mma+epilogue (serial)"
+    assert paired["modeled_ms"] == pytest.approx(10 * 2 * 2000 / H200.clock_hz * 1e3, rel=1e-3)
+
+
+def test_every_k_step_is_counted():
+    """The tile's opcode counts exclude its k-loop; a tile of ksteps steps pays ksteps k-steps."""
+    from benchmarks.static.model import KernelStats
+
+    stats = KernelStats("k", 4, 3, 128, 0, 0, 0, "wgmma", 8, 30, 10, 0, 100,
+                        tile_exposed={"FFMA": 20}, kloop_overlapped={"MOV": 10})
+    for ksteps in (1, 3):
+        exposed, overlapped = stats.cycles(ksteps)
+        assert exposed == pytest.approx(20.0)  # 20 FFMA × 4 warps at 4 per clock
+        assert overlapped == pytest.approx(ksteps * 10.0)  # 10 MOV × 4 warps at 4 issue slots per clock
+        assert stats.per_tile(ksteps) == 30 + 10 * (ksteps - 1)
+
+
+def test_a_kernel_without_a_reduction_loop_has_its_tile_loop_read_as_such():
+    """A pipelined kernel (its product issued once per tile, no loop over D): its innermost loop with MMA
+    is the tile loop, every instruction of it counted once per tile, the epilogue's MUFU included."""
+    from benchmarks.static.sass import parse_sass, sass_stats
+
+    text = "\n".join([
+        "/*0000*/ MOV R1, c[0x0][0x28] ;",
+        "/*0010*/ WARPGROUP.ARRIVE ;",
+        "/*0020*/ HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT, gsb0 ;",
+        "/*0030*/ MUFU.EX2 R2, R3 ;",
+        "/*0040*/ WARPGROUP.DEPBAR.LE gsb0, 0x0 ;",
+        "/*0050*/ FFMA R4, R24, R5, R6 ;",
+        "/*0060*/ MUFU.EX2 R7, R4 ;",
+        "/*0070*/ @P0 BRA 0x10 ;",
+        "/*0080*/ EXIT ;",
+    ])
+    instructions = parse_sass(text)
+    kloop = sass_stats(instructions)  # read as a k-loop: the counts of one step go to the k-loop
+    assert kloop.kloop_instructions == 7 and kloop.kloop_mufu == 2
+    tiles = sass_stats(instructions, reduction_loop=False)
+    assert tiles.kloop_instructions == 0 and tiles.tile_instructions == 7 and tiles.tile_mufu == 2
+    assert tiles.tile_overlapped.get("MUFU") == 1 and tiles.tile_exposed.get("MUFU") == 1
 
 
 def test_library_gemms_are_charged_their_measured_rate_by_shape():

@@ -91,13 +91,14 @@ class KernelStats:
         if self.plain is not None and self.general is not None:
             f = self.plain_fraction
             return f * self.plain.per_tile(ksteps) + (1 - f) * self.general.per_tile(ksteps)
+        # tile_instructions holds one k-step; the per-opcode counts below hold none (they are split)
         return self.tile_instructions + self.kloop_instructions * (ksteps - 1)
 
     def mufu_per_tile(self, ksteps: int = 1) -> float:
         if self.plain is not None and self.general is not None:
             f = self.plain_fraction
             return f * self.plain.mufu_per_tile(ksteps) + (1 - f) * self.general.mufu_per_tile(ksteps)
-        return self.tile_mufu + self.kloop_mufu * (ksteps - 1)
+        return self.tile_mufu + self.kloop_mufu * ksteps  # tile_mufu: outside the k-loop
 
     def cycles(self, ksteps: int) -> tuple[float, float]:
         """SM cycles of one tile of this CTA (all its warps), exposed and overlapped, each opcode at its
@@ -114,12 +115,12 @@ class KernelStats:
             return tuple(f * a + (1 - f) * b for a, b in zip(p, g))
         if not (self.tile_exposed or self.tile_overlapped):  # no opcode counts: one issue slot each
             return 0.0, 0.0, self.warps * self.per_tile(ksteps) / 4.0
-        # the k-loop's step appears once in the tile's counts
+        # the tile's opcode counts are those outside its k-loop: each of its ksteps steps adds one step's
         throughput = (sm_cycles(self.tile_exposed, self.warps)
-                      + (ksteps - 1) * sm_cycles(self.kloop_exposed, self.warps))
-        chain = self.tile_exposed_chain + (ksteps - 1) * self.kloop_exposed_chain
+                      + ksteps * sm_cycles(self.kloop_exposed, self.warps))
+        chain = self.tile_exposed_chain + ksteps * self.kloop_exposed_chain
         overlapped = (sm_cycles(self.tile_overlapped, self.warps)
-                      + (ksteps - 1) * sm_cycles(self.kloop_overlapped, self.warps))
+                      + ksteps * sm_cycles(self.kloop_overlapped, self.warps))
         return throughput, chain, overlapped
 
     def mufu_cycles(self, ksteps: int) -> float:

@@ -211,7 +211,10 @@ def warp_specialized(instructions) -> bool:
     return any(i[1] == "USETMAXREG" for i in instructions)
 
 
-def sass_stats(instructions) -> SassStats:
+def sass_stats(instructions, reduction_loop: bool = True) -> SassStats:
+    """``reduction_loop=False``: the kernel's products have no loop over their reduction dimension (one
+    ``BLOCK_D`` holds D, each tile's product issued once, e.g. one tile ahead): its innermost loop with
+    MMA is then the tile loop itself, and there is no k-loop."""
     mma = [i for i in instructions if i[1] in MMA_OPCODES]
     kind = "wgmma" if any(i[1] == "HGMMA" for i in mma) else ("mma.sync" if mma else "none")
     found = loops(instructions)
@@ -225,6 +228,19 @@ def sass_stats(instructions) -> SassStats:
     # k-loops: loops with MMA containing no other loop with MMA
     mma_loops = [lp for lp in found if has_mma(lp)]
     kloops = [lp for lp in mma_loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in mma_loops)]
+    if mma_loops and not reduction_loop:  # the innermost MMA loop is the tile loop: no k-loop inside it
+        tile = min(kloops, key=lambda lp: lp[1] - lp[0])
+        body = inside(tile)
+        tile_exposed, tile_overlapped = collections.Counter(), collections.Counter()
+        chain = []
+        sync = kind != "wgmma"
+        for ins, flying in zip(body, _steady(body)):
+            (tile_overlapped if flying or sync else tile_exposed)[ins[1]] += 1
+            if not (flying or sync):
+                chain.append(ins)
+        return SassStats(kind, len(mma), len(body), 0, sum(1 for i in body if i[1] == "MUFU"), 0,
+                         dict(tile_exposed), dict(tile_overlapped), {}, {}, warp_specialized(instructions),
+                         len(instructions), chain_cycles(chain), 0.0)
     if not mma_loops:  # no product: the largest innermost loop stands for the k-loop (a streaming loop)
         innermost = [lp for lp in found if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in found)]
         kloops = [max(innermost, key=lambda lp: len(inside(lp)))] if innermost else []

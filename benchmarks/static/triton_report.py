@@ -159,10 +159,11 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
         if branch != "both" and original is not None:
             mod.plain_tile = original
             _reset_hashes(mod)
-    return read_compiled(compiled, kernel_name, warps, stages)
+    # a pipelined kernel issues each tile's product once, with no loop over D
+    return read_compiled(compiled, kernel_name, warps, stages, reduction_loop=not constexprs.get("PIPELINE", False))
 
 
-def read_compiled(compiled, name: str, warps: int, stages: int) -> KernelStats:
+def read_compiled(compiled, name: str, warps: int, stages: int, reduction_loop: bool = True) -> KernelStats:
     """Registers and spills (Triton's bundled ``ptxas -v`` on the kernel's PTX) and the SASS counts
     (its ``cuobjdump``, :func:`.sass.sass_stats`) of one compiled Triton kernel."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,13 +178,15 @@ def read_compiled(compiled, name: str, warps: int, stages: int) -> KernelStats:
     registers = int(re.search(r"Used (\d+) registers", verbose).group(1))
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", verbose)
     return stats_from_sass(name, warps, stages, registers, int(spills.group(1)) if spills else 0,
-                           int(spills.group(2)) if spills else 0, compiled.metadata.shared, parse_sass(sass))
+                           int(spills.group(2)) if spills else 0, compiled.metadata.shared, parse_sass(sass),
+                           reduction_loop)
 
 
 def stats_from_sass(name: str, warps: int, stages: int, registers: int, spill_stores: int, spill_loads: int,
-                    shared: int, instructions) -> KernelStats:
-    """A :class:`.model.KernelStats` from a kernel's resources and its parsed SASS."""
-    s = sass_stats(instructions)
+                    shared: int, instructions, reduction_loop: bool = True) -> KernelStats:
+    """A :class:`.model.KernelStats` from a kernel's resources and its parsed SASS (``reduction_loop``
+    as :func:`.sass.sass_stats`)."""
+    s = sass_stats(instructions, reduction_loop)
     return KernelStats(kernel=name, warps=warps, stages=stages, registers=registers, spill_stores=spill_stores,
                        spill_loads=spill_loads, shared=shared, mma_kind=s.mma_kind, mma_count=s.mma_count,
                        tile_instructions=s.tile_instructions, kloop_instructions=s.kloop_instructions,
