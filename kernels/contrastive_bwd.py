@@ -29,11 +29,13 @@ from .tiles import (
     HAS_GUIDE,
     HAS_LABELS,
     MASK_LABELS,
+    column_block_operand,
     plain_tile,
     row_block_operand,
     tile_cosines,
     tile_denominator,
     tile_dot,
+    tile_dot_rows,
     tile_logit_grad,
     tile_norms,
     tile_roles,
@@ -103,7 +105,7 @@ def _contrastive_bwd_dq_kernel(
 ):
     """Register route, rows: ``dQ̂ = s·dS·Ĉ`` for one row block (``D <= BLOCK_D``). Argument groups as
     ``problem.GROUPS`` lists them. ``PIPELINE``: each tile's cosines issued one tile ahead (as the
-    forward's)."""
+    forward's; the dC pass issues them one row block ahead)."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
     Q, C, RQ, RC, SCALE, BIAS = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]
     N, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[2], sizes[3], sizes[4], sizes[5]
@@ -159,15 +161,13 @@ def _contrastive_bwd_dc_kernel(
     inputs, roles, sizes, grads, dc_out,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
     PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
     """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``). Argument
-    groups as ``problem.GROUPS`` lists them. Not pipelined as the dQ pass is: issued one row block
-    ahead, this pass modeled slower for clip and info_nce at 65536² × 128 (5.57 → 5.80 and 5.22 →
-    5.43 ms, though 6.87 → 5.39 for siglip), so the simpler loop stays."""
+    groups as ``problem.GROUPS`` lists them."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
-    Q, SCALE, BIAS = inputs[0], inputs[4], inputs[5]
-    N, M_TOTAL, D, stride_q = sizes[0], sizes[2], sizes[3], sizes[4]
+    Q, C, RQ, RC, SCALE, BIAS = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]
+    N, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[2], sizes[3], sizes[4], sizes[5]
     QH, DS_SCALE, DC, stride_dc = dc_out
     col_block = tl.program_id(0)
     scale = tl.load(SCALE).to(tl.float32)
@@ -178,14 +178,29 @@ def _contrastive_bwd_dc_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if PIPELINE:
+        c_block = column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D)
+        first = tl.arange(0, BLOCK_M)
+        raw_next = tile_dot_rows(Q, first, first < N, c_block, D, stride_q, BLOCK_M, BLOCK_N, BLOCK_D,
+                                 INPUT_PRECISION)
     for r0 in range(0, N, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
-        grad = _tile_grad_any(
-            inputs, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols, row_mask, col_mask,
-            ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M, BLOCK_N,
-            BLOCK_D)[0]
+        if PIPELINE:
+            raw = raw_next
+            ahead = rows + BLOCK_M  # past the last block: all masked, a product of zeros never read
+            raw_next = tile_dot_rows(Q, ahead, ahead < N, c_block, D, stride_q, BLOCK_M, BLOCK_N, BLOCK_D,
+                                     INPUT_PRECISION)
+            cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+            grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols,
+                                 row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M,
+                                 BLOCK_N)[0]
+        else:
+            grad = _tile_grad_any(
+                inputs, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols, row_mask,
+                col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M,
+                BLOCK_N, BLOCK_D)[0]
         # dĈ = s·dSᵀ·Q̂ on the unit rows QH
         q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
                     mask=row_mask[:, None] & d_mask[None, :], other=0.0)
@@ -338,7 +353,7 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         col.get(name, unused) for name in ("lse", "g_lse", "g_pos_w")]
     common = (t.inputs, t.roles, t.sizes, tuple(vectors))
     meta = {**t.constexprs(), **config.kernel_kwargs(d)}
-    dq_meta = {**meta, "PIPELINE": pipelined(config, d)}  # the register route's dQ pass
+    register_meta = {**meta, "PIPELINE": pipelined(config, d)}  # the register route's dQ and dC passes
     # the products' operands: the unit rows in the input dtype (the logits still come from the raw rows
     # and their inverse norms, bit for bit as in the forward)
     normalize = t.flags["NORMALIZE"]
@@ -347,7 +362,7 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         dq, dscale = rows_from_forward(t, row, *row_grad, q_hat)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
         _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
-            *common, (q_hat, sigma, dc, dc.stride(0)), **meta)
+            *common, (q_hat, sigma, dc, dc.stride(0)), **register_meta)
         return dq, dc, dscale, torch.zeros((), dtype=torch.float32, device=device)
     c_hat = None  # the dQ products' operand; with the forward's row products there are none
     if row_grad is None:
@@ -359,9 +374,9 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
         dscale_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         dbias_part = torch.empty(row_blocks, dtype=torch.float32, device=device)
         _contrastive_bwd_dq_kernel[(row_blocks,)](*common, (c_hat, sigma, dq, dscale_part, dbias_part, dq.stride(0)),
-                                                  **dq_meta)
+                                                  **register_meta)
         _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
-            *common, (q_hat, sigma, dc, dc.stride(0)), **meta)
+            *common, (q_hat, sigma, dc, dc.stride(0)), **register_meta)
         return dq, dc, dscale_part.sum(), dbias_part.sum()
 
     # chunk route: dS chunk by chunk (row chunks outer, column chunks inner: a fixed order); with the

@@ -74,6 +74,25 @@ def row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D: tl.constexpr):
+    """The column block's ``[BLOCK_D, BLOCK_N]`` operand of :func:`tile_dot_rows` (``D <= BLOCK_D``)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.load(C + cols.to(tl.int64)[None, :] * stride_c + offs_d[:, None],
+                   mask=col_mask[None, :] & (offs_d < D)[:, None], other=0.0)
+
+
+@triton.jit
+def tile_dot_rows(Q, rows, row_mask, c_t, D, stride_q, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """:func:`tile_dot` with the columns fixed (``c_t``, :func:`column_block_operand`) and the rows
+    loaded: a loop over row blocks issues the next block's product ahead the same way."""
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(Q + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
+                mask=row_mask[:, None] & (offs_d < D)[None, :], other=0.0)
+    return tl.dot(q, c_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def tile_dot(q, C, cols, col_mask, D, stride_c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """The raw dot products of ``q`` (:func:`row_block_operand`) with the columns ``cols`` when D fits one
