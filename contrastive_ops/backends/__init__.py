@@ -31,8 +31,8 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 # Triton first: both run every loss, and the calibrated static model (benchmarks/static/, report
-# benchmarks/results/2026-12-03-static-pipelined-e86ffd9.md) puts the Triton kernels ahead on clip,
-# info_nce and Ring (42.3 vs 51.6, 9.9 vs 16.6, 9.2 vs 16.0 ms); the extension leads on SigLIP at
+# benchmarks/results/2026-12-03-static-pipelined-1880279.md) puts the Triton kernels ahead on clip,
+# info_nce and Ring (42.3 vs 51.6, 9.0 vs 16.6, 8.9 vs 16.0 ms); the extension leads on SigLIP at
 # large D (41.4 vs 47.3 ms), inside the model's error, and needs a build. No GPU measurement yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
 
