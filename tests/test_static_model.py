@@ -188,17 +188,17 @@ def test_a_kernel_without_a_reduction_loop_has_its_tile_loop_read_as_such():
     is the tile loop, every instruction of it counted once per tile, the epilogue's MUFU included."""
     from benchmarks.static.sass import parse_sass, sass_stats
 
-    text = "\n".join([
-        "/*0000*/ MOV R1, c[0x0][0x28] ;",
-        "/*0010*/ WARPGROUP.ARRIVE ;",
-        "/*0020*/ HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT, gsb0 ;",
-        "/*0030*/ MUFU.EX2 R2, R3 ;",
-        "/*0040*/ WARPGROUP.DEPBAR.LE gsb0, 0x0 ;",
-        "/*0050*/ FFMA R4, R24, R5, R6 ;",
-        "/*0060*/ MUFU.EX2 R7, R4 ;",
-        "/*0070*/ @P0 BRA 0x10 ;",
-        "/*0080*/ EXIT ;",
-    ])
+    text = """
+        /*0000*/ MOV R1, c[0x0][0x28] ;
+        /*0010*/ WARPGROUP.ARRIVE ;
+        /*0020*/ HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT, gsb0 ;
+        /*0030*/ MUFU.EX2 R2, R3 ;
+        /*0040*/ WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0050*/ FFMA R4, R24, R5, R6 ;
+        /*0060*/ MUFU.EX2 R7, R4 ;
+        /*0070*/ @P0 BRA 0x10 ;
+        /*0080*/ EXIT ;
+    """
     instructions = parse_sass(text)
     kloop = sass_stats(instructions)  # read as a k-loop: the counts of one step go to the k-loop
     assert kloop.kloop_instructions == 7 and kloop.kloop_mufu == 2
