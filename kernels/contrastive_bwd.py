@@ -30,11 +30,11 @@ from .tiles import (
     HAS_LABELS,
     MASK_LABELS,
     column_block_operand,
+    pipeline_start,
+    pipeline_step,
     plain_tile,
-    row_block_operand,
     tile_cosines,
     tile_denominator,
-    tile_dot,
     tile_dot_rows,
     tile_logit_grad,
     tile_norms,
@@ -121,28 +121,16 @@ def _contrastive_bwd_dq_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if PIPELINE:
-        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
-        first = tl.arange(0, BLOCK_N)
-        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                            INPUT_PRECISION)
+    q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                  INPUT_PRECISION, PIPELINE)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        if PIPELINE:
-            raw = raw_next
-            ahead = cols + BLOCK_N  # past the last tile: all masked, a product of zeros never read
-            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                INPUT_PRECISION)
-            cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-            grad, pair_grad = _tile_grad_of(
-                cosines, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask,
-                col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
-        else:
-            grad, cosines, pair_grad = _tile_grad_any(
-                inputs, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows, cols, row_mask,
-                col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M,
-                BLOCK_N, BLOCK_D)
+        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
+                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
+        grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows,
+                                        cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
+                                        BLOCK_M, BLOCK_N)
         dscale += tl.sum(grad * cosines, axis=1)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)

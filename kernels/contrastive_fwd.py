@@ -26,13 +26,11 @@ from .tiles import (
     HAS_LABELS,
     MASK_LABELS,
     exp_minus,
+    pipeline_start,
+    pipeline_step,
     plain_tile,
-    row_block_operand,
     softplus,
-    tile_cosines,
     tile_denominator,
-    tile_dot,
-    tile_norms,
     tile_roles,
 )
 
@@ -202,23 +200,14 @@ def _contrastive_fwd_kernel(
         pos_n = tl.zeros((BLOCK_M,), dtype=tl.int32)
         acc = tl.zeros((BLOCK_M, ACC_D), dtype=tl.float32)
         e_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        if PIPELINE:
-            q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
-            first = tl.arange(0, BLOCK_N)
-            raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                INPUT_PRECISION)
+        q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N,
+                                      BLOCK_D, INPUT_PRECISION, PIPELINE)
         for c0 in range(0, M_TOTAL, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             col_mask = cols < M_TOTAL
-            if PIPELINE:
-                raw = raw_next
-                ahead = cols + BLOCK_N  # past the last tile: all masked, a product of zeros never read
-                raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                    INPUT_PRECISION)
-                cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-            else:
-                cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                       NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+            cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D,
+                                         stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION,
+                                         PIPELINE)
             logits = scale * cosines
             plain = False
             if MAY_BE_PLAIN:

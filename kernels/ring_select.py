@@ -30,11 +30,10 @@ from .tiles import (
     MASK_LABELS,
     key_value,
     order_key,
+    pipeline_start,
+    pipeline_step,
     plain_tile,
-    row_block_operand,
     tile_cosines,
-    tile_dot,
-    tile_norms,
     tile_roles,
 )
 
@@ -167,23 +166,14 @@ def _ring_count_at_kernel(
     ks = tl.arange(0, T_POW2)
     counts = tl.zeros((BLOCK_M, T_POW2), dtype=tl.int32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
-    if PIPELINE:
-        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
-        first = tl.arange(0, BLOCK_N)
-        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                            INPUT_PRECISION)
+    q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                  INPUT_PRECISION, PIPELINE)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        if PIPELINE:
-            raw = raw_next
-            ahead = cols + BLOCK_N
-            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                INPUT_PRECISION)
-            logits = scale * tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-        else:
-            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
+                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
+        logits = scale * cosines
         plain = False
         if MAY_BE_PLAIN:
             plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
@@ -225,23 +215,14 @@ def _ring_gather_kernel(
     bottom_hi = tl.load(BRACKET + 3 * N + rows, mask=row_mask, other=float("inf"))
     out_rows = OUT + rows.to(tl.int64)[:, None] * SLOTS
     filled = tl.zeros((BLOCK_M,), dtype=tl.int32)
-    if PIPELINE:  # as the counting pass's
-        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
-        first = tl.arange(0, BLOCK_N)
-        raw_next = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                            INPUT_PRECISION)
+    q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                                  INPUT_PRECISION, PIPELINE)
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        if PIPELINE:
-            raw = raw_next
-            ahead = cols + BLOCK_N
-            raw_next = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                INPUT_PRECISION)
-            logits = scale * tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-        else:
-            logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
+                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
+        logits = scale * cosines
         inside = (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
                   | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))
         plain = False

@@ -74,6 +74,43 @@ def row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                   PIPELINE: tl.constexpr):
+    """``(q_block, the first tile's raw product)`` of a row block's tile loop over the columns, as
+    :func:`pipeline_step` carries them (placeholders without ``PIPELINE``)."""
+    if PIPELINE:
+        q_block = row_block_operand(Q, rows, row_mask, D, stride_q, BLOCK_D)
+        first = tl.arange(0, BLOCK_N)
+        raw = tile_dot(q_block, C, first, first < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    else:
+        q_block = 0.0
+        raw = 0.0
+    return q_block, raw
+
+
+@triton.jit
+def pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q, stride_c,
+                  NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr, PIPELINE: tl.constexpr):
+    """``(cosines of the tile at cols, the raw product to carry)`` in a tile loop over the columns. With
+    ``PIPELINE`` (``kernels.config.pipelined``) the next tile's product is issued first (past the last
+    tile: all masked, a product of zeros never read), then ``raw``, made a tile earlier, gets its
+    norms, so the caller's epilogue overlaps that product; without, :func:`tile_cosines`. The same
+    bits either way."""
+    if PIPELINE:
+        ahead = cols + BLOCK_N
+        carried = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
+                           INPUT_PRECISION)
+        cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+    else:
+        carried = raw
+        cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                               NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    return cosines, carried
+
+
+@triton.jit
 def column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D: tl.constexpr):
     """The column block's ``[BLOCK_D, BLOCK_N]`` operand of :func:`tile_dot_rows` (``D <= BLOCK_D``)."""
     offs_d = tl.arange(0, BLOCK_D)
