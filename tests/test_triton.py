@@ -76,6 +76,17 @@ def test_pipelined_tiles_give_the_same_bits(name, seed, monkeypatch):
         assert torch.equal(mine, other), name
 
 
+@pytest.mark.parametrize("value", ["2", "yes", " 1"])
+def test_a_bad_pipeline_switch_is_named(value, seed, monkeypatch):
+    monkeypatch.setenv("CONTRASTIVE_OPS_TRITON_PIPELINE", value)
+    case = CASES["info_nce_symmetric_queue"]
+    inputs = make_inputs(case, torch.float32, DEVICE)
+    before = [x.detach().clone() for x in inputs]
+    with pytest.raises(ValueError, match=f"CONTRASTIVE_OPS_TRITON_PIPELINE must be '0' or '1', got {value!r}"):
+        case.ours(inputs, backend="triton")
+    assert all(torch.equal(x.detach(), y) for x, y in zip(inputs, before))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("name", ["info_nce_queue", "supcon_few_classes", "clip_tensor_scale"])
 def test_reductions(name, reduction, seed):
