@@ -26,6 +26,7 @@ import triton.language as tl
 from .config import ds_chunk_bytes, pipelined
 from .normalize import unit_rows
 from .tiles import (
+    HAS_BAND,
     HAS_GUIDE,
     HAS_LABELS,
     MASK_LABELS,
@@ -46,40 +47,43 @@ _DS_TARGET = 2.0 ** 14
 
 
 @triton.jit
-def _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE: tl.constexpr,
+def _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads, ROLE: tl.constexpr,
                COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
-    """``(dL/dS, dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
-    recomputed exactly as the forward computes them; ``PLAIN`` as ``tiles.plain_tile``."""
+    """``(σ·dL/dS, σ·dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
+    recomputed exactly as the forward computes them (``σ = sigma``: the power of two of :func:`ds_scale`,
+    applied to the incoming gradients, which gives the same bits as scaling each pair);
+    ``PLAIN`` as ``tiles.plain_tile``."""
     logits = scale * cosines
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
-    return tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias, beta,
-                           COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN)
+    return tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
+                           bias, beta, sigma, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN,
+                           PLAIN and not ROLE[HAS_BAND])
 
 
 @triton.jit
-def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask, col_mask,
+def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
                    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
                    HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``(dL/dS, cosines, dL/dS of the sigmoid term)`` of the tile at ``(row0, c0)``: the cosines once,
+    """``(σ·dL/dS, cosines, σ·dL/dS of the sigmoid term)`` of the tile at ``(row0, c0)``: the cosines once,
     then the gradient by the plain branch where the tile allows it (no per-pair role tests) and
     ``inside`` (the caller's masks cut nothing off the tile)."""
     Q, C, RQ, RC, _, _ = inputs
     D, stride_q, stride_c = sizes[3], sizes[4], sizes[5]
     cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                            NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask,
-                                    col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+    grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols,
+                                    row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
     return grad, cosines, pair_grad
 
 
 @triton.jit
-def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row0, c0, inside, rows, cols, row_mask, col_mask,
+def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
                   ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
                   PAIRWISE_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``(dL/dS, dL/dS of the sigmoid term)``: :func:`_tile_grad_any` on the tile's cosines already made."""
+    """``(σ·dL/dS, σ·dL/dS of the sigmoid term)``: :func:`_tile_grad_any` on the tile's cosines already made."""
     N, M, M_TOTAL, beta = sizes[0], sizes[1], sizes[2], sizes[6]
     # a plain tile with a Ring band tests the band alone (tiles.tile_denominator)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
@@ -88,11 +92,11 @@ def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row0, c0, inside, r
         plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
     # the same call in both branches: PLAIN is a compile-time switch, the plain test a runtime value
     if plain:
-        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE,
-                                     COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
+        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads,
+                                     ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
     else:
-        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, rows, cols, row_mask, col_mask, M, roles, grads, ROLE,
-                                     COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
+        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads,
+                                     ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
     return grad, pair_grad
 
 
@@ -128,20 +132,20 @@ def _contrastive_bwd_dq_kernel(
         col_mask = cols < M_TOTAL
         cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
                                      stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
-        grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, row_block * BLOCK_M, c0, True, rows,
-                                        cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
-                                        BLOCK_M, BLOCK_N)
-        dscale += tl.sum(grad * cosines, axis=1)
+        grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row_block * BLOCK_M, c0, True,
+                                        rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,
+                                        PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+        dscale += tl.sum(grad * cosines, axis=1)  # σ times (a power of two: divided out at the end)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
         # dQ̂ = s·dS·Ĉ on the unit rows CH (not rc folded into dS: σ·dS·rc could overflow fp16)
         c = tl.load(CH + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
                     mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = tl.dot((grad * sigma).to(C.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(grad.to(C.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
     tl.store(DQ + rows.to(tl.int64)[:, None] * stride_dq + offs_d[None, :], acc * (scale / sigma),
              mask=row_mask[:, None] & d_mask[None, :])
-    tl.store(DSCALE_PART + row_block, tl.sum(dscale, axis=0))
-    tl.store(DBIAS_PART + row_block, tl.sum(dbias, axis=0))
+    tl.store(DSCALE_PART + row_block, tl.sum(dscale, axis=0) / sigma)
+    tl.store(DBIAS_PART + row_block, tl.sum(dbias, axis=0) / sigma)
 
 
 @triton.jit
@@ -181,18 +185,18 @@ def _contrastive_bwd_dc_kernel(
             raw_next = tile_dot_rows(Q, ahead, ahead < N, c_block, D, stride_q, BLOCK_M, BLOCK_N, BLOCK_D,
                                      INPUT_PRECISION)
             cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-            grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols,
-                                 row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M,
+            grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N, True, rows,
+                                 cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M,
                                  BLOCK_N)[0]
         else:
             grad = _tile_grad_any(
-                inputs, roles, sizes, grads, scale, bias, r0, col_block * BLOCK_N, True, rows, cols, row_mask,
+                inputs, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N, True, rows, cols, row_mask,
                 col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M,
                 BLOCK_N, BLOCK_D)[0]
         # dĈ = s·dSᵀ·Q̂ on the unit rows QH
         q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
                     mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = tl.dot(tl.trans((grad * sigma).to(Q.dtype.element_ty)), q, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(tl.trans(grad.to(Q.dtype.element_ty)), q, acc, input_precision=INPUT_PRECISION)
     tl.store(DC + cols.to(tl.int64)[:, None] * stride_dc + offs_d[None, :], acc * (scale / sigma),
              mask=col_mask[:, None] & d_mask[None, :])
 
@@ -224,15 +228,16 @@ def _contrastive_bwd_ds_kernel(
     col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
     inside = ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols)
     grad, cosines, pair_grad = _tile_grad_any(
-        inputs, roles, sizes, grads, scale, bias, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N, inside, rows,
+        inputs, roles, sizes, grads, scale, bias, sigma, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N, inside, rows,
         cols, row_mask, col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION,
         BLOCK_M, BLOCK_N, BLOCK_D)
     out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]
-    tl.store(out, (grad * sigma).to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(out, grad.to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
     part = tile_m * tl.num_programs(1) + tile_n
-    tl.store(DSCALE_PART + part, tl.sum(tl.sum(grad * cosines, axis=1), axis=0))
+    # σ is a power of two: dividing it out of the sums gives the bits of the unscaled sums
+    tl.store(DSCALE_PART + part, tl.sum(tl.sum(grad * cosines, axis=1), axis=0) / sigma)
     if PAIRWISE_SIGMOID:
-        tl.store(DBIAS_PART + part, tl.sum(tl.sum(pair_grad, axis=1), axis=0))
+        tl.store(DBIAS_PART + part, tl.sum(tl.sum(pair_grad, axis=1), axis=0) / sigma)
     else:
         tl.store(DBIAS_PART + part, 0.0)
 

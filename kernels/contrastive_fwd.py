@@ -26,6 +26,8 @@ from .tiles import (
     HAS_LABELS,
     MASK_LABELS,
     exp_minus,
+    exp_of_cosines,
+    logits_bounded,
     pipeline_start,
     pipeline_step,
     plain_tile,
@@ -60,6 +62,16 @@ def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.cons
 
 
 @triton.jit
+def _bounded_lse(run_max, run_sum, cosines, scale, AXIS: tl.constexpr):
+    """:func:`_online_lse` of a tile whose logits ``scale·cosines`` are all in the sum and at most
+    ``|scale|``: the lines' shift is ``max(run_max, |scale|)``, so the tile needs no max (no reduction
+    across it); terms by ``tiles.exp_of_cosines``."""
+    new_max = tl.maximum(run_max, tl.abs(scale))
+    alpha = exp_minus(run_max, new_max)
+    return new_max, run_sum * alpha + tl.sum(exp_of_cosines(cosines, scale, tl.expand_dims(new_max, AXIS)), axis=AXIS)
+
+
+@triton.jit
 def _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """The rows' positive sums and their denominator and positive counts, one tile's share (a plain
     tile: every pair in the denominator, no positive)."""
@@ -78,14 +90,16 @@ def _finish_lse(run_max, run_sum, count):
 
 
 @triton.jit
-def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
+def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded, scale,
               run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE: tl.constexpr,
               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms (returned) and of this program's column partials (stored).
     ``PLAIN`` (see ``tiles.plain_tile``): every pair is a candidate negative, so no role is tested, no
     positive is summed and, without a Ring band, the counts grow by the tile's size (with one, the
-    band's two comparisons per pair are the only test)."""
+    band's two comparisons per pair are the only test). ``bounded`` (``tiles.logits_bounded``): every logit
+    is at most ``|scale|``, where the rows' running max started, so such a tile needs no max of its own (no
+    reduction across it, no rescaling)."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
@@ -94,6 +108,11 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, pa
         beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, ALL)
     elif PLAIN and ROLE[HAS_BAND]:  # the denominator's pairs are at most the band's top <= run_max: no max
         run_sum += tl.sum(tl.where(den, exp_minus(logits, run_max[:, None]), 0.0), axis=1)
+    elif ALL:
+        if bounded:  # every logit is at most |scale| <= run_max (where it started): no max
+            run_sum += tl.sum(exp_of_cosines(cosines, scale, run_max[:, None]), axis=1)
+        else:
+            run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     else:
         run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
@@ -110,8 +129,15 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, pa
             # this program's running (max, sum) per key column: no log per tile
             p_max = PART_MAX + part_row + cols
             p_sum = PART_SUM + part_row + cols
-            col_max, col_sum = _online_lse(tl.load(p_max, mask=key_mask, other=float("-inf")),
-                                           tl.load(p_sum, mask=key_mask, other=0.0), logits, den, ALL, 0)
+            col_max = tl.load(p_max, mask=key_mask, other=float("-inf"))
+            col_sum = tl.load(p_sum, mask=key_mask, other=0.0)
+            if ALL and not HARD_NEGATIVES:
+                if bounded:  # every logit is at most |scale|: no max across the tile's rows
+                    col_max, col_sum = _bounded_lse(col_max, col_sum, cosines, scale, 0)
+                else:
+                    col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0)
+            else:
+                col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0)
             tl.store(p_max, col_max, mask=key_mask)
             tl.store(p_sum, col_sum, mask=key_mask)
             p_den = PART_DEN + part_row + cols
@@ -130,12 +156,12 @@ def _fwd_tile(logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, pa
 
 
 @triton.jit
-def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum, acc,
-                   e_acc, pos_sum, den_n, pos_n, ROLE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale, run_max,
+                   run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
     and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
-    by the final sum they are ``A_i`` and ``E_i``; ``PLAIN`` as in :func:`_fwd_tile`)."""
+    by the final sum they are ``A_i`` and ``E_i``; ``PLAIN`` and ``bounded`` as in :func:`_fwd_tile`)."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
@@ -144,19 +170,47 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH
                 mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
     if PLAIN and ROLE[HAS_BAND]:
         # the denominator's pairs are at most the band's top, where run_max started: no max, no rescaling
-        new_max = run_max
-        p = tl.where(den, exp_minus(logits, run_max[:, None]), 0.0)
-        run_sum += tl.sum(p, axis=1)
-        e_acc += tl.sum(p * cosines, axis=1)
-        acc = tl.dot(p.to(CH.dtype.element_ty), c, acc, input_precision=INPUT_PRECISION)
+        new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc,
+                                                       INPUT_PRECISION, False)
+    elif PLAIN:
+        if bounded:  # every logit is at most |scale| <= run_max (where it started): no max, no rescaling
+            new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc,
+                                                           e_acc, INPUT_PRECISION, True)
+        else:
+            new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc,
+                                                            INPUT_PRECISION, ALL)
     else:
-        new_max, alpha, p = _online_step(run_max, logits, den, ALL)  # the exponentials feed the products too
-        run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
-        # p <= 1: no scaling needed before the cast to the operands' dtype
-        acc = tl.dot(p.to(CH.dtype.element_ty), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+        new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc,
+                                                        INPUT_PRECISION, ALL)
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
+
+
+@triton.jit
+def _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+                    ALL: tl.constexpr):
+    """:func:`_row_grad_tile`'s update where ``run_max`` bounds every logit of the denominator in the tile
+    (``ALL``: all of the tile's pairs are in it, by ``tiles.exp_of_cosines``): no max, no rescaling."""
+    if ALL:
+        p = exp_of_cosines(cosines, scale, run_max[:, None])
+    else:
+        p = tl.where(den, exp_minus(logits, run_max[:, None]), 0.0)
+    run_sum += tl.sum(p, axis=1)
+    e_acc += tl.sum(p * cosines, axis=1)
+    acc = tl.dot(p.to(c.dtype), c, acc, input_precision=INPUT_PRECISION)
+    return run_max, run_sum, acc, e_acc
+
+
+@triton.jit
+def _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+                     ALL: tl.constexpr):
+    """:func:`_row_grad_tile`'s online-softmax update (the exponentials feed the products too)."""
+    new_max, alpha, p = _online_step(run_max, logits, den, ALL)
+    run_sum = run_sum * alpha + tl.sum(p, axis=1)
+    e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
+    # p <= 1: no scaling needed before the cast to the operands' dtype
+    acc = tl.dot(p.to(c.dtype), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    return new_max, run_sum, acc, e_acc
 
 
 @triton.jit
@@ -177,6 +231,10 @@ def _contrastive_fwd_kernel(
     num_programs = tl.num_programs(0)
     scale = tl.load(SCALE).to(tl.float32)
     bias = tl.load(BIAS).to(tl.float32) if PAIRWISE_SIGMOID else 0.0
+    # the row products' fp16 operand would round e^(S - |scale|) (as small as e^-80) to subnormals or zero:
+    # there the running max stays (bf16 has fp32's exponent range)
+    MAY_BOUND: tl.constexpr = NORMALIZE and not (ROW_GRAD and CH.dtype.element_ty == tl.float16)
+    bounded = logits_bounded(scale, M_TOTAL, BLOCK_N, MAY_BOUND)
     # tiles without per-pair role tests exist only for losses without labels and guides (with a Ring band
     # a plain tile tests the band alone)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
@@ -189,8 +247,10 @@ def _contrastive_fwd_kernel(
             # the row's softmax starts shifted by its band's top (a candidate's logit; -inf for an empty
             # band), so that a plain tile, whose pairs in the denominator are at most that, needs no max
             run_max = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
-        else:
+        elif HARD_NEGATIVES:
             run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        else:  # bounded logits: the rows' softmax starts shifted by their bound (tiles.logits_bounded)
+            run_max = tl.where(bounded, tl.abs(scale), float("-inf")) + tl.zeros((BLOCK_M,), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         beta_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         beta_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -216,21 +276,21 @@ def _contrastive_fwd_kernel(
             if ROW_GRAD:
                 if plain:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum,
-                        acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, True)
+                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale,
+                        run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, True)
                 else:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, run_max, run_sum,
-                        acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, False)
+                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale,
+                        run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, False)
             elif plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
-                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
+                    logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
+                    scale, run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta,
-                    run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
+                    logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
+                    scale, run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
         if ROW_GRAD:

@@ -33,6 +33,40 @@ def exp_minus(x, shift):
     return tl.math.exp2(x * LOG2E - shift * LOG2E)
 
 
+#: The largest ``|scale|`` at which unit-vector logits are shifted by the bound ``|scale|`` rather than by
+#: each line's running max (:func:`logits_bounded`): every ``e^(S - |scale|) >= e^(-2·|scale|)`` then stays
+#: a normal fp32 number (``2·40·log2(e) = 115 < 126``), so nothing underflows that a max shift would keep.
+BOUNDED_SCALE_MAX = tl.constexpr(40.0)
+#: ... and rows span at least this many column tiles: below, a row's denominator lies mostly in tiles with
+#: positives, and the running max keeps a small problem's results exact where PyTorch's are (one pair: 0).
+BOUNDED_MIN_TILES = tl.constexpr(4)
+
+
+@triton.jit
+def logits_bounded(scale, M_TOTAL, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexpr):
+    """Whether every logit ``scale·<q̂, ĉ>`` of the problem is known to lie in ``[-|scale|, |scale|]`` with
+    ``|scale| <= BOUNDED_SCALE_MAX`` (unit vectors, rows of at least ``BOUNDED_MIN_TILES`` tiles; a runtime
+    scalar; ``NORMALIZE`` False: never): then an online softmax may start its max at ``|scale|`` and a tile whose pairs are all in the
+    denominator needs no max of its own, no rescaling and no reduction for it (``contrastive_fwd``).
+    Rounding can put a cosine a few ulps above 1: ``e^(S - |scale|)`` is then ``1 + 1e-5`` at most,
+    harmless; the log-sum-exp's rounding is then that of ``|scale|`` rather than of the row's max."""
+    if NORMALIZE:
+        bounded = (tl.abs(scale) <= BOUNDED_SCALE_MAX) & (M_TOTAL >= BOUNDED_MIN_TILES * BLOCK_N)
+    else:
+        bounded = False
+    return bounded
+
+
+@triton.jit
+def exp_of_cosines(cosines, scale, shift):
+    """``e^(scale·cosines - shift)`` as one FFMA and one ``ex2`` per pair, ``scale·log2(e)`` formed once:
+    the logits themselves are never formed (one multiplication per pair fewer than :func:`exp_minus` of
+    the logits, whose last bit may differ). For tiles whose logits decide nothing (no band, no positive):
+    the backward's plain tiles, and the forward's where the logits are bounded (:func:`logits_bounded`);
+    elsewhere the forward's terms of the max-shifted logits differ from these in the last bits only."""
+    return tl.math.exp2(cosines * (scale * LOG2E) - shift * LOG2E)
+
+
 @triton.jit
 def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                  NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -261,10 +295,10 @@ def sigmoid(x):
 
 
 @triton.jit
-def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias, beta,
-                    COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-                    PLAIN: tl.constexpr = False):
-    """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile.
+def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias,
+                    beta, g_scale, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+                    PAIRWISE_SIGMOID: tl.constexpr, PLAIN: tl.constexpr = False, FROM_COSINES: tl.constexpr = False):
+    """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile, both times ``g_scale``.
 
     * softmax over the denominator times the LSE's gradient (with hard negatives: of ``(1+β)·S``
       and of ``β·S``), per row and, for symmetric losses, per key column;
@@ -275,17 +309,23 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
     ``PLAIN`` (see :func:`plain_tile`): no positive in the tile, every pair a candidate (in the
     denominator unless a Ring band leaves it out: ``den`` says).
     ``grads``: the saved terms and their incoming gradients (``problem.GROUPS["grads"]``).
+    ``g_scale`` multiplies the incoming gradients (per row or column, not per pair): a power of two (the
+    backward's ``σ``) gives the bits of the product taken afterwards, one multiplication per pair fewer.
+    ``FROM_COSINES`` (a plain tile without a Ring band, as the forward's): the softmax terms by
+    :func:`exp_of_cosines` (``logits = scale·cosines``).
     """
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
-    g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0)
-    g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0)
+    g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0) * g_scale
+    g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0) * g_scale
     if HARD_NEGATIVES:
         lse_beta = tl.load(ROW_LSE_BETA + rows, mask=row_mask, other=0.0)
-        g_lse_beta = tl.load(G_ROW_LSE_BETA + rows, mask=row_mask, other=0.0)
+        g_lse_beta = tl.load(G_ROW_LSE_BETA + rows, mask=row_mask, other=0.0) * g_scale
         p_main = tl.where(den, exp_minus((1.0 + beta) * logits, row_lse[:, None]), 0.0)
         p_beta = tl.where(den, exp_minus(beta * logits, lse_beta[:, None]), 0.0)
         grad = (1.0 + beta) * p_main * g_row_lse[:, None] + beta * p_beta * g_lse_beta[:, None]
+    elif FROM_COSINES:
+        grad = tl.where(den, exp_of_cosines(cosines, scale, row_lse[:, None]), 0.0) * g_row_lse[:, None]
     else:
         grad = tl.where(den, exp_minus(logits, row_lse[:, None]), 0.0) * g_row_lse[:, None]
     if not PLAIN:
@@ -293,16 +333,19 @@ def tile_logit_grad(logits, positive, candidate, den, rows, row_mask, cols, col_
     if COLUMN_TERMS:
         key_mask = col_mask & (cols < M)
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
-        g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0)
-        if PLAIN:  # no positive; extra negatives have no column terms (``den``: a constant without a band)
+        g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0) * g_scale
+        if FROM_COSINES:  # no positive, no band: extra negatives have no column terms
+            grad += tl.where(key_mask[None, :], exp_of_cosines(cosines, scale, col_lse[None, :]) * g_col_lse[None, :],
+                             0.0)
+        elif PLAIN:  # no positive; extra negatives have no column terms (``den``: a constant without a band)
             grad += tl.where(den & key_mask[None, :], exp_minus(logits, col_lse[None, :]) * g_col_lse[None, :], 0.0)
         else:
-            g_col_pos_w = tl.load(G_COL_POS_W + cols, mask=key_mask, other=0.0)
+            g_col_pos_w = tl.load(G_COL_POS_W + cols, mask=key_mask, other=0.0) * g_scale
             in_key = key_mask[None, :]
             p_col = tl.where(den & in_key, exp_minus(logits, col_lse[None, :]), 0.0)
             grad += p_col * g_col_lse[None, :] + tl.where(positive & in_key, g_col_pos_w[None, :], 0.0)
     if PAIRWISE_SIGMOID:
-        g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0)
+        g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0) * g_scale
         if PLAIN:  # every pair a negative: z = -1
             pair_grad = sigmoid(logits + bias) * g_pair[:, None]
         else:

@@ -144,6 +144,32 @@ def test_zero_rows_and_a_single_pair(seed):
             assert_close_rel(g.cpu(), g_ref.cpu(), FP32_REL, "gradient")
 
 
+@pytest.mark.parametrize("temperature", [pytest.param(1 / 40, id="scale-40-bounded"),
+                                         pytest.param(1 / 40.5, id="scale-40.5-running-max"),
+                                         pytest.param(0.1, id="scale-10-bounded")])
+@pytest.mark.parametrize("symmetric", [False, True], ids=["rows", "symmetric"])
+def test_bounded_logits_shift_by_the_scale(temperature, symmetric, seed):
+    """Unit vectors with ``|scale| <= 40`` (``tiles.logits_bounded``): the forward shifts every softmax
+    by ``|scale|`` instead of a running max. Rows whose logits all lie near ``-|scale|`` (each query
+    opposite every key) keep every ``e^(S - |scale|) >= e^(-80)`` a normal fp32 number; just above the
+    bound the running max takes over. Loss and every gradient against float64, rows and columns."""
+    key = torch.randn(37, 40, device=DEVICE)
+    query = torch.randn(37, 40, device=DEVICE)
+    query[:6] = -key[:6].sum(dim=0) + 1e-3 * query[:6]  # opposite every key: logits near -|scale|
+    extra = torch.randn(41, 40, device=DEVICE)  # 78 columns: at least tiles.BOUNDED_MIN_TILES tiles of 16
+    tensors = [t.requires_grad_(True) for t in (query, key, extra)]
+    with pin_config(TileConfig(16, 16, 64, 1, 1)):  # plain tiles (no positive in them) away from the diagonal
+        ours = co.info_nce(*tensors, temperature=temperature, symmetric=symmetric, reduction="none", backend="triton")
+        ours_grads = torch.autograd.grad((ours * torch.linspace(0.5, 1.5, ours.numel(), device=DEVICE)).sum(), tensors)
+    ref_tensors = [t.detach().double().requires_grad_(True) for t in tensors]
+    ref = co.info_nce(*ref_tensors, temperature=temperature, symmetric=symmetric, reduction="none", backend="naive")
+    ref_grads = torch.autograd.grad((ref * torch.linspace(0.5, 1.5, ref.numel(), dtype=torch.float64,
+                                                         device=DEVICE)).sum(), ref_tensors)
+    assert_close_rel(ours.cpu(), ref.cpu(), FP32_REL, "loss")
+    for name, g, g_ref in zip(("query", "key", "extra"), ours_grads, ref_grads):
+        assert_close_rel(g.cpu(), g_ref.cpu(), FP32_REL, f"d/d{name}")
+
+
 @pytest.mark.parametrize("config", [pytest.param((16, 16, 16, 1, 1, 2), id="chunks"),
                                     pytest.param((16, 16, 64, 1, 1, 2), id="registers")])
 def test_backward_is_bitwise_deterministic(config, seed, monkeypatch):

@@ -117,7 +117,11 @@ def _fixed_branches():
     def never_plain(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N):
         return False
 
-    return {"plain": always_plain, "general": never_plain}
+    @triton.jit
+    def bounded_when_normalized(scale, M_TOTAL, BLOCK_N, NORMALIZE):
+        return NORMALIZE
+
+    return {"plain": always_plain, "general": never_plain, "bounded": bounded_when_normalized}
 
 
 def _reset_hashes(module) -> None:
@@ -136,7 +140,8 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     ``branch``: ``"both"`` is the kernel as shipped (registers, spills and shared memory come from it);
     ``"plain"`` / ``"general"`` compile it with every tile taken as plain / not plain (``plain_tile``
     replaced by a constant), so that the SASS of one tile iteration counts the instructions of that
-    branch alone: the static count of the shipped kernel holds both."""
+    branch alone: the static count of the shipped kernel holds both. These also take normalized logits
+    as bounded (``tiles.logits_bounded``: ``|scale| <= 40``, a temperature of at least 0.025)."""
     import importlib
 
     import triton
@@ -148,8 +153,11 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     constexprs = with_defaults(kernel, dict(constexpr_items))
     signature = kernel_signature(kernel, DTYPE_TYPES[dtype], constexprs)
     original = getattr(mod, "plain_tile", None)
+    bounded = getattr(mod, "logits_bounded", None)
     if branch != "both" and original is not None:
         mod.plain_tile = _fixed_branches()[branch]
+        if bounded is not None:  # the modeled scales are within tiles.BOUNDED_SCALE_MAX
+            mod.logits_bounded = _fixed_branches()["bounded"]
         _reset_hashes(mod)
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs=aligned(kernel, signature)),
@@ -158,6 +166,8 @@ def compile_stats(module: str, kernel_name: str, dtype: str, constexpr_items: tu
     finally:
         if branch != "both" and original is not None:
             mod.plain_tile = original
+            if bounded is not None:
+                mod.logits_bounded = bounded
             _reset_hashes(mod)
     # a pipelined kernel issues each tile's product once, with no loop over D
     return read_compiled(compiled, kernel_name, warps, stages, reduction_loop=not constexprs.get("PIPELINE", False))
