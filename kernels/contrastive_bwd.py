@@ -59,7 +59,7 @@ def _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
     return tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
                            bias, beta, sigma, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN,
-                           PLAIN and not ROLE[HAS_BAND])
+                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES)
 
 
 @triton.jit

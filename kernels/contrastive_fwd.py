@@ -38,14 +38,20 @@ from .tiles import (
 
 
 @triton.jit
-def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
+def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, cosines=0.0, scale=0.0,
+                 FROM_COSINES: tl.constexpr = False):
     """One tile's step of an online softmax along ``AXIS`` of ``values`` (per row: 1, per column: 0),
     over ``mask`` (everywhere with ``ALL``): ``(new max, factor that rescales the running sum,
-    e^(values - new max) (0 outside the mask))``; a line with nothing yet keeps max -inf."""
+    e^(values - new max) (0 outside the mask))``; a line with nothing yet keeps max -inf.
+    ``FROM_COSINES`` (with ``ALL``; ``values = scale·cosines``): the terms by ``tiles.exp_of_cosines``,
+    as every pass forms those of a plain tile without a band."""
     if ALL:  # the tile's max is finite: no guard against an empty line
         new_max = tl.maximum(run_max, tl.max(values, axis=AXIS))
         alpha = exp_minus(run_max, new_max)
-        p = exp_minus(values, tl.expand_dims(new_max, AXIS))
+        if FROM_COSINES:
+            p = exp_of_cosines(cosines, scale, tl.expand_dims(new_max, AXIS))
+        else:
+            p = exp_minus(values, tl.expand_dims(new_max, AXIS))
     else:
         new_max = tl.maximum(run_max, tl.max(tl.where(mask, values, float("-inf")), axis=AXIS))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -55,9 +61,10 @@ def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 
 
 
 @triton.jit
-def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1):
+def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, cosines=0.0, scale=0.0,
+                FROM_COSINES: tl.constexpr = False):
     """One tile's update of online log-sum-exps (``(max, sum)`` per line, see :func:`_online_step`)."""
-    new_max, alpha, p = _online_step(run_max, values, mask, ALL, AXIS)
+    new_max, alpha, p = _online_step(run_max, values, mask, ALL, AXIS, cosines, scale, FROM_COSINES)
     return new_max, run_sum * alpha + tl.sum(p, axis=AXIS)
 
 
@@ -112,7 +119,7 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
         if bounded:  # every logit is at most |scale| <= run_max (where it started): no max
             run_sum += tl.sum(exp_of_cosines(cosines, scale, run_max[:, None]), axis=1)
         else:
-            run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
+            run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL, 1, cosines, scale, True)
     else:
         run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
@@ -135,7 +142,7 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
                 if bounded:  # every logit is at most |scale|: no max across the tile's rows
                     col_max, col_sum = _bounded_lse(col_max, col_sum, cosines, scale, 0)
                 else:
-                    col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0)
+                    col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0, cosines, scale, True)
             else:
                 col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0)
             tl.store(p_max, col_max, mask=key_mask)
@@ -177,10 +184,10 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH
             new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc,
                                                            e_acc, INPUT_PRECISION, True)
         else:
-            new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc,
-                                                            INPUT_PRECISION, ALL)
+            new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc,
+                                                            e_acc, INPUT_PRECISION, ALL)
     else:
-        new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc,
+        new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc,
                                                         INPUT_PRECISION, ALL)
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
@@ -202,10 +209,10 @@ def _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc
 
 
 @triton.jit
-def _row_grad_online(logits, cosines, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+def _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
                      ALL: tl.constexpr):
     """:func:`_row_grad_tile`'s online-softmax update (the exponentials feed the products too)."""
-    new_max, alpha, p = _online_step(run_max, logits, den, ALL)
+    new_max, alpha, p = _online_step(run_max, logits, den, ALL, 1, cosines, scale, ALL)
     run_sum = run_sum * alpha + tl.sum(p, axis=1)
     e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
     # p <= 1: no scaling needed before the cast to the operands' dtype

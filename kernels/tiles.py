@@ -61,9 +61,9 @@ def logits_bounded(scale, M_TOTAL, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexp
 def exp_of_cosines(cosines, scale, shift):
     """``e^(scale·cosines - shift)`` as one FFMA and one ``ex2`` per pair, ``scale·log2(e)`` formed once:
     the logits themselves are never formed (one multiplication per pair fewer than :func:`exp_minus` of
-    the logits, whose last bit may differ). For tiles whose logits decide nothing (no band, no positive):
-    the backward's plain tiles, and the forward's where the logits are bounded (:func:`logits_bounded`);
-    elsewhere the forward's terms of the max-shifted logits differ from these in the last bits only."""
+    the logits, whose last bit may differ). Every pass forms the terms of a plain tile without a Ring band
+    (and without hard negatives) this way, so a row's probabilities in the backward are those its
+    forward summed; other tiles use :func:`exp_minus` of their logits."""
     return tl.math.exp2(cosines * (scale * LOG2E) - shift * LOG2E)
 
 
@@ -311,8 +311,8 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
     ``grads``: the saved terms and their incoming gradients (``problem.GROUPS["grads"]``).
     ``g_scale`` multiplies the incoming gradients (per row or column, not per pair): a power of two (the
     backward's ``σ``) gives the bits of the product taken afterwards, one multiplication per pair fewer.
-    ``FROM_COSINES`` (a plain tile without a Ring band, as the forward's): the softmax terms by
-    :func:`exp_of_cosines` (``logits = scale·cosines``).
+    ``FROM_COSINES`` (a plain tile without a Ring band or hard negatives, as in the forward): the softmax
+    terms by :func:`exp_of_cosines` (``logits = scale·cosines``).
     """
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
