@@ -103,6 +103,9 @@ class RoleSpec:
     # a promise of the caller, not a role (no op takes it): the gradient of row_pair_loss will be one value for
     # every row (a mean or sum of it), so a backend may form the pair losses' gradient in the forward
     uniform_pair_grad: bool = False
+    # a promise too: of the terms, the caller uses row_pair_loss alone (siglip_loss), so a backend may leave
+    # the softmax terms out (None) where it forms the pair losses' gradient in the forward
+    pair_loss_only: bool = False
 
     @property
     def has_guide(self) -> bool:

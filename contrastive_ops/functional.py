@@ -685,9 +685,10 @@ def siglip_loss(
     local = torch.arange(image_features.shape[0], device=image_features.device)
 
     def spec(view: View) -> RoleSpec:
-        # a mean or sum weighs every row's pair losses alike: the cuda backend forms their gradient in the forward
+        # a mean or sum weighs every row's pair losses alike: the cuda and triton backends form their gradient in
+        # the forward
         return RoleSpec(pos_index=own_index(view, local), pairwise_sigmoid=True, normalize=normalize,
-                        uniform_pair_grad=reduction != "none")
+                        uniform_pair_grad=reduction != "none", pair_loss_only=True)
 
     exchange, sizes = _exchange(exchange, process_group, text_features.shape[0], image_features)
     terms = _row_terms(image_features, Block(text_features), None, scale, spec, backend, process_group, exchange,

@@ -49,41 +49,44 @@ _DS_TARGET = 2.0 ** 14
 @triton.jit
 def _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads, ROLE: tl.constexpr,
                COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
-    """``(σ·dL/dS, σ·dL/dS of the sigmoid term)`` of the tile ``rows × cols`` (fp32) from its cosines,
-    recomputed exactly as the forward computes them (``σ = sigma``: the power of two of :func:`ds_scale`,
-    applied to the incoming gradients, which gives the same bits as scaling each pair);
-    ``PLAIN`` as ``tiles.plain_tile``."""
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr, PAIR_LOSS: tl.constexpr = False):
+    """``(σ·dL/dS, σ·dL/dS of the sigmoid term, the rows' pair losses)`` of the tile ``rows × cols`` (fp32)
+    from its cosines, recomputed exactly as the forward computes them (``σ = sigma``: the power of two of
+    :func:`ds_scale`, applied to the incoming gradients, which gives the same bits as scaling each pair);
+    ``PLAIN`` as ``tiles.plain_tile``; the pair losses with ``PAIR_LOSS`` (``tiles.tile_logit_grad``)."""
     logits = scale * cosines
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
     return tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
                            bias, beta, sigma, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN,
-                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES)
+                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES, PAIR_LOSS)
 
 
 @triton.jit
 def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
                    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
                    HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``(σ·dL/dS, cosines, σ·dL/dS of the sigmoid term)`` of the tile at ``(row0, c0)``: the cosines once,
-    then the gradient by the plain branch where the tile allows it (no per-pair role tests) and
-    ``inside`` (the caller's masks cut nothing off the tile)."""
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAIR_LOSS: tl.constexpr = False):
+    """``(σ·dL/dS, cosines, σ·dL/dS of the sigmoid term, the rows' pair losses)`` of the tile at ``(row0,
+    c0)``: the cosines once, then the gradient by the plain branch where the tile allows it (no per-pair
+    role tests) and ``inside`` (the caller's masks cut nothing off the tile)."""
     Q, C, RQ, RC, _, _ = inputs
     D, stride_q, stride_c = sizes[3], sizes[4], sizes[5]
     cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                            NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols,
-                                    row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
-    return grad, cosines, pair_grad
+    grad, pair_grad, pair_loss = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside,
+                                               rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,
+                                               PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, PAIR_LOSS)
+    return grad, cosines, pair_grad, pair_loss
 
 
 @triton.jit
 def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
                   ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
-                  PAIRWISE_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``(σ·dL/dS, σ·dL/dS of the sigmoid term)``: :func:`_tile_grad_any` on the tile's cosines already made."""
+                  PAIRWISE_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PAIR_LOSS: tl.constexpr = False):
+    """``(σ·dL/dS, σ·dL/dS of the sigmoid term, the rows' pair losses)``: :func:`_tile_grad_any` on the
+    tile's cosines already made."""
     N, M, M_TOTAL, beta = sizes[0], sizes[1], sizes[2], sizes[6]
     # a plain tile with a Ring band tests the band alone (tiles.tile_denominator)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
@@ -92,12 +95,14 @@ def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, in
         plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
     # the same call in both branches: PLAIN is a compile-time switch, the plain test a runtime value
     if plain:
-        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads,
-                                     ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
+        grad, pair_grad, pair_loss = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M,
+                                                roles, grads, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
+                                                BLOCK_M, BLOCK_N, True, PAIR_LOSS)
     else:
-        grad, pair_grad = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads,
-                                     ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
-    return grad, pair_grad
+        grad, pair_grad, pair_loss = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M,
+                                                roles, grads, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
+                                                BLOCK_M, BLOCK_N, False, PAIR_LOSS)
+    return grad, pair_grad, pair_loss
 
 
 @triton.jit
@@ -132,9 +137,9 @@ def _contrastive_bwd_dq_kernel(
         col_mask = cols < M_TOTAL
         cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
                                      stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
-        grad, pair_grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row_block * BLOCK_M, c0, True,
-                                        rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,
-                                        PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+        grad, pair_grad, _no_loss = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row_block * BLOCK_M,
+                                                  c0, True, rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS,
+                                                  HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
         dscale += tl.sum(grad * cosines, axis=1)  # σ times (a power of two: divided out at the end)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
@@ -203,15 +208,17 @@ def _contrastive_bwd_dc_kernel(
 
 @triton.jit
 def _contrastive_bwd_ds_kernel(
-    inputs, roles, sizes, grads, ds_out,
+    inputs, roles, sizes, grads, ds_out, pair_out,
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
     PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, PAIR_LOSS: tl.constexpr = False,
 ):
     """Chunk route: ``σ·dL/dS`` of one tile of the chunk ``[row0, row0 + chunk_rows) × [col0, col0 +
     chunk_cols)``, written to ``DS [chunk_rows, chunk_cols]`` in its dtype (positions past the chunk
     or the matrix are not written), and the tile's partials of the scale's and bias's gradients.
-    Argument groups as ``problem.GROUPS`` lists them."""
+    ``PAIR_LOSS`` (SigLIP's gradient formed in the forward, :func:`pair_forward`): also the rows' pair
+    losses over the tile, ``LOSS_PART[local row, tile column]``. Argument groups as ``problem.GROUPS``
+    lists them."""
     SCALE, BIAS = inputs[4], inputs[5]
     N, M_TOTAL = sizes[0], sizes[2]
     DS_SCALE, DS, DSCALE_PART, DBIAS_PART, stride_ds, row0, col0, chunk_rows, chunk_cols = ds_out
@@ -227,10 +234,13 @@ def _contrastive_bwd_ds_kernel(
     row_mask = (local_rows < chunk_rows) & (rows < N)
     col_mask = (local_cols < chunk_cols) & (cols < M_TOTAL)
     inside = ((tile_m + 1) * BLOCK_M <= chunk_rows) & ((tile_n + 1) * BLOCK_N <= chunk_cols)
-    grad, cosines, pair_grad = _tile_grad_any(
+    grad, cosines, pair_grad, pair_loss = _tile_grad_any(
         inputs, roles, sizes, grads, scale, bias, sigma, row0 + tile_m * BLOCK_M, col0 + tile_n * BLOCK_N, inside, rows,
         cols, row_mask, col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION,
-        BLOCK_M, BLOCK_N, BLOCK_D)
+        BLOCK_M, BLOCK_N, BLOCK_D, PAIR_LOSS)
+    if PAIR_LOSS:
+        LOSS_PART, stride_lp = pair_out
+        tl.store(LOSS_PART + local_rows.to(tl.int64) * stride_lp + tile_n, pair_loss, mask=row_mask)
     out = DS + local_rows.to(tl.int64)[:, None] * stride_ds + local_cols[None, :]
     tl.store(out, grad.to(DS.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
     part = tile_m * tl.num_programs(1) + tile_n
@@ -325,7 +335,7 @@ def rows_from_forward(tiles, row, row_dq, row_dscale, q_hat):
     return dq.mul_(t.scale.to(torch.float32)), dscale
 
 
-def contrastive_backward(tiles, config, row, col, row_grad=None):
+def contrastive_backward(tiles, config, row, col, row_grad=None, pair_loss=None):
     """Gradients with respect to the unit rows: ``dQ̂ [N, D]``, ``dĈ [M_total, D]`` (fp32), and the
     scale's and the bias's gradients (0-d fp32).
 
@@ -334,7 +344,9 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     ``g_lse_beta``, ``g_pair``; ``col``: ``lse``, ``g_lse``, ``g_pos_w`` ``[M]`` for symmetric losses.
     The route (registers or chunks) follows :func:`uses_registers`. ``row_grad``: ``(row_dq,
     row_dscale)`` of a forward run with ``row_grad``; then dQ̂ comes from them
-    (:func:`rows_from_forward`) and only the dC pass (or the chunks' dĈ products) runs.
+    (:func:`rows_from_forward`) and only the dC pass (or the chunks' dĈ products) runs. ``pair_loss``
+    (fp32 ``[N]``, zeros): the chunk route, whose dS pass also adds each row's pair losses into it
+    (:func:`pair_forward`).
     """
     t = tiles
     device = t.query.device
@@ -351,7 +363,8 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     # and their inverse norms, bit for bit as in the forward)
     normalize = t.flags["NORMALIZE"]
     q_hat = unit_rows(t.query, t.rq if normalize else None)
-    if row_grad is not None and uses_registers(config, d):  # no dQ products: no unit columns either
+    registers = uses_registers(config, d) and pair_loss is None
+    if row_grad is not None and registers:  # no dQ products: no unit columns either
         dq, dscale = rows_from_forward(t, row, *row_grad, q_hat)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
         _contrastive_bwd_dc_kernel[(triton.cdiv(t.m_total, config.block_n),)](
@@ -360,7 +373,7 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     c_hat = None  # the dQ products' operand; with the forward's row products there are none
     if row_grad is None:
         c_hat = q_hat if t.columns is t.query else unit_rows(t.columns, t.rc if normalize else None)
-    if uses_registers(config, d):
+    if registers:
         dq = torch.empty((t.n, d), dtype=torch.float32, device=device)
         dc = torch.empty((t.m_total, d), dtype=torch.float32, device=device)
         row_blocks = triton.cdiv(t.n, config.block_m)
@@ -380,6 +393,10 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     chunk_rows, chunk_cols = chunk_shape(t.n, t.m_total, torch.finfo(ds_dtype).bits // 8, config)
     ds = torch.empty((min(chunk_rows, t.n), min(chunk_cols, t.m_total)), dtype=ds_dtype, device=device)
     dscale_parts, dbias_parts = [], []
+    loss_part = None
+    if pair_loss is not None:  # one partial per row and column tile of a chunk, summed in a fixed order
+        loss_part = torch.empty((ds.shape[0], triton.cdiv(ds.shape[1], config.block_n)), dtype=torch.float32,
+                                device=device)
     for r0 in range(0, t.n, chunk_rows):
         r1 = min(r0 + chunk_rows, t.n)
         for c0 in range(0, t.m_total, chunk_cols):
@@ -389,7 +406,11 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
             dbias_part = torch.empty_like(dscale_part)
             block = ds[: r1 - r0, : c1 - c0]
             _contrastive_bwd_ds_kernel[grid](
-                *common, (sigma, block, dscale_part, dbias_part, ds.stride(0), r0, c0, r1 - r0, c1 - c0), **meta)
+                *common, (sigma, block, dscale_part, dbias_part, ds.stride(0), r0, c0, r1 - r0, c1 - c0),
+                (dscale_part, 0) if loss_part is None else (loss_part, loss_part.stride(0)), **meta,
+                PAIR_LOSS=loss_part is not None)
+            if loss_part is not None:
+                pair_loss[r0:r1] += loss_part[: r1 - r0, : grid[1]].sum(dim=1)
             if dq is not None:
                 _accumulate_product(dq[r0:r1], block, c_hat[c0:c1])
             _accumulate_product(dc[c0:c1], block.T, q_hat[r0:r1])
@@ -398,3 +419,18 @@ def contrastive_backward(tiles, config, row, col, row_grad=None):
     alpha = t.scale.to(torch.float32) / sigma  # the products summed σ·dS; one pass scales them back
     dq = rows_from_forward(t, row, *row_grad, q_hat)[0] if dq is None else dq.mul_(alpha)
     return dq, dc.mul_(alpha), torch.stack(dscale_parts).sum(), torch.stack(dbias_parts).sum()
+
+
+def pair_forward(tiles, config):
+    """SigLIP's gradient formed in the forward, for a caller whose incoming gradient of the pair losses is
+    one value for every row (a mean or a sum): ``(row_pair_loss [N], dQ̂₁ [N, D], dĈ₁ [M_total, D], the
+    scale's and the bias's gradients)`` at row weight 1, all fp32, from one pass of dS chunks (the pair
+    losses summed on the way) and their products; the backward only scales them. The loss alone (the
+    pairwise sigmoid, no softmax terms); ``config`` as the chunk route's."""
+    t = tiles
+    ones = torch.ones(t.n, dtype=torch.float32, device=t.query.device)
+    zeros = torch.zeros_like(ones)
+    row = {"lse": zeros, "g_lse": zeros, "g_pos_w": zeros, "g_pair": ones}
+    loss = torch.zeros_like(ones)
+    dq, dc, dscale, dbias = contrastive_backward(t, config, row, {}, pair_loss=loss)
+    return loss, dq, dc, dscale, dbias

@@ -28,10 +28,10 @@ from .tiles import (
     exp_minus,
     exp_of_cosines,
     logits_bounded,
+    pair_loss_terms,
     pipeline_start,
     pipeline_step,
     plain_tile,
-    softplus,
     tile_denominator,
     tile_roles,
 )
@@ -123,11 +123,7 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
     else:
         run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
-        if PLAIN:  # every pair a negative: z = -1
-            pair_loss += tl.sum(softplus(logits + bias), axis=1)
-        else:
-            sign = tl.where(positive, 1.0, -1.0)
-            pair_loss += tl.sum(tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0), axis=1)
+        pair_loss += tl.sum(pair_loss_terms(logits, positive, candidate, bias, PLAIN), axis=1)
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys

@@ -44,6 +44,8 @@ GROUPS = {
     "dc_out": (("QH", "F"), ("DS_SCALE", "*fp32"), ("DC", "*fp32"), ("stride_dc", "i32")),
     "ds_out": (("DS_SCALE", "*fp32"), ("DS", "F"), ("DSCALE_PART", "*fp32"), ("DBIAS_PART", "*fp32"),
                ("stride_ds", "i32"), ("row0", "i32"), ("col0", "i32"), ("chunk_rows", "i32"), ("chunk_cols", "i32")),
+    # the dS chunks' pair losses (SigLIP's gradient formed in the forward): a partial per row and column tile
+    "pair_out": (("LOSS_PART", "*fp32"), ("stride_lp", "i32")),
     # the Ring selection's ranks and results
     "ranks": (("RANK_TOP", "*i32"), ("RANK_BOTTOM", "*i32"), ("V_HI", "*fp32"), ("V_LO", "*fp32")),
 }

@@ -282,23 +282,58 @@ def tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE: t
 def softplus(x):
     """``log(1 + e^x)`` without overflow, and accurate where ``e^-|x|`` is below fp32's epsilon
     (``log1p(u) = log(w)·u/(w - 1)`` with ``w = 1 + u``)."""
-    u = tl.math.exp2(-tl.abs(x) * LOG2E)
+    return _softplus_of(x, tl.math.exp2(-tl.abs(x) * LOG2E))
+
+
+@triton.jit
+def _softplus_of(x, u):
+    """:func:`softplus` given ``u = e^-|x|``; the division is ``div.approx`` (2 ulp: ``w - 1`` lies in
+    ``[2^-24, 1]``), not the IEEE division's subroutine."""
     w = 1.0 + u
-    log1p = tl.where(w == 1.0, u, tl.math.log2(w) * LN2 * (u / tl.where(w == 1.0, 1.0, w - 1.0)))
+    ratio = tl.fdiv(u, tl.where(w == 1.0, 1.0, w - 1.0), approx=True)
+    log1p = tl.where(w == 1.0, u, tl.math.log2(w) * LN2 * ratio)
     return tl.maximum(x, 0.0) + log1p
 
 
 @triton.jit
+def sigmoid_softplus(x):
+    """``(σ(x), softplus(x))`` from one ``e^-|x|``."""
+    u = tl.math.exp2(-tl.abs(x) * LOG2E)
+    return _sigmoid_of(x, u), _softplus_of(x, u)
+
+
+@triton.jit
+def pair_loss_terms(logits, positive, candidate, bias, PLAIN: tl.constexpr):
+    """SigLIP's pairwise terms ``softplus(-z·(S + bias))`` of the tile (``z = +1`` for a positive, -1 for a
+    candidate negative, no term elsewhere); ``PLAIN`` (:func:`plain_tile`): every pair a negative."""
+    if PLAIN:
+        terms = softplus(logits + bias)
+    else:
+        sign = tl.where(positive, 1.0, -1.0)
+        terms = tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0)
+    return terms
+
+
+@triton.jit
 def sigmoid(x):
-    e = tl.math.exp2(-tl.abs(x) * LOG2E)
-    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return _sigmoid_of(x, tl.math.exp2(-tl.abs(x) * LOG2E))
+
+
+@triton.jit
+def _sigmoid_of(x, e):
+    """:func:`sigmoid` given ``e = e^-|x|``: one reciprocal (``div.approx``, 2 ulp; ``1 + e`` in [1, 2])."""
+    r = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), 1.0 + e, approx=True)
+    return tl.where(x >= 0, r, e * r)
 
 
 @triton.jit
 def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias,
                     beta, g_scale, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
-                    PAIRWISE_SIGMOID: tl.constexpr, PLAIN: tl.constexpr = False, FROM_COSINES: tl.constexpr = False):
-    """``(dL/dS, dL/dS from the pairwise-sigmoid term alone)`` of the tile, both times ``g_scale``.
+                    PAIRWISE_SIGMOID: tl.constexpr, PLAIN: tl.constexpr = False, FROM_COSINES: tl.constexpr = False,
+                    PAIR_LOSS: tl.constexpr = False):
+    """``(dL/dS, dL/dS from the pairwise-sigmoid term alone, the rows' pair losses)`` of the tile, the first
+    two times ``g_scale``; the pair losses (``[BLOCK_M]``, the forward's sums) with ``PAIR_LOSS`` only (else
+    0), from the same exponentials as their gradient.
 
     * softmax over the denominator times the LSE's gradient (with hard negatives: of ``(1+β)·S``
       and of ``β·S``), per row and, for symmetric losses, per key column;
@@ -347,14 +382,20 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
     if PAIRWISE_SIGMOID:
         g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0) * g_scale
         if PLAIN:  # every pair a negative: z = -1
-            pair_grad = sigmoid(logits + bias) * g_pair[:, None]
+            s, terms = sigmoid_softplus(logits + bias)
+            pair_grad = s * g_pair[:, None]
         else:
             sign = tl.where(positive, 1.0, -1.0)
-            pair_grad = tl.where(positive | candidate, -sign * sigmoid(-sign * (logits + bias)), 0.0) * g_pair[:, None]
+            s, terms = sigmoid_softplus(-sign * (logits + bias))
+            pair = positive | candidate
+            pair_grad = tl.where(pair, -sign * s, 0.0) * g_pair[:, None]
+            terms = tl.where(pair, terms, 0.0)
         grad += pair_grad
+        pair_loss = tl.sum(terms, axis=1) if PAIR_LOSS else 0.0
     else:
         pair_grad = 0.0
-    return grad, pair_grad
+        pair_loss = 0.0
+    return grad, pair_grad, pair_loss
 
 
 @triton.jit

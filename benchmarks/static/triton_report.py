@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -341,6 +342,48 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     return out
 
 
+def pair_route_used(w: Workload) -> bool:
+    """Whether the triton backend forms ``w``'s gradient in the forward (``backends.triton.pair_route``:
+    siglip_loss with a mean or a sum, D above the register route's)."""
+    from contrastive_ops.kernels import config as cfg
+
+    backend = importlib.import_module("contrastive_ops.backends.triton")
+    return (hasattr(backend, "pair_route") and w.loss == "siglip" and w.switch("PAIRWISE_SIGMOID")
+            and w.d > cfg.REGISTER_D_MAX)
+
+
+def pair_launches(w: Workload, b, device: Device) -> list[Launch]:
+    """SigLIP's gradient formed in the forward (``kernels.contrastive_bwd.pair_forward``): one pass of dS
+    chunks that also sums the pair losses, their cuBLAS products, and a backward that only scales them."""
+    from contrastive_ops.kernels import contrastive_bwd as bwd
+
+    item = ITEMSIZE[w.dtype]
+    n, mt, d = w.n, w.m_total, w.d
+    inputs = (n + mt) * d * item
+    grads = (n + mt) * d * 4
+    rows, cols = bwd.chunk_shape(n, mt, item, b)
+    chunks = cdiv(n, rows) * cdiv(mt, cols)
+    stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b, {"PAIR_LOSS": True},
+                   plain_fraction=plain_fraction(w, b))
+    tiles = cdiv(min(rows, n), b.block_m) * cdiv(min(cols, mt), b.block_n)
+    ds_bytes = float(n) * mt * item
+    loss_parts = float(n) * cdiv(mt, b.block_n) * 4 * 2  # written, then summed
+    row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
+    chunk_r, chunk_c = min(rows, n), min(cols, mt)
+    gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
+                  + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
+    return [
+        Launch("pair forward: dS chunks with the pair losses", stats, tiles * chunks, 1, cdiv(d, b.block_d_for(d)),
+               2.0 * n * mt * d, ds_bytes + inputs * cdiv(n, rows) + loss_parts,
+               note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"),
+        Launch("pair forward: dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d, gemm_bytes,
+               note="cuBLAS, fp32 output, added into the fp32 rows",
+               gemms=((chunk_r, d, chunk_c, chunks, 4, True), (chunk_c, d, chunk_r, chunks, 4, True))),
+        Launch("backward: the forward's products scaled" + (", normalize backward" if w.switch("NORMALIZE") else ""),
+               None, 0, 0, 1, 0.0, 2 * grads + inputs * 2),
+    ]
+
+
 def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
     """The launches of one forward + backward of ``w`` on the current kernels, tiles as configured."""
     from contrastive_ops.kernels import contrastive_bwd as bwd
@@ -357,6 +400,8 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         out.append(Launch("inverse norms", None, 0, 0, 1, 0.0, inputs, note="torch-free Triton row pass"))
     if w.ring_radix_bits:
         out.extend(ring_launches(w, f, device))
+    if pair_route_used(w):
+        return out + pair_launches(w, b, device)
     # forward: persistent programs; symmetric losses own [P, M] column partials; row-only losses with
     # one positive per row also form the rows' gradient products (an online softmax times Ĉ)
     row_products = row_products_used(w)
@@ -439,7 +484,8 @@ def model_workload(w: Workload, fwd_config, bwd_config, device: Device = H200) -
         rows.append({
             "loss": w.loss, "n": w.n, "m": w.m_total, "d": w.d, "dtype": w.dtype, "mode": "fwd_bwd",
             "backend": "triton", "kernel": launch.kernel,
-            "config": None if v is None else (bwd_config if launch.kernel.startswith("backward") else fwd_config).as_list(),
+            "config": None if v is None else (bwd_config if launch.kernel.startswith(("backward", "pair forward"))
+                                              else fwd_config).as_list(),
             "registers": None if v is None else v.registers, "spill_bytes": None if v is None else v.spill_stores,
             "shared_bytes": None if v is None else v.shared, "ctas_per_sm": None if v is None else v.ctas_per_sm(device),
             "mma": None if v is None else f"{v.mma_kind} ×{v.mma_count}",

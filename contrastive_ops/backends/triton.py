@@ -342,6 +342,126 @@ torch.library.register_autograd("contrastive_ops::tiled_forward", _backward, set
 
 
 # ---------------------------------------------------------------------------------------------
+# SigLIP without recomputation: the pair losses and their gradient products (row weight 1) from one
+# pass of dS chunks in the forward; the backward scales them (exact when the incoming gradient is one
+# value for every row, as siglip_loss's mean and sum promise)
+# ---------------------------------------------------------------------------------------------
+
+#: ``"forward"`` (default): where :func:`pair_route` allows it, SigLIP's gradient is formed in the forward;
+#: ``"recompute"``: the forward sums the losses and the backward recomputes the tiles.
+SIGLIP_ENV = "CONTRASTIVE_OPS_TRITON_SIGLIP"
+
+
+def _siglip_mode() -> str:
+    mode = os.environ.get(SIGLIP_ENV, "forward")
+    if mode not in ("forward", "recompute"):
+        raise ValueError(f"{SIGLIP_ENV} must be 'forward' or 'recompute', got {mode!r}")
+    return mode
+
+
+def pair_route(spec: RoleSpec, d: int, *tensors) -> bool:
+    """Whether :func:`compute_terms` forms SigLIP's gradient in the forward (``tiled_pair_forward``): the
+    pairwise sigmoid alone (no labels, guide, hard negatives, band or column terms, keys as negatives),
+    the caller's promises that the pair losses' incoming gradient is one value for every row and that
+    no other term is used (``spec.uniform_pair_grad``, ``spec.pair_loss_only``: siglip_loss's mean and
+    sum), D above the register route's (``kernels.config.REGISTER_D_MAX``: there the dS chunks and
+    their products are the backward's route anyway), a gradient to be asked for (grad mode on and an
+    input requiring one), and :data:`SIGLIP_ENV` not ``"recompute"``."""
+    if _siglip_mode() == "recompute" or d <= tile_config.REGISTER_D_MAX:
+        return False
+    if not (spec.pairwise_sigmoid and spec.uniform_pair_grad and spec.pair_loss_only and spec.key_negatives):
+        return False
+    if spec.decoupled or spec.column_terms or spec.hard_beta is not None or spec.ring is not None:
+        return False
+    if spec.has_guide or spec.row_labels is not None:
+        return False
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _pair_forward_impl(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
+    """``(row_pair_loss [N], dQ̂₁ [N, D], dĈ₁ [M_total, D], d scale₁, d bias₁)``, fp32, at row weight 1
+    (``kernels.contrastive_bwd.pair_forward``)."""
+    spec, config = RoleSpec.from_flat(rest[:_N_ROLES]), rest[_N_ROLES]
+    cfg, bwd = _kernels()[0], _kernels()[2]
+    tiles = _problem(query, keys, extra, scale, bias, None, None, spec)
+    if config:
+        chosen = cfg.TileConfig.from_list(config)
+    else:
+        chosen = cfg.tuned_config(tiles.tuning_key() + ("pair_forward",), lambda c: bwd.pair_forward(tiles, c),
+                                  cfg.backward_candidates(tiles.d))
+    loss, dq, dc, dscale, dbias = bwd.pair_forward(tiles, chosen)
+    return loss, dq, dc, dscale.reshape(()), dbias.reshape(())
+
+
+_pair_forward_op = torch.library.custom_op(
+    "contrastive_ops::tiled_pair_forward", _pair_forward_impl, mutates_args=(),
+    schema=f"({_PROBLEM_SCHEMA}, {_ROLES}, int[] config) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@_pair_forward_op.register_fake
+def _(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
+    n, d = query.shape
+    m_total = (n if keys is None else keys.shape[0]) + (0 if extra is None else extra.shape[0])
+    f32 = torch.float32
+    return (query.new_empty(n, dtype=f32), query.new_empty((n, d), dtype=f32), query.new_empty((m_total, d), dtype=f32),
+            scale.new_empty((), dtype=f32), scale.new_empty((), dtype=f32))
+
+
+def _pair_backward_impl(query, keys, extra, g_pair, dq1, dc1, dscale1, dbias1, normalize: bool):
+    """``(d query, d keys, d extra, d scale, d bias)`` from :func:`_pair_forward_impl`'s products and the
+    pair losses' incoming gradient ``g_pair [N]``: dQ̂ per row, the rest by its one value (the promise)."""
+    from contrastive_ops.kernels.normalize import normalize_backward
+
+    g = g_pair.to(torch.float32)
+    g0 = g[:1].sum()  # one value for every row (uniform_pair_grad); 0 without rows
+    dq = dq1 * g[:, None]
+    dc = dc1 * g0
+    n_keys = query.shape[0] if keys is None else keys.shape[0]
+    if keys is None:
+        dq = dq + dc[:n_keys]
+
+    def finish(grad, x):
+        return normalize_backward(x, grad) if normalize else grad.to(x.dtype)
+
+    return (finish(dq, query), query.new_empty(0) if keys is None else finish(dc[:n_keys].clone(), keys),
+            query.new_empty(0) if extra is None else finish(dc[n_keys:].clone(), extra), (dscale1 * g0).reshape(()),
+            (dbias1 * g0).reshape(()))
+
+
+_pair_backward_op = torch.library.custom_op(
+    "contrastive_ops::tiled_pair_backward", _pair_backward_impl, mutates_args=(),
+    schema="(Tensor query, Tensor? keys, Tensor? extra, Tensor g_pair, Tensor dq1, Tensor dc1, Tensor dscale1, "
+           "Tensor dbias1, bool normalize) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@_pair_backward_op.register_fake
+def _(query, keys, extra, g_pair, dq1, dc1, dscale1, dbias1, normalize):
+    empty = query.new_empty(0)
+    return (torch.empty_like(query), empty if keys is None else torch.empty_like(keys),
+            empty if extra is None else torch.empty_like(extra), dscale1.new_empty(()), dbias1.new_empty(()))
+
+
+def _pair_setup_context(ctx, inputs, output):
+    query, keys, extra, _, bias = inputs[:5]
+    ctx.normalize = RoleSpec.from_flat(inputs[len(_PROBLEM):len(_PROBLEM) + _N_ROLES]).normalize
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(query, keys, extra, *output[1:])
+
+
+def _pair_backward(ctx, g_loss, *unused):
+    query, keys, extra, dq1, dc1, dscale1, dbias1 = ctx.saved_tensors
+    g = torch.zeros(query.shape[0], dtype=torch.float32, device=query.device) if g_loss is None else g_loss
+    dq, dk, de, dscale, dbias = _pair_backward_op(query, keys, extra, g, dq1, dc1, dscale1, dbias1, ctx.normalize)
+    grads_in = {"query": dq, "keys": dk if keys is not None else None, "extra": de if extra is not None else None,
+                "scale": dscale, "bias": dbias if ctx.has_bias else None}
+    return tuple(grads_in.get(name) for name in _PROBLEM) + (None,) * (_N_ROLES + 1)
+
+
+torch.library.register_autograd("contrastive_ops::tiled_pair_forward", _pair_backward,
+                                setup_context=_pair_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
 # backend entry point
 # ---------------------------------------------------------------------------------------------
 
@@ -407,5 +527,8 @@ def compute_terms(
     # the forward computes the rows' gradient products where a backward will need them (see
     # kernels.contrastive_fwd): grad mode on and the rows' or the scale's gradient asked for
     row_grad = torch.is_grad_enabled() and (query.requires_grad or scale_t.requires_grad)
+    if pair_route(spec, query.shape[1], query, keys, extra, scale_t, bias_t):
+        loss = _pair_forward_op(query, keys_arg, extra, scale_t, bias_t, None, None, *roles, config)[0]
+        return ContrastiveTerms(None, None, None, None, None, None, None, None, row_pair_loss=loss)
     out = _forward_op(query, keys_arg, extra, scale_t, bias_t, band_lo, band_hi, *roles, config, row_grad)
     return terms_from_outputs(out, spec)
