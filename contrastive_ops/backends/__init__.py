@@ -30,10 +30,10 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend
            "compute_terms", "resolve"]
 
 BACKENDS = ("naive", "chunked", "triton", "cuda")
-# Triton first: both run every loss, and the calibrated static model (benchmarks/static/, report
-# benchmarks/results/2026-12-03-static-pipelined-1880279.md) puts the Triton kernels ahead on clip,
-# info_nce and Ring (42.3 vs 51.6, 9.0 vs 16.6, 8.9 vs 16.0 ms); the extension leads on SigLIP at
-# large D (41.4 vs 47.3 ms), inside the model's error, and needs a build. No GPU measurement yet.
+# Triton first: both run every loss, and the calibrated static model (benchmarks/static/, reports
+# benchmarks/results/2026-12-03-static-*.md) puts the Triton kernels ahead on clip, info_nce, Ring and
+# SigLIP at large D (42.1 vs 51.6, 8.2 vs 16.6, 8.05 vs 16.0, 35.0 vs 41.4 ms), and the extension needs a
+# build. No GPU measurement yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
 
 
