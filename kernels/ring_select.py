@@ -199,9 +199,10 @@ def _ring_gather_kernel(
 ):
     """Row ``i``'s candidate logits ``x`` inside either bracket, ``BRACKET[0, i] <= x < BRACKET[1, i]``
     or ``BRACKET[2, i] <= x < BRACKET[3, i]`` (``[4, N]`` fp32), into ``OUT[i, :]`` (``[N, SLOTS]``
-    fp32, in column order; those past ``SLOTS`` are dropped, slots not written keep what the caller
-    put there), and their number into ``FILLED[i]`` (int32; the row is complete when it is at most
-    ``SLOTS``)."""
+    fp32, in no particular order: each takes its slot from an atomic count of its row, ``FILLED[i]``
+    (int32, zeros first), which ends as their number; those past ``SLOTS`` are dropped, slots not
+    written keep what the caller put there; the row is complete when ``FILLED[i] <= SLOTS``). Sorted
+    afterwards, the slots are the same whatever the order: no scan of the tile per row."""
     Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     row0 = tl.program_id(0) * BLOCK_M
@@ -209,12 +210,11 @@ def _ring_gather_kernel(
     row_mask = rows < N
     scale = tl.load(SCALE).to(tl.float32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
+    FLAT: tl.constexpr = BLOCK_M * BLOCK_N
     top_lo = tl.load(BRACKET + rows, mask=row_mask, other=float("inf"))
     top_hi = tl.load(BRACKET + N + rows, mask=row_mask, other=float("inf"))
     bottom_lo = tl.load(BRACKET + 2 * N + rows, mask=row_mask, other=float("inf"))
     bottom_hi = tl.load(BRACKET + 3 * N + rows, mask=row_mask, other=float("inf"))
-    out_rows = OUT + rows.to(tl.int64)[:, None] * SLOTS
-    filled = tl.zeros((BLOCK_M,), dtype=tl.int32)
     q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
                                   INPUT_PRECISION, PIPELINE)
     for c0 in range(0, M_TOTAL, BLOCK_N):
@@ -230,10 +230,11 @@ def _ring_gather_kernel(
             plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
         if not plain:  # a plain tile (tiles.plain_tile): every pair a candidate, no per-pair role test
             inside = inside & tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-        slot = filled[:, None] + tl.cumsum(inside.to(tl.int32), axis=1) - 1
-        tl.store(out_rows + slot, logits, mask=inside & (slot < SLOTS))
-        filled += tl.sum(inside.to(tl.int32), axis=1)
-    tl.store(FILLED + rows, filled, mask=row_mask)
+        # flat: Triton 3.9 cannot give an atomic's result the layout of the products' accumulator
+        row_of = tl.reshape(rows[:, None] + cols[None, :] * 0, (FLAT,))
+        taken = tl.reshape(inside, (FLAT,))
+        slot = tl.atomic_add(FILLED + row_of, 1, mask=taken, sem="relaxed")  # the pair's place in its row
+        tl.store(OUT + row_of.to(tl.int64) * SLOTS + slot, tl.reshape(logits, (FLAT,)), mask=taken & (slot < SLOTS))
 
 
 def count_at(tiles, config, thresholds):
@@ -257,7 +258,7 @@ def gather_brackets(tiles, config, brackets, slots=GATHER_SLOTS):
     left over; int32 ``[N]``, how many there were (more than ``slots``: the row is incomplete)."""
     t = tiles
     out = torch.full((t.n, slots), float("-inf"), dtype=torch.float32, device=t.query.device)
-    filled = torch.empty(t.n, dtype=torch.int32, device=t.query.device)
+    filled = torch.zeros(t.n, dtype=torch.int32, device=t.query.device)
     flags = t.constexprs()
     _ring_gather_kernel[(triton.cdiv(t.n, config.block_m),)](
         t.inputs, t.roles, t.sizes, brackets.contiguous(), out, filled, ROLE=flags["ROLE"],

@@ -287,10 +287,10 @@ def softplus(x):
 
 @triton.jit
 def _softplus_of(x, u):
-    """:func:`softplus` given ``u = e^-|x|``; the division is ``div.approx`` (2 ulp: ``w - 1`` lies in
+    """:func:`softplus` given ``u = e^-|x|``; the division by :func:`_reciprocal` (``w - 1`` lies in
     ``[2^-24, 1]``), not the IEEE division's subroutine."""
     w = 1.0 + u
-    ratio = tl.fdiv(u, tl.where(w == 1.0, 1.0, w - 1.0), approx=True)
+    ratio = u * _reciprocal(tl.where(w == 1.0, 1.0, w - 1.0))
     log1p = tl.where(w == 1.0, u, tl.math.log2(w) * LN2 * ratio)
     return tl.maximum(x, 0.0) + log1p
 
@@ -321,9 +321,17 @@ def sigmoid(x):
 
 @triton.jit
 def _sigmoid_of(x, e):
-    """:func:`sigmoid` given ``e = e^-|x|``: one reciprocal (``div.approx``, 2 ulp; ``1 + e`` in [1, 2])."""
-    r = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), 1.0 + e, approx=True)
+    """:func:`sigmoid` given ``e = e^-|x|``: one :func:`_reciprocal` (``1 + e`` lies in [1, 2])."""
+    r = _reciprocal(1.0 + e)
     return tl.where(x >= 0, r, e * r)
+
+
+@triton.jit
+def _reciprocal(v):
+    """``1/v`` for ``v`` in ``[2^-24, 2]``, as ``rsqrt(v·v)``: one ``MUFU.RSQ`` and a multiplication, about
+    2 ulp (as ``div.approx``, which Triton 3.6 does not offer; IEEE division is a subroutine of a dozen
+    instructions)."""
+    return tl.math.rsqrt(v * v)
 
 
 @triton.jit

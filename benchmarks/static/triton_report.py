@@ -43,7 +43,7 @@ DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # the flat (ungrouped) arguments of the normalization kernels; the core's kernels take their arguments in
 # the groups of ``kernels.problem.GROUPS``, typed from that table
 FLAT_TYPES = {"X": "F", "DX": "F", "G": "*fp32", "R": "*fp32", "N": "i32", "D": "i32", "stride_x": "i32",
-              "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32"}
+              "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32", "FILLED": "*i32"}
 
 
 # ---------------------------------------------------------------------------------------------
