@@ -370,6 +370,10 @@ def test_custom_ops_pass_torch_library_opcheck(seed):
          True),
     ]:
         torch.library.opcheck(ops.tiled_forward, args)
+    # SigLIP's gradient formed in the forward (backends.triton.pair_route), normalized and not, with a queue
+    for normalize, extra in [(True, None), (False, e)]:
+        spec = RoleSpec(pos_index=pos, normalize=normalize, pairwise_sigmoid=True)
+        torch.library.opcheck(ops.tiled_pair_forward, (q, k, extra, scale, bias, None, None, *spec.flat(), config))
 
 
 def test_strided_labels_and_expanded_incoming_gradients(seed):

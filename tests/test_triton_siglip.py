@@ -116,3 +116,16 @@ def test_register_route_sizes_keep_the_recomputing_backward(routes):
     img, txt = (t[:, :64].contiguous() for t in _inputs(19, D))
     _run(img, txt, 10.0, -4.0, "triton", "mean", True)
     assert "_pair_forward_op" not in routes, routes
+
+
+def test_logits_beyond_exp_range(routes):
+    """Unnormalized features whose logits reach hundreds (``e^S`` overflows fp32): the formed gradient has
+    no softmax term to overflow, and matches float64 like the rest."""
+    g = torch.Generator().manual_seed(7)
+    img, txt = (torch.randn(19, D, generator=g).to(DEVICE) for _ in range(2))
+    ours = _run(img, txt, 5.0, -2.0, "triton", "mean", False)
+    ref = _run(img.double(), txt.double(), 5.0, -2.0, "naive", "mean", False)
+    assert "_pair_forward_op" in routes, routes
+    for a, b, what in zip(ours, ref, ("loss", "d image", "d text", "d logit_scale", "d logit_bias")):
+        assert torch.isfinite(a).all(), what
+        assert_close_rel(a, b, FP32_REL, f"large logits: {what}")
