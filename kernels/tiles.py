@@ -341,7 +341,8 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
                     PAIR_LOSS: tl.constexpr = False):
     """``(dL/dS, dL/dS from the pairwise-sigmoid term alone, the rows' pair losses)`` of the tile, the first
     two times ``g_scale``; the pair losses (``[BLOCK_M]``, the forward's sums) with ``PAIR_LOSS`` only (else
-    0), from the same exponentials as their gradient.
+    0), from the same exponentials as their gradient. ``PAIR_LOSS`` is for the pairwise sigmoid alone (SigLIP's
+    gradient formed in the forward): no softmax term is formed.
 
     * softmax over the denominator times the LSE's gradient (with hard negatives: of ``(1+β)·S``
       and of ``β·S``), per row and, for symmetric losses, per key column;
@@ -361,7 +362,9 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
     g_row_lse = tl.load(G_ROW_LSE + rows, mask=row_mask, other=0.0) * g_scale
     g_row_pos_w = tl.load(G_ROW_POS_W + rows, mask=row_mask, other=0.0) * g_scale
-    if HARD_NEGATIVES:
+    if PAIR_LOSS:  # the pairwise sigmoid alone: no softmax term to form (its incoming gradient is zero)
+        grad = tl.zeros_like(logits)
+    elif HARD_NEGATIVES:
         lse_beta = tl.load(ROW_LSE_BETA + rows, mask=row_mask, other=0.0)
         g_lse_beta = tl.load(G_ROW_LSE_BETA + rows, mask=row_mask, other=0.0) * g_scale
         p_main = tl.where(den, exp_minus((1.0 + beta) * logits, row_lse[:, None]), 0.0)
@@ -371,7 +374,7 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
         grad = tl.where(den, exp_of_cosines(cosines, scale, row_lse[:, None]), 0.0) * g_row_lse[:, None]
     else:
         grad = tl.where(den, exp_minus(logits, row_lse[:, None]), 0.0) * g_row_lse[:, None]
-    if not PLAIN:
+    if not (PLAIN or PAIR_LOSS):
         grad += tl.where(positive, g_row_pos_w[:, None], 0.0)
     if COLUMN_TERMS:
         key_mask = col_mask & (cols < M)
