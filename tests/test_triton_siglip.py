@@ -1,8 +1,8 @@
 """SigLIP without recomputation on the triton backend (``backends.triton.pair_route``).
 
-With ``reduction="mean"`` or ``"sum"`` every row's pair losses get the same upstream gradient, so for D
-above the register route's the forward runs the dS chunks once (row weight 1), sums the pair losses on
-the way and forms the products dS·K̂, dSᵀ·Q̂; the backward only scales them. ``reduction="none"``, no
+With ``reduction="mean"`` or ``"sum"`` every row's pair losses get the same upstream gradient, so the
+forward runs the dS chunks once (row weight 1), sums the pair losses on the way and forms the products
+dS·K̂, dSᵀ·Q̂; the backward only scales them. ``reduction="none"``, no
 gradient wanted, or ``CONTRASTIVE_OPS_TRITON_SIGLIP=recompute`` keep the recomputing backward. Loss and
 every gradient (both inputs, logit_scale, logit_bias) against the float64 naive reference, in one chunk
 and in many partial chunks, odd shapes, normalize on and off (under ``TRITON_INTERPRET=1`` on a CPU).
@@ -18,7 +18,7 @@ if not _AVAILABLE and required("CONTRASTIVE_OPS_REQUIRE_TRITON"):
     raise RuntimeError(f"CONTRASTIVE_OPS_REQUIRE_TRITON=1 but the triton backend cannot run: {_WHY}")
 pytestmark = [pytest.mark.interpreter, pytest.mark.skipif(not _AVAILABLE, reason=f"triton backend: {_WHY}")]
 
-D = 272  # above kernels.config.REGISTER_D_MAX: the dS chunk route
+D = 272  # above kernels.config.REGISTER_D_MAX: chunks of D in the dS pass (smaller D: test_register_route_...)
 SMALL_CHUNK_BYTES = str(16 * 16 * 4)  # one 16 × 16 tile per chunk: partial chunks both ways
 
 
@@ -112,10 +112,16 @@ def test_no_gradient_wanted_takes_the_plain_forward(routes):
     assert_close_rel(loss, co.siglip_loss(img.double(), txt.double(), 10.0, -4.0, backend="naive"), FP32_REL)
 
 
-def test_register_route_sizes_keep_the_recomputing_backward(routes):
-    img, txt = (t[:, :64].contiguous() for t in _inputs(19, D))
-    _run(img, txt, 10.0, -4.0, "triton", "mean", True)
-    assert "_pair_forward_op" not in routes, routes
+@pytest.mark.parametrize("d", [40, 128])
+def test_register_route_sizes_take_it_too(routes, d):
+    """D up to 256, where the recomputing backward keeps its accumulators in registers: the formed
+    gradient still replaces the forward and the backward's passes."""
+    img, txt = (t[:, :d].contiguous() for t in _inputs(19, D))
+    ours = _run(img, txt, *PARAMS[True], "triton", "sum", True)
+    ref = _run(img.double(), txt.double(), *PARAMS[True], "naive", "sum", True)
+    assert routes == ["_pair_forward_op", "_pair_backward_op"], routes
+    for a, b, what in zip(ours, ref, ("loss", "d image", "d text", "d logit_scale", "d logit_bias")):
+        assert_close_rel(a, b, FP32_REL, f"D={d}: {what}")
 
 
 def test_logits_beyond_exp_range(routes):

@@ -344,12 +344,9 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
 
 def pair_route_used(w: Workload) -> bool:
     """Whether the triton backend forms ``w``'s gradient in the forward (``backends.triton.pair_route``:
-    siglip_loss with a mean or a sum, D above the register route's)."""
-    from contrastive_ops.kernels import config as cfg
-
+    siglip_loss with a mean or a sum)."""
     backend = importlib.import_module("contrastive_ops.backends.triton")
-    return (hasattr(backend, "pair_route") and w.loss == "siglip" and w.switch("PAIRWISE_SIGMOID")
-            and w.d > cfg.REGISTER_D_MAX)
+    return hasattr(backend, "pair_route") and w.loss == "siglip" and w.switch("PAIRWISE_SIGMOID")
 
 
 def pair_launches(w: Workload, b, device: Device) -> list[Launch]:
