@@ -315,13 +315,8 @@ def pair_loss_terms(logits, positive, candidate, bias, PLAIN: tl.constexpr):
 
 
 @triton.jit
-def sigmoid(x):
-    return _sigmoid_of(x, tl.math.exp2(-tl.abs(x) * LOG2E))
-
-
-@triton.jit
 def _sigmoid_of(x, e):
-    """:func:`sigmoid` given ``e = e^-|x|``: one :func:`_reciprocal` (``1 + e`` lies in [1, 2])."""
+    """``σ(x)`` given ``e = e^-|x|``: one :func:`_reciprocal` (``1 + e`` lies in [1, 2])."""
     r = _reciprocal(1.0 + e)
     return tl.where(x >= 0, r, e * r)
 
