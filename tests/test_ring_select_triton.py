@@ -160,3 +160,14 @@ def test_unknown_mode_is_refused(monkeypatch):
     monkeypatch.setenv("CONTRASTIVE_OPS_RING_SELECT", "sorted")
     with pytest.raises(ValueError, match="CONTRASTIVE_OPS_RING_SELECT"):
         triton_backend._ring_select_mode()
+
+
+def test_a_bad_selection_switch_is_named(monkeypatch):
+    """CONTRASTIVE_OPS_RING_SELECT takes 'bracketed' or 'radix'; anything else is a ValueError naming the
+    switch and the value, before any kernel runs."""
+    import contrastive_ops as co
+
+    monkeypatch.setenv("CONTRASTIVE_OPS_RING_SELECT", "fast")
+    q, k = torch.randn(9, 16), torch.randn(9, 16)
+    with pytest.raises(ValueError, match="CONTRASTIVE_OPS_RING_SELECT must be 'bracketed' or 'radix', got 'fast'"):
+        co.ring_info_nce(q, k, backend="triton")

@@ -108,11 +108,17 @@ _N_ROLES = len(ROLE_FIELDS)
 RING_SELECT_ENV = "CONTRASTIVE_OPS_RING_SELECT"
 
 
+def _env_choice(name: str, choices: tuple) -> str:
+    """The value of the environment switch ``name`` (unset: ``choices[0]``); another value is a
+    ValueError naming the switch and the value."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
 def _ring_select_mode() -> str:
-    mode = os.environ.get(RING_SELECT_ENV, "bracketed")
-    if mode not in ("bracketed", "radix"):
-        raise ValueError(f"{RING_SELECT_ENV} must be 'bracketed' or 'radix', got {mode!r}")
-    return mode
+    return _env_choice(RING_SELECT_ENV, ("bracketed", "radix"))
 
 
 def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom):
@@ -353,10 +359,7 @@ SIGLIP_ENV = "CONTRASTIVE_OPS_TRITON_SIGLIP"
 
 
 def _siglip_mode() -> str:
-    mode = os.environ.get(SIGLIP_ENV, "forward")
-    if mode not in ("forward", "recompute"):
-        raise ValueError(f"{SIGLIP_ENV} must be 'forward' or 'recompute', got {mode!r}")
-    return mode
+    return _env_choice(SIGLIP_ENV, ("forward", "recompute"))
 
 
 def pair_route(spec: RoleSpec, *tensors) -> bool:
