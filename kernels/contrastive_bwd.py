@@ -430,7 +430,8 @@ def pair_forward(tiles, config):
     t = tiles
     ones = torch.ones(t.n, dtype=torch.float32, device=t.query.device)
     zeros = torch.zeros_like(ones)
-    # no softmax term: an LSE of +inf makes its probabilities 0 (never e^S·0, which overflows to NaN)
+    # no softmax term (the dS pass forms none with PAIR_LOSS); an LSE of +inf would make its terms 0, never
+    # e^S·0, which overflows to NaN
     row = {"lse": torch.full_like(ones, float("inf")), "g_lse": zeros, "g_pos_w": zeros, "g_pair": ones}
     loss = torch.zeros_like(ones)
     dq, dc, dscale, dbias = contrastive_backward(t, config, row, {}, pair_loss=loss)
