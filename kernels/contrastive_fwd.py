@@ -28,7 +28,7 @@ from .tiles import (
     exp_minus,
     exp_of_cosines,
     logits_bounded,
-    pair_loss_terms,
+    pair_terms,
     pipeline_start,
     pipeline_step,
     plain_tile,
@@ -123,7 +123,7 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
     else:
         run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
-        pair_loss += tl.sum(pair_loss_terms(logits, positive, candidate, bias, PLAIN), axis=1)
+        pair_loss += tl.sum(pair_terms(logits, positive, candidate, bias, PLAIN)[1], axis=1)
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     if COLUMN_TERMS:  # noqa: SIM102  (compile-time switch, then a runtime test)
         if c0 < M:  # the block holds in-batch keys

@@ -279,16 +279,10 @@ def tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE: t
 
 
 @triton.jit
-def softplus(x):
-    """``log(1 + e^x)`` without overflow, and accurate where ``e^-|x|`` is below fp32's epsilon
-    (``log1p(u) = log(w)·u/(w - 1)`` with ``w = 1 + u``)."""
-    return _softplus_of(x, tl.math.exp2(-tl.abs(x) * LOG2E))
-
-
-@triton.jit
 def _softplus_of(x, u):
-    """:func:`softplus` given ``u = e^-|x|``; the division by :func:`_reciprocal` (``w - 1`` lies in
-    ``[2^-24, 1]``), not the IEEE division's subroutine."""
+    """``log(1 + e^x)`` given ``u = e^-|x|``, without overflow, and accurate where ``u`` is below fp32's
+    epsilon (``log1p(u) = log(w)·u/(w - 1)`` with ``w = 1 + u``); the division by :func:`_reciprocal`
+    (``w - 1`` lies in ``[2^-24, 1]``), not the IEEE division's subroutine."""
     w = 1.0 + u
     ratio = u * _reciprocal(tl.where(w == 1.0, 1.0, w - 1.0))
     log1p = tl.where(w == 1.0, u, tl.math.log2(w) * LN2 * ratio)
@@ -303,15 +297,20 @@ def sigmoid_softplus(x):
 
 
 @triton.jit
-def pair_loss_terms(logits, positive, candidate, bias, PLAIN: tl.constexpr):
-    """SigLIP's pairwise terms ``softplus(-z·(S + bias))`` of the tile (``z = +1`` for a positive, -1 for a
-    candidate negative, no term elsewhere); ``PLAIN`` (:func:`plain_tile`): every pair a negative."""
-    if PLAIN:
-        terms = softplus(logits + bias)
+def pair_terms(logits, positive, candidate, bias, PLAIN: tl.constexpr):
+    """``(their derivatives in S, the terms)`` of SigLIP's pairwise terms ``softplus(-z·(S + bias))`` of the
+    tile (``z = +1`` for a positive, -1 for a candidate negative, no term elsewhere), both from one
+    ``e^-|x|`` (a caller that uses one of them leaves the other's instructions out); ``PLAIN``
+    (:func:`plain_tile`): every pair a negative."""
+    if PLAIN:  # z = -1: d softplus(x)/dx = σ(x)
+        derivative, terms = sigmoid_softplus(logits + bias)
     else:
         sign = tl.where(positive, 1.0, -1.0)
-        terms = tl.where(positive | candidate, softplus(-sign * (logits + bias)), 0.0)
-    return terms
+        s, terms = sigmoid_softplus(-sign * (logits + bias))
+        pair = positive | candidate
+        derivative = tl.where(pair, -sign * s, 0.0)
+        terms = tl.where(pair, terms, 0.0)
+    return derivative, terms
 
 
 @triton.jit
@@ -387,15 +386,8 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
             grad += p_col * g_col_lse[None, :] + tl.where(positive & in_key, g_col_pos_w[None, :], 0.0)
     if PAIRWISE_SIGMOID:
         g_pair = tl.load(G_ROW_PAIR + rows, mask=row_mask, other=0.0) * g_scale
-        if PLAIN:  # every pair a negative: z = -1
-            s, terms = sigmoid_softplus(logits + bias)
-            pair_grad = s * g_pair[:, None]
-        else:
-            sign = tl.where(positive, 1.0, -1.0)
-            s, terms = sigmoid_softplus(-sign * (logits + bias))
-            pair = positive | candidate
-            pair_grad = tl.where(pair, -sign * s, 0.0) * g_pair[:, None]
-            terms = tl.where(pair, terms, 0.0)
+        derivative, terms = pair_terms(logits, positive, candidate, bias, PLAIN)
+        pair_grad = derivative * g_pair[:, None]
         grad += pair_grad
         pair_loss = tl.sum(terms, axis=1) if PAIR_LOSS else 0.0
     else:

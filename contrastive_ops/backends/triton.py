@@ -257,7 +257,6 @@ def _backward_impl(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
     spec, config = RoleSpec.from_flat(rest[:_N_ROLES]), rest[_N_ROLES]
     v = dict(zip(_BACKWARD_VECTORS, rest[_N_ROLES + 1:]))
     bwd = _kernels()[2]
-    from contrastive_ops.kernels.normalize import normalize_backward
 
     tiles = _problem(query, keys, extra, scale, bias, band_lo, band_hi, spec)
     # incoming gradients may be expanded scalars (stride 0): the kernels need dense vectors
@@ -275,20 +274,25 @@ def _backward_impl(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
     row_grad = (v["row_dq"], v["row_dscale"]) if v["row_dscale"].numel() else None
     dq, dc, dscale, dbias = bwd.contrastive_backward(tiles, _backward_config(tiles, config, row, col, row_grad), row,
                                                      col, row_grad)
-    n_keys = tiles.m
+    dbias = dbias.reshape(()) if bias is not None else query.new_empty(0, dtype=torch.float32)
+    return (*_input_grads(dq, dc, tiles.query, keys, extra, spec.normalize), dscale.reshape(()), dbias)
+
+
+def _input_grads(dq, dc, query, keys, extra, normalize: bool):
+    """``(d query, d keys, d extra)`` from the unit rows' and columns' gradients ``dq [N, D]``, ``dc
+    [M_total, D]`` (fp32): keys that are the queries add their share into d query; an absent input gets
+    an empty ``[0]``; separate tensors, never views of one buffer (an op's outputs may not alias)."""
+    from contrastive_ops.kernels.normalize import normalize_backward
+
+    n_keys = query.shape[0] if keys is None else keys.shape[0]
     if keys is None:
         dq = dq + dc[:n_keys]
-    # separate tensors, never views of one buffer: an op's outputs may not alias each other
-    dk = dc[:n_keys].clone() if keys is not None else None
-    de = dc[n_keys:].clone() if extra is not None else None
 
     def finish(grad, x):
-        if grad is None:
-            return query.new_empty(0)
-        return normalize_backward(x, grad) if spec.normalize else grad.to(x.dtype)
+        return normalize_backward(x, grad) if normalize else grad.to(x.dtype)
 
-    dbias = dbias.reshape(()) if bias is not None else query.new_empty(0, dtype=torch.float32)
-    return finish(dq, tiles.query), finish(dk, keys), finish(de, extra), dscale.reshape(()), dbias
+    return (finish(dq, query), query.new_empty(0) if keys is None else finish(dc[:n_keys].clone(), keys),
+            query.new_empty(0) if extra is None else finish(dc[n_keys:].clone(), extra))
 
 
 _backward_op = torch.library.custom_op(
@@ -414,21 +418,9 @@ def _(query, keys, extra, scale, bias, band_lo, band_hi, *rest):
 def _pair_backward_impl(query, keys, extra, g_pair, dq1, dc1, dscale1, dbias1, normalize: bool):
     """``(d query, d keys, d extra, d scale, d bias)`` from :func:`_pair_forward_impl`'s products and the
     pair losses' incoming gradient ``g_pair [N]``: dQ̂ per row, the rest by its one value (the promise)."""
-    from contrastive_ops.kernels.normalize import normalize_backward
-
     g = g_pair.to(torch.float32)
     g0 = g[:1].sum()  # one value for every row (uniform_pair_grad); 0 without rows
-    dq = dq1 * g[:, None]
-    dc = dc1 * g0
-    n_keys = query.shape[0] if keys is None else keys.shape[0]
-    if keys is None:
-        dq = dq + dc[:n_keys]
-
-    def finish(grad, x):
-        return normalize_backward(x, grad) if normalize else grad.to(x.dtype)
-
-    return (finish(dq, query), query.new_empty(0) if keys is None else finish(dc[:n_keys].clone(), keys),
-            query.new_empty(0) if extra is None else finish(dc[n_keys:].clone(), extra), (dscale1 * g0).reshape(()),
+    return (*_input_grads(dq1 * g[:, None], dc1 * g0, query, keys, extra, normalize), (dscale1 * g0).reshape(()),
             (dbias1 * g0).reshape(()))
 
 
