@@ -349,9 +349,13 @@ def pair_route_used(w: Workload) -> bool:
     return hasattr(backend, "pair_route") and w.loss == "siglip" and w.switch("PAIRWISE_SIGMOID")
 
 
-def pair_launches(w: Workload, b, device: Device) -> list[Launch]:
-    """SigLIP's gradient formed in the forward (``kernels.contrastive_bwd.pair_forward``): one pass of dS
-    chunks that also sums the pair losses, their cuBLAS products, and a backward that only scales them."""
+def ds_chunk_launches(w: Workload, b, name: str, dq_products: bool = True, extra=(),
+                      extra_bytes: float = 0.0) -> list[Launch]:
+    """The dS chunk route (``kernels.contrastive_bwd``, D beyond the registers' or SigLIP's formed
+    gradient): one program per tile over every chunk (a launch per chunk), then per chunk the cuBLAS
+    products dQ̂ += dS·Ĉ (``dq_products``) and dĈ += dSᵀ·Q̂ at the measured rates of their shapes.
+    ``name`` begins each launch's name; ``extra``: the dS kernel's further constexprs (their bytes:
+    ``extra_bytes``)."""
     from contrastive_ops.kernels import contrastive_bwd as bwd
 
     item = ITEMSIZE[w.dtype]
@@ -360,25 +364,40 @@ def pair_launches(w: Workload, b, device: Device) -> list[Launch]:
     grads = (n + mt) * d * 4
     rows, cols = bwd.chunk_shape(n, mt, item, b)
     chunks = cdiv(n, rows) * cdiv(mt, cols)
-    stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b, {"PAIR_LOSS": True},
+    stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b, dict(extra),
                    plain_fraction=plain_fraction(w, b))
     tiles = cdiv(min(rows, n), b.block_m) * cdiv(min(cols, mt), b.block_n)
     ds_bytes = float(n) * mt * item
-    loss_parts = float(n) * cdiv(mt, b.block_n) * 4 * 2  # written, then summed
+    out = [Launch(f"{name} dS chunks" + (" with the pair losses" if extra else ""), stats, tiles * chunks, 1,
+                  cdiv(d, b.block_d_for(d)), 2.0 * n * mt * d, ds_bytes + inputs * cdiv(n, rows) + extra_bytes,
+                  note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles")]
     row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
-    chunk_r, chunk_c = min(rows, n), min(cols, mt)
-    gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
-                  + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
-    return [
-        Launch("pair forward: dS chunks with the pair losses", stats, tiles * chunks, 1, cdiv(d, b.block_d_for(d)),
-               2.0 * n * mt * d, ds_bytes + inputs * cdiv(n, rows) + loss_parts,
-               note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"),
-        Launch("pair forward: dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d, gemm_bytes,
-               note="cuBLAS, fp32 output, added into the fp32 rows",
-               gemms=((chunk_r, d, chunk_c, chunks, 4, True), (chunk_c, d, chunk_r, chunks, 4, True))),
+    chunk_r, chunk_c = min(rows, n), min(cols, mt)  # each chunk's products (cuBLAS: the measured rate of its shape)
+    # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
+    # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
+    if dq_products:
+        gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
+                      + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
+        out.append(Launch(f"{name} dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d, gemm_bytes,
+                          note="cuBLAS, fp32 output, added into the fp32 rows",
+                          gemms=((chunk_r, d, chunk_c, chunks, 4, True), (chunk_c, d, chunk_r, chunks, 4, True))))
+    else:  # the forward's row products made dQ̂: only the dĈ products
+        gemm_bytes = ds_bytes + col_chunks * n * d * item + 16.0 * d * row_chunks * mt + grads
+        out.append(Launch(f"{name} dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 2.0 * n * mt * d, gemm_bytes,
+                          note="cuBLAS, fp32 output, added into the fp32 rows",
+                          gemms=((chunk_c, d, chunk_r, chunks, 4, True),)))
+    return out
+
+
+def pair_launches(w: Workload, b, device: Device) -> list[Launch]:
+    """SigLIP's gradient formed in the forward (``kernels.contrastive_bwd.pair_forward``): one pass of dS
+    chunks that also sums the pair losses, their cuBLAS products, and a backward that only scales them."""
+    item = ITEMSIZE[w.dtype]
+    n, mt, d = w.n, w.m_total, w.d
+    loss_parts = float(n) * cdiv(mt, b.block_n) * 4 * 2  # a partial per row and column tile, written, then summed
+    return ds_chunk_launches(w, b, "pair forward:", extra=(("PAIR_LOSS", True),), extra_bytes=loss_parts) + [
         Launch("backward: the forward's products scaled" + (", normalize backward" if w.switch("NORMALIZE") else ""),
-               None, 0, 0, 1, 0.0, 2 * grads + inputs * 2),
-    ]
+               None, 0, 0, 1, 0.0, 2 * (n + mt) * d * 4 + (n + mt) * d * item * 2)]
 
 
 def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch]:
@@ -438,31 +457,7 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
                               inputs * cdiv(programs, slots) + grads / 2 + traffic,
                               note="fp32 rows read+written per tile" if sliced else "accumulators in registers"))
     else:
-        rows, cols = bwd.chunk_shape(n, mt, item, b)
-        chunks = cdiv(n, rows) * cdiv(mt, cols)
-        stats = _stats("contrastive_ops.kernels.contrastive_bwd", "_contrastive_bwd_ds_kernel", w, b,
-                       plain_fraction=plain_fraction(w, b))
-        tiles = cdiv(min(rows, n), b.block_m) * cdiv(min(cols, mt), b.block_n)
-        ds_bytes = float(n) * mt * item
-        # one program per tile, over all chunks (a launch per chunk of `tiles` programs)
-        out.append(Launch("backward dS chunks", stats, tiles * chunks, 1, ks_b, 2.0 * n * mt * d,
-                          ds_bytes + inputs * cdiv(n, rows),
-                          note=f"{chunks} chunks of {rows}×{cols}; each launch {tiles} tiles"))
-        row_chunks, col_chunks = cdiv(n, rows), cdiv(mt, cols)
-        chunk_r, chunk_c = min(rows, n), min(cols, mt)  # each chunk's products (cuBLAS: the measured rate of its shape)
-        # per chunk and product: dS and the other side's rows read, an fp32 product written, then read
-        # and added into the fp32 rows (4 fp32 row passes); one scaling pass over dQ̂, dĈ at the end
-        if row_products:  # only the dĈ products
-            gemm_bytes = ds_bytes + col_chunks * n * d * item + 16.0 * d * row_chunks * mt + grads
-            out.append(Launch("backward dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 2.0 * n * mt * d,
-                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows",
-                              gemms=((chunk_c, d, chunk_r, chunks, 4, True),)))
-        else:
-            gemm_bytes = (2 * ds_bytes + row_chunks * mt * d * item + col_chunks * n * d * item
-                          + 16.0 * d * (col_chunks * n + row_chunks * mt) + 2 * grads)
-            out.append(Launch("backward dQ += dS·Ĉ, dĈ += dSᵀ·Q̂ (torch.mm)", None, 0, 0, 1, 4.0 * n * mt * d,
-                              gemm_bytes, note="cuBLAS, fp32 output, added into the fp32 rows",
-                              gemms=((chunk_r, d, chunk_c, chunks, 4, True), (chunk_c, d, chunk_r, chunks, 4, True))))
+        out.extend(ds_chunk_launches(w, b, "backward", dq_products=not row_products))
     if w.switch("NORMALIZE") and hasattr(bwd, "unit_rows"):
         # Q̂ and Ĉ read and written; with row products only Q̂ (no dQ product needs Ĉ)
         unit_bytes = 2 * n * d * item if row_products else 2 * inputs
