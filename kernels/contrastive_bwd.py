@@ -34,9 +34,8 @@ from .tiles import (
     pipeline_start,
     pipeline_step,
     plain_tile,
-    tile_cosines,
+    tile_cosine_parts,
     tile_denominator,
-    tile_dot_rows,
     tile_logit_grad,
     tile_norms,
     tile_roles,
@@ -47,61 +46,69 @@ _DS_TARGET = 2.0 ** 14
 
 
 @triton.jit
-def _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads, ROLE: tl.constexpr,
-               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr, PAIR_LOSS: tl.constexpr = False):
+def _tile_grad(cosines, half, row_scale, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M, roles, grads,
+               ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr, PAIR_LOSS: tl.constexpr = False,
+               SHARED_EXP: tl.constexpr = False):
     """``(σ·dL/dS, σ·dL/dS of the sigmoid term, the rows' pair losses)`` of the tile ``rows × cols`` (fp32)
     from its cosines, recomputed exactly as the forward computes them (``σ = sigma``: the power of two of
     :func:`ds_scale`, applied to the incoming gradients, which gives the same bits as scaling each pair);
-    ``PLAIN`` as ``tiles.plain_tile``; the pair losses with ``PAIR_LOSS`` (``tiles.tile_logit_grad``)."""
+    ``half`` and ``row_scale = scale·rq`` as ``tiles.exp_of_cosines`` takes them; ``PLAIN`` as
+    ``tiles.plain_tile``; the pair losses with ``PAIR_LOSS`` and the exponentials' share with ``SHARED_EXP``
+    (``tiles.tile_logit_grad``)."""
     logits = scale * cosines
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
-    return tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
+    return tile_logit_grad(logits, half, row_scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
                            bias, beta, sigma, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN,
-                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES, PAIR_LOSS)
+                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES, PAIR_LOSS, SHARED_EXP)
 
 
 @triton.jit
 def _tile_grad_any(inputs, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
                    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, COLUMN_TERMS: tl.constexpr,
                    HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAIR_LOSS: tl.constexpr = False):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PAIR_LOSS: tl.constexpr = False,
+                   SHARED_EXP: tl.constexpr = False):
     """``(σ·dL/dS, cosines, σ·dL/dS of the sigmoid term, the rows' pair losses)`` of the tile at ``(row0,
     c0)``: the cosines once, then the gradient by the plain branch where the tile allows it (no per-pair
     role tests) and ``inside`` (the caller's masks cut nothing off the tile)."""
     Q, C, RQ, RC, _, _ = inputs
     D, stride_q, stride_c = sizes[3], sizes[4], sizes[5]
-    cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                           NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    grad, pair_grad, pair_loss = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside,
-                                               rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,
-                                               PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, PAIR_LOSS)
+    cosines, half, rq = tile_cosine_parts(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                          NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    grad, pair_grad, pair_loss = _tile_grad_of(cosines, half, rq, roles, sizes, grads, scale, bias, sigma, row0, c0,
+                                               inside, rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS,
+                                               HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, PAIR_LOSS,
+                                               SHARED_EXP)
     return grad, cosines, pair_grad, pair_loss
 
 
 @triton.jit
-def _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask, col_mask,
-                  ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
+def _tile_grad_of(cosines, half, rq, roles, sizes, grads, scale, bias, sigma, row0, c0, inside, rows, cols, row_mask,
+                  col_mask, ROLE: tl.constexpr, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
                   PAIRWISE_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PAIR_LOSS: tl.constexpr = False):
+                  PAIR_LOSS: tl.constexpr = False, SHARED_EXP: tl.constexpr = False):
     """``(σ·dL/dS, σ·dL/dS of the sigmoid term, the rows' pair losses)``: :func:`_tile_grad_any` on the
-    tile's cosines already made."""
+    tile's ``(cosines, half, rq)`` already made (``tiles.tile_norms``)."""
     N, M, M_TOTAL, beta = sizes[0], sizes[1], sizes[2], sizes[6]
     # a plain tile with a Ring band tests the band alone (tiles.tile_denominator)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     plain = False
     if MAY_BE_PLAIN:
         plain = plain_tile(row0, c0, inside, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
+    row_scale = scale * rq
     # the same call in both branches: PLAIN is a compile-time switch, the plain test a runtime value
     if plain:
-        grad, pair_grad, pair_loss = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M,
-                                                roles, grads, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
-                                                BLOCK_M, BLOCK_N, True, PAIR_LOSS)
+        grad, pair_grad, pair_loss = _tile_grad(cosines, half, row_scale, scale, bias, beta, sigma, rows, cols,
+                                                row_mask, col_mask, M, roles, grads, ROLE, COLUMN_TERMS,
+                                                HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True, PAIR_LOSS,
+                                                SHARED_EXP)
     else:
-        grad, pair_grad, pair_loss = _tile_grad(cosines, scale, bias, beta, sigma, rows, cols, row_mask, col_mask, M,
-                                                roles, grads, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID,
-                                                BLOCK_M, BLOCK_N, False, PAIR_LOSS)
+        grad, pair_grad, pair_loss = _tile_grad(cosines, half, row_scale, scale, bias, beta, sigma, rows, cols,
+                                                row_mask, col_mask, M, roles, grads, ROLE, COLUMN_TERMS,
+                                                HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False, PAIR_LOSS,
+                                                SHARED_EXP)
     return grad, pair_grad, pair_loss
 
 
@@ -135,11 +142,12 @@ def _contrastive_bwd_dq_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
-                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
-        grad, pair_grad, _no_loss = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, row_block * BLOCK_M,
-                                                  c0, True, rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS,
-                                                  HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
+        cosines, half, rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D,
+                                               stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
+                                               INPUT_PRECISION, PIPELINE)
+        grad, pair_grad, _no_loss = _tile_grad_of(cosines, half, rq, roles, sizes, grads, scale, bias, sigma,
+                                                  row_block * BLOCK_M, c0, True, rows, cols, row_mask, col_mask, ROLE,
+                                                  COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N)
         dscale += tl.sum(grad * cosines, axis=1)  # σ times (a power of two: divided out at the end)
         if PAIRWISE_SIGMOID:
             dbias += tl.sum(pair_grad, axis=1)
@@ -161,7 +169,9 @@ def _contrastive_bwd_dc_kernel(
     BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
     """Register route, columns: ``dĈ = s·dSᵀ·Q̂`` for one column block (``D <= BLOCK_D``). Argument
-    groups as ``problem.GROUPS`` lists them."""
+    groups as ``problem.GROUPS`` lists them. Its epilogue is one exponential per pair and its cast: the
+    ``ex2`` unit binds, so plain tiles share their exponentials with the FP32 pipeline
+    (``tiles.exp2_shared``)."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
     Q, C, RQ, RC, SCALE, BIAS = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5]
     N, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[2], sizes[3], sizes[4], sizes[5]
@@ -175,33 +185,39 @@ def _contrastive_bwd_dc_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    first = tl.arange(0, BLOCK_M)
+    # row addresses advanced by a block per tile (no per-row 64-bit products in the tile loop)
+    step = BLOCK_M * stride_q.to(tl.int64)
+    qh_rows = QH + first.to(tl.int64)[:, None] * stride_q + offs_d[None, :]
     if PIPELINE:
         c_block = column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D)
-        first = tl.arange(0, BLOCK_M)
-        raw_next = tile_dot_rows(Q, first, first < N, c_block, D, stride_q, BLOCK_M, BLOCK_N, BLOCK_D,
-                                 INPUT_PRECISION)
+        q_rows = Q + first.to(tl.int64)[:, None] * stride_q + offs_d[None, :]
+        q = tl.load(q_rows, mask=(first < N)[:, None] & d_mask[None, :], other=0.0)
+        raw_next = tl.dot(q, c_block, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
     for r0 in range(0, N, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
+        rows = r0 + first
         row_mask = rows < N
         # the tile in the forward's orientation (rows × cols): the very same logits
         if PIPELINE:
             raw = raw_next
             ahead = rows + BLOCK_M  # past the last block: all masked, a product of zeros never read
-            raw_next = tile_dot_rows(Q, ahead, ahead < N, c_block, D, stride_q, BLOCK_M, BLOCK_N, BLOCK_D,
-                                     INPUT_PRECISION)
-            cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
-            grad = _tile_grad_of(cosines, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N, True, rows,
-                                 cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M,
-                                 BLOCK_N)[0]
+            q_rows += step
+            q = tl.load(q_rows, mask=(ahead < N)[:, None] & d_mask[None, :], other=0.0)
+            raw_next = tl.dot(q, c_block, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32),
+                              input_precision=INPUT_PRECISION)
+            cosines, half, rq = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+            grad = _tile_grad_of(cosines, half, rq, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N,
+                                 True, rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,
+                                 PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False, True)[0]
         else:
             grad = _tile_grad_any(
                 inputs, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N, True, rows, cols, row_mask,
                 col_mask, ROLE, NORMALIZE, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, INPUT_PRECISION, BLOCK_M,
-                BLOCK_N, BLOCK_D)[0]
+                BLOCK_N, BLOCK_D, False, True)[0]
         # dĈ = s·dSᵀ·Q̂ on the unit rows QH
-        q = tl.load(QH + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
-                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = tl.dot(tl.trans(grad.to(Q.dtype.element_ty)), q, acc, input_precision=INPUT_PRECISION)
+        q_hat = tl.load(qh_rows, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        qh_rows += step
+        acc = tl.dot(tl.trans(grad.to(Q.dtype.element_ty)), q_hat, acc, input_precision=INPUT_PRECISION)
     tl.store(DC + cols.to(tl.int64)[:, None] * stride_dc + offs_d[None, :], acc * (scale / sigma),
              mask=col_mask[:, None] & d_mask[None, :])
 

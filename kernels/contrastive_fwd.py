@@ -32,24 +32,26 @@ from .tiles import (
     pipeline_start,
     pipeline_step,
     plain_tile,
+    row_norms,
     tile_denominator,
     tile_roles,
 )
 
 
 @triton.jit
-def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, cosines=0.0, scale=0.0,
-                 FROM_COSINES: tl.constexpr = False):
+def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, half=0.0, row_scale=0.0,
+                 FROM_COSINES: tl.constexpr = False, SHARED_EXP: tl.constexpr = False):
     """One tile's step of an online softmax along ``AXIS`` of ``values`` (per row: 1, per column: 0),
     over ``mask`` (everywhere with ``ALL``): ``(new max, factor that rescales the running sum,
     e^(values - new max) (0 outside the mask))``; a line with nothing yet keeps max -inf.
-    ``FROM_COSINES`` (with ``ALL``; ``values = scale·cosines``): the terms by ``tiles.exp_of_cosines``,
-    as every pass forms those of a plain tile without a band."""
+    ``FROM_COSINES`` (with ``ALL``; ``values = scale·cosines``): the terms by ``tiles.exp_of_cosines`` of
+    ``half`` and ``row_scale``, as every pass forms those of a plain tile without a band (``SHARED_EXP``:
+    shared with the FP32 pipeline, ``tiles.exp2_shared``)."""
     if ALL:  # the tile's max is finite: no guard against an empty line
         new_max = tl.maximum(run_max, tl.max(values, axis=AXIS))
         alpha = exp_minus(run_max, new_max)
         if FROM_COSINES:
-            p = exp_of_cosines(cosines, scale, tl.expand_dims(new_max, AXIS))
+            p = exp_of_cosines(half, row_scale, tl.expand_dims(new_max, AXIS), SHARED_EXP)
         else:
             p = exp_minus(values, tl.expand_dims(new_max, AXIS))
     else:
@@ -61,21 +63,22 @@ def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 
 
 
 @triton.jit
-def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, cosines=0.0, scale=0.0,
+def _online_lse(run_max, run_sum, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 1, half=0.0, row_scale=0.0,
                 FROM_COSINES: tl.constexpr = False):
     """One tile's update of online log-sum-exps (``(max, sum)`` per line, see :func:`_online_step`)."""
-    new_max, alpha, p = _online_step(run_max, values, mask, ALL, AXIS, cosines, scale, FROM_COSINES)
+    new_max, alpha, p = _online_step(run_max, values, mask, ALL, AXIS, half, row_scale, FROM_COSINES)
     return new_max, run_sum * alpha + tl.sum(p, axis=AXIS)
 
 
 @triton.jit
-def _bounded_lse(run_max, run_sum, cosines, scale, AXIS: tl.constexpr):
+def _bounded_lse(run_max, run_sum, half, row_scale, scale, AXIS: tl.constexpr):
     """:func:`_online_lse` of a tile whose logits ``scale·cosines`` are all in the sum and at most
     ``|scale|``: the lines' shift is ``max(run_max, |scale|)``, so the tile needs no max (no reduction
-    across it); terms by ``tiles.exp_of_cosines``."""
+    across it); terms by ``tiles.exp_of_cosines`` of ``half`` and ``row_scale``."""
     new_max = tl.maximum(run_max, tl.abs(scale))
     alpha = exp_minus(run_max, new_max)
-    return new_max, run_sum * alpha + tl.sum(exp_of_cosines(cosines, scale, tl.expand_dims(new_max, AXIS)), axis=AXIS)
+    terms = exp_of_cosines(half, row_scale, tl.expand_dims(new_max, AXIS))
+    return new_max, run_sum * alpha + tl.sum(terms, axis=AXIS)
 
 
 @triton.jit
@@ -97,7 +100,7 @@ def _finish_lse(run_max, run_sum, count):
 
 
 @triton.jit
-def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded, scale,
+def _fwd_tile(logits, half, row_scale, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded, scale,
               run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE: tl.constexpr,
               COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr, PAIRWISE_SIGMOID: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
@@ -106,7 +109,7 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
     positive is summed and, without a Ring band, the counts grow by the tile's size (with one, the
     band's two comparisons per pair are the only test). ``bounded`` (``tiles.logits_bounded``): every logit
     is at most ``|scale|``, where the rows' running max started, so such a tile needs no max of its own (no
-    reduction across it, no rescaling)."""
+    reduction across it, no rescaling). ``half`` and ``row_scale`` as ``tiles.exp_of_cosines`` takes them."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
@@ -117,9 +120,9 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
         run_sum += tl.sum(tl.where(den, exp_minus(logits, run_max[:, None]), 0.0), axis=1)
     elif ALL:
         if bounded:  # every logit is at most |scale| <= run_max (where it started): no max
-            run_sum += tl.sum(exp_of_cosines(cosines, scale, run_max[:, None]), axis=1)
+            run_sum += tl.sum(exp_of_cosines(half, row_scale, run_max[:, None]), axis=1)
         else:
-            run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL, 1, cosines, scale, True)
+            run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL, 1, half, row_scale, True)
     else:
         run_max, run_sum = _online_lse(run_max, run_sum, logits, den, ALL)
     if PAIRWISE_SIGMOID:
@@ -136,9 +139,9 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
             col_sum = tl.load(p_sum, mask=key_mask, other=0.0)
             if ALL and not HARD_NEGATIVES:
                 if bounded:  # every logit is at most |scale|: no max across the tile's rows
-                    col_max, col_sum = _bounded_lse(col_max, col_sum, cosines, scale, 0)
+                    col_max, col_sum = _bounded_lse(col_max, col_sum, half, row_scale, scale, 0)
                 else:
-                    col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0, cosines, scale, True)
+                    col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0, half, row_scale, True)
             else:
                 col_max, col_sum = _online_lse(col_max, col_sum, logits, den, ALL, 0)
             tl.store(p_max, col_max, mask=key_mask)
@@ -159,12 +162,15 @@ def _fwd_tile(logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, par
 
 
 @triton.jit
-def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale, run_max,
+def _row_grad_tile(logits, half, row_scale, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, run_max,
                    run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_D: tl.constexpr, PLAIN: tl.constexpr):
     """One tile's update of the row terms and of the online softmax products ``acc = Σ e^(S - max)·ĉ``
-    and ``e_acc = Σ e^(S - max)·cos`` (both rescaled with the running sum when the max grows: divided
-    by the final sum they are ``A_i`` and ``E_i``; ``PLAIN`` and ``bounded`` as in :func:`_fwd_tile`)."""
+    and ``e_acc = Σ e^(S - max)·half`` (both rescaled with the running sum when the max grows: divided
+    by the final sum they are ``A_i`` and ``E_i / rq_i``, ``half = cos / rq_i`` as ``tiles.tile_norms``
+    splits the cosines; ``PLAIN``, ``bounded`` and ``row_scale`` as in :func:`_fwd_tile`). Its epilogue is
+    one exponential per pair feeding the product: the ``ex2`` unit binds, so plain tiles share their
+    exponentials with the FP32 pipeline (``tiles.exp2_shared``)."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
     den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
@@ -173,44 +179,44 @@ def _row_grad_tile(logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH
                 mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
     if PLAIN and ROLE[HAS_BAND]:
         # the denominator's pairs are at most the band's top, where run_max started: no max, no rescaling
-        new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc,
+        new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc,
                                                        INPUT_PRECISION, False)
     elif PLAIN:
         if bounded:  # every logit is at most |scale| <= run_max (where it started): no max, no rescaling
-            new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc,
+            new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc,
                                                            e_acc, INPUT_PRECISION, True)
         else:
-            new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc,
+            new_max, run_sum, acc, e_acc = _row_grad_online(logits, half, row_scale, den, c, run_max, run_sum, acc,
                                                             e_acc, INPUT_PRECISION, ALL)
     else:
-        new_max, run_sum, acc, e_acc = _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc,
+        new_max, run_sum, acc, e_acc = _row_grad_online(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc,
                                                         INPUT_PRECISION, ALL)
     pos_sum, den_n, pos_n = _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N, ALL)
     return new_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n
 
 
 @triton.jit
-def _row_grad_fixed(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+def _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
                     ALL: tl.constexpr):
     """:func:`_row_grad_tile`'s update where ``run_max`` bounds every logit of the denominator in the tile
     (``ALL``: all of the tile's pairs are in it, by ``tiles.exp_of_cosines``): no max, no rescaling."""
     if ALL:
-        p = exp_of_cosines(cosines, scale, run_max[:, None])
+        p = exp_of_cosines(half, row_scale, run_max[:, None], True)  # see _row_grad_tile
     else:
         p = tl.where(den, exp_minus(logits, run_max[:, None]), 0.0)
     run_sum += tl.sum(p, axis=1)
-    e_acc += tl.sum(p * cosines, axis=1)
+    e_acc += tl.sum(p * half, axis=1)
     acc = tl.dot(p.to(c.dtype), c, acc, input_precision=INPUT_PRECISION)
     return run_max, run_sum, acc, e_acc
 
 
 @triton.jit
-def _row_grad_online(logits, cosines, scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+def _row_grad_online(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
                      ALL: tl.constexpr):
     """:func:`_row_grad_tile`'s online-softmax update (the exponentials feed the products too)."""
-    new_max, alpha, p = _online_step(run_max, logits, den, ALL, 1, cosines, scale, ALL)
+    new_max, alpha, p = _online_step(run_max, logits, den, ALL, 1, half, row_scale, ALL, True)  # see _row_grad_tile
     run_sum = run_sum * alpha + tl.sum(p, axis=1)
-    e_acc = e_acc * alpha + tl.sum(p * cosines, axis=1)
+    e_acc = e_acc * alpha + tl.sum(p * half, axis=1)
     # p <= 1: no scaling needed before the cast to the operands' dtype
     acc = tl.dot(p.to(c.dtype), c, acc * alpha[:, None], input_precision=INPUT_PRECISION)
     return new_max, run_sum, acc, e_acc
@@ -268,10 +274,11 @@ def _contrastive_fwd_kernel(
         for c0 in range(0, M_TOTAL, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             col_mask = cols < M_TOTAL
-            cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D,
-                                         stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION,
-                                         PIPELINE)
+            cosines, half, rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask,
+                                                   M_TOTAL, D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N,
+                                                   BLOCK_D, INPUT_PRECISION, PIPELINE)
             logits = scale * cosines
+            row_scale = scale * rq
             plain = False
             if MAY_BE_PLAIN:
                 plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
@@ -279,20 +286,20 @@ def _contrastive_fwd_kernel(
             if ROW_GRAD:
                 if plain:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale,
+                        logits, half, row_scale, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded,
                         run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, True)
                 else:
                     run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n = _row_grad_tile(
-                        logits, cosines, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded, scale,
+                        logits, half, row_scale, rows, cols, row_mask, col_mask, M, roles, CH, stride_c, D, bounded,
                         run_max, run_sum, acc, e_acc, pos_sum, den_n, pos_n, ROLE, INPUT_PRECISION, BLOCK_M, BLOCK_N, ACC_D, False)
             elif plain:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
+                    logits, half, row_scale, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
                     scale, run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, True)
             else:
                 run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n = _fwd_tile(
-                    logits, cosines, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
+                    logits, half, row_scale, rows, cols, row_mask, col_mask, c0, M, roles, partials, part_row, bias, beta, bounded,
                     scale, run_max, run_sum, beta_max, beta_sum, pair_loss, pos_sum, den_n, pos_n, ROLE, COLUMN_TERMS,
                     HARD_NEGATIVES, PAIRWISE_SIGMOID, BLOCK_M, BLOCK_N, False)
         tl.store(ROW_LSE + rows, _finish_lse(run_max, run_sum, den_n), mask=row_mask)
@@ -301,7 +308,7 @@ def _contrastive_fwd_kernel(
             offs_d = tl.arange(0, ACC_D)
             tl.store(ROW_DQ + rows.to(tl.int64)[:, None] * stride_dq + offs_d[None, :], acc * inv_sum[:, None],
                      mask=row_mask[:, None] & (offs_d < D)[None, :])
-            tl.store(ROW_DSCALE + rows, e_acc * inv_sum, mask=row_mask)
+            tl.store(ROW_DSCALE + rows, e_acc * row_norms(RQ, rows, row_mask, NORMALIZE) * inv_sum, mask=row_mask)
         if HARD_NEGATIVES:
             tl.store(ROW_LSE_BETA + rows, _finish_lse(beta_max, beta_sum, den_n), mask=row_mask)
         if PAIRWISE_SIGMOID:

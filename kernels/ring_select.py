@@ -171,8 +171,9 @@ def _ring_count_at_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
-                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
+        cosines, _half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
+                                                 D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
+                                                 INPUT_PRECISION, PIPELINE)
         logits = scale * cosines
         plain = False
         if MAY_BE_PLAIN:
@@ -220,8 +221,9 @@ def _ring_gather_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q,
-                                     stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION, PIPELINE)
+        cosines, _half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
+                                                 D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
+                                                 INPUT_PRECISION, PIPELINE)
         logits = scale * cosines
         inside = (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
                   | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))

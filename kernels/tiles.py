@@ -58,20 +58,85 @@ def logits_bounded(scale, M_TOTAL, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexp
 
 
 @triton.jit
-def exp_of_cosines(cosines, scale, shift):
-    """``e^(scale·cosines - shift)`` as one FFMA and one ``ex2`` per pair, ``scale·log2(e)`` formed once:
-    the logits themselves are never formed (one multiplication per pair fewer than :func:`exp_minus` of
-    the logits, whose last bit may differ). Every pass forms the terms of a plain tile without a Ring band
-    (and without hard negatives) this way, so a row's probabilities in the backward are those its
-    forward summed; other tiles use :func:`exp_minus` of their logits."""
-    return tl.math.exp2(cosines * (scale * LOG2E) - shift * LOG2E)
+def exp_of_cosines(half, row_scale, shift, SHARED: tl.constexpr = False):
+    """``e^(scale·cosines - shift)`` of a tile given as :func:`tile_norms` splits it: ``half`` (the raw
+    products times the columns' inverse norms) and ``row_scale = scale·rq_i`` (``[BLOCK_M]``), so that the
+    exponent is one FFMA per pair on a per-row factor (``scale·rq_i·log2(e)``, formed once per row) and
+    neither the cosines nor the logits are formed: two multiplications per pair fewer than :func:`exp_minus`
+    of the logits (whose last bit may differ). Every pass forms the terms of a plain tile without a Ring
+    band (and without hard negatives) this way, so a row's probabilities in the backward are those its
+    forward summed; other tiles use :func:`exp_minus` of their logits. ``SHARED``: by :func:`exp2_shared`
+    (for kernels whose epilogue the ``ex2`` unit binds)."""
+    x = half * (row_scale * LOG2E)[:, None] - shift * LOG2E
+    if SHARED:
+        y = exp2_shared(x)
+    else:
+        y = tl.math.exp2(x)
+    return y
+
+
+@triton.jit
+def exp2_emulated(x):
+    """``2^x`` for ``x`` in ``[-126, 127]`` on the FP32 pipeline, without the ``ex2`` unit (as FlashAttention-4
+    does for part of its exponentials, Zadouri et al. 2025): ``x = j + f`` with ``j`` an integer and ``|f| <= 1/2`` (adding ``1.5·2^23``
+    leaves ``j`` in the sum's last bits), ``2^f`` by a degree-5 polynomial with ``2^0 = 1`` exactly
+    (relative error at most 1.9e-7 in fp32, as ``ex2.approx``'s), ``j`` added to its exponent bits: nine
+    FP32 instructions instead of one ``ex2``."""
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.001326472731307149 * f + 0.009671512991189957
+    p = p * f + 0.05550733581185341
+    p = p * f + 0.24022242426872253
+    p = p * f + 0.6931470036506653
+    p = p * f + 1.0
+    return (p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _columns_halves(x):
+    """``x`` ``[R, C]`` as its first and last ``C/2`` columns."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    return tl.split(tl.permute(tl.reshape(x, (R, 2, C // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _columns_joined(a, b):
+    R: tl.constexpr = a.shape[0]
+    C: tl.constexpr = a.shape[1]
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (R, 2 * C))
+
+
+@triton.jit
+def exp2_shared(x):
+    """``2^x`` of a ``[R, C]`` tile (``x <= 127``), its first ``C/8`` columns by :func:`exp2_emulated` (their
+    arguments clamped at -126: ``2^-126`` for anything smaller, where ``ex2.approx.ftz`` gives 0), the others
+    by ``ex2``: the ``ex2`` unit (16 results per clock per SM on sm_90) and the FP32 pipeline (128) share
+    the work. For epilogues of one exponential per pair and few other instructions (the forward's row
+    products, the dC pass), where the ``ex2`` unit binds (``python -m benchmarks.static``); the column
+    splits are register moves in the MMA accumulator's layout (no shuffles, checked in the SASS)."""
+    a, b = _columns_halves(x)
+    a0, a1 = _columns_halves(a)
+    a00, a01 = _columns_halves(a0)
+    e0 = _columns_joined(exp2_emulated(tl.maximum(a00, -126.0)), tl.math.exp2(a01))
+    return _columns_joined(_columns_joined(e0, tl.math.exp2(a1)), tl.math.exp2(b))
 
 
 @triton.jit
 def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
                  NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """``<q̂_i, ĉ_j>`` of the tile ``rows × cols`` in fp32, ``[BLOCK_M, BLOCK_N]``.
+    """``<q̂_i, ĉ_j>`` of the tile ``rows × cols`` in fp32, ``[BLOCK_M, BLOCK_N]``: the first of
+    :func:`tile_cosine_parts`."""
+    return tile_cosine_parts(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c, NORMALIZE,
+                             BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)[0]
+
+
+@triton.jit
+def tile_cosine_parts(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                      NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``(cosines, half, rq)`` of the tile ``rows × cols`` (:func:`tile_norms`), fp32.
 
     The dot products run over D in ``BLOCK_D`` chunks on the raw rows; the inverse norms ``RQ``
     and ``RC`` (fp32) are applied to the fp32 result, so no normalized copy is ever written.
@@ -91,12 +156,28 @@ def tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stri
 
 @triton.jit
 def tile_norms(acc, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE: tl.constexpr):
-    """``acc`` (raw dot products of the tile) times the rows' and columns' inverse norms."""
+    """``(cosines, half, rq)`` of a tile's raw dot products ``acc``: ``half = acc·rc_j`` (the columns'
+    inverse norms), ``rq`` the rows' (``[BLOCK_M]``; ones without ``NORMALIZE``) and ``cosines =
+    half·rq_i``. A plain tile's exponentials need only ``half`` and one factor per row
+    (:func:`exp_of_cosines`); the compiler drops the cosines where nothing else reads them."""
+    rq = row_norms(RQ, rows, row_mask, NORMALIZE)
+    if NORMALIZE:
+        half = acc * tl.load(RC + cols, mask=col_mask, other=0.0)[None, :]
+        cosines = half * rq[:, None]
+    else:
+        half = acc
+        cosines = acc
+    return cosines, half, rq
+
+
+@triton.jit
+def row_norms(RQ, rows, row_mask, NORMALIZE: tl.constexpr):
+    """The rows' inverse norms (fp32 ``[BLOCK_M]``; ones without ``NORMALIZE``), as :func:`tile_norms` reads them."""
     if NORMALIZE:
         rq = tl.load(RQ + rows, mask=row_mask, other=0.0)
-        rc = tl.load(RC + cols, mask=col_mask, other=0.0)
-        acc = acc * rq[:, None] * rc[None, :]
-    return acc
+    else:
+        rq = tl.where(row_mask, 1.0, 1.0)
+    return rq
 
 
 @triton.jit
@@ -127,40 +208,29 @@ def pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M
 def pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL, D, stride_q, stride_c,
                   NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, PIPELINE: tl.constexpr):
-    """``(cosines of the tile at cols, the raw product to carry)`` in a tile loop over the columns. With
-    ``PIPELINE`` (``kernels.config.pipelined``) the next tile's product is issued first (past the last
-    tile: all masked, a product of zeros never read), then ``raw``, made a tile earlier, gets its
-    norms, so the caller's epilogue overlaps that product; without, :func:`tile_cosines`. The same
-    bits either way."""
+    """``(cosines, half, rq, the raw product to carry)`` of the tile at cols (:func:`tile_norms`) in a tile
+    loop over the columns. With ``PIPELINE`` (``kernels.config.pipelined``) the next tile's product is
+    issued first (past the last tile: all masked, a product of zeros never read), then ``raw``, made a
+    tile earlier, gets its norms, so the caller's epilogue overlaps that product; without,
+    :func:`tile_cosine_parts`. The same bits either way."""
     if PIPELINE:
         ahead = cols + BLOCK_N
         carried = tile_dot(q_block, C, ahead, ahead < M_TOTAL, D, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
                            INPUT_PRECISION)
-        cosines = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
+        cosines, half, rq = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
     else:
         carried = raw
-        cosines = tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                               NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
-    return cosines, carried
+        cosines, half, rq = tile_cosine_parts(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                              NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+    return cosines, half, rq, carried
 
 
 @triton.jit
 def column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D: tl.constexpr):
-    """The column block's ``[BLOCK_D, BLOCK_N]`` operand of :func:`tile_dot_rows` (``D <= BLOCK_D``)."""
+    """The column block's ``[BLOCK_D, BLOCK_N]`` operand of a product with row blocks (``D <= BLOCK_D``)."""
     offs_d = tl.arange(0, BLOCK_D)
     return tl.load(C + cols.to(tl.int64)[None, :] * stride_c + offs_d[:, None],
                    mask=col_mask[None, :] & (offs_d < D)[:, None], other=0.0)
-
-
-@triton.jit
-def tile_dot_rows(Q, rows, row_mask, c_t, D, stride_q, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """:func:`tile_dot` with the columns fixed (``c_t``, :func:`column_block_operand`) and the rows
-    loaded: a loop over row blocks issues the next block's product ahead the same way."""
-    offs_d = tl.arange(0, BLOCK_D)
-    q = tl.load(Q + rows.to(tl.int64)[:, None] * stride_q + offs_d[None, :],
-                mask=row_mask[:, None] & (offs_d < D)[None, :], other=0.0)
-    return tl.dot(q, c_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
 
 
 @triton.jit
@@ -329,10 +399,10 @@ def _reciprocal(v):
 
 
 @triton.jit
-def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias,
+def tile_logit_grad(logits, half, row_scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads, bias,
                     beta, g_scale, COLUMN_TERMS: tl.constexpr, HARD_NEGATIVES: tl.constexpr,
                     PAIRWISE_SIGMOID: tl.constexpr, PLAIN: tl.constexpr = False, FROM_COSINES: tl.constexpr = False,
-                    PAIR_LOSS: tl.constexpr = False):
+                    PAIR_LOSS: tl.constexpr = False, SHARED_EXP: tl.constexpr = False):
     """``(dL/dS, dL/dS from the pairwise-sigmoid term alone, the rows' pair losses)`` of the tile, the first
     two times ``g_scale``; the pair losses (``[BLOCK_M]``, the forward's sums) with ``PAIR_LOSS`` only (else
     0), from the same exponentials as their gradient. ``PAIR_LOSS`` is for the pairwise sigmoid alone (SigLIP's
@@ -350,7 +420,8 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
     ``g_scale`` multiplies the incoming gradients (per row or column, not per pair): a power of two (the
     backward's ``σ``) gives the bits of the product taken afterwards, one multiplication per pair fewer.
     ``FROM_COSINES`` (a plain tile without a Ring band or hard negatives, as in the forward): the softmax
-    terms by :func:`exp_of_cosines` (``logits = scale·cosines``).
+    terms by :func:`exp_of_cosines` of ``half`` and ``row_scale`` (:func:`tile_norms`; unused otherwise),
+    with ``SHARED_EXP`` by :func:`exp2_shared`.
     """
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
@@ -365,7 +436,7 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
         p_beta = tl.where(den, exp_minus(beta * logits, lse_beta[:, None]), 0.0)
         grad = (1.0 + beta) * p_main * g_row_lse[:, None] + beta * p_beta * g_lse_beta[:, None]
     elif FROM_COSINES:
-        grad = tl.where(den, exp_of_cosines(cosines, scale, row_lse[:, None]), 0.0) * g_row_lse[:, None]
+        grad = tl.where(den, exp_of_cosines(half, row_scale, row_lse[:, None], SHARED_EXP), 0.0) * g_row_lse[:, None]
     else:
         grad = tl.where(den, exp_minus(logits, row_lse[:, None]), 0.0) * g_row_lse[:, None]
     if not (PLAIN or PAIR_LOSS):
@@ -375,7 +446,7 @@ def tile_logit_grad(logits, cosines, scale, positive, candidate, den, rows, row_
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
         g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0) * g_scale
         if FROM_COSINES:  # no positive, no band: extra negatives have no column terms
-            grad += tl.where(key_mask[None, :], exp_of_cosines(cosines, scale, col_lse[None, :]) * g_col_lse[None, :],
+            grad += tl.where(key_mask[None, :], exp_of_cosines(half, row_scale, col_lse[None, :], SHARED_EXP) * g_col_lse[None, :],
                              0.0)
         elif PLAIN:  # no positive; extra negatives have no column terms (``den``: a constant without a band)
             grad += tl.where(den & key_mask[None, :], exp_minus(logits, col_lse[None, :]) * g_col_lse[None, :], 0.0)

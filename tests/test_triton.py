@@ -432,3 +432,43 @@ def test_the_tuner_can_be_held_to_its_first_candidates(monkeypatch):
     assert cfg.candidate_limit() is None
     monkeypatch.delenv("CONTRASTIVE_OPS_TRITON_CANDIDATES")
     assert cfg.candidate_limit() == cfg.DEFAULT_CANDIDATES
+
+
+if _AVAILABLE:  # kernels that apply tiles.exp2_emulated to a vector and tiles.exp2_shared to a tile
+    import triton
+    import triton.language as tl
+
+    from contrastive_ops.kernels.tiles import exp2_emulated, exp2_shared
+
+    @triton.jit
+    def _emulated_probe(X, Y, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(Y + offs, exp2_emulated(tl.load(X + offs)))
+
+    @triton.jit
+    def _shared_probe(X, Y, R: tl.constexpr, C: tl.constexpr):
+        offs = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+        tl.store(Y + offs, exp2_shared(tl.load(X + offs)))
+
+
+def test_emulated_exponential_matches_exp2(seed):
+    """``tiles.exp2_emulated`` (2^x on the FP32 pipeline) within 2 fp32 ulps of 2^x over [-126, 1], 2^0
+    exactly 1; ``tiles.exp2_shared`` splits a tile between it (the first eighth of the columns, arguments
+    below -126 clamped) and ``ex2``: every column within the same bound, nothing below -126 turns into
+    garbage."""
+    x = torch.cat([torch.rand(4093, device=DEVICE) * -127.0 + 1.0,
+                   torch.tensor([0.0, -126.0, 1.0], device=DEVICE)])
+    y = torch.empty_like(x)
+    _emulated_probe[(1,)](x, y, x.numel())
+    exact = torch.exp2(x.double())
+    assert ((y.double() - exact).abs() / exact).max().item() <= 2 * 2.0 ** -23
+    assert y[-3].item() == 1.0
+    tile = torch.rand(16, 64, device=DEVICE) * -120.0
+    tile[:, :8] -= 40.0 * torch.rand(16, 8, device=DEVICE)  # some below -126 in the emulated columns
+    out = torch.empty_like(tile)
+    _shared_probe[(1,)](tile, out, 16, 64)
+    exact = torch.exp2(tile.double())
+    normal = tile >= -126.0
+    rel = ((out.double() - exact).abs() / exact)[normal]
+    assert rel.max().item() <= 2 * 2.0 ** -23
+    assert (out[~normal] <= 2.0 ** -126).all() and (out[~normal] >= 0).all()
