@@ -36,6 +36,7 @@ from .tiles import (
     plain_tile,
     tile_cosine_parts,
     tile_denominator,
+    tile_dot_rows,
     tile_logit_grad,
     tile_norms,
     tile_roles,
@@ -192,8 +193,7 @@ def _contrastive_bwd_dc_kernel(
     if PIPELINE:
         c_block = column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D)
         q_rows = Q + first.to(tl.int64)[:, None] * stride_q + offs_d[None, :]
-        q = tl.load(q_rows, mask=(first < N)[:, None] & d_mask[None, :], other=0.0)
-        raw_next = tl.dot(q, c_block, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
+        raw_next = tile_dot_rows(q_rows, first < N, d_mask, c_block, BLOCK_M, BLOCK_N, INPUT_PRECISION)
     for r0 in range(0, N, BLOCK_M):
         rows = r0 + first
         row_mask = rows < N
@@ -202,9 +202,7 @@ def _contrastive_bwd_dc_kernel(
             raw = raw_next
             ahead = rows + BLOCK_M  # past the last block: all masked, a product of zeros never read
             q_rows += step
-            q = tl.load(q_rows, mask=(ahead < N)[:, None] & d_mask[None, :], other=0.0)
-            raw_next = tl.dot(q, c_block, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32),
-                              input_precision=INPUT_PRECISION)
+            raw_next = tile_dot_rows(q_rows, ahead < N, d_mask, c_block, BLOCK_M, BLOCK_N, INPUT_PRECISION)
             cosines, half, rq = tile_norms(raw, RQ, RC, rows, cols, row_mask, col_mask, NORMALIZE)
             grad = _tile_grad_of(cosines, half, rq, roles, sizes, grads, scale, bias, sigma, r0, col_block * BLOCK_N,
                                  True, rows, cols, row_mask, col_mask, ROLE, COLUMN_TERMS, HARD_NEGATIVES,

@@ -227,10 +227,20 @@ def pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_
 
 @triton.jit
 def column_block_operand(C, cols, col_mask, D, stride_c, BLOCK_D: tl.constexpr):
-    """The column block's ``[BLOCK_D, BLOCK_N]`` operand of a product with row blocks (``D <= BLOCK_D``)."""
+    """The column block's ``[BLOCK_D, BLOCK_N]`` operand of :func:`tile_dot_rows` (``D <= BLOCK_D``)."""
     offs_d = tl.arange(0, BLOCK_D)
     return tl.load(C + cols.to(tl.int64)[None, :] * stride_c + offs_d[:, None],
                    mask=col_mask[None, :] & (offs_d < D)[:, None], other=0.0)
+
+
+@triton.jit
+def tile_dot_rows(q_rows, row_mask, d_mask, c_t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr):
+    """:func:`tile_dot` with the columns fixed (``c_t``, :func:`column_block_operand`) and the rows loaded
+    from ``q_rows`` (``[BLOCK_M, BLOCK_D]`` addresses, advanced by the caller): a loop over row blocks
+    issues the next block's product ahead the same way."""
+    q = tl.load(q_rows, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    return tl.dot(q, c_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), input_precision=INPUT_PRECISION)
 
 
 @triton.jit

@@ -437,7 +437,6 @@ def test_the_tuner_can_be_held_to_its_first_candidates(monkeypatch):
 if _AVAILABLE:  # kernels that apply tiles.exp2_emulated to a vector and tiles.exp2_shared to a tile
     import triton
     import triton.language as tl
-
     from contrastive_ops.kernels.tiles import exp2_emulated, exp2_shared
 
     @triton.jit
