@@ -78,8 +78,9 @@ def exp_of_cosines(half, row_scale, shift, SHARED: tl.constexpr = False):
 @triton.jit
 def exp2_emulated(x):
     """``2^x`` for ``x`` in ``[-126, 127]`` on the FP32 pipeline, without the ``ex2`` unit (as FlashAttention-4
-    does for part of its exponentials, Zadouri et al. 2025): ``x = j + f`` with ``j`` an integer and ``|f| <= 1/2`` (adding ``1.5·2^23``
-    leaves ``j`` in the sum's last bits), ``2^f`` by a degree-5 polynomial with ``2^0 = 1`` exactly
+    does for part of its exponentials, Zadouri et al. 2025): ``x = j + f`` with ``j`` an integer and
+    ``|f| <= 1/2`` (adding ``1.5·2^23`` leaves ``j`` in the sum's last bits), ``2^f`` by a degree-5
+    polynomial with ``2^0 = 1`` exactly
     (relative error at most 1.9e-7 in fp32, as ``ex2.approx``'s), ``j`` added to its exponent bits: nine
     FP32 instructions instead of one ``ex2``."""
     t = x + 12582912.0
@@ -102,6 +103,7 @@ def _columns_halves(x):
 
 @triton.jit
 def _columns_joined(a, b):
+    """The ``[R, 2C]`` tile whose first and last ``C`` columns are ``a`` and ``b`` (:func:`_columns_halves`'s inverse)."""
     R: tl.constexpr = a.shape[0]
     C: tl.constexpr = a.shape[1]
     return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (R, 2 * C))
@@ -109,7 +111,7 @@ def _columns_joined(a, b):
 
 @triton.jit
 def exp2_shared(x):
-    """``2^x`` of a ``[R, C]`` tile (``x <= 127``), its first ``C/8`` columns by :func:`exp2_emulated` (their
+    """``2^x`` of a ``[R, C]`` tile (``x <= 127``; ``C`` a power of two, at least 8), its first ``C/8`` columns by :func:`exp2_emulated` (their
     arguments clamped at -126: ``2^-126`` for anything smaller, where ``ex2.approx.ftz`` gives 0), the others
     by ``ex2``: the ``ex2`` unit (16 results per clock per SM on sm_90) and the FP32 pipeline (128) share
     the work. For epilogues of one exponential per pair and few other instructions (the forward's row
