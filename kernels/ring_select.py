@@ -19,6 +19,8 @@ The candidates of row ``i`` sorted in descending order, the band holds ranks ``[
    slots, sorted afterwards. Counts and gathered values come from the same tiles, so it is exact
    too; rows whose brackets overflow the slots go to step 2 (their row blocks only).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -136,14 +138,41 @@ def ring_band(tiles, config, rank_top, rank_bottom):
 
 #: Columns of the sample the thresholds are estimated from (all of them for smaller problems).
 SAMPLE_COLUMNS = 2048
-#: Thresholds per row for the top of the band (rank lo) and for its bottom (rank hi - 1): the bottom's
-#: rank lies deeper in the row, where a sample estimates it less precisely.
-TOP_THRESHOLDS, BOTTOM_THRESHOLDS = 6, 10
 #: Slots per row of the gathering pass (both brackets together; 4 KiB per row): a row whose brackets hold
 #: more candidates falls back to the radix search.
 GATHER_SLOTS = 1024
 #: The thresholds span this many standard deviations of the sample's rank estimate on each side.
 COVER = 5.0
+#: The share of the slots the two brackets are expected to fill together (:func:`threshold_counts`); on
+#: random unit vectors at 32768² × 128 the fullest of 32768 rows held about twice the mean.
+SLOT_SHARE = 1.0 / 3.0
+#: At most this many thresholds per rank: the counting pass compares and sums once per threshold and pair.
+MAX_THRESHOLDS = 32
+
+
+def _spread(q, present):
+    """Half the span of a rank's thresholds, in sample positions: ``COVER`` standard deviations of the
+    position of quantile ``q`` among ``present`` sampled candidates (binomial), plus one."""
+    return COVER * (q * (1.0 - q) * present) ** 0.5 + 1.0
+
+
+def threshold_counts(columns, outer, inner, sample=SAMPLE_COLUMNS, slots=GATHER_SLOTS):
+    """``(top, bottom)``: thresholds per row for the band's top (rank ≈ ``inner·outer·M``) and its bottom
+    (rank ≈ ``outer·M``) among ``columns`` (M) candidates, so that the two brackets are expected to hold
+    ``SLOT_SHARE`` of the ``slots`` together whatever M.
+
+    A rank at quantile ``q`` gets thresholds over ±:func:`_spread` sample positions, ``w = 2·spread·M/S``
+    candidates; T thresholds cut them into brackets of ``w/T``. Brackets therefore widen like ``M/√S``:
+    fixed counts would overflow the slots as M grows (at 65536 columns about one row in twenty would, and
+    each such row sends its whole row block to the radix search). The budget ``B = SLOT_SHARE·slots`` is
+    split by ``T_k = √w_k·(√w_top + √w_bottom)/B``, the fewest thresholds in all for which
+    ``w_top/T_top + w_bottom/T_bottom <= B``; at least 2 and at most ``MAX_THRESHOLDS`` each."""
+    s = max(1, min(columns, sample))
+    hi = max(1.0, outer * columns)
+    widths = [2.0 * _spread(min(1.0, rank / columns), s) * columns / s for rank in (inner * hi, hi)]
+    total = sum(w ** 0.5 for w in widths)
+    budget = SLOT_SHARE * slots
+    return tuple(min(MAX_THRESHOLDS, max(2, math.ceil(w ** 0.5 * total / budget))) for w in widths)
 
 
 @triton.jit
@@ -285,7 +314,7 @@ def sample_thresholds(sample, count, rank, thresholds):
     q = ((rank.to(torch.float64) + 0.5) / m).clamp(0.0, 1.0)
     p = present.to(torch.float64)
     center = q * p - 0.5
-    spread = COVER * torch.sqrt(q * (1.0 - q) * p) + 1.0
+    spread = _spread(q, p)
     step = torch.clamp(2.0 * spread / thresholds, min=1.0)
     offsets = torch.arange(thresholds, dtype=torch.float64, device=sample.device) - (thresholds - 1) / 2.0
     position = torch.round(center[:, None] + offsets[None, :] * step[:, None])

@@ -121,12 +121,57 @@ def test_bracketed_selection_resolves_rows_itself(seed):
         cols = torch.arange(sample) * m // sample
         candidate = pair_roles(torch.arange(n), cols, m, spec)[1]
         ordered = torch.where(candidate, logits[:, cols], float("-inf")).sort(dim=1, descending=True).values
-        thresholds = (ring_select.sample_thresholds(ordered, count, lo, ring_select.TOP_THRESHOLDS),
-                      ring_select.sample_thresholds(ordered, count, hi - 1, ring_select.BOTTOM_THRESHOLDS))
+        t_top, t_bottom = ring_select.threshold_counts(m - 1, 0.2, 0.3, sample)
+        thresholds = (ring_select.sample_thresholds(ordered, count, lo, t_top),
+                      ring_select.sample_thresholds(ordered, count, hi - 1, t_bottom))
         v_lo, v_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, lo, hi - 1)
         assert bool(resolved.all())
         s_lo, s_hi = _reference(logits, m, spec, 0.2, 0.3)
         assert torch.equal(v_lo, s_lo) and torch.equal(v_hi, s_hi)
+
+
+def _bracket_occupancy(n, m, outer, inner, counts):
+    """Candidates per row inside the two brackets that thresholds from a sample of ``m`` unit-vector
+    logits (``counts`` thresholds per rank) and exact counts at them give: what the gathering pass fills."""
+    q = torch.nn.functional.normalize(torch.randn(n, 64), dim=1)
+    k = torch.nn.functional.normalize(torch.randn(m, 64), dim=1)
+    logits = (q @ k.T) * 14.0
+    spec = _spec("positive", n, m)
+    candidate = pair_roles(torch.arange(n), torch.arange(m), m, spec)[1]
+    values = torch.where(candidate, logits, float("-inf"))
+    count = candidate.sum(dim=1)
+    lo, hi = triton_backend.ring_ranks(count, outer, inner)
+    s = min(m, ring_select.SAMPLE_COLUMNS)
+    ordered = values[:, torch.arange(s) * m // s].sort(dim=1, descending=True).values
+    inside = torch.zeros_like(candidate)
+    for rank, t in zip((lo, hi - 1), counts):
+        thresholds = ring_select.sample_thresholds(ordered, count, rank, t)
+        at = torch.stack([(values >= row[:, None]).sum(dim=1) for row in thresholds]).to(torch.int32)
+        b_lo, b_hi = ring_select.brackets_from_counts(thresholds, at, count, rank)[:2]
+        inside |= candidate & (logits >= b_lo[:, None]) & (logits < b_hi[:, None])
+    return inside.sum(dim=1)
+
+
+@pytest.mark.parametrize("m", [16384, 65536])
+@pytest.mark.parametrize("outer,inner", [(0.1, 0.1), (0.4, 0.25)])
+def test_threshold_counts_keep_the_brackets_inside_the_slots(m, outer, inner, seed):
+    """The thresholds per rank grow with the row length so that the brackets' expected occupancy stays at
+    ``SLOT_SHARE`` of the slots: a sample of fixed size brackets a rank ever more loosely as M grows
+    (6 + 10 thresholds fill 74% of the slots on average at 65536 columns, and rows overflow)."""
+    counts = ring_select.threshold_counts(m - 1, outer, inner)
+    filled = _bracket_occupancy(48, m, outer, inner, counts)
+    slots = ring_select.GATHER_SLOTS
+    assert filled.float().mean() <= 1.5 * ring_select.SLOT_SHARE * slots
+    assert int((filled > slots).sum()) <= 1
+
+
+def test_threshold_counts_at_the_edges():
+    """At least 2 and at most ``MAX_THRESHOLDS`` per rank, also for one column, an empty ring or a
+    sample as long as the row."""
+    for columns, outer, inner in ((1, 0.1, 0.1), (5, 0.0, 0.0), (2048, 1.0, 1.0), (1 << 24, 0.5, 0.5)):
+        for t in ring_select.threshold_counts(columns, outer, inner):
+            assert 2 <= t <= ring_select.MAX_THRESHOLDS
+    assert ring_select.threshold_counts(32768, 0.1, 0.1) < ring_select.threshold_counts(65536, 0.1, 0.1)
 
 
 def test_brackets_from_counts_enclose_the_rank():

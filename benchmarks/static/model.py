@@ -259,6 +259,7 @@ class Workload:
     flags: tuple  # switches as (name, value) pairs
     extra: int = 0  # extra negatives (queue rows)
     ring_radix_bits: int = 0  # > 0: a Ring band is selected first
+    ring: tuple = ()  # the Ring's (outer, inner) fractions
 
     @property
     def m_total(self) -> int:
@@ -280,8 +281,8 @@ def workload(loss: str, n: int, m: int, d: int, dtype: str) -> Workload:
     """One forward + backward of ``loss`` (one of :data:`MODELED_LOSSES`) at ``n × m``, dimension ``d``."""
     from .plan import loss_switches
 
-    switches, radix_bits = loss_switches(loss)
-    return Workload(loss, n, m, d, dtype, switches, ring_radix_bits=radix_bits)
+    switches, radix_bits, ring = loss_switches(loss)
+    return Workload(loss, n, m, d, dtype, switches, ring_radix_bits=radix_bits, ring=ring)
 
 
 def headline_workloads(d_values=(128, 768), n: int = 65536) -> list[Workload]:

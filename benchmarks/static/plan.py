@@ -21,8 +21,9 @@ MODELED_CALLS = {
 
 
 @functools.cache
-def loss_switches(loss: str) -> tuple[tuple, int]:
-    """``(switches as sorted (name, value) pairs, Ring radix bits or 0)`` of one call of ``loss``."""
+def loss_switches(loss: str) -> tuple[tuple, int, tuple]:
+    """``(switches as sorted (name, value) pairs, Ring radix bits or 0, the Ring's (outer, inner) or ())``
+    of one call of ``loss``."""
     import torch
     from contrastive_ops.kernels.config import GPU_CONFIGS
     from contrastive_ops.kernels.problem import role_switches
@@ -50,4 +51,5 @@ def loss_switches(loss: str) -> tuple[tuple, int]:
     switches = role_switches(spec.pos_index is not None, spec.row_labels is not None, spec.self_index is not None,
                              spec.key_negatives, spec.decoupled, spec.ring is not None, spec.normalize,
                              spec.column_terms, spec.hard_beta is not None, spec.pairwise_sigmoid)
-    return tuple(sorted(switches.items())), GPU_CONFIGS[0].radix_bits if spec.ring is not None else 0
+    ring = spec.ring is not None
+    return tuple(sorted(switches.items())), GPU_CONFIGS[0].radix_bits if ring else 0, tuple(spec.ring) if ring else ()

@@ -298,9 +298,10 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     ``torch.mm`` and sorted per row, one counting pass at the sample's thresholds and one gathering
     pass over the tiles, the gathered slots sorted per row. The radix search then runs only for rows
     whose bracket overflowed its slots, charged here as none: the modeled time assumes every row
-    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back, at most 748 of 1024 slots; rows with
-    many candidates tied at a band boundary, or a sample far off the row's distribution, add up to
-    one radix search of their row blocks)."""
+    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back, at most 748 of 1024 slots;
+    with the thresholds per rank of ``ring_select.threshold_counts``, none of 4608 rows at 65536 columns, at
+    most 936 slots; rows with many candidates tied at a band boundary, or a sample far off the row's
+    distribution, add up to one radix search of their row blocks)."""
     from contrastive_ops.kernels import ring_select as rs
 
     mode = mode or ring_select_mode()
@@ -319,7 +320,11 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
                        2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
                        note=f"{passes} radix passes, each recomputing every tile")]
     s = min(mt, rs.SAMPLE_COLUMNS)
-    t = rs.TOP_THRESHOLDS + rs.BOTTOM_THRESHOLDS
+    if hasattr(rs, "threshold_counts"):
+        t_top, t_bottom = rs.threshold_counts(mt, *w.ring, s)
+    else:  # the kernels of an older commit: fixed counts
+        t_top, t_bottom = rs.TOP_THRESHOLDS, rs.BOTTOM_THRESHOLDS
+    t = t_top + t_bottom
     k = rs.GATHER_SLOTS
     out = [Launch(f"ring sample: {s} columns' logits (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
                   2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
@@ -331,7 +336,7 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     slots = device.sms * max(1, count.ctas_per_sm(device))
     out.append(Launch("ring count at thresholds", count, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
                       inputs * cdiv(row_blocks, slots) + 2 * t * n * 4,
-                      note=f"pass 1 of 2 over the tiles: {rs.TOP_THRESHOLDS} + {rs.BOTTOM_THRESHOLDS} thresholds"))
+                      note=f"pass 1 of 2 over the tiles: {t_top} + {t_bottom} thresholds"))
     gather = _stats(module, "_ring_gather_kernel", w, f, {"SLOTS": k}, plain_fraction=plain)
     slots = device.sms * max(1, gather.ctas_per_sm(device))
     out.append(Launch("ring gather brackets", gather, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,

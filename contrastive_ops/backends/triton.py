@@ -121,14 +121,16 @@ def _ring_select_mode() -> str:
     return _env_choice(RING_SELECT_ENV, ("bracketed", "radix"))
 
 
-def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom):
+def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom, outer: float, inner: float):
     """The bracketed selection's thresholds (``ring_select.sample_thresholds``), estimated from the
     logits of at most ``ring_select.SAMPLE_COLUMNS`` evenly spread columns (computed by torch: the
-    estimate needs no bit-exactness), in row chunks of at most 4 Mi sampled logits."""
+    estimate needs no bit-exactness), in row chunks of at most 4 Mi sampled logits; as many thresholds
+    per rank as ``ring_select.threshold_counts`` gives for the row length and the band's fractions."""
     ring_select = _kernels()[3]
     n, mt = tiles.n, tiles.m_total
     device = tiles.query.device
     s = max(1, min(mt, ring_select.SAMPLE_COLUMNS))
+    t_top, t_bottom = ring_select.threshold_counts(mt, outer, inner, s)
     cols = torch.arange(s, device=device) * mt // s
     sample_cols = tiles.columns[cols].float()
     if tiles.flags["NORMALIZE"]:
@@ -145,9 +147,8 @@ def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom)
         logits = scale * (q @ sample_cols.T)
         candidate = pair_roles(rows, cols, tiles.m, spec)[1]
         ordered = torch.where(candidate, logits, float("-inf")).sort(dim=1, descending=True).values
-        top.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_top[r0:r1], ring_select.TOP_THRESHOLDS))
-        bottom.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_bottom[r0:r1],
-                                                    ring_select.BOTTOM_THRESHOLDS))
+        top.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_top[r0:r1], t_top))
+        bottom.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_bottom[r0:r1], t_bottom))
     return torch.cat(top, dim=1), torch.cat(bottom, dim=1)
 
 
@@ -166,7 +167,7 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
     rank_top = torch.where(nonempty, lo, 0)
     rank_bottom = torch.where(nonempty, hi - 1, 0)
     if _ring_select_mode() == "bracketed":
-        thresholds = _ring_sample_thresholds(tiles, spec, count, rank_top, rank_bottom)
+        thresholds = _ring_sample_thresholds(tiles, spec, count, rank_top, rank_bottom, outer, inner)
         fast_lo, fast_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, rank_top,
                                                                      rank_bottom)
         # the radix search for the rows left over (rank -1: skipped; a row block of such rows does no pass)
