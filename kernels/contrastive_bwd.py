@@ -26,7 +26,6 @@ import triton.language as tl
 from .config import ds_chunk_bytes, pipelined
 from .normalize import unit_rows
 from .tiles import (
-    HAS_BAND,
     HAS_GUIDE,
     HAS_LABELS,
     MASK_LABELS,
@@ -59,10 +58,10 @@ def _tile_grad(cosines, half, row_scale, scale, bias, beta, sigma, rows, cols, r
     (``tiles.tile_logit_grad``)."""
     logits = scale * cosines
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
+    den = tile_denominator(positive, candidate, half, rows, row_mask, roles, ROLE)
     return tile_logit_grad(logits, half, row_scale, positive, candidate, den, rows, row_mask, cols, col_mask, M, grads,
                            bias, beta, sigma, COLUMN_TERMS, HARD_NEGATIVES, PAIRWISE_SIGMOID, PLAIN,
-                           PLAIN and not ROLE[HAS_BAND] and not HARD_NEGATIVES, PAIR_LOSS, SHARED_EXP)
+                           PLAIN and not HARD_NEGATIVES, PAIR_LOSS, SHARED_EXP)
 
 
 @triton.jit

@@ -45,7 +45,7 @@ def _online_step(run_max, values, mask, ALL: tl.constexpr, AXIS: tl.constexpr = 
     over ``mask`` (everywhere with ``ALL``): ``(new max, factor that rescales the running sum,
     e^(values - new max) (0 outside the mask))``; a line with nothing yet keeps max -inf.
     ``FROM_COSINES`` (with ``ALL``; ``values = scale·cosines``): the terms by ``tiles.exp_of_cosines`` of
-    ``half`` and ``row_scale``, as every pass forms those of a plain tile without a band (``SHARED_EXP``:
+    ``half`` and ``row_scale``, as every pass forms those of a plain tile (``SHARED_EXP``:
     shared with the FP32 pipeline, ``tiles.exp2_shared``)."""
     if ALL:  # the tile's max is finite: no guard against an empty line
         new_max = tl.maximum(run_max, tl.max(values, axis=AXIS))
@@ -84,13 +84,14 @@ def _bounded_lse(run_max, run_sum, half, row_scale, scale, AXIS: tl.constexpr):
 @triton.jit
 def _row_counts(logits, positive, den, pos_sum, den_n, pos_n, BLOCK_N: tl.constexpr, PLAIN: tl.constexpr):
     """The rows' positive sums and their denominator and positive counts, one tile's share (a plain
-    tile: every pair in the denominator, no positive)."""
+    tile: every pair in the denominator, no positive). A tile's counts are summed as fp32 ones (at most
+    ``BLOCK_N``: exact), a compare-and-add per pair on the FP32 pipeline rather than int32's select and add."""
     if PLAIN:
         den_n += BLOCK_N
     else:
         pos_sum += tl.sum(tl.where(positive, logits, 0.0), axis=1)
-        den_n += tl.sum(den.to(tl.int32), axis=1)
-        pos_n += tl.sum(positive.to(tl.int32), axis=1)
+        den_n += tl.sum(den.to(tl.float32), axis=1).to(tl.int32)
+        pos_n += tl.sum(positive.to(tl.float32), axis=1).to(tl.int32)
     return pos_sum, den_n, pos_n
 
 
@@ -112,12 +113,12 @@ def _fwd_tile(logits, half, row_scale, rows, cols, row_mask, col_mask, c0, M, ro
     reduction across it, no rescaling). ``half`` and ``row_scale`` as ``tiles.exp_of_cosines`` takes them."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
+    den = tile_denominator(positive, candidate, half, rows, row_mask, roles, ROLE)
     if HARD_NEGATIVES:  # LSEs of (1+β)·S and of β·S over the same set, in the same pass
         run_max, run_sum = _online_lse(run_max, run_sum, (1.0 + beta) * logits, den, ALL)
         beta_max, beta_sum = _online_lse(beta_max, beta_sum, beta * logits, den, ALL)
     elif PLAIN and ROLE[HAS_BAND]:  # the denominator's pairs are at most the band's top <= run_max: no max
-        run_sum += tl.sum(tl.where(den, exp_minus(logits, run_max[:, None]), 0.0), axis=1)
+        run_sum += tl.sum(tl.where(den, exp_of_cosines(half, row_scale, run_max[:, None]), 0.0), axis=1)
     elif ALL:
         if bounded:  # every logit is at most |scale| <= run_max (where it started): no max
             run_sum += tl.sum(exp_of_cosines(half, row_scale, run_max[:, None]), axis=1)
@@ -173,17 +174,17 @@ def _row_grad_tile(logits, half, row_scale, rows, cols, row_mask, col_mask, M, r
     exponentials with the FP32 pipeline (``tiles.exp2_shared``)."""
     ALL: tl.constexpr = PLAIN and not ROLE[HAS_BAND]  # every pair of the tile in the denominator
     positive, candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N, PLAIN)
-    den = tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE)
+    den = tile_denominator(positive, candidate, half, rows, row_mask, roles, ROLE)
     offs_d = tl.arange(0, ACC_D)
     c = tl.load(CH + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
                 mask=col_mask[:, None] & (offs_d < D)[None, :], other=0.0)
     if PLAIN and ROLE[HAS_BAND]:
         # the denominator's pairs are at most the band's top, where run_max started: no max, no rescaling
-        new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc,
+        new_max, run_sum, acc, e_acc = _row_grad_fixed(half, row_scale, den, c, run_max, run_sum, acc, e_acc,
                                                        INPUT_PRECISION, False)
     elif PLAIN:
         if bounded:  # every logit is at most |scale| <= run_max (where it started): no max, no rescaling
-            new_max, run_sum, acc, e_acc = _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc,
+            new_max, run_sum, acc, e_acc = _row_grad_fixed(half, row_scale, den, c, run_max, run_sum, acc,
                                                            e_acc, INPUT_PRECISION, True)
         else:
             new_max, run_sum, acc, e_acc = _row_grad_online(logits, half, row_scale, den, c, run_max, run_sum, acc,
@@ -196,14 +197,14 @@ def _row_grad_tile(logits, half, row_scale, rows, cols, row_mask, col_mask, M, r
 
 
 @triton.jit
-def _row_grad_fixed(logits, half, row_scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
+def _row_grad_fixed(half, row_scale, den, c, run_max, run_sum, acc, e_acc, INPUT_PRECISION: tl.constexpr,
                     ALL: tl.constexpr):
-    """:func:`_row_grad_tile`'s update where ``run_max`` bounds every logit of the denominator in the tile
-    (``ALL``: all of the tile's pairs are in it, by ``tiles.exp_of_cosines``): no max, no rescaling."""
-    if ALL:
-        p = exp_of_cosines(half, row_scale, run_max[:, None], True)  # see _row_grad_tile
-    else:
-        p = tl.where(den, exp_minus(logits, run_max[:, None]), 0.0)
+    """:func:`_row_grad_tile`'s update of a plain tile, where ``run_max`` bounds every logit of the
+    denominator in it: no max, no rescaling; the terms by ``tiles.exp_of_cosines`` (``ALL``: all of the
+    tile's pairs are in the denominator; else a Ring band's, ``den`` says which)."""
+    p = exp_of_cosines(half, row_scale, run_max[:, None], True)  # see _row_grad_tile
+    if not ALL:
+        p = tl.where(den, p, 0.0)
     run_sum += tl.sum(p, axis=1)
     e_acc += tl.sum(p * half, axis=1)
     acc = tl.dot(p.to(c.dtype), c, acc, input_precision=INPUT_PRECISION)
@@ -254,8 +255,13 @@ def _contrastive_fwd_kernel(
         row_mask = rows < N
         if ROLE[HAS_BAND] and not HARD_NEGATIVES:
             # the row's softmax starts shifted by its band's top (a candidate's logit; -inf for an empty
-            # band), so that a plain tile, whose pairs in the denominator are at most that, needs no max
-            run_max = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
+            # band), so that a plain tile, whose pairs in the denominator are at most that, needs no max:
+            # the logit of the band's end in halves (problem.half_domain_band), formed as the tiles form it
+            h_lo = tl.load(roles[4] + rows, mask=row_mask, other=float("inf"))
+            h_hi = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
+            rq = row_norms(RQ, rows, row_mask, NORMALIZE)
+            top = tl.maximum(scale * (h_lo * rq), scale * (h_hi * rq))
+            run_max = tl.where(h_lo <= h_hi, top, float("-inf"))
         elif HARD_NEGATIVES:
             run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         else:  # bounded logits: the rows' softmax starts shifted by their bound (tiles.logits_bounded)

@@ -63,9 +63,9 @@ def exp_of_cosines(half, row_scale, shift, SHARED: tl.constexpr = False):
     products times the columns' inverse norms) and ``row_scale = scale·rq_i`` (``[BLOCK_M]``), so that the
     exponent is one FFMA per pair on a per-row factor (``scale·rq_i·log2(e)``, formed once per row) and
     neither the cosines nor the logits are formed: two multiplications per pair fewer than :func:`exp_minus`
-    of the logits (whose last bit may differ). Every pass forms the terms of a plain tile without a Ring
-    band (and without hard negatives) this way, so a row's probabilities in the backward are those its
-    forward summed; other tiles use :func:`exp_minus` of their logits. ``SHARED``: by :func:`exp2_shared`
+    of the logits (whose last bit may differ). Every pass forms the terms of a plain tile (without hard
+    negatives; with a Ring band, tested on ``half`` too) this way, so a row's probabilities in the backward
+    are those its forward summed; other tiles use :func:`exp_minus` of their logits. ``SHARED``: by :func:`exp2_shared`
     (for kernels whose epilogue the ``ex2`` unit binds)."""
     x = half * (row_scale * LOG2E)[:, None] - shift * LOG2E
     if SHARED:
@@ -345,14 +345,14 @@ def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, roles, ROLE: tl.const
 
 
 @triton.jit
-def tile_denominator(positive, candidate, logits, rows, row_mask, roles, ROLE: tl.constexpr):
-    """Candidates (inside each row's Ring band ``[v_lo, v_hi]`` when given) plus, unless decoupled,
-    the positives."""
+def tile_denominator(positive, candidate, half, rows, row_mask, roles, ROLE: tl.constexpr):
+    """Candidates (inside each row's Ring band when given: its logits' ``[v_lo, v_hi]``, tested on the
+    tile's ``half`` as ``problem.half_domain_band`` maps it) plus, unless decoupled, the positives."""
     _, _, _, _, BAND_LO, BAND_HI, _, _, _, _, _, _ = roles
     if ROLE[HAS_BAND]:
         lo = tl.load(BAND_LO + rows, mask=row_mask, other=float("inf"))
         hi = tl.load(BAND_HI + rows, mask=row_mask, other=float("-inf"))
-        candidate = candidate & (logits >= lo[:, None]) & (logits <= hi[:, None])
+        candidate = candidate & (half >= lo[:, None]) & (half <= hi[:, None])
     if ROLE[DECOUPLED]:
         den = candidate
     else:
@@ -431,9 +431,9 @@ def tile_logit_grad(logits, half, row_scale, positive, candidate, den, rows, row
     ``grads``: the saved terms and their incoming gradients (``problem.GROUPS["grads"]``).
     ``g_scale`` multiplies the incoming gradients (per row or column, not per pair): a power of two (the
     backward's ``σ``) gives the bits of the product taken afterwards, one multiplication per pair fewer.
-    ``FROM_COSINES`` (a plain tile without a Ring band or hard negatives, as in the forward): the softmax
-    terms by :func:`exp_of_cosines` of ``half`` and ``row_scale`` (:func:`tile_norms`; unused otherwise),
-    with ``SHARED_EXP`` by :func:`exp2_shared`.
+    ``FROM_COSINES`` (a plain tile without hard negatives, as in the forward): the softmax terms by
+    :func:`exp_of_cosines` of ``half`` and ``row_scale`` (:func:`tile_norms`; unused otherwise), with
+    ``SHARED_EXP`` by :func:`exp2_shared`.
     """
     ROW_LSE, G_ROW_LSE, G_ROW_POS_W, ROW_LSE_BETA, G_ROW_LSE_BETA, G_ROW_PAIR, COL_LSE, G_COL_LSE, G_COL_POS_W = grads
     row_lse = tl.load(ROW_LSE + rows, mask=row_mask, other=0.0)
@@ -457,9 +457,9 @@ def tile_logit_grad(logits, half, row_scale, positive, candidate, den, rows, row
         key_mask = col_mask & (cols < M)
         col_lse = tl.load(COL_LSE + cols, mask=key_mask, other=0.0)
         g_col_lse = tl.load(G_COL_LSE + cols, mask=key_mask, other=0.0) * g_scale
-        if FROM_COSINES:  # no positive, no band: extra negatives have no column terms
-            grad += tl.where(key_mask[None, :], exp_of_cosines(half, row_scale, col_lse[None, :], SHARED_EXP) * g_col_lse[None, :],
-                             0.0)
+        if FROM_COSINES:  # no positive: extra negatives have no column terms
+            grad += tl.where(den & key_mask[None, :],
+                             exp_of_cosines(half, row_scale, col_lse[None, :], SHARED_EXP) * g_col_lse[None, :], 0.0)
         elif PLAIN:  # no positive; extra negatives have no column terms (``den``: a constant without a band)
             grad += tl.where(den & key_mask[None, :], exp_minus(logits, col_lse[None, :]) * g_col_lse[None, :], 0.0)
         else:

@@ -113,3 +113,58 @@ def test_gradients_match_float64_with_plain_band_tiles(in_batch, seed):
         out[backend] = (loss, qq.grad, kk.grad, ee.grad)
     for got, want in zip(out["triton"], out["naive"]):
         torch.testing.assert_close(got.double(), want.detach(), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("scale", [14.285714, 1.0, 0.3, -7.0, 0.0])
+def test_band_on_halves_holds_exactly_the_band_logits(scale, seed):
+    """``problem.half_domain_band``: the halves whose logit ``scale·(half·rq)`` (fp32, as the tiles form it)
+    lies in ``[v_lo, v_hi]`` are exactly an interval, for any scale's sign, ties (few distinct halves,
+    products that round together), signed zeros, subnormal products and empty bands."""
+    from contrastive_ops.kernels.problem import half_domain_band
+
+    n = 64
+    s = torch.tensor(scale, dtype=torch.float32)
+    rq = torch.rand(n) * 4 + 0.05
+    rq[:4] = torch.tensor([1.0, 1e-30, 3e-39, 2.0 ** 20])  # products near and in the subnormal range
+    half = torch.cat([torch.randn(n, 200), torch.randint(-3, 4, (n, 60)).float() * 0.5,
+                      torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38]).expand(n, 5)], dim=1)
+    logits = s * (half * rq[:, None])
+    ordered = logits.sort(dim=1).values
+    pick = torch.randint(0, half.shape[1], (n, 2)).sort(dim=1).values
+    v_lo, v_hi = ordered.gather(1, pick[:, :1]).squeeze(1), ordered.gather(1, pick[:, 1:]).squeeze(1)
+    v_lo[-3:], v_hi[-3:] = float("inf"), float("-inf")  # empty rings
+    h_lo, h_hi = half_domain_band(v_lo, v_hi, s, rq)
+    want = (logits >= v_lo[:, None]) & (logits <= v_hi[:, None])
+    got = (half >= h_lo[:, None]) & (half <= h_hi[:, None])
+    assert torch.equal(got, want)
+    assert not got[-3:].any()
+    h1, h2 = half_domain_band(v_lo, v_hi, s, None)  # without normalization: logit = scale·half
+    assert torch.equal((half >= h1[:, None]) & (half <= h2[:, None]),
+                       (s * half >= v_lo[:, None]) & (s * half <= v_hi[:, None]))
+
+
+@pytest.mark.parametrize("outer,inner", [(0.3, 0.2), (1.0, 0.0)])
+def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, seed):
+    """With normalization and a scale the kernels test the band on the tiles' halves: the forward's
+    denominator counts equal the candidates whose logit, formed as the tiles form it (exact integer dot
+    products, the kernels' own inverse norms), lies in the band the selection returned, ties included."""
+    from contrastive_ops.kernels.normalize import inverse_norms
+
+    n, m, d = 37, 45, 6
+    query = torch.randint(-2, 3, (n, d)).float()
+    keys = torch.randint(-2, 3, (m, d)).float()
+    query[query.abs().sum(dim=1) == 0, 0] = 1.0
+    keys[keys.abs().sum(dim=1) == 0, 0] = 1.0
+    scale = torch.tensor(1.0 / 0.07)
+    spec = RoleSpec(pos_index=torch.arange(n) % m, normalize=True, ring=(outer, inner))
+    config = pinned_config().as_list()
+    band = triton_backend._ring_band_impl(query, keys, None, scale, *spec.flat(), outer, inner, config)
+    out = triton_backend._forward_impl(query, keys, None, scale, None, *band, *spec.flat(), config, False)
+    terms = dict(zip(triton_backend.FORWARD_OUTPUTS, out))
+    raw = query @ keys.T  # integers: exact in any order
+    logits = scale * ((raw * inverse_norms(keys)[None, :]) * inverse_norms(query)[:, None])
+    positive, candidate = pair_roles(torch.arange(n), torch.arange(m), m, spec)
+    den = positive | (candidate & (logits >= band[0][:, None]) & (logits <= band[1][:, None]))
+    assert torch.equal(terms["row_den_count"], den.sum(dim=1))
+    ties = (candidate & ((logits == band[0][:, None]) | (logits == band[1][:, None]))).sum(dim=1)
+    assert bool((ties > 1).any())  # the band's ends are tied somewhere: the test sees ties
