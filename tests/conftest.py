@@ -11,6 +11,8 @@ if not torch.cuda.is_available():
 
 from helpers import assert_close_rel  # noqa: F401  (its home is helpers.py; some tests import it from here)
 
+import tools  # noqa: F401  (an installed ``kernels`` before the root's kernels/ folder: tools.source_tree)
+
 
 @pytest.fixture
 def seed():
