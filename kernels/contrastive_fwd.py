@@ -256,7 +256,7 @@ def _contrastive_fwd_kernel(
         if ROLE[HAS_BAND] and not HARD_NEGATIVES:
             # the row's softmax starts shifted by its band's top (a candidate's logit; -inf for an empty
             # band), so that a plain tile, whose pairs in the denominator are at most that, needs no max:
-            # the logit of the band's end in halves (problem.half_domain_band), formed as the tiles form it
+            # the logit of the band's end in halves (band.half_domain_band), formed as the tiles form it
             h_lo = tl.load(roles[4] + rows, mask=row_mask, other=float("inf"))
             h_hi = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
             rq = row_norms(RQ, rows, row_mask, NORMALIZE)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .band import half_domain_band
 from .normalize import inverse_norms
 from .tiles import ROLE_SWITCHES
 
@@ -53,63 +54,6 @@ GROUPS = {
 
 def _rowwise(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-_FP32_MAX_BITS = 0x7F7FFFFF  # the largest finite fp32's bit pattern
-
-
-def _order_key(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys of fp32 values in their order (``-0 < +0``; finite values only)."""
-    bits = x.contiguous().view(torch.int32).to(torch.int64)
-    return torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
-
-
-def _key_value(key: torch.Tensor) -> torch.Tensor:
-    """The fp32 values of :func:`_order_key`'s keys."""
-    bits = torch.where(key < 0, (-key - 1) | 0x80000000, key)
-    return (bits - ((bits >> 31) << 32)).to(torch.int32).view(torch.float32)
-
-
-def half_domain_band(v_lo: torch.Tensor, v_hi: torch.Tensor, scale: torch.Tensor, rq: torch.Tensor | None):
-    """The Ring band ``v_lo <= logit <= v_hi`` (fp32 ``[N]``) as an interval ``[h_lo, h_hi]`` of the tiles'
-    ``half`` (``tiles.tile_norms``), for the rows' inverse norms ``rq`` (fp32 ``[N]``; None without
-    normalization) and ``scale`` (0-d fp32).
-
-    Every tile forms a logit as ``scale·(half·rq_i)``, two fp32 products rounded to nearest (no ``.ftz``
-    in the kernels' PTX): monotone in ``half`` (increasing for ``scale > 0``, decreasing below), so the
-    halves whose logit lies in the band are exactly an interval, found here by bisecting the fp32 values in
-    order with the same two products in torch (33 steps on ``[N]``). The kernels then test ``half``
-    against it and never form a plain tile's logits: exact, two multiplications per pair fewer. A row
-    whose band holds no attainable half (an empty ring: ``(+inf, -inf)``) gets ``h_lo > h_hi``; with
-    ``scale = 0`` every half or none."""
-    scale = scale.to(torch.float32)
-    r = torch.ones_like(v_lo) if rq is None else rq
-    mag = scale.abs()
-    # logit = sign·u(half) with u non-decreasing: the band in u's terms
-    lo_u = torch.where(scale >= 0, v_lo, -v_hi)
-    hi_u = torch.where(scale >= 0, v_hi, -v_lo)
-
-    def u(key):
-        return (_key_value(key) * r) * mag
-
-    bottom = torch.full_like(lo_u, -_FP32_MAX_BITS - 1, dtype=torch.int64)
-    top = torch.full_like(lo_u, _FP32_MAX_BITS, dtype=torch.int64)
-
-    def first(reaches):  # the smallest key in [bottom, top] where reaches(key) holds (top + 1: none)
-        lo, hi = bottom.clone(), top + 1
-        for _ in range(34):
-            mid = (lo + hi) // 2
-            ok = reaches(mid)
-            hi = torch.where(ok, mid, hi)
-            lo = torch.where(ok, lo, mid + 1)
-        return lo
-
-    k_lo = first(lambda key: u(key) >= lo_u)
-    k_above = first(lambda key: u(key) > hi_u)
-    inf = torch.full_like(v_lo, float("inf"))
-    h_lo = torch.where(k_lo <= top, _key_value(k_lo.clamp(max=_FP32_MAX_BITS)), inf)
-    h_hi = torch.where(k_above > bottom, _key_value((k_above - 1).clamp(min=-_FP32_MAX_BITS - 1)), -inf)
-    return h_lo, h_hi
 
 
 @dataclass

@@ -347,7 +347,7 @@ def _tile_roles_by_rule(rows, cols, row_mask, col_mask, M, roles, ROLE: tl.const
 @triton.jit
 def tile_denominator(positive, candidate, half, rows, row_mask, roles, ROLE: tl.constexpr):
     """Candidates (inside each row's Ring band when given: its logits' ``[v_lo, v_hi]``, tested on the
-    tile's ``half`` as ``problem.half_domain_band`` maps it) plus, unless decoupled, the positives."""
+    tile's ``half`` as ``band.half_domain_band`` maps it) plus, unless decoupled, the positives."""
     _, _, _, _, BAND_LO, BAND_HI, _, _, _, _, _, _ = roles
     if ROLE[HAS_BAND]:
         lo = tl.load(BAND_LO + rows, mask=row_mask, other=float("inf"))

@@ -117,10 +117,10 @@ def test_gradients_match_float64_with_plain_band_tiles(in_batch, seed):
 
 @pytest.mark.parametrize("scale", [14.285714, 1.0, 0.3, -7.0, 0.0])
 def test_band_on_halves_holds_exactly_the_band_logits(scale, seed):
-    """``problem.half_domain_band``: the halves whose logit ``scale·(half·rq)`` (fp32, as the tiles form it)
+    """``band.half_domain_band``: the halves whose logit ``scale·(half·rq)`` (fp32, as the tiles form it)
     lies in ``[v_lo, v_hi]`` are exactly an interval, for any scale's sign, ties (few distinct halves,
     products that round together), signed zeros, subnormal products and empty bands."""
-    from contrastive_ops.kernels.problem import half_domain_band
+    from contrastive_ops.kernels.band import half_domain_band
 
     n = 64
     s = torch.tensor(scale, dtype=torch.float32)

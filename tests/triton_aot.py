@@ -24,7 +24,7 @@ TILES = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}
 
 
 def _variants():
-    from contrastive_ops.kernels import contrastive_bwd, contrastive_fwd, normalize, ring_select
+    from contrastive_ops.kernels import band, contrastive_bwd, contrastive_fwd, normalize, ring_select
 
     yield "fwd bf16 ring+mask+columns", contrastive_fwd._contrastive_fwd_kernel, "*bf16", {
         **ALL_ON, **TILES, "INPUT_PRECISION": "ieee"}, 8, 3
@@ -47,6 +47,7 @@ def _variants():
     yield "ring select bf16 radix 4", ring_select._ring_select_kernel, "*bf16", {
         k: ALL_ON[k] for k in ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "NORMALIZE")} | {
         "INPUT_PRECISION": "ieee", "RADIX_BITS": 4, **TILES}, 8, 2
+    yield "ring band in halves", band._half_band_kernel, "*fp32", {"NORMALIZE": True, "BLOCK": 128}, 4, 1
     yield "inverse norms bf16", normalize._inv_norm_kernel, "*bf16", {"EPS_": 1e-12, "BLOCK_ROWS": 8,
                                                                       "BLOCK_D": 256}, 4, 1
     yield "normalize backward bf16", normalize._normalize_bwd_kernel, "*bf16", {"EPS_": 1e-12, "BLOCK_ROWS": 8,
