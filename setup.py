@@ -21,6 +21,10 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
+# The source root's kernels/ (installed as contrastive_ops.kernels) would shadow an installed ``kernels``
+# distribution (Hugging Face's), whose setuptools plugin (an egg_info writer) setuptools imports while
+# building. Nothing is imported from the root here (helpers are loaded by path), so it leaves sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def _build_helpers():
