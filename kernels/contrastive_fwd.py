@@ -260,7 +260,8 @@ def _contrastive_fwd_kernel(
             h_lo = tl.load(roles[4] + rows, mask=row_mask, other=float("inf"))
             h_hi = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
             rq = row_norms(RQ, rows, row_mask, NORMALIZE)
-            top = tl.maximum(scale * (h_lo * rq), scale * (h_hi * rq))
+            top = scale * (tl.where(scale >= 0, h_hi, h_lo) * rq)  # the top end: h_hi, or h_lo below 0
+            top = tl.where(top == top, top, 0.0)  # scale 0: every logit 0 (not 0 · an overflowed end)
             run_max = tl.where(h_lo <= h_hi, top, float("-inf"))
         elif HARD_NEGATIVES:
             run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)

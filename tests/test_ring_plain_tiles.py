@@ -143,11 +143,14 @@ def test_band_on_halves_holds_exactly_the_band_logits(scale, seed):
                        (s * half >= v_lo[:, None]) & (s * half <= v_hi[:, None]))
 
 
-@pytest.mark.parametrize("outer,inner", [(0.3, 0.2), (1.0, 0.0)])
-def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, seed):
+@pytest.mark.parametrize("outer,inner,scale", [(0.3, 0.2, 1.0 / 0.07), (1.0, 0.0, 1.0 / 0.07), (0.3, 0.2, -3.0),
+                                               (0.5, 0.0, 0.0)])
+def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, scale, seed):
     """With normalization and a scale the kernels test the band on the tiles' halves: the forward's
     denominator counts equal the candidates whose logit, formed as the tiles form it (exact integer dot
-    products, the kernels' own inverse norms), lies in the band the selection returned, ties included."""
+    products, the kernels' own inverse norms), lies in the band the selection returned, ties included;
+    its log-sum-exp is that of those logits (the softmax shifted by the band's top, for a negative scale
+    and for a zero one too)."""
     from contrastive_ops.kernels.normalize import inverse_norms
 
     n, m, d = 37, 45, 6
@@ -155,7 +158,8 @@ def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, seed):
     keys = torch.randint(-2, 3, (m, d)).float()
     query[query.abs().sum(dim=1) == 0, 0] = 1.0
     keys[keys.abs().sum(dim=1) == 0, 0] = 1.0
-    scale = torch.tensor(1.0 / 0.07)
+    query, keys = query * 0.25, keys * 0.25  # norms below 1 too (inverse norms above 1); products still exact
+    scale = torch.tensor(scale)
     spec = RoleSpec(pos_index=torch.arange(n) % m, normalize=True, ring=(outer, inner))
     config = pinned_config().as_list()
     band = triton_backend._ring_band_impl(query, keys, None, scale, *spec.flat(), outer, inner, config)
@@ -166,5 +170,7 @@ def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, seed):
     positive, candidate = pair_roles(torch.arange(n), torch.arange(m), m, spec)
     den = positive | (candidate & (logits >= band[0][:, None]) & (logits <= band[1][:, None]))
     assert torch.equal(terms["row_den_count"], den.sum(dim=1))
+    lse = torch.logsumexp(torch.where(den, logits.double(), float("-inf")), dim=1)
+    torch.testing.assert_close(terms["row_lse"].double(), lse, rtol=1e-6, atol=1e-5)
     ties = (candidate & ((logits == band[0][:, None]) | (logits == band[1][:, None]))).sum(dim=1)
     assert bool((ties > 1).any())  # the band's ends are tied somewhere: the test sees ties
