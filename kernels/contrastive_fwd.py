@@ -261,7 +261,7 @@ def _contrastive_fwd_kernel(
             h_hi = tl.load(roles[5] + rows, mask=row_mask, other=float("-inf"))
             rq = row_norms(RQ, rows, row_mask, NORMALIZE)
             top = scale * (tl.where(scale >= 0, h_hi, h_lo) * rq)  # the top end: h_hi, or h_lo below 0
-            top = tl.where(top == top, top, 0.0)  # scale 0: every logit 0 (not 0 · an overflowed end)
+            top = tl.where(scale == 0, 0.0, top)  # every logit 0 (not 0 times an end that overflowed)
             run_max = tl.where(h_lo <= h_hi, top, float("-inf"))
         elif HARD_NEGATIVES:
             run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
