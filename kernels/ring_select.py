@@ -167,6 +167,7 @@ def threshold_counts(columns, outer, inner, sample=SAMPLE_COLUMNS, slots=GATHER_
     each such row sends its whole row block to the radix search). The budget ``B = SLOT_SHARE·slots`` is
     split by ``T_k = √w_k·(√w_top + √w_bottom)/B``, the fewest thresholds in all for which
     ``w_top/T_top + w_bottom/T_bottom <= B``; at least 2 and at most ``MAX_THRESHOLDS`` each."""
+    columns = max(1, columns)
     s = max(1, min(columns, sample))
     hi = max(1.0, outer * columns)
     widths = [2.0 * _spread(min(1.0, rank / columns), s) * columns / s for rank in (inner * hi, hi)]

@@ -166,9 +166,9 @@ def test_threshold_counts_keep_the_brackets_inside_the_slots(m, outer, inner, se
 
 
 def test_threshold_counts_at_the_edges():
-    """At least 2 and at most ``MAX_THRESHOLDS`` per rank, also for one column, an empty ring or a
+    """At least 2 and at most ``MAX_THRESHOLDS`` per rank, also for no column or one, an empty ring or a
     sample as long as the row."""
-    for columns, outer, inner in ((1, 0.1, 0.1), (5, 0.0, 0.0), (2048, 1.0, 1.0), (1 << 24, 0.5, 0.5)):
+    for columns, outer, inner in ((0, 0.1, 0.1), (1, 0.1, 0.1), (5, 0.0, 0.0), (2048, 1.0, 1.0), (1 << 24, 0.5, 0.5)):
         for t in ring_select.threshold_counts(columns, outer, inner):
             assert 2 <= t <= ring_select.MAX_THRESHOLDS
     assert ring_select.threshold_counts(32768, 0.1, 0.1) < ring_select.threshold_counts(65536, 0.1, 0.1)
