@@ -3,27 +3,23 @@ import torch
 import triton
 import triton.language as tl
 
-_FP32_MAX_KEY = tl.constexpr(0x7F7FFFFF)  # the order key (and bit pattern) of the largest finite fp32
+from .tiles import key_value
 
-
-@triton.jit
-def _key_value(key):
-    """The fp32 value of an int64 order key (non-negative keys: the bit pattern; negative: ``-key - 1``
-    with the sign bit set), so that the keys of finite values ascend with them (``-0 < +0``)."""
-    bits = tl.where(key < 0, (-key - 1) | 0x80000000, key)
-    return bits.to(tl.int32).to(tl.float32, bitcast=True)
+# tiles.order_key's keys of the finite fp32 values: -FLT_MAX .. FLT_MAX
+_KEY_MIN = tl.constexpr(0x00800000)
+_KEY_MAX = tl.constexpr(0xFF7FFFFF)
 
 
 @triton.jit
 def _first_key(r, mag, bound, STRICT: tl.constexpr):
-    """Per element, the smallest key in ``[-MAX, MAX]`` whose value ``h`` has ``(h·r)·mag >= bound``
-    (``> bound`` with ``STRICT``), or ``MAX + 1`` if none: a bisection over the keys (the product is
-    monotone in ``h``)."""
-    lo = tl.zeros_like(bound).to(tl.int64) - _FP32_MAX_KEY - 1
-    hi = tl.zeros_like(bound).to(tl.int64) + _FP32_MAX_KEY + 1
-    for _ in tl.static_range(34):  # 2^34 > the 2^32 keys of finite values
+    """Per element, the smallest order key (``tiles.order_key``) of a finite fp32 ``h`` with
+    ``(h·r)·mag >= bound`` (``> bound`` with ``STRICT``), or ``_KEY_MAX + 1`` if none: a bisection over
+    the keys (int64 bounds; the product is monotone in ``h``)."""
+    lo = tl.zeros_like(bound).to(tl.int64) + _KEY_MIN
+    hi = tl.zeros_like(bound).to(tl.int64) + _KEY_MAX + 1
+    for _ in tl.static_range(33):  # 2^33 > the keys of finite values
         mid = (lo + hi) >> 1
-        u = (_key_value(mid) * r) * mag
+        u = (key_value(mid.to(tl.uint32)) * r) * mag
         if STRICT:
             ok = u > bound
         else:
@@ -50,9 +46,8 @@ def _half_band_kernel(V_LO, V_HI, SCALE, RQ, H_LO, H_HI, N, NORMALIZE: tl.conste
     hi_u = tl.where(scale >= 0, v_hi, -v_lo)
     k_lo = _first_key(r, mag, lo_u, False)
     k_above = _first_key(r, mag, hi_u, True)
-    h_lo = tl.where(k_lo <= _FP32_MAX_KEY, _key_value(tl.minimum(k_lo, _FP32_MAX_KEY)), float("inf"))
-    h_hi = tl.where(k_above > -_FP32_MAX_KEY - 1, _key_value(tl.maximum(k_above - 1, -_FP32_MAX_KEY - 1)),
-                    float("-inf"))
+    h_lo = tl.where(k_lo <= _KEY_MAX, key_value(tl.minimum(k_lo, _KEY_MAX).to(tl.uint32)), float("inf"))
+    h_hi = tl.where(k_above > _KEY_MIN, key_value(tl.maximum(k_above - 1, _KEY_MIN).to(tl.uint32)), float("-inf"))
     tl.store(H_LO + rows, h_lo, mask=mask)
     tl.store(H_HI + rows, h_hi, mask=mask)
 
@@ -65,7 +60,7 @@ def half_domain_band(v_lo: torch.Tensor, v_hi: torch.Tensor, scale: torch.Tensor
     Every tile forms a logit as ``scale·(half·rq_i)``, two fp32 products rounded to nearest (no ``.ftz``
     in the kernels' PTX): monotone in ``half`` (increasing for ``scale > 0``, decreasing below), so the
     halves whose logit lies in the band are exactly an interval, found by bisecting the fp32 values in
-    order with the same two products (one launch, 34 steps per row). The kernels then test ``half``
+    order with the same two products (one launch, 33 steps per row). The kernels then test ``half``
     against it and never form a plain tile's logits: exact, two multiplications per pair fewer. A row
     whose band holds no attainable half (an empty ring: ``(+inf, -inf)``) gets ``h_lo > h_hi``; with
     ``scale = 0`` every half or none."""

@@ -421,11 +421,11 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         out.append(Launch("inverse norms", None, 0, 0, 1, 0.0, inputs, note="torch-free Triton row pass"))
     if w.ring_radix_bits:
         out.extend(ring_launches(w, f, device))
-        # the band as halves (kernels.band), once for the forward and once for the backward: 34 bisection
+        # the band as halves (kernels.band), once for the forward and once for the backward: 33 bisection
         # steps per row, each about ten instructions on [N] (reads v_lo, v_hi, rq; writes h_lo, h_hi)
         for _ in range(2):
             out.append(Launch("Ring band in halves (bisection per row)", None, 0, 0, 1, 0.0, 5 * n * 4,
-                              alu_ops=2 * 34 * 10 * n))
+                              alu_ops=2 * 33 * 10 * n))
     if pair_route_used(w):
         return out + pair_launches(w, b, device)
     # forward: persistent programs; symmetric losses own [P, M] column partials; row-only losses with
