@@ -4,14 +4,19 @@ The candidates of row ``i`` sorted in descending order, the band holds ranks ``[
 (see ``ring_info_nce``); ties at a boundary are kept, so the band is the value interval
 ``[v_lo, v_hi]`` with ``v_hi`` the value of rank ``lo`` and ``v_lo`` the value of rank ``hi - 1``.
 
+The kernels here rank the tiles' halves (``tiles.tile_norms``: ``half = raw·rc_j``) rather than the
+logits ``scale·(half·rq_i)``: the logit is a monotone function of the half within a row, so a rank's
+logit is that function of the same rank's half (for a negative scale, of the mirrored rank's), two
+products per pair fewer; ``backends.triton`` maps the halves found back to logits, as the tiles form them.
+
 1. :func:`_ring_count_kernel` counts each row's candidates (roles only, no dot products); the
    rank bounds follow on the host side by ``core.ring_ranks`` (float64, as in every backend).
 2. :func:`_ring_select_kernel` finds the two ranks' values by a radix search over the uint32
-   order keys of the fp32 logits, ``RADIX_BITS`` bits per pass: a pass recomputes the row block's
+   order keys of the fp32 halves, ``RADIX_BITS`` bits per pass: a pass recomputes the row block's
    tiles and counts, per row and for every digit ``d``, the candidates whose key is at least
    ``prefix | d << shift``; the rank's digit is the largest ``d`` whose count exceeds the rank.
    The per-row state (prefix, rank) stays in registers across the passes, so one launch does it
-   all, and the result is exact on the very logits the loss uses.
+   all, and the result is exact on the very values the loss uses.
 3. :func:`ring_band_bracketed` (the triton backend's default) needs two passes instead of
    ``32 / RADIX_BITS``: thresholds estimated from a sample of columns, one counting pass
    (:func:`_ring_count_at_kernel`) that brackets each rank between two thresholds, one gathering
@@ -35,7 +40,7 @@ from .tiles import (
     pipeline_start,
     pipeline_step,
     plain_tile,
-    tile_cosines,
+    tile_cosine_parts,
     tile_roles,
 )
 
@@ -62,14 +67,13 @@ def _ring_select_kernel(
 ):
     """Argument groups as ``problem.GROUPS`` lists them; ``ROLE`` as ``tiles.ROLE_SWITCHES``."""
     # (a name bound here must not be rebound in a loop: no ``_`` for the unused members)
-    Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
+    Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     RANK_TOP, RANK_BOTTOM, V_HI, V_LO = ranks
     RADIX: tl.constexpr = 1 << RADIX_BITS
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    scale = tl.load(SCALE).to(tl.float32)
-    # wanted descending ranks: the top of the band (rank lo) and its bottom (rank hi - 1)
+    # wanted descending ranks of the halves: the top of the band (rank lo) and its bottom (rank hi - 1)
     need_top = tl.load(RANK_TOP + rows, mask=row_mask, other=0) + 1
     need_bottom = tl.load(RANK_BOTTOM + rows, mask=row_mask, other=0) + 1
     prefix_top = tl.zeros((BLOCK_M,), dtype=tl.uint32)
@@ -85,10 +89,10 @@ def _ring_select_kernel(
             for c0 in range(0, M_TOTAL, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N)
                 col_mask = cols < M_TOTAL
-                logits = scale * tile_cosines(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
-                                              NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+                half = tile_cosine_parts(Q, C, RQ, RC, rows, cols, row_mask, col_mask, D, stride_q, stride_c,
+                                         NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)[1]
                 candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-                keys = order_key(logits)
+                keys = order_key(half)
                 for d in tl.static_range(1, RADIX):
                     step_d = tl.full((BLOCK_M,), d, dtype=tl.uint32) << shift
                     at_least_top = tl.sum((candidate & (keys >= (prefix_top | step_d)[:, None])).to(tl.int32), axis=1)
@@ -116,8 +120,8 @@ def candidate_counts(tiles, config):
 
 
 def ring_band(tiles, config, rank_top, rank_bottom):
-    """fp32 ``(v_lo, v_hi)`` ``[N]``: the values of descending ranks ``rank_bottom`` and
-    ``rank_top`` (int32 ``[N]``, each below the row's candidate count) among each row's candidates, by
+    """fp32 ``(h_lo, h_hi)`` ``[N]``: the halves (``tiles.tile_norms``) of descending ranks ``rank_bottom``
+    and ``rank_top`` (int32 ``[N]``, each below the row's candidate count) among each row's candidates, by
     the radix search (``32 / radix_bits`` passes over the tiles). Rows of ``rank_top`` -1 are skipped
     (their values are garbage), and so are the passes of a row block made of them only."""
     t = tiles
@@ -183,16 +187,15 @@ def _ring_count_at_kernel(
     T_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PIPELINE: tl.constexpr = False,
 ):
-    """``COUNTS[k, i]``: row ``i``'s candidates whose logit is at least ``THRESH[k, i]`` (``[T, N]``
-    each, fp32 thresholds and int32 counts; ``T_POW2``: T rounded up to a power of two): one pass
-    over the row block's tiles (``PIPELINE``: each tile's product issued one tile ahead, as the
-    forward's: the same logits)."""
-    Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
+    """``COUNTS[k, i]``: row ``i``'s candidates whose half (``tiles.tile_norms``) is at least
+    ``THRESH[k, i]`` (``[T, N]`` each, fp32 thresholds and int32 counts; ``T_POW2``: T rounded up to a
+    power of two): one pass over the row block's tiles (``PIPELINE``: each tile's product issued one tile
+    ahead, as the forward's: the same values)."""
+    Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    scale = tl.load(SCALE).to(tl.float32)
     ks = tl.arange(0, T_POW2)
     counts = tl.zeros((BLOCK_M, T_POW2), dtype=tl.int32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
@@ -201,18 +204,17 @@ def _ring_count_at_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines, _half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
+        _cosines, half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
                                                  D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
                                                  INPUT_PRECISION, PIPELINE)
-        logits = scale * cosines
         plain = False
         if MAY_BE_PLAIN:
             plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
         if plain:  # every pair a candidate (tiles.plain_tile): no per-pair role test
-            values = logits
+            values = half
         else:
             candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-            values = tl.where(candidate, logits, float("-inf"))  # thresholds are never -inf
+            values = tl.where(candidate, half, float("-inf"))  # thresholds are never -inf
         for k in tl.static_range(T):
             threshold = tl.load(THRESH + k * N + rows, mask=row_mask, other=float("inf"))
             # summed as fp32 ones: a tile's count is at most BLOCK_N, exact, and the compare-and-add
@@ -228,18 +230,17 @@ def _ring_gather_kernel(
     ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, SLOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
-    """Row ``i``'s candidate logits ``x`` inside either bracket, ``BRACKET[0, i] <= x < BRACKET[1, i]``
+    """Row ``i``'s candidate halves ``x`` (``tiles.tile_norms``) inside either bracket, ``BRACKET[0, i] <= x < BRACKET[1, i]``
     or ``BRACKET[2, i] <= x < BRACKET[3, i]`` (``[4, N]`` fp32), into ``OUT[i, :]`` (``[N, SLOTS]``
     fp32, in no particular order: each takes its slot from an atomic count of its row, ``FILLED[i]``
     (int32, zeros first), which ends as their number; those past ``SLOTS`` are dropped, slots not
     written keep what the caller put there; the row is complete when ``FILLED[i] <= SLOTS``). Sorted
     afterwards, the slots are the same whatever the order: no scan of the tile per row."""
-    Q, C, RQ, RC, SCALE = inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]
+    Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    scale = tl.load(SCALE).to(tl.float32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
     FLAT: tl.constexpr = BLOCK_M * BLOCK_N
     top_lo = tl.load(BRACKET + rows, mask=row_mask, other=float("inf"))
@@ -251,12 +252,11 @@ def _ring_gather_kernel(
     for c0 in range(0, M_TOTAL, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_mask = cols < M_TOTAL
-        cosines, _half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
+        _cosines, half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
                                                  D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
                                                  INPUT_PRECISION, PIPELINE)
-        logits = scale * cosines
-        inside = (((logits >= top_lo[:, None]) & (logits < top_hi[:, None]))
-                  | ((logits >= bottom_lo[:, None]) & (logits < bottom_hi[:, None])))
+        inside = (((half >= top_lo[:, None]) & (half < top_hi[:, None]))
+                  | ((half >= bottom_lo[:, None]) & (half < bottom_hi[:, None])))
         plain = False
         if MAY_BE_PLAIN:
             plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
@@ -266,7 +266,7 @@ def _ring_gather_kernel(
         row_of = tl.reshape(rows[:, None] + cols[None, :] * 0, (FLAT,))
         taken = tl.reshape(inside, (FLAT,))
         slot = tl.atomic_add(FILLED + row_of, 1, mask=taken, sem="relaxed")  # the pair's place in its row
-        tl.store(OUT + row_of.to(tl.int64) * SLOTS + slot, tl.reshape(logits, (FLAT,)), mask=taken & (slot < SLOTS))
+        tl.store(OUT + row_of.to(tl.int64) * SLOTS + slot, tl.reshape(half, (FLAT,)), mask=taken & (slot < SLOTS))
 
 
 def count_at(tiles, config, thresholds):
@@ -285,7 +285,7 @@ def count_at(tiles, config, thresholds):
 
 
 def gather_brackets(tiles, config, brackets, slots=GATHER_SLOTS):
-    """``(values, filled)``: fp32 ``[N, slots]``, each row's candidate logits inside either of its two
+    """``(values, filled)``: fp32 ``[N, slots]``, each row's candidate halves inside either of its two
     brackets (fp32 ``[4, N]``: ``[lo, hi)`` of the top's, then of the bottom's), ``-inf`` in the slots
     left over; int32 ``[N]``, how many there were (more than ``slots``: the row is incomplete)."""
     t = tiles
@@ -302,7 +302,7 @@ def gather_brackets(tiles, config, brackets, slots=GATHER_SLOTS):
 
 def sample_thresholds(sample, count, rank, thresholds):
     """fp32 ``[thresholds, N]``: values around each row's estimated value of descending ``rank``
-    (int64 ``[N]``) among its ``count`` candidates, from ``sample`` (fp32 ``[N, S]``: the logits of
+    (int64 ``[N]``) among its ``count`` candidates, from ``sample`` (fp32 ``[N, S]``: the values of
     some columns, sorted in descending order, the non-candidates ``-inf`` at the end).
 
     The rank's position in the sample is estimated by proportion; the thresholds are sample values
@@ -343,8 +343,8 @@ def brackets_from_counts(thresholds, counts, count, rank):
 
 def ring_band_bracketed(tiles, config, thresholds_top, thresholds_bottom, count, rank_top, rank_bottom,
                         slots=GATHER_SLOTS):
-    """``(v_lo, v_hi, resolved)``: the band's values for the rows that one counting pass and one
-    gathering pass resolve (bool ``resolved``); ranks int64 ``[N]``, ``count`` the candidate counts,
+    """``(h_lo, h_hi, resolved)``: the halves of ranks ``rank_bottom`` and ``rank_top`` for the rows that
+    one counting pass and one gathering pass resolve (bool ``resolved``); ranks int64 ``[N]``, ``count`` the candidate counts,
     the thresholds fp32 ``[T, N]`` around each rank's value (e.g. :func:`sample_thresholds`).
 
     1. the counting pass counts each row's candidates at or above every threshold of both ranks;
@@ -354,7 +354,7 @@ def ring_band_bracketed(tiles, config, thresholds_top, thresholds_bottom, count,
        slots; sorted, a rank's value is the slot after the gathered values at or above its bracket
        and its ``rank - above`` bracket-mates.
 
-    Exact on the tiles' logits: thresholds only choose the brackets; counts and values come from the
+    Exact on the tiles' halves: thresholds only choose the brackets; counts and values come from the
     same tiles as the loss's. A row whose brackets hold more than ``slots`` candidates is not resolved
     (its values are then garbage)."""
     t_top = thresholds_top.shape[0]

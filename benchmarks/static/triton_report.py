@@ -294,7 +294,7 @@ def ring_select_mode() -> str:
 def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> list[Launch]:
     """The Ring selection's launches (``mode``: ``"bracketed"`` or ``"radix"``, default as shipped).
 
-    Bracketed (``kernels.ring_select.ring_band_bracketed``): the logits of ``SAMPLE_COLUMNS`` columns by
+    Bracketed (``kernels.ring_select.ring_band_bracketed``): the halves of ``SAMPLE_COLUMNS`` columns by
     ``torch.mm`` and sorted per row, one counting pass at the sample's thresholds and one gathering
     pass over the tiles, the gathered slots sorted per row. The radix search then runs only for rows
     whose bracket overflowed its slots, charged here as none: the modeled time assumes every row
@@ -326,7 +326,7 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
         t_top, t_bottom = rs.TOP_THRESHOLDS, rs.BOTTOM_THRESHOLDS
     t = t_top + t_bottom
     k = rs.GATHER_SLOTS
-    out = [Launch(f"ring sample: {s} columns' logits (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
+    out = [Launch(f"ring sample: {s} columns' halves (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
                   2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
                   gemms=((n, s, d, 1, 4, False),), note="estimates only: the thresholds")]
     # the selection's tiles: plain (no per-pair role test) as the loss's are, where the kernels have the branch

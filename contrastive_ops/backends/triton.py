@@ -122,10 +122,11 @@ def _ring_select_mode() -> str:
 
 
 def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom, outer: float, inner: float):
-    """The bracketed selection's thresholds (``ring_select.sample_thresholds``), estimated from the
-    logits of at most ``ring_select.SAMPLE_COLUMNS`` evenly spread columns (computed by torch: the
-    estimate needs no bit-exactness), in row chunks of at most 4 Mi sampled logits; as many thresholds
-    per rank as ``ring_select.threshold_counts`` gives for the row length and the band's fractions."""
+    """The bracketed selection's thresholds (``ring_select.sample_thresholds``) for the descending ranks
+    ``rank_top`` and ``rank_bottom`` of the tiles' halves, estimated from the halves of at most
+    ``ring_select.SAMPLE_COLUMNS`` evenly spread columns (computed by torch: the estimate needs no
+    bit-exactness), in row chunks of at most 4 Mi sampled values; as many thresholds per rank as
+    ``ring_select.threshold_counts`` gives for the row length and the band's fractions."""
     ring_select = _kernels()[3]
     n, mt = tiles.n, tiles.m_total
     device = tiles.query.device
@@ -135,18 +136,14 @@ def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom,
     sample_cols = tiles.columns[cols].float()
     if tiles.flags["NORMALIZE"]:
         sample_cols = sample_cols * tiles.rc[cols][:, None]
-    scale = tiles.scale.float()
     top, bottom = [], []
     chunk = max(1, (4 << 20) // s)
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         rows = torch.arange(r0, r1, device=device)
-        q = tiles.query[r0:r1].float()
-        if tiles.flags["NORMALIZE"]:
-            q = q * tiles.rq[r0:r1][:, None]
-        logits = scale * (q @ sample_cols.T)
+        halves = tiles.query[r0:r1].float() @ sample_cols.T  # raw·rc_j, as tiles.tile_norms forms them
         candidate = pair_roles(rows, cols, tiles.m, spec)[1]
-        ordered = torch.where(candidate, logits, float("-inf")).sort(dim=1, descending=True).values
+        ordered = torch.where(candidate, halves, float("-inf")).sort(dim=1, descending=True).values
         top.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_top[r0:r1], t_top))
         bottom.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_bottom[r0:r1], t_bottom))
     return torch.cat(top, dim=1), torch.cat(bottom, dim=1)
@@ -164,19 +161,24 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
     count = ring_select.candidate_counts(tiles, cfg).to(torch.int64)
     lo, hi = ring_ranks(count, outer, inner)
     nonempty = hi > lo
-    rank_top = torch.where(nonempty, lo, 0)
-    rank_bottom = torch.where(nonempty, hi - 1, 0)
+    # the kernels rank the tiles' halves: a logit is scale·(half·rq_i), monotone in the half, so the band's
+    # logits are those of the same ranks' halves, or of the mirrored ranks' for a negative scale (no sync)
+    mirror = tiles.scale < 0
+    rank_top = torch.where(nonempty, torch.where(mirror, count - 1 - lo, lo), 0)
+    rank_bottom = torch.where(nonempty, torch.where(mirror, count - hi, hi - 1), 0)
     if _ring_select_mode() == "bracketed":
         thresholds = _ring_sample_thresholds(tiles, spec, count, rank_top, rank_bottom, outer, inner)
-        fast_lo, fast_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, rank_top,
-                                                                     rank_bottom)
+        fast_bottom, fast_top, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, rank_top,
+                                                                          rank_bottom)
         # the radix search for the rows left over (rank -1: skipped; a row block of such rows does no pass)
         left = nonempty & ~resolved
-        v_lo, v_hi = ring_select.ring_band(tiles, cfg, torch.where(left, rank_top, -1).to(torch.int32),
-                                           torch.where(left, rank_bottom, -1).to(torch.int32))
-        v_lo, v_hi = torch.where(left, v_lo, fast_lo), torch.where(left, v_hi, fast_hi)
+        h_bottom, h_top = ring_select.ring_band(tiles, cfg, torch.where(left, rank_top, -1).to(torch.int32),
+                                                torch.where(left, rank_bottom, -1).to(torch.int32))
+        h_bottom, h_top = torch.where(left, h_bottom, fast_bottom), torch.where(left, h_top, fast_top)
     else:
-        v_lo, v_hi = ring_select.ring_band(tiles, cfg, rank_top.to(torch.int32), rank_bottom.to(torch.int32))
+        h_bottom, h_top = ring_select.ring_band(tiles, cfg, rank_top.to(torch.int32), rank_bottom.to(torch.int32))
+    v_lo, v_hi = (tiles.scale * (h * tiles.rq) if tiles.flags["NORMALIZE"] else tiles.scale * h
+                  for h in (h_bottom, h_top))  # the two products of the tiles, in their order
     inf = torch.full_like(v_lo, float("inf"))
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
