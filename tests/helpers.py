@@ -33,6 +33,25 @@ def make_inputs(case, dtype=torch.float32, device="cpu", requires_grad=True):
     return out
 
 
+def exact_product_rows(n: int, m: int, d: int):
+    """``(query [n, d], keys [m, d], logits_of)``: rows of small integers times 1/4 (norms below 1 too, so
+    inverse norms above 1; every dot product exact in any order) and ``logits_of(scale)``, the ``[n, m]``
+    logits ``scale·((raw·rc_j)·rq_i)`` as the Triton tiles form them, with the kernels' own inverse norms:
+    a reference that decides on the kernels' very values."""
+    from contrastive_ops.kernels.normalize import inverse_norms
+
+    query, keys = torch.randint(-2, 3, (n, d)).float(), torch.randint(-2, 3, (m, d)).float()
+    query[query.abs().sum(dim=1) == 0, 0] = 1.0  # no zero rows
+    keys[keys.abs().sum(dim=1) == 0, 0] = 1.0
+    query, keys = query * 0.25, keys * 0.25
+    half = (query @ keys.T) * inverse_norms(keys)[None, :]
+
+    def logits_of(scale: torch.Tensor) -> torch.Tensor:
+        return scale * (half * inverse_norms(query)[:, None])
+
+    return query, keys, logits_of
+
+
 def as_reference(tensors):
     """The same values in float64 on the CPU, as new leaves: the reference sees exactly what the
     backend was given (inputs already rounded to fp16/bf16 stay rounded)."""

@@ -11,7 +11,7 @@ in one problem.
 """
 import pytest
 import torch
-from helpers import required, triton_status
+from helpers import exact_product_rows, required, triton_status
 
 from contrastive_ops.backends.naive import ring_band_sorted
 from contrastive_ops.core import RoleSpec, pair_roles
@@ -151,22 +151,15 @@ def test_band_membership_with_normalized_rows_and_a_scale(outer, inner, scale, s
     products, the kernels' own inverse norms), lies in the band the selection returned, ties included;
     its log-sum-exp is that of those logits (the softmax shifted by the band's top, for a negative scale
     and for a zero one too)."""
-    from contrastive_ops.kernels.normalize import inverse_norms
-
-    n, m, d = 37, 45, 6
-    query = torch.randint(-2, 3, (n, d)).float()
-    keys = torch.randint(-2, 3, (m, d)).float()
-    query[query.abs().sum(dim=1) == 0, 0] = 1.0
-    keys[keys.abs().sum(dim=1) == 0, 0] = 1.0
-    query, keys = query * 0.25, keys * 0.25  # norms below 1 too (inverse norms above 1); products still exact
+    n, m = 37, 45
+    query, keys, logits_of = exact_product_rows(n, m, 6)
     scale = torch.tensor(scale)
     spec = RoleSpec(pos_index=torch.arange(n) % m, normalize=True, ring=(outer, inner))
     config = pinned_config().as_list()
     band = triton_backend._ring_band_impl(query, keys, None, scale, *spec.flat(), outer, inner, config)
     out = triton_backend._forward_impl(query, keys, None, scale, None, *band, *spec.flat(), config, False)
     terms = dict(zip(triton_backend.FORWARD_OUTPUTS, out))
-    raw = query @ keys.T  # integers: exact in any order
-    logits = scale * ((raw * inverse_norms(keys)[None, :]) * inverse_norms(query)[:, None])
+    logits = logits_of(scale)
     positive, candidate = pair_roles(torch.arange(n), torch.arange(m), m, spec)
     den = positive | (candidate & (logits >= band[0][:, None]) & (logits <= band[1][:, None]))
     assert torch.equal(terms["row_den_count"], den.sum(dim=1))

@@ -9,7 +9,7 @@ chunked backend's radix select on the very same values.
 """
 import pytest
 import torch
-from helpers import required, triton_status
+from helpers import exact_product_rows, required, triton_status
 
 from contrastive_ops.backends import chunked
 from contrastive_ops.backends.naive import ring_band_sorted
@@ -224,20 +224,14 @@ def test_band_of_normalized_rows_by_the_halves(mode, scale, monkeypatch, seed):
     """The kernels rank the tiles' halves and map the ranks' halves to logits (mirrored ranks for a negative
     scale): the band equals the full sort's of the logits formed as the tiles form them (exact integer dot
     products, the kernels' own inverse norms), ties included, for either sign of the scale and for zero."""
-    from contrastive_ops.kernels.normalize import inverse_norms
-
-    n, m, d = 29, 67, 5
-    query = torch.randint(-2, 3, (n, d)).float()
-    keys = torch.randint(-2, 3, (m, d)).float()
-    query[query.abs().sum(dim=1) == 0, 0] = 1.0
-    keys[keys.abs().sum(dim=1) == 0, 0] = 1.0
-    query, keys = query * 0.25, keys * 0.25  # inverse norms above 1 too; products still exact
+    n, m = 29, 67
+    query, keys, logits_of = exact_product_rows(n, m, 5)
     spec = RoleSpec(pos_index=torch.arange(n) % m, normalize=True)
     monkeypatch.setenv("CONTRASTIVE_OPS_RING_SELECT", mode)
     s = torch.tensor(scale)
     v_lo, v_hi = triton_backend._ring_band_impl(query, keys, None, s, *spec.flat(), 0.4, 0.25,
                                                 pinned_config().as_list())
-    logits = s * ((query @ keys.T) * inverse_norms(keys)[None, :] * inverse_norms(query)[:, None])
+    logits = logits_of(s)
     candidate = pair_roles(torch.arange(n), torch.arange(m), m, spec)[1]
     want_lo, want_hi = ring_band_sorted(logits, candidate, 0.4, 0.25)
     assert torch.equal(v_lo, want_lo) and torch.equal(v_hi, want_hi)

@@ -179,6 +179,8 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
         h_bottom, h_top = ring_select.ring_band(tiles, cfg, rank_top.to(torch.int32), rank_bottom.to(torch.int32))
     v_lo, v_hi = (tiles.scale * (h * tiles.rq) if tiles.flags["NORMALIZE"] else tiles.scale * h
                   for h in (h_bottom, h_top))  # the two products of the tiles, in their order
+    # (the op returns logits, not these halves: the band is a value interval of logits, and halves with a
+    # logit tied to an end count too; kernels.band maps it back to the exact interval of halves)
     inf = torch.full_like(v_lo, float("inf"))
     return torch.where(nonempty, v_lo, inf), torch.where(nonempty, v_hi, -inf)
 
