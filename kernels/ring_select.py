@@ -24,6 +24,7 @@ products per pair fewer; ``backends.triton`` maps the halves found back to logit
    slots, sorted afterwards. Counts and gathered values come from the same tiles, so it is exact
    too; rows whose brackets overflow the slots go to step 2 (their row blocks only).
 """
+import dataclasses
 import math
 
 import torch
@@ -137,68 +138,92 @@ def ring_band(tiles, config, rank_top, rank_bottom):
 
 
 # ---------------------------------------------------------------------------------------------
-# bracketed selection: thresholds from a sample, one counting pass, one gathering pass
+# bracketed selection: spans from a sample, one gathering pass, an exact selection in the slots
 # ---------------------------------------------------------------------------------------------
 
-#: Columns of the sample the thresholds are estimated from (all of them for smaller problems).
+#: Columns of the sample the spans are estimated from (all of them for smaller problems).
 SAMPLE_COLUMNS = 2048
-#: Slots per row of the gathering pass (both brackets together; 4 KiB per row): a row whose brackets hold
-#: more candidates falls back to the radix search.
-GATHER_SLOTS = 1024
-#: The thresholds span this many standard deviations of the sample's rank estimate on each side.
+#: A rank's span covers this many standard deviations of the sample's estimate of it on each side.
 COVER = 5.0
-#: The share of the slots the two brackets are expected to fill together (:func:`threshold_counts`); on
-#: random unit vectors at 32768² × 128 the fullest of 32768 rows held about twice the mean.
-SLOT_SHARE = 1.0 / 3.0
-#: At most this many thresholds per rank: the counting pass compares and sums once per threshold and pair.
-MAX_THRESHOLDS = 32
+#: Slots per row: the spans' expected candidates plus this many standard deviations of their number
+#: (:func:`span_slots`); a row whose spans hold more falls back to the radix search.
+SLOT_MARGIN = 6.0
+#: Slots come in multiples of this (the selection reads them in chunks of it).
+SLOT_CHUNK = 1024
+#: At most this many slot values (fp32) at once: rows are gathered and selected in chunks of rows.
+SCRATCH_VALUES = 1 << 26
+#: The gathering pass's tile width at most (:func:`gather_config`).
+GATHER_BLOCK_N = 64
+#: Warps of the selection in the slots (one row per program).
+SELECT_WARPS = 2
 
 
 def _spread(q, present):
-    """Half the span of a rank's thresholds, in sample positions: ``COVER`` standard deviations of the
-    position of quantile ``q`` among ``present`` sampled candidates (binomial), plus one."""
+    """Half a rank's span, in sample positions: ``COVER`` standard deviations of the position of quantile
+    ``q`` among ``present`` sampled candidates (binomial), plus one."""
     return COVER * (q * (1.0 - q) * present) ** 0.5 + 1.0
 
 
-def threshold_counts(columns, outer, inner, sample=SAMPLE_COLUMNS, slots=GATHER_SLOTS):
-    """``(top, bottom)``: thresholds per row for the band's top (rank ≈ ``inner·outer·M``) and its bottom
-    (rank ≈ ``outer·M``) among ``columns`` (M) candidates, so that the two brackets are expected to hold
-    ``SLOT_SHARE`` of the ``slots`` together whatever M.
-
-    A rank at quantile ``q`` gets thresholds over ±:func:`_spread` sample positions, ``w = 2·spread·M/S``
-    candidates; T thresholds cut them into brackets of ``w/T``. Brackets therefore widen like ``M/√S``:
-    fixed counts would overflow the slots as M grows (at 65536 columns about one row in twenty would, and
-    each such row sends its whole row block to the radix search). The budget ``B = SLOT_SHARE·slots`` is
-    split by ``T_k = √w_k·(√w_top + √w_bottom)/B``, the fewest thresholds in all for which
-    ``w_top/T_top + w_bottom/T_bottom <= B``; at least 2 and at most ``MAX_THRESHOLDS`` each."""
+def span_fill(columns, outer, inner, sample=SAMPLE_COLUMNS):
+    """``(mean, std)``: candidates per row inside the two spans, for the band's top (rank ≈
+    ``inner·outer·M``) and its bottom (rank ≈ ``outer·M``) among ``columns`` (M) candidates, from a sample of
+    ``sample`` columns. A span of ``2·spread`` sample positions (:func:`_spread`) holds ``2·spread·M/S``
+    candidates on average; their number is that of ``2·spread`` spacings between sampled order statistics,
+    about ``√(2·spread)·M/S`` from row to row."""
     columns = max(1, columns)
     s = max(1, min(columns, sample))
     hi = max(1.0, outer * columns)
-    widths = [2.0 * _spread(min(1.0, rank / columns), s) * columns / s for rank in (inner * hi, hi)]
-    total = sum(w ** 0.5 for w in widths)
-    budget = SLOT_SHARE * slots
-    return tuple(min(MAX_THRESHOLDS, max(2, math.ceil(w ** 0.5 * total / budget))) for w in widths)
+    mean = var = 0.0
+    for rank in (inner * hi, hi):
+        positions = 2.0 * _spread(min(1.0, rank / columns), s)
+        mean += positions * columns / s
+        var += positions * (columns / s) ** 2
+    return mean, var ** 0.5
+
+
+def span_slots(columns, outer, inner, sample=SAMPLE_COLUMNS):
+    """Slots per row (:func:`span_fill`'s mean plus ``SLOT_MARGIN`` standard deviations, in multiples of
+    ``SLOT_CHUNK``, at most the row's length rounded up): spans widen like ``M/√S``, and so do the slots
+    (5120 at 32768 columns, 9216 at 65536, for outer = inner = 0.1)."""
+    mean, std = span_fill(columns, outer, inner, sample)
+    need = mean + SLOT_MARGIN * std
+    return SLOT_CHUNK * max(1, min(math.ceil(need / SLOT_CHUNK), math.ceil(max(1, columns) / SLOT_CHUNK)))
+
+
+def gather_config(config):
+    """The gathering pass's tiles: the selection's, at most ``GATHER_BLOCK_N`` columns wide (its prefix-sum
+    product and the next tile's product fit the registers without spilling)."""
+    return dataclasses.replace(config, block_n=min(config.block_n, GATHER_BLOCK_N))
 
 
 @triton.jit
-def _ring_count_at_kernel(
-    inputs, roles, sizes, THRESH, COUNTS,
-    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, T: tl.constexpr,
-    T_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PIPELINE: tl.constexpr = False,
+def _ring_gather_kernel(
+    inputs, roles, sizes, SPANS, OUT, COUNTS, first_block,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, SLOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
-    """``COUNTS[k, i]``: row ``i``'s candidates whose half (``tiles.tile_norms``) is at least
-    ``THRESH[k, i]`` (``[T, N]`` each, fp32 thresholds and int32 counts; ``T_POW2``: T rounded up to a
-    power of two): one pass over the row block's tiles (``PIPELINE``: each tile's product issued one tile
-    ahead, as the forward's: the same values)."""
+    """One pass over the tiles of row blocks ``first_block + program_id``: row ``i``'s candidate halves
+    ``x`` (``tiles.tile_norms``) inside either span, ``SPANS[0, i] <= x < SPANS[1, i]`` (the top's) or
+    ``SPANS[2, i] <= x < SPANS[3, i]`` (the bottom's; fp32 ``[4, N]``), written in column order to the row's
+    slots ``OUT[i - first_block·BLOCK_M, :]`` (fp32 ``[rows, SLOTS]``; those past ``SLOTS`` dropped), and
+    ``COUNTS[:, i]`` (int32 ``[3, N]``): the candidates at or above ``SPANS[1, i]``, at or above
+    ``SPANS[3, i]``, and inside the spans (more than ``SLOTS``: the row is incomplete). A tile's slots are
+    its row's running count plus a prefix sum over the tile's row: no atomics, the same slots every run."""
     Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
-    row0 = tl.program_id(0) * BLOCK_M
+    row0 = (tl.program_id(0) + first_block) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    ks = tl.arange(0, T_POW2)
-    counts = tl.zeros((BLOCK_M, T_POW2), dtype=tl.int32)
     MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
+    top_lo = tl.load(SPANS + rows, mask=row_mask, other=float("inf"))
+    top_hi = tl.load(SPANS + N + rows, mask=row_mask, other=float("inf"))
+    bottom_lo = tl.load(SPANS + 2 * N + rows, mask=row_mask, other=float("inf"))
+    bottom_hi = tl.load(SPANS + 3 * N + rows, mask=row_mask, other=float("inf"))
+    slot_rows = OUT + (rows - first_block * BLOCK_M).to(tl.int64) * SLOTS
+    above_top = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    above_bottom = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    filled = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    upper = (tl.arange(0, BLOCK_N)[:, None] <= tl.arange(0, BLOCK_N)[None, :]).to(tl.float16)
     q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
                                   INPUT_PRECISION, PIPELINE)
     for c0 in range(0, M_TOTAL, BLOCK_N):
@@ -214,161 +239,265 @@ def _ring_count_at_kernel(
             values = half
         else:
             candidate = tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-            values = tl.where(candidate, half, float("-inf"))  # thresholds are never -inf
-        for k in tl.static_range(T):
-            threshold = tl.load(THRESH + k * N + rows, mask=row_mask, other=float("inf"))
-            # summed as fp32 ones: a tile's count is at most BLOCK_N, exact, and the compare-and-add
-            # takes fewer instructions than int32's (the static model: 2.86 -> 2.01 ms at 32768² × 128)
-            at_least = tl.sum((values >= threshold[:, None]).to(tl.float32), axis=1).to(tl.int32)
-            counts += tl.where(ks[None, :] == k, at_least[:, None], 0)
-    tl.store(COUNTS + ks[None, :] * N + rows[:, None], counts, mask=row_mask[:, None] & (ks < T)[None, :])
+            values = tl.where(candidate, half, float("nan"))  # a NaN compares false: never counted nor taken
+        over_top = values >= top_hi[:, None]
+        over_bottom = values >= bottom_hi[:, None]
+        inside = (((values >= top_lo[:, None]) & (values < top_hi[:, None]))
+                  | ((values >= bottom_lo[:, None]) & (values < bottom_hi[:, None])))
+        # summed as fp32 ones: a tile's count is at most BLOCK_N, exact
+        above_top += tl.sum(over_top.to(tl.float32), axis=1).to(tl.int32)
+        above_bottom += tl.sum(over_bottom.to(tl.float32), axis=1).to(tl.int32)
+        # 1, 2, ... along the tile's row at the pairs taken: a product with the upper-triangular ones (exact
+        # small integers in fp16 and fp32), in the layout of the tile itself
+        place = tl.dot(inside.to(tl.float16), upper, out_dtype=tl.float32)
+        slot = filled[:, None] + (place + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 + 1)
+        tl.store(slot_rows[:, None] + slot, half, mask=inside & (slot < SLOTS))
+        filled += tl.sum(inside.to(tl.float32), axis=1).to(tl.int32)
+    tl.store(COUNTS + rows, above_top, mask=row_mask)
+    tl.store(COUNTS + N + rows, above_bottom, mask=row_mask)
+    tl.store(COUNTS + 2 * N + rows, filled, mask=row_mask)
 
 
 @triton.jit
-def _ring_gather_kernel(
-    inputs, roles, sizes, BRACKET, OUT, FILLED,
-    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, SLOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
-):
-    """Row ``i``'s candidate halves ``x`` (``tiles.tile_norms``) inside either bracket, ``BRACKET[0, i] <= x < BRACKET[1, i]``
-    or ``BRACKET[2, i] <= x < BRACKET[3, i]`` (``[4, N]`` fp32), into ``OUT[i, :]`` (``[N, SLOTS]``
-    fp32, in no particular order: each takes its slot from an atomic count of its row, ``FILLED[i]``
-    (int32, zeros first), which ends as their number; those past ``SLOTS`` are dropped, slots not
-    written keep what the caller put there; the row is complete when ``FILLED[i] <= SLOTS``). Sorted
-    afterwards, the slots are the same whatever the order: no scan of the tile per row."""
-    Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
-    N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
-    row0 = tl.program_id(0) * BLOCK_M
-    rows = row0 + tl.arange(0, BLOCK_M)
-    row_mask = rows < N
-    MAY_BE_PLAIN: tl.constexpr = not (ROLE[HAS_LABELS] or ROLE[MASK_LABELS] or ROLE[HAS_GUIDE])
-    FLAT: tl.constexpr = BLOCK_M * BLOCK_N
-    top_lo = tl.load(BRACKET + rows, mask=row_mask, other=float("inf"))
-    top_hi = tl.load(BRACKET + N + rows, mask=row_mask, other=float("inf"))
-    bottom_lo = tl.load(BRACKET + 2 * N + rows, mask=row_mask, other=float("inf"))
-    bottom_hi = tl.load(BRACKET + 3 * N + rows, mask=row_mask, other=float("inf"))
-    q_block, raw = pipeline_start(Q, C, rows, row_mask, M_TOTAL, D, stride_q, stride_c, BLOCK_M, BLOCK_N, BLOCK_D,
-                                  INPUT_PRECISION, PIPELINE)
-    for c0 in range(0, M_TOTAL, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < M_TOTAL
-        _cosines, half, _rq, raw = pipeline_step(q_block, raw, Q, C, RQ, RC, rows, cols, row_mask, col_mask, M_TOTAL,
-                                                 D, stride_q, stride_c, NORMALIZE, BLOCK_M, BLOCK_N, BLOCK_D,
-                                                 INPUT_PRECISION, PIPELINE)
-        inside = (((half >= top_lo[:, None]) & (half < top_hi[:, None]))
-                  | ((half >= bottom_lo[:, None]) & (half < bottom_hi[:, None])))
-        plain = False
-        if MAY_BE_PLAIN:
-            plain = plain_tile(row0, c0, True, rows, row_mask, N, M, M_TOTAL, roles, ROLE, BLOCK_M, BLOCK_N)
-        if not plain:  # a plain tile (tiles.plain_tile): every pair a candidate, no per-pair role test
-            inside = inside & tile_roles(rows, cols, row_mask, col_mask, M, roles, ROLE, BLOCK_M, BLOCK_N)[1]
-        # flat: Triton 3.9 cannot give an atomic's result the layout of the products' accumulator
-        row_of = tl.reshape(rows[:, None] + cols[None, :] * 0, (FLAT,))
-        taken = tl.reshape(inside, (FLAT,))
-        slot = tl.atomic_add(FILLED + row_of, 1, mask=taken, sem="relaxed")  # the pair's place in its row
-        tl.store(OUT + row_of.to(tl.int64) * SLOTS + slot, tl.reshape(half, (FLAT,)), mask=taken & (slot < SLOTS))
+def _slot_chunk(VALUES, c0, length, CHUNK: tl.constexpr, FULL: tl.constexpr, other):
+    """``VALUES[c0 : c0 + CHUNK]`` (fp32), ``other`` from ``length`` on (``FULL``: a chunk wholly inside, loaded
+    without a mask: contiguous, aligned, vector loads)."""
+    at = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, CHUNK), CHUNK), CHUNK)
+    if FULL:
+        return tl.load(VALUES + at)
+    return tl.load(VALUES + at, mask=at < length, other=other)
 
 
-def count_at(tiles, config, thresholds):
-    """int32 ``[T, N]``: each row's candidates at or above each of its thresholds (fp32 ``[T, N]``)."""
-    t = tiles
-    thresholds = thresholds.contiguous()
-    counts = torch.empty(thresholds.shape, dtype=torch.int32, device=t.query.device)
-    flags = t.constexprs()
-    _ring_count_at_kernel[(triton.cdiv(t.n, config.block_m),)](
-        t.inputs, t.roles, t.sizes, thresholds, counts, ROLE=flags["ROLE"], NORMALIZE=flags["NORMALIZE"],
-        INPUT_PRECISION=flags["INPUT_PRECISION"], T=thresholds.shape[0],
-        T_POW2=triton.next_power_of_2(thresholds.shape[0]), **config.kernel_kwargs(t.d),
-        PIPELINE=pipelined(config, t.d),
-    )
-    return counts
+@triton.jit
+def _count_at_least(VALUES, length, x0, x1, CHUNK: tl.constexpr):
+    """How many of ``VALUES[:length]`` (fp32) are at least ``x0``, and at least ``x1``: the whole chunks, then
+    the part left."""
+    lanes0 = tl.zeros((CHUNK,), dtype=tl.float32)  # one sum per lane (exact: a few thousand at most)
+    lanes1 = tl.zeros((CHUNK,), dtype=tl.float32)
+    full = length // CHUNK * CHUNK
+    for c0 in tl.range(0, full, CHUNK, loop_unroll_factor=1):
+        v = _slot_chunk(VALUES, c0, length, CHUNK, True, 0.0)
+        lanes0 += (v >= x0).to(tl.float32)
+        lanes1 += (v >= x1).to(tl.float32)
+    v = _slot_chunk(VALUES, full, length, CHUNK, False, float("-inf"))
+    lanes0 += (v >= x0).to(tl.float32)
+    lanes1 += (v >= x1).to(tl.float32)
+    return tl.sum(lanes0, axis=0).to(tl.int32), tl.sum(lanes1, axis=0).to(tl.int32)
 
 
-def gather_brackets(tiles, config, brackets, slots=GATHER_SLOTS):
-    """``(values, filled)``: fp32 ``[N, slots]``, each row's candidate halves inside either of its two
-    brackets (fp32 ``[4, N]``: ``[lo, hi)`` of the top's, then of the bottom's), ``-inf`` in the slots
-    left over; int32 ``[N]``, how many there were (more than ``slots``: the row is incomplete)."""
-    t = tiles
-    out = torch.full((t.n, slots), float("-inf"), dtype=torch.float32, device=t.query.device)
-    filled = torch.zeros(t.n, dtype=torch.int32, device=t.query.device)
-    flags = t.constexprs()
-    _ring_gather_kernel[(triton.cdiv(t.n, config.block_m),)](
-        t.inputs, t.roles, t.sizes, brackets.contiguous(), out, filled, ROLE=flags["ROLE"],
-        NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], SLOTS=slots,
-        **config.kernel_kwargs(t.d), PIPELINE=pipelined(config, t.d),
-    )
-    return out, filled
+@triton.jit
+def _span_counts(VALUES, length, lo0, hi0, lo1, hi1, CHUNK: tl.constexpr):
+    """``VALUES[:length]``'s (fp32) counts at or above ``lo0``, ``hi0``, ``lo1`` and ``hi1``, then its largest and
+    smallest (``-inf`` and ``+inf`` if none): one pass."""
+    at_lo0 = tl.zeros((CHUNK,), dtype=tl.float32)
+    at_hi0 = tl.zeros((CHUNK,), dtype=tl.float32)
+    at_lo1 = tl.zeros((CHUNK,), dtype=tl.float32)
+    at_hi1 = tl.zeros((CHUNK,), dtype=tl.float32)
+    largest = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
+    smallest = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
+    for c0 in range(0, length, CHUNK):
+        v = _slot_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: neither counted nor extreme
+        at_lo0 += (v >= lo0).to(tl.float32)
+        at_hi0 += (v >= hi0).to(tl.float32)
+        at_lo1 += (v >= lo1).to(tl.float32)
+        at_hi1 += (v >= hi1).to(tl.float32)
+        filled = v >= float("-inf")  # not the NaN past the slots
+        largest = tl.maximum(largest, tl.where(filled, v, float("-inf")))
+        smallest = tl.minimum(smallest, tl.where(filled, v, float("inf")))
+    return (tl.sum(at_lo0, axis=0).to(tl.int32), tl.sum(at_hi0, axis=0).to(tl.int32),
+            tl.sum(at_lo1, axis=0).to(tl.int32), tl.sum(at_hi1, axis=0).to(tl.int32), tl.max(largest, axis=0),
+            tl.min(smallest, axis=0))
 
 
-def sample_thresholds(sample, count, rank, thresholds):
-    """fp32 ``[thresholds, N]``: values around each row's estimated value of descending ``rank``
-    (int64 ``[N]``) among its ``count`` candidates, from ``sample`` (fp32 ``[N, S]``: the values of
-    some columns, sorted in descending order, the non-candidates ``-inf`` at the end).
+@triton.jit
+def _nearest(VALUES, length, below0, from0, below1, from1, CHUNK: tl.constexpr):
+    """The largest of ``VALUES[:length]`` below ``below0``, the smallest at least ``from0`` (and the same for
+    ``below1``, ``from1``): one pass (-inf and +inf where none)."""
+    best_below0 = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
+    best_from0 = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
+    best_below1 = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
+    best_from1 = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
+    for c0 in range(0, length, CHUNK):
+        v = _slot_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: never below nor at least
+        best_below0 = tl.maximum(best_below0, tl.where(v < below0, v, float("-inf")))
+        best_from0 = tl.minimum(best_from0, tl.where(v >= from0, v, float("inf")))
+        best_below1 = tl.maximum(best_below1, tl.where(v < below1, v, float("-inf")))
+        best_from1 = tl.minimum(best_from1, tl.where(v >= from1, v, float("inf")))
+    return (tl.max(best_below0, axis=0), tl.min(best_from0, axis=0), tl.max(best_below1, axis=0),
+            tl.min(best_from1, axis=0))
 
-    The rank's position in the sample is estimated by proportion; the thresholds are sample values
-    spaced evenly around it so that they span ``COVER`` standard deviations of that estimate (the
-    binomial spread of a quantile of ``S`` draws) on each side. A row without sampled candidates
-    gets ``+inf`` thresholds: its bracket is then the whole row."""
-    s = sample.shape[1]
+
+@triton.jit
+def _start(lo, hi, c_lo, c_hi, need, largest, smallest, ok):
+    """A search's first interval: no slot lies between the span's ends and the slots' extremes, so the
+    interval may start from these (the same counts; an infinite end, e.g. a span open at the top, becomes
+    finite). ``(lo, hi, key_lo, key_hi, active)``."""
+    key_lo = order_key(tl.maximum(lo, smallest)).to(tl.int64)
+    key_hi = tl.minimum(order_key(hi).to(tl.int64), order_key(largest).to(tl.int64) + 1)
+    active = ok & (c_hi + 1 < need) & (c_lo > need) & (key_hi - key_lo > 1)
+    return key_value(key_lo.to(tl.uint32)), key_value(key_hi.to(tl.uint32)), key_lo, key_hi, active
+
+
+@triton.jit
+def _pivot(lo, hi, c_lo, c_hi, need, key_lo, key_hi, halve, active):
+    """A value strictly inside ``(lo, hi)``: interpolated from the counts at the ends (``need``'s place
+    between them), or with ``halve`` (or where that gives none inside) the middle of their order keys;
+    ``+inf`` for an inactive search (its count is then ignored)."""
+    middle = key_value(((key_lo + key_hi) >> 1).to(tl.uint32))
+    share = (need - c_hi - 0.5) / (c_lo - c_hi).to(tl.float32)  # the rank's place from hi down to lo
+    pivot = hi - share * (hi - lo)
+    pivot = tl.where(halve | ~((pivot > lo) & (pivot < hi)), middle, pivot)
+    return tl.where(active, pivot, float("inf"))
+
+
+@triton.jit
+def _narrow(lo, hi, c_lo, c_hi, need, pivot, count, active):
+    """The interval after counting ``count`` slots at or above ``pivot``: ``(lo, hi, c_lo, c_hi, key_lo,
+    key_hi, still active)``."""
+    reach = active & (count >= need)
+    drop = active & (count < need)
+    lo = tl.where(reach, pivot, lo)
+    c_lo = tl.where(reach, count, c_lo)
+    hi = tl.where(drop, pivot, hi)
+    c_hi = tl.where(drop, count, c_hi)
+    key_lo = order_key(lo).to(tl.int64)
+    key_hi = order_key(hi).to(tl.int64)
+    active = active & (c_hi + 1 < need) & (c_lo > need) & (key_hi - key_lo > 1)
+    return lo, hi, c_lo, c_hi, key_lo, key_hi, active
+
+
+@triton.jit
+def _settle(lo, c_lo, c_hi, need, below, above):
+    """The searched value: the largest slot below ``hi`` (``below``) if ``need - 1`` lie at or above ``hi``,
+    the smallest at or above ``lo`` (``above``) if ``need`` lie at or above ``lo``, else ``lo`` itself (no
+    value lies strictly inside the interval: its slots all equal ``lo``)."""
+    return tl.where(c_hi + 1 == need, below, tl.where(c_lo == need, above, lo))
+
+
+@triton.jit
+def _slot_select_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, SLOTS: tl.constexpr,
+                        CHUNK: tl.constexpr, PASSES=None):
+    """Row ``first_row + program_id``'s two values from its slots (``_ring_gather_kernel``'s, row
+    ``program_id`` of ``VALUES``): for each span ``t`` (0: the top's, 1: the bottom's), the value of
+    descending rank ``RANKS[t, i]`` (int32 ``[2, N]``) among the row's candidates, to ``OUT[t, i]``, and
+    ``OUT[2, i]`` 1.0 if both were found (else 0.0: the row goes to the radix search).
+
+    With ``a`` candidates at or above the span's top (``COUNTS[t, i]``) and ``g`` of the slots, the rank is
+    the slots' ``need = rank - a + g + 1``-th largest if it lies in the span. Each search keeps an interval
+    ``[lo, hi)`` with at least ``need`` slots at or above ``lo`` and fewer at or above ``hi``, and splits it
+    at a value interpolated from those counts or, after a step that left more than half of its slots, at
+    the middle of its ``tiles.order_key`` keys; it ends when one slot settles it (``need - 1`` at or above
+    ``hi``: the largest slot below ``hi``; ``need`` at or above ``lo``: the smallest at or above it) or when no
+    value lies strictly inside (then ``lo`` itself). Both searches share every read of the slots: a pass
+    for the spans' counts, one per step, one for the settling slots. Exact, on the slots' own values.
+    ``PASSES`` (int32 ``[N]``, optional): the reads of the row's slots (what the static model charges)."""
+    local = tl.program_id(0)
+    row = first_row + local
+    values = VALUES + local.to(tl.int64) * SLOTS
+    filled = tl.load(COUNTS + 2 * N + row)
+    length = tl.minimum(filled, SLOTS)
+    lo0 = tl.load(SPANS + row)
+    hi0 = tl.load(SPANS + N + row)
+    lo1 = tl.load(SPANS + 2 * N + row)
+    hi1 = tl.load(SPANS + 3 * N + row)
+    c_lo0, c_hi0, c_lo1, c_hi1, largest, smallest = _span_counts(values, length, lo0, hi0, lo1, hi1, CHUNK)
+    need0 = tl.load(RANKS + row) - tl.load(COUNTS + row) + c_hi0 + 1
+    need1 = tl.load(RANKS + N + row) - tl.load(COUNTS + N + row) + c_hi1 + 1
+    # each rank lies in its span
+    ok = (filled <= SLOTS) & (c_hi0 < need0) & (c_lo0 >= need0) & (c_hi1 < need1) & (c_lo1 >= need1)
+    lo0, hi0, key_lo0, key_hi0, active0 = _start(lo0, hi0, c_lo0, c_hi0, need0, largest, smallest, ok)
+    lo1, hi1, key_lo1, key_hi1, active1 = _start(lo1, hi1, c_lo1, c_hi1, need1, largest, smallest, ok)
+    halve0 = False
+    halve1 = False
+    passes = 2
+    while active0 | active1:
+        pivot0 = _pivot(lo0, hi0, c_lo0, c_hi0, need0, key_lo0, key_hi0, halve0, active0)
+        pivot1 = _pivot(lo1, hi1, c_lo1, c_hi1, need1, key_lo1, key_hi1, halve1, active1)
+        count0, count1 = _count_at_least(values, length, pivot0, pivot1, CHUNK)
+        before0 = c_lo0 - c_hi0
+        before1 = c_lo1 - c_hi1
+        lo0, hi0, c_lo0, c_hi0, key_lo0, key_hi0, active0 = _narrow(lo0, hi0, c_lo0, c_hi0, need0, pivot0, count0,
+                                                                    active0)
+        lo1, hi1, c_lo1, c_hi1, key_lo1, key_hi1, active1 = _narrow(lo1, hi1, c_lo1, c_hi1, need1, pivot1, count1,
+                                                                    active1)
+        # more than half of the slots left: the values are far from even there, halve the keys next
+        halve0 = 2 * (c_lo0 - c_hi0) > before0
+        halve1 = 2 * (c_lo1 - c_hi1) > before1
+        passes += 1
+    below0, above0, below1, above1 = _nearest(values, length, hi0, lo0, hi1, lo1, CHUNK)
+    tl.store(OUT + row, _settle(lo0, c_lo0, c_hi0, need0, below0, above0))
+    tl.store(OUT + N + row, _settle(lo1, c_lo1, c_hi1, need1, below1, above1))
+    tl.store(OUT + 2 * N + row, ok.to(tl.float32))
+    if PASSES is not None:
+        tl.store(PASSES + row, passes)
+
+
+def sample_spans(sample, count, rank):
+    """fp32 ``[2, N]``: each row's span ``[lo, hi)`` around its estimated value of descending ``rank`` (int64
+    ``[N]``) among its ``count`` candidates, from ``sample`` (fp32 ``[N, S]``: the values of some columns,
+    sorted in descending order, the non-candidates ``-inf`` at the end).
+
+    The rank's position in the sample is estimated by proportion; ``hi`` is the sample's value
+    :func:`_spread` positions above it (``+inf`` past the sample's top), ``lo`` the value as far below it
+    (``-inf`` past its last candidate): the span holds the rank unless the sample is off by more than
+    ``COVER`` standard deviations. A row without sampled candidates gets the whole row."""
     present = torch.isfinite(sample).sum(dim=1)  # sampled candidates (the sample has no +inf)
     m = count.clamp(min=1).to(torch.float64)
     q = ((rank.to(torch.float64) + 0.5) / m).clamp(0.0, 1.0)
     p = present.to(torch.float64)
     center = q * p - 0.5
     spread = _spread(q, p)
-    step = torch.clamp(2.0 * spread / thresholds, min=1.0)
-    offsets = torch.arange(thresholds, dtype=torch.float64, device=sample.device) - (thresholds - 1) / 2.0
-    position = torch.round(center[:, None] + offsets[None, :] * step[:, None])
-    position = torch.minimum(position.clamp(min=0.0), (p - 1.0).clamp(min=0.0)[:, None]).to(torch.int64)
-    values = torch.gather(sample, 1, position.clamp(max=max(s - 1, 0)))
-    values = torch.where((present > 0)[:, None] & torch.isfinite(values), values, float("inf"))
-    return values.T.contiguous().to(torch.float32)
+    top = torch.round(center - spread).to(torch.int64)
+    bottom = torch.round(center + spread).to(torch.int64)
+    last = max(sample.shape[1] - 1, 0)
+    hi = torch.gather(sample, 1, top.clamp(0, last)[:, None])[:, 0]
+    lo = torch.gather(sample, 1, bottom.clamp(0, last)[:, None])[:, 0]
+    hi = torch.where((top >= 0) & (present > 0), hi, float("inf"))
+    lo = torch.where((bottom < present) & (present > 0), lo, float("-inf"))
+    return torch.stack([lo, hi]).to(torch.float32)
 
 
-def brackets_from_counts(thresholds, counts, count, rank):
-    """From the counts at the thresholds (``[T, N]``), each row's bracket ``[lo, hi)`` holding its
-    descending ``rank`` (int64 ``[N]``) among ``count`` candidates: ``(lo, hi, above, inside)``, with
-    ``above`` the candidates at or above ``hi`` (those of higher rank) and ``inside`` those in it."""
-    need = (rank + 1)[None, :]
-    c = counts.to(torch.int64)
-    reach = c >= need  # the threshold is at or below the rank's value
-    inf = torch.tensor(float("inf"), dtype=thresholds.dtype, device=thresholds.device)
-    lo = torch.where(reach, thresholds, -inf).amax(dim=0)
-    at_lo = torch.where(reach, c, count[None, :].to(torch.int64)).amin(dim=0)
-    hi = torch.where(~reach, thresholds, inf).amin(dim=0)
-    above = torch.where(~reach, c, 0).amax(dim=0)
-    at_lo = torch.minimum(at_lo, count.to(torch.int64))
-    return lo, hi, above, at_lo - above
+def select_in_slots(scratch, counts, spans, ranks, found, first_row, rows, slots, passes=None):
+    """:func:`_slot_select_kernel` over rows ``first_row .. first_row + rows`` (their slots: ``scratch``'s first
+    rows); ``passes`` (int32 ``[N]``): the reads of each row's slots, when given."""
+    _slot_select_kernel[(rows,)](scratch, counts, spans, ranks, found, first_row, counts.shape[1], SLOTS=slots,
+                                 CHUNK=min(SLOT_CHUNK, 256 * SELECT_WARPS), PASSES=passes,
+                                 num_warps=SELECT_WARPS)
 
 
-def ring_band_bracketed(tiles, config, thresholds_top, thresholds_bottom, count, rank_top, rank_bottom,
-                        slots=GATHER_SLOTS):
-    """``(h_lo, h_hi, resolved)``: the halves of ranks ``rank_bottom`` and ``rank_top`` for the rows that
-    one counting pass and one gathering pass resolve (bool ``resolved``); ranks int64 ``[N]``, ``count`` the candidate counts,
-    the thresholds fp32 ``[T, N]`` around each rank's value (e.g. :func:`sample_thresholds`).
+def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, slots):
+    """``(h_lo, h_hi, resolved)``: the halves of ranks ``rank_bottom`` and ``rank_top`` (int64 ``[N]``) for the
+    rows that one gathering pass and the selection in its slots resolve (bool ``resolved``); ``spans`` fp32
+    ``[4, N]``, the top rank's span ``[lo, hi)`` and the bottom's (e.g. :func:`sample_spans`), ``slots`` per
+    row (e.g. :func:`span_slots`).
 
-    1. the counting pass counts each row's candidates at or above every threshold of both ranks;
-    2. each rank's bracket is the pair of adjacent thresholds whose counts enclose it (or the row's
-       ends), so the counts say how many candidates lie above it and inside it;
-    3. the gathering pass writes the candidates inside either bracket (at most ``slots``) to a row of
-       slots; sorted, a rank's value is the slot after the gathered values at or above its bracket
-       and its ``rank - above`` bracket-mates.
+    1. the gathering pass writes each row's candidates inside either span to its slots and counts those
+       above each span;
+    2. the selection finds each rank among the slots (:func:`_slot_select_kernel`).
 
-    Exact on the tiles' halves: thresholds only choose the brackets; counts and values come from the
-    same tiles as the loss's. A row whose brackets hold more than ``slots`` candidates is not resolved
-    (its values are then garbage)."""
-    t_top = thresholds_top.shape[0]
-    thr = torch.cat([thresholds_top, thresholds_bottom]).to(torch.float32)
-    counts = count_at(tiles, config, thr)
-    top = brackets_from_counts(thr[:t_top], counts[:t_top], count, rank_top)
-    bottom = brackets_from_counts(thr[t_top:], counts[t_top:], count, rank_bottom)
-    brackets = torch.stack([top[0], top[1], bottom[0], bottom[1]]).to(torch.float32)
-    gathered, filled = gather_brackets(tiles, config, brackets, slots)
-    gathered = gathered.sort(dim=1, descending=True).values
-    # a rank's slot: the gathered values at or above its bracket (those of the other bracket), then
-    # its place inside its own
-    slot_top = (gathered >= brackets[1][:, None]).sum(dim=1) + rank_top - top[2]
-    slot_bottom = (gathered >= brackets[3][:, None]).sum(dim=1) + rank_bottom - bottom[2]
-    v_hi = gathered.gather(1, slot_top.clamp(0, slots - 1)[:, None]).squeeze(1)
-    v_lo = gathered.gather(1, slot_bottom.clamp(0, slots - 1)[:, None]).squeeze(1)
-    return v_lo, v_hi, filled <= slots
+    Exact on the tiles' halves: the spans only choose what is gathered; counts and values come from the
+    same tiles as the loss's. A row whose spans hold more than ``slots`` candidates, or whose rank lies
+    outside its span, is not resolved (its values are then garbage). Rows go in chunks of at most
+    ``SCRATCH_VALUES`` slots."""
+    t = tiles
+    device = t.query.device
+    spans = spans.to(torch.float32).contiguous()
+    ranks = torch.stack([rank_top, rank_bottom]).to(torch.int32).contiguous()
+    counts = torch.empty((3, t.n), dtype=torch.int32, device=device)
+    found = torch.empty((3, t.n), dtype=torch.float32, device=device)
+    flags = t.constexprs()
+    config = gather_config(config)
+    block_rows = max(1, SCRATCH_VALUES // (slots * config.block_m))  # row blocks per chunk
+    scratch = torch.empty((min(t.n, block_rows * config.block_m), slots), dtype=torch.float32, device=device)
+    blocks = triton.cdiv(t.n, config.block_m)
+    for first in range(0, blocks, block_rows):
+        chunk_blocks = min(block_rows, blocks - first)
+        _ring_gather_kernel[(chunk_blocks,)](
+            t.inputs, t.roles, t.sizes, spans, scratch, counts, first, ROLE=flags["ROLE"],
+            NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], SLOTS=slots,
+            **config.kernel_kwargs(t.d), PIPELINE=pipelined(config, t.d),
+        )
+        first_row = first * config.block_m
+        rows = min(t.n, first_row + chunk_blocks * config.block_m) - first_row
+        select_in_slots(scratch, counts, spans, ranks, found, first_row, rows, slots)
+    return found[1], found[0], found[2] > 0

@@ -1,6 +1,6 @@
 """The triton backend's Ring selection picks exactly the band a full sort picks on the same logit values:
-the bracketed selection (sample thresholds, a counting pass, a gathering pass), its radix fallback and
-the radix search alone, with ties, empty rings, odd shapes, extra negatives and labels.
+the bracketed selection (spans from a sample, a gathering pass, a search in its slots), its radix fallback
+and the radix search alone, with ties, empty rings, odd shapes, extra negatives and labels.
 
 The logits are fed through the kernels unchanged (``query = I``, ``keys = logitsᵀ``, no normalization:
 each dot product has one non-zero term, so the tiles' values are the given ones bit for bit), so the
@@ -95,21 +95,24 @@ def test_band_with_roles(roles, monkeypatch, seed):
 
 
 def test_overflowing_rows_fall_back_to_the_radix_search(monkeypatch, seed):
-    """With 4 slots most rows' brackets overflow: the radix search takes them, the others stay."""
+    """With 4 slots most rows' spans overflow: the radix search takes them, the others stay."""
     n, m = 17, 40
     logits = _logits("ties", n, m)
     spec = _spec("positive", n, m)
-    monkeypatch.setattr(ring_select, "GATHER_SLOTS", 4)
-    monkeypatch.setattr(ring_select, "SAMPLE_COLUMNS", 8)  # a coarse estimate: wide brackets
+    monkeypatch.setattr(ring_select, "span_slots", lambda *args, **kwargs: 4)
+    monkeypatch.setattr(ring_select, "SAMPLE_COLUMNS", 8)  # a coarse estimate: wide spans
     v_lo, v_hi = _band(logits, m, spec, 0.7, 0.3, "bracketed", monkeypatch)
     s_lo, s_hi = _reference(logits, m, spec, 0.7, 0.3)
     assert torch.equal(v_lo, s_lo) and torch.equal(v_hi, s_hi)
 
 
-def test_bracketed_selection_resolves_rows_itself(seed):
-    """On continuous values every row is resolved by the two passes (no fallback), exactly; also with a
-    sample much smaller than the row (thresholds from estimates, not from the values)."""
-    n, m = 23, 150
+@pytest.mark.parametrize("chunk", [1024, 16])
+def test_bracketed_selection_resolves_rows_itself(chunk, monkeypatch, seed):
+    """On continuous values every row is resolved by the gathering pass and the search in its slots (no
+    fallback), exactly; also with a sample much smaller than the row (spans from estimates, not from the
+    values), and with slots and search chunks (16) much shorter than the row (full chunks and a part)."""
+    monkeypatch.setattr(ring_select, "SLOT_CHUNK", chunk)
+    n, m = 23, 600
     logits = _logits("continuous", n, m)
     spec = _spec("positive", n, m)
     tiles = triton_backend._problem(torch.eye(n), logits.T.contiguous(), None, torch.tensor(1.0), None, None, None,
@@ -121,18 +124,68 @@ def test_bracketed_selection_resolves_rows_itself(seed):
         cols = torch.arange(sample) * m // sample
         candidate = pair_roles(torch.arange(n), cols, m, spec)[1]
         ordered = torch.where(candidate, logits[:, cols], float("-inf")).sort(dim=1, descending=True).values
-        t_top, t_bottom = ring_select.threshold_counts(m - 1, 0.2, 0.3, sample)
-        thresholds = (ring_select.sample_thresholds(ordered, count, lo, t_top),
-                      ring_select.sample_thresholds(ordered, count, hi - 1, t_bottom))
-        v_lo, v_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, lo, hi - 1)
+        spans = torch.cat([ring_select.sample_spans(ordered, count, lo), ring_select.sample_spans(ordered, count, hi - 1)])
+        slots = ring_select.span_slots(m - 1, 0.2, 0.3, sample)
+        if chunk == 16 and sample == m:
+            assert slots < m // 2  # the spans, not the row
+        v_lo, v_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, spans, lo, hi - 1, slots)
         assert bool(resolved.all())
         s_lo, s_hi = _reference(logits, m, spec, 0.2, 0.3)
         assert torch.equal(v_lo, s_lo) and torch.equal(v_hi, s_hi)
 
 
-def _bracket_occupancy(n, m, outer, inner, counts):
-    """Candidates per row inside the two brackets that thresholds from a sample of ``m`` unit-vector
-    logits (``counts`` thresholds per rank) and exact counts at them give: what the gathering pass fills."""
+def _search(slot_rows, spans, above, ranks):
+    """The search in the slots (``ring_select.select_in_slots``) on given slots: ``slot_rows`` a list of 1-D
+    fp32 tensors (each row's filled slots), spans ``[4, N]``, ``above`` ``[2, N]`` (candidates at or above
+    each span's top), ``ranks`` ``[2, N]``; ``(values [2, N], found [N], passes [N])``."""
+    n = len(slot_rows)
+    slots = 16 * max(1, max(r.numel() for r in slot_rows))
+    scratch = torch.full((n, slots), float("nan"))
+    for i, r in enumerate(slot_rows):
+        scratch[i, :r.numel()] = r
+    counts = torch.cat([above, torch.tensor([[r.numel() for r in slot_rows]])]).to(torch.int32)
+    found = torch.empty(3, n)
+    passes = torch.zeros(n, dtype=torch.int32)
+    ring_select.select_in_slots(scratch, counts.contiguous(), spans.float().contiguous(),
+                                ranks.to(torch.int32).contiguous(), found, 0, n, slots, passes)
+    return found[:2], found[2] > 0, passes
+
+
+@pytest.mark.parametrize("values", ["continuous", "ties", "signed_zeros", "equal"])
+def test_search_in_the_slots_finds_every_rank_of_its_span(values, seed):
+    """Every rank inside a span, on slots of two spans in any order, with ties (at the ends too), signed
+    zeros and a row of equal values: the value a full sort gives; ranks outside the span are not found."""
+    m = 48
+    row = {"continuous": torch.randn(m), "ties": torch.randint(-3, 4, (m,)).float() * 0.5,
+           "signed_zeros": _logits("signed_zeros", 1, m)[0], "equal": torch.full((m,), 0.25)}[values]
+    ordered = row.sort(descending=True).values
+    cases = []
+    for top_hi, top_lo, bottom_hi, bottom_lo in ((ordered[3], ordered[12], ordered[20], ordered[40]),
+                                                 (float("inf"), ordered[10], ordered[30], float("-inf")),
+                                                 (ordered[0], ordered[47], ordered[5], ordered[9])):
+        spans = torch.tensor([top_lo, top_hi, bottom_lo, bottom_hi], dtype=torch.float32)
+        inside = ((row >= spans[0]) & (row < spans[1])) | ((row >= spans[2]) & (row < spans[3]))
+        slot_row = row[inside][torch.randperm(int(inside.sum()))]  # the search takes them in any order
+        above = torch.stack([(row >= spans[1]).sum(), (row >= spans[3]).sum()])
+        for top in range(m):
+            cases.append((slot_row, spans, above, top, (top * 7 + 3) % m))
+    rows, spans, above, ranks = zip(*[(c[0], c[1], c[2], torch.tensor([c[3], c[4]])) for c in cases])
+    found_values, found, passes = _search(list(rows), torch.stack(spans, 1), torch.stack(above, 1),
+                                          torch.stack(ranks, 1))
+    for i, (_, span, _, top, bottom) in enumerate(cases):
+        in_top = bool(span[0] <= ordered[top] < span[1])
+        in_bottom = bool(span[2] <= ordered[bottom] < span[3])
+        # a rank in a span whose end cuts through a run of ties is in it only if the whole run is
+        expected = in_top and in_bottom
+        assert bool(found[i]) == expected, (i, span, top, bottom)
+        if expected:
+            assert torch.equal(found_values[0, i], ordered[top]) and torch.equal(found_values[1, i], ordered[bottom])
+    assert int(passes.max()) <= 70
+
+
+def _span_occupancy(n, m, outer, inner):
+    """Candidates per row inside the two spans that a sample of ``m`` unit-vector logits gives (what the
+    gathering pass fills), and whether each rank lies in its span."""
     q = torch.nn.functional.normalize(torch.randn(n, 64), dim=1)
     k = torch.nn.functional.normalize(torch.randn(m, 64), dim=1)
     logits = (q @ k.T) * 14.0
@@ -143,49 +196,49 @@ def _bracket_occupancy(n, m, outer, inner, counts):
     lo, hi = triton_backend.ring_ranks(count, outer, inner)
     s = min(m, ring_select.SAMPLE_COLUMNS)
     ordered = values[:, torch.arange(s) * m // s].sort(dim=1, descending=True).values
+    exact = values.sort(dim=1, descending=True).values
     inside = torch.zeros_like(candidate)
-    for rank, t in zip((lo, hi - 1), counts):
-        thresholds = ring_select.sample_thresholds(ordered, count, rank, t)
-        at = torch.stack([(values >= row[:, None]).sum(dim=1) for row in thresholds]).to(torch.int32)
-        b_lo, b_hi = ring_select.brackets_from_counts(thresholds, at, count, rank)[:2]
-        inside |= candidate & (logits >= b_lo[:, None]) & (logits < b_hi[:, None])
-    return inside.sum(dim=1)
+    held = torch.ones(n, dtype=torch.bool)
+    for rank in (lo, hi - 1):
+        span_lo, span_hi = ring_select.sample_spans(ordered, count, rank)
+        inside |= candidate & (values >= span_lo[:, None]) & (values < span_hi[:, None])
+        value = exact.gather(1, rank[:, None])[:, 0]
+        held &= (value >= span_lo) & (value < span_hi)
+    return inside.sum(dim=1), held
 
 
 @pytest.mark.parametrize("m", [16384, 65536])
 @pytest.mark.parametrize("outer,inner", [(0.1, 0.1), (0.4, 0.25)])
-def test_threshold_counts_keep_the_brackets_inside_the_slots(m, outer, inner, seed):
-    """The thresholds per rank grow with the row length so that the brackets' expected occupancy stays at
-    ``SLOT_SHARE`` of the slots: a sample of fixed size brackets a rank ever more loosely as M grows
-    (6 + 10 thresholds fill 74% of the slots on average at 65536 columns, and rows overflow)."""
-    counts = ring_select.threshold_counts(m - 1, outer, inner)
-    filled = _bracket_occupancy(48, m, outer, inner, counts)
-    slots = ring_select.GATHER_SLOTS
-    assert filled.float().mean() <= 1.5 * ring_select.SLOT_SHARE * slots
-    assert int((filled > slots).sum()) <= 1
+def test_span_slots_hold_the_spans(m, outer, inner, seed):
+    """The slots grow with the row so that the spans fit: their mean fill is ``span_fill``'s estimate
+    (within 15%), no row overflows, and every rank lies in its span."""
+    filled, held = _span_occupancy(48, m, outer, inner)
+    slots = ring_select.span_slots(m - 1, outer, inner)
+    mean = ring_select.span_fill(m - 1, outer, inner)[0]
+    assert abs(filled.float().mean().item() - mean) <= 0.15 * mean
+    assert int(filled.max()) <= slots and bool(held.all())
 
 
-def test_threshold_counts_at_the_edges():
-    """At least 2 and at most ``MAX_THRESHOLDS`` per rank, also for no column or one, an empty ring or a
-    sample as long as the row."""
+def test_span_slots_at_the_edges():
+    """Whole chunks, at least one, at most the row rounded up to a chunk, growing with the row."""
+    chunk = ring_select.SLOT_CHUNK
     for columns, outer, inner in ((0, 0.1, 0.1), (1, 0.1, 0.1), (5, 0.0, 0.0), (2048, 1.0, 1.0), (1 << 24, 0.5, 0.5)):
-        for t in ring_select.threshold_counts(columns, outer, inner):
-            assert 2 <= t <= ring_select.MAX_THRESHOLDS
-    assert ring_select.threshold_counts(32768, 0.1, 0.1) < ring_select.threshold_counts(65536, 0.1, 0.1)
+        slots = ring_select.span_slots(columns, outer, inner)
+        assert slots % chunk == 0 and chunk <= slots <= max(chunk, -(-columns // chunk) * chunk)
+    assert ring_select.span_slots(32768, 0.1, 0.1) < ring_select.span_slots(65536, 0.1, 0.1)
 
 
-def test_brackets_from_counts_enclose_the_rank():
-    """Thresholds in any order, repeated ones, all of them reaching the rank or none."""
-    thresholds = torch.tensor([[3.0, 5.0, 9.0, 7.0], [1.0, 5.0, -1.0, 8.0], [2.0, 5.0, 9.0, 9.0]])  # [T, N]
-    counts = torch.tensor([[7, 4, 0, 3], [9, 4, 9, 2], [8, 4, 0, 2]], dtype=torch.int32)
-    count = torch.tensor([10, 4, 9, 10])
-    rank = torch.tensor([5, 2, 0, 6])
-    lo, hi, above, inside = ring_select.brackets_from_counts(thresholds, counts, count, rank)
-    # row 0: all reach rank 5 (at least 6 at or above): lo = 3, the highest; nothing above the bracket
-    # row 2: rank 0 between -1 (9 at or above) and 9 (none); row 3: none reaches rank 6: lo = -inf
-    assert lo.tolist() == [3.0, 5.0, -1.0, float("-inf")]
-    assert hi.tolist() == [float("inf"), float("inf"), 9.0, 7.0]
-    assert above.tolist() == [0, 0, 0, 3] and inside.tolist() == [7, 4, 9, 7]
+def test_sample_spans_at_the_ends():
+    """A span open at the top (+inf) for a rank near the sample's top, open at the bottom (-inf) near its
+    last candidate, and the whole row for a row without sampled candidates."""
+    sample = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
+                           [5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0],
+                           [float("-inf")] * 8])
+    count = torch.tensor([800, 800, 800])
+    spans = ring_select.sample_spans(sample, count, torch.tensor([0, 799, 400]))
+    assert spans[1, 0] == float("inf") and spans[0, 0] > -float("inf")
+    assert spans[0, 1] == float("-inf") and spans[1, 1] < float("inf")
+    assert spans[0, 2] == float("-inf") and spans[1, 2] == float("inf")
 
 
 @pytest.mark.parametrize("mode", ["bracketed", "radix"])

@@ -20,4 +20,4 @@ def test_kernels_compile_for_sm90():
                           cwd=script.parent.parent)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ok ", "FAILED "))]
     assert proc.returncode == 0 and lines, proc.stdout + proc.stderr[-3000:]
-    assert len(lines) == 12 and all(line.startswith("ok ") for line in lines), "\n".join(lines)
+    assert len(lines) == 14 and all(line.startswith("ok ") for line in lines), "\n".join(lines)

@@ -241,9 +241,12 @@ def sass_stats(instructions, reduction_loop: bool = True) -> SassStats:
         return SassStats(kind, len(mma), len(body), 0, sum(1 for i in body if i[1] == "MUFU"), 0,
                          dict(tile_exposed), dict(tile_overlapped), {}, {}, warp_specialized(instructions),
                          len(instructions), chain_cycles(chain), 0.0)
-    if not mma_loops:  # no product: the largest innermost loop stands for the k-loop (a streaming loop)
+    if not mma_loops:  # no product: the largest innermost loop stands for the k-loop (a streaming loop),
+        # one nested in another loop first (the repeated sweep, e.g. a search's counting pass, rather
+        # than a loop that runs once before it)
         innermost = [lp for lp in found if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in found)]
-        kloops = [max(innermost, key=lambda lp: len(inside(lp)))] if innermost else []
+        nested = [lp for lp in innermost if any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in found)]
+        kloops = [max(nested or innermost, key=lambda lp: len(inside(lp)))] if innermost else []
     # the tile loop: the smallest loop strictly containing a k-loop; a kernel of one tile per program
     # (no such loop) counts as a whole
     outer = [lp for lp in found if any(lp != k and lp[0] <= k[0] and k[1] <= lp[1] for k in kloops)]

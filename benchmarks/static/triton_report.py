@@ -32,6 +32,7 @@ from .model import (
     sort_alu_ops,
     workload,
 )
+from .ring_slots import slot_search
 from .sass import parse_sass, sass_stats, tool
 
 # the kernels must be decorated for compiling, not interpreting: before any Triton import
@@ -43,7 +44,8 @@ DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # the flat (ungrouped) arguments of the normalization kernels; the core's kernels take their arguments in
 # the groups of ``kernels.problem.GROUPS``, typed from that table
 FLAT_TYPES = {"X": "F", "DX": "F", "G": "*fp32", "R": "*fp32", "N": "i32", "D": "i32", "stride_x": "i32",
-              "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32", "FILLED": "*i32"}
+              "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32", "FILLED": "*i32", "first_block": "i32",
+              "RANKS": "*i32", "first_row": "i32", "PASSES": "*i32"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +282,8 @@ def row_products_used(w: Workload) -> bool:
 
 
 def ring_select_mode() -> str:
-    """The triton backend's Ring selection as shipped: ``"bracketed"`` (sample thresholds, a counting and
-    a gathering pass) where the kernels have it, else ``"radix"``."""
+    """The triton backend's Ring selection as shipped: ``"bracketed"`` (spans from a sample, a gathering
+    pass, a search in its slots) where the kernels have it, else ``"radix"``."""
     from contrastive_ops.kernels import ring_select
 
     if not hasattr(ring_select, "ring_band_bracketed"):
@@ -295,13 +297,13 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     """The Ring selection's launches (``mode``: ``"bracketed"`` or ``"radix"``, default as shipped).
 
     Bracketed (``kernels.ring_select.ring_band_bracketed``): the halves of ``SAMPLE_COLUMNS`` columns by
-    ``torch.mm`` and sorted per row, one counting pass at the sample's thresholds and one gathering
-    pass over the tiles, the gathered slots sorted per row. The radix search then runs only for rows
-    whose bracket overflowed its slots, charged here as none: the modeled time assumes every row
-    resolved (on random unit vectors at 32768² × 128 none of the 32768 rows fell back, at most 748 of 1024 slots;
-    with the thresholds per rank of ``ring_select.threshold_counts``, none of 4608 rows at 65536 columns, at
-    most 936 slots; rows with many candidates tied at a band boundary, or a sample far off the row's
-    distribution, add up to one radix search of their row blocks)."""
+    ``torch.mm`` and sorted per row (two spans per row from them), one gathering pass over the tiles that
+    writes the candidates inside the spans to each row's slots, and the search in the slots. The slots'
+    fill and the search's reads per row are those of the selection's own search kernel on random unit
+    vectors of the workload's row length (``ring_slots.slot_search``). The radix search then runs only
+    for rows that the spans miss or whose slots overflow, charged here as none (none of the simulated rows
+    at 4096, 32768 or 65536 columns; rows with many candidates tied at a span's end, or a sample far off
+    the row's distribution, add up to one radix search of their row blocks)."""
     from contrastive_ops.kernels import ring_select as rs
 
     mode = mode or ring_select_mode()
@@ -320,30 +322,28 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
                        2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
                        note=f"{passes} radix passes, each recomputing every tile")]
     s = min(mt, rs.SAMPLE_COLUMNS)
-    if hasattr(rs, "threshold_counts"):
-        t_top, t_bottom = rs.threshold_counts(mt, *w.ring, s)
-    else:  # the kernels of an older commit: fixed counts
-        t_top, t_bottom = rs.TOP_THRESHOLDS, rs.BOTTOM_THRESHOLDS
-    t = t_top + t_bottom
-    k = rs.GATHER_SLOTS
     out = [Launch(f"ring sample: {s} columns' halves (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
                   2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
-                  gemms=((n, s, d, 1, 4, False),), note="estimates only: the thresholds")]
-    # the selection's tiles: plain (no per-pair role test) as the loss's are, where the kernels have the branch
-    plain = plain_fraction(w, f) if hasattr(rs, "plain_tile") else 0.0
-    count = _stats(module, "_ring_count_at_kernel", w, f, {"T": t, "T_POW2": 1 << (t - 1).bit_length()},
-                   plain_fraction=plain)
-    slots = device.sms * max(1, count.ctas_per_sm(device))
-    out.append(Launch("ring count at thresholds", count, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
-                      inputs * cdiv(row_blocks, slots) + 2 * t * n * 4,
-                      note=f"pass 1 of 2 over the tiles: {t_top} + {t_bottom} thresholds"))
-    gather = _stats(module, "_ring_gather_kernel", w, f, {"SLOTS": k}, plain_fraction=plain)
-    slots = device.sms * max(1, gather.ctas_per_sm(device))
-    out.append(Launch("ring gather brackets", gather, row_blocks, col_tiles, ks_f, 2.0 * n * mt * d,
-                      inputs * cdiv(row_blocks, slots) + n * k * 4 * 2,
-                      note=f"pass 2 of 2 over the tiles: {k} slots per row"))
-    out.append(Launch(f"ring: gathered slots sorted per row (torch.sort, {n}×{k})", None, 0, 0, 1, 0.0,
-                      n * k * 4 * 3, alu_ops=sort_alu_ops(n, k)))
+                  gemms=((n, s, d, 1, 4, False),), note="estimates only: the spans")]
+    search = slot_search(mt, *w.ring)
+    slots, fill = search["slots"], search["fill"]
+    g = rs.gather_config(f)
+    plain = plain_fraction(w, g)
+    gather = _stats(module, "_ring_gather_kernel", w, g, {"SLOTS": slots}, plain_fraction=plain)
+    resident = device.sms * max(1, gather.ctas_per_sm(device))
+    # the products: the tile's own and its prefix sums (the taken pairs times the upper-triangular ones)
+    out.append(Launch("ring gather spans", gather, row_blocks, cdiv(mt, g.block_n), ks_f,
+                      2.0 * n * mt * d + 2.0 * n * mt * g.block_n,
+                      inputs * cdiv(row_blocks, resident) + n * fill * 4 + 3 * n * 4,
+                      note=f"one pass over the tiles: {fill:.0f} of {slots} slots filled per row (mean)"))
+    chunk = min(rs.SLOT_CHUNK, 256 * rs.SELECT_WARPS)
+    select = compile_stats(module, "_slot_select_kernel", w.dtype, (("SLOTS", slots), ("CHUNK", chunk)),
+                           rs.SELECT_WARPS, 1)
+    # its k-loop counts each slot at the two searches' pivots: two compares (FSET) per slot and thread
+    per_trip = max(1, select.kloop_overlapped.get("FSET", 0) // 2 * 32 * rs.SELECT_WARPS)
+    out.append(Launch("ring search in the slots", select, n, search["passes"], fill / per_trip, 0.0,
+                      n * fill * 4 + 9 * n * 4,
+                      note=f"{search['passes']:.1f} reads of a row's slots (mean; both ranks)"))
     return out
 
 

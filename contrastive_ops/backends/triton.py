@@ -102,8 +102,8 @@ _ROLES = role_schema()
 _N_ROLES = len(ROLE_FIELDS)
 
 
-#: How the triton backend selects the Ring band: ``"bracketed"`` (default: thresholds from a sample, one
-#: counting and one gathering pass over the tiles, the radix search only for the rows they leave) or
+#: How the triton backend selects the Ring band: ``"bracketed"`` (default: spans from a sample, one gathering
+#: pass over the tiles, an exact selection in its slots, the radix search only for the rows they leave) or
 #: ``"radix"`` (the radix search alone); ``CONTRASTIVE_OPS_RING_SELECT`` changes it.
 RING_SELECT_ENV = "CONTRASTIVE_OPS_RING_SELECT"
 
@@ -121,22 +121,20 @@ def _ring_select_mode() -> str:
     return _env_choice(RING_SELECT_ENV, ("bracketed", "radix"))
 
 
-def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom, outer: float, inner: float):
-    """The bracketed selection's thresholds (``ring_select.sample_thresholds``) for the descending ranks
-    ``rank_top`` and ``rank_bottom`` of the tiles' halves, estimated from the halves of at most
-    ``ring_select.SAMPLE_COLUMNS`` evenly spread columns (computed by torch: the estimate needs no
-    bit-exactness), in row chunks of at most 4 Mi sampled values; as many thresholds per rank as
-    ``ring_select.threshold_counts`` gives for the row length and the band's fractions."""
+def _ring_sample_spans(tiles, spec: RoleSpec, count, rank_top, rank_bottom):
+    """The bracketed selection's spans (``ring_select.sample_spans``, fp32 ``[4, N]``: the top rank's
+    ``[lo, hi)``, then the bottom's) for the descending ranks ``rank_top`` and ``rank_bottom`` of the tiles'
+    halves, estimated from the halves of at most ``ring_select.SAMPLE_COLUMNS`` evenly spread columns
+    (computed by torch: the estimate needs no bit-exactness), in row chunks of at most 4 Mi sampled values."""
     ring_select = _kernels()[3]
     n, mt = tiles.n, tiles.m_total
     device = tiles.query.device
     s = max(1, min(mt, ring_select.SAMPLE_COLUMNS))
-    t_top, t_bottom = ring_select.threshold_counts(mt, outer, inner, s)
     cols = torch.arange(s, device=device) * mt // s
     sample_cols = tiles.columns[cols].float()
     if tiles.flags["NORMALIZE"]:
         sample_cols = sample_cols * tiles.rc[cols][:, None]
-    top, bottom = [], []
+    spans = []
     chunk = max(1, (4 << 20) // s)
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
@@ -144,9 +142,9 @@ def _ring_sample_thresholds(tiles, spec: RoleSpec, count, rank_top, rank_bottom,
         halves = tiles.query[r0:r1].float() @ sample_cols.T  # raw·rc_j, as tiles.tile_norms forms them
         candidate = pair_roles(rows, cols, tiles.m, spec)[1]
         ordered = torch.where(candidate, halves, float("-inf")).sort(dim=1, descending=True).values
-        top.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_top[r0:r1], t_top))
-        bottom.append(ring_select.sample_thresholds(ordered, count[r0:r1], rank_bottom[r0:r1], t_bottom))
-    return torch.cat(top, dim=1), torch.cat(bottom, dim=1)
+        spans.append(torch.cat([ring_select.sample_spans(ordered, count[r0:r1], rank[r0:r1])
+                                for rank in (rank_top, rank_bottom)]))
+    return torch.cat(spans, dim=1)
 
 
 def _ring_band_impl(query, keys, extra, scale, *rest):
@@ -167,9 +165,10 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
     rank_top = torch.where(nonempty, torch.where(mirror, count - 1 - lo, lo), 0)
     rank_bottom = torch.where(nonempty, torch.where(mirror, count - hi, hi - 1), 0)
     if _ring_select_mode() == "bracketed":
-        thresholds = _ring_sample_thresholds(tiles, spec, count, rank_top, rank_bottom, outer, inner)
-        fast_bottom, fast_top, resolved = ring_select.ring_band_bracketed(tiles, cfg, *thresholds, count, rank_top,
-                                                                          rank_bottom)
+        spans = _ring_sample_spans(tiles, spec, count, rank_top, rank_bottom)
+        slots = ring_select.span_slots(tiles.m_total, outer, inner)
+        fast_bottom, fast_top, resolved = ring_select.ring_band_bracketed(tiles, cfg, spans, rank_top, rank_bottom,
+                                                                          slots)
         # the radix search for the rows left over (rank -1: skipped; a row block of such rows does no pass)
         left = nonempty & ~resolved
         h_bottom, h_top = ring_select.ring_band(tiles, cfg, torch.where(left, rank_top, -1).to(torch.int32),
