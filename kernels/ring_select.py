@@ -150,8 +150,9 @@ COVER = 5.0
 SLOT_MARGIN = 6.0
 #: Slots come in multiples of this (the selection reads them in chunks of it).
 SLOT_CHUNK = 1024
-#: At most this many slot values (fp32) at once: rows are gathered and selected in chunks of rows.
-SCRATCH_VALUES = 1 << 26
+#: At most this many slot values (fp32, 512 MiB) at once: rows are gathered and searched in balanced chunks
+#: of row blocks (:func:`row_chunks`); 32768 rows of 5120 slots take two.
+SCRATCH_VALUES = 1 << 27
 #: The gathering pass's tile width at most (:func:`gather_config`).
 GATHER_BLOCK_N = 64
 #: Warps of the selection in the slots (one row per program).
@@ -188,6 +189,16 @@ def span_slots(columns, outer, inner, sample=SAMPLE_COLUMNS):
     mean, std = span_fill(columns, outer, inner, sample)
     need = mean + SLOT_MARGIN * std
     return SLOT_CHUNK * max(1, min(math.ceil(need / SLOT_CHUNK), math.ceil(max(1, columns) / SLOT_CHUNK)))
+
+
+def row_chunks(n, block_m, slots):
+    """``[(first_block, blocks), ...]``: the gathering pass's launches over ``n`` rows in blocks of ``block_m``,
+    as few as keep each one's slots within ``SCRATCH_VALUES``, of equal sizes (a last, smaller chunk would
+    leave most of the device idle)."""
+    blocks = triton.cdiv(n, block_m)
+    per_launch = max(1, SCRATCH_VALUES // (slots * block_m))
+    size = triton.cdiv(blocks, triton.cdiv(blocks, per_launch))
+    return [(first, min(size, blocks - first)) for first in range(0, blocks, size)]
 
 
 def gather_config(config):
@@ -477,8 +488,8 @@ def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, slots):
 
     Exact on the tiles' halves: the spans only choose what is gathered; counts and values come from the
     same tiles as the loss's. A row whose spans hold more than ``slots`` candidates, or whose rank lies
-    outside its span, is not resolved (its values are then garbage). Rows go in chunks of at most
-    ``SCRATCH_VALUES`` slots."""
+    outside its span, is not resolved (its values are then garbage). Rows go in chunks
+    (:func:`row_chunks`)."""
     t = tiles
     device = t.query.device
     spans = spans.to(torch.float32).contiguous()
@@ -487,11 +498,9 @@ def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, slots):
     found = torch.empty((3, t.n), dtype=torch.float32, device=device)
     flags = t.constexprs()
     config = gather_config(config)
-    block_rows = max(1, SCRATCH_VALUES // (slots * config.block_m))  # row blocks per chunk
-    scratch = torch.empty((min(t.n, block_rows * config.block_m), slots), dtype=torch.float32, device=device)
-    blocks = triton.cdiv(t.n, config.block_m)
-    for first in range(0, blocks, block_rows):
-        chunk_blocks = min(block_rows, blocks - first)
+    chunks = row_chunks(t.n, config.block_m, slots)
+    scratch = torch.empty((min(t.n, chunks[0][1] * config.block_m), slots), dtype=torch.float32, device=device)
+    for first, chunk_blocks in chunks:
         _ring_gather_kernel[(chunk_blocks,)](
             t.inputs, t.roles, t.sizes, spans, scratch, counts, first, ROLE=flags["ROLE"],
             NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], SLOTS=slots,

@@ -331,19 +331,23 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     plain = plain_fraction(w, g)
     gather = _stats(module, "_ring_gather_kernel", w, g, {"SLOTS": slots}, plain_fraction=plain)
     resident = device.sms * max(1, gather.ctas_per_sm(device))
-    # the products: the tile's own and its prefix sums (the taken pairs times the upper-triangular ones)
-    out.append(Launch("ring gather spans", gather, row_blocks, cdiv(mt, g.block_n), ks_f,
-                      2.0 * n * mt * d + 2.0 * n * mt * g.block_n,
-                      inputs * cdiv(row_blocks, resident) + n * fill * 4 + 3 * n * 4,
-                      note=f"one pass over the tiles: {fill:.0f} of {slots} slots filled per row (mean)"))
     chunk = min(rs.SLOT_CHUNK, 256 * rs.SELECT_WARPS)
     select = compile_stats(module, "_slot_select_kernel", w.dtype, (("SLOTS", slots), ("CHUNK", chunk)),
                            rs.SELECT_WARPS, 1)
     # its k-loop counts each slot at the two searches' pivots: two compares (FSET) per slot and thread
     per_trip = max(1, select.kloop_overlapped.get("FSET", 0) // 2 * 32 * rs.SELECT_WARPS)
-    out.append(Launch("ring search in the slots", select, n, search["passes"], fill / per_trip, 0.0,
-                      n * fill * 4 + 9 * n * 4,
-                      note=f"{search['passes']:.1f} reads of a row's slots (mean; both ranks)"))
+    chunks = rs.row_chunks(n, g.block_m, slots)
+    for _first, blocks in chunks:  # a launch of each kind per chunk of row blocks
+        rows = min(n, blocks * g.block_m)
+        # the products: the tile's own and its prefix sums (the taken pairs times the upper-triangular ones)
+        out.append(Launch("ring gather spans", gather, blocks, cdiv(mt, g.block_n), ks_f,
+                          2.0 * rows * mt * d + 2.0 * rows * mt * g.block_n,
+                          (rows * d * item + mt * d * item) * cdiv(blocks, resident) + rows * fill * 4 + 3 * rows * 4,
+                          note=f"one pass over the tiles ({len(chunks)} chunks of rows): {fill:.0f} of {slots} "
+                               "slots filled per row (mean)"))
+        out.append(Launch("ring search in the slots", select, rows, search["passes"], fill / per_trip, 0.0,
+                          rows * fill * 4 + 9 * rows * 4,
+                          note=f"{search['passes']:.1f} reads of a row's slots (mean; both ranks)"))
     return out
 
 
