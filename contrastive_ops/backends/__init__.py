@@ -32,7 +32,7 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "backend
 BACKENDS = ("naive", "chunked", "triton", "cuda")
 # Triton first: both run every loss, and the calibrated static model (benchmarks/static/, reports
 # benchmarks/results/2026-12-03-static-*.md) puts the Triton kernels ahead on clip, info_nce, Ring and
-# SigLIP at large D (42.1 vs 51.6, 8.2 vs 16.6, 7.7 vs 16.0, 34.8 vs 41.4 ms), and the extension needs a
+# SigLIP at large D (42.1 vs 51.6, 8.2 vs 16.6, 5.3 vs 16.0, 34.8 vs 41.4 ms), and the extension needs a
 # build. No GPU measurement yet.
 AUTO_ORDER_CUDA = ("triton", "cuda", "chunked")
 
