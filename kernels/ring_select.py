@@ -17,12 +17,12 @@ products per pair fewer; ``backends.triton`` maps the halves found back to logit
    ``prefix | d << shift``; the rank's digit is the largest ``d`` whose count exceeds the rank.
    The per-row state (prefix, rank) stays in registers across the passes, so one launch does it
    all, and the result is exact on the very values the loss uses.
-3. :func:`ring_band_bracketed` (the triton backend's default) needs two passes instead of
-   ``32 / RADIX_BITS``: thresholds estimated from a sample of columns, one counting pass
-   (:func:`_ring_count_at_kernel`) that brackets each rank between two thresholds, one gathering
-   pass (:func:`_ring_gather_kernel`) that writes the few candidates inside the brackets to a row of
-   slots, sorted afterwards. Counts and gathered values come from the same tiles, so it is exact
-   too; rows whose brackets overflow the slots go to step 2 (their row blocks only).
+3. :func:`ring_band_bracketed` (the triton backend's default) needs one pass over the tiles instead of
+   ``32 / RADIX_BITS``: each rank's span of values estimated from a sample of columns
+   (:func:`sample_spans`), one gathering pass (:func:`_ring_gather_kernel`) that writes the candidates
+   inside the spans to the row's slots and counts those above them, and a search in the slots
+   (:func:`_slot_select_kernel`). Counts and gathered values come from the same tiles, so it is exact
+   too; rows whose spans miss their rank or overflow the slots go to step 2 (their row blocks only).
 """
 import dataclasses
 import math
@@ -148,7 +148,7 @@ COVER = 5.0
 #: Slots per row: the spans' expected candidates plus this many standard deviations of their number
 #: (:func:`span_slots`); a row whose spans hold more falls back to the radix search.
 SLOT_MARGIN = 6.0
-#: Slots come in multiples of this (the selection reads them in chunks of it).
+#: Slots come in multiples of this (whole chunks of the search's reads).
 SLOT_CHUNK = 1024
 #: At most this many slot values (fp32, 512 MiB) at once: rows are gathered and searched in balanced chunks
 #: of row blocks (:func:`row_chunks`); 32768 rows of 5120 slots take two.
