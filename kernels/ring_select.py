@@ -20,9 +20,9 @@ products per pair fewer; ``backends.triton`` maps the halves found back to logit
 3. :func:`ring_band_bracketed` (the triton backend's default) needs one pass over the tiles instead of
    ``32 / RADIX_BITS``: each rank's span of values estimated from a sample of columns
    (:func:`sample_spans`), one gathering pass (:func:`_ring_gather_kernel`) that writes the candidates
-   inside the spans to the row's slots and counts those above them, and a search in the slots
-   (:func:`_slot_select_kernel`). Counts and gathered values come from the same tiles, so it is exact
-   too; rows whose spans miss their rank or overflow the slots go to step 2 (their row blocks only).
+   inside the spans to the row's buffer and counts those above them, and a search in the buffer
+   (:func:`_buffer_search_kernel`). Counts and gathered values come from the same tiles, so it is exact
+   too; rows whose spans miss their rank or overflow the buffer go to step 2 (their row blocks only).
 """
 import dataclasses
 import math
@@ -138,24 +138,24 @@ def ring_band(tiles, config, rank_top, rank_bottom):
 
 
 # ---------------------------------------------------------------------------------------------
-# bracketed selection: spans from a sample, one gathering pass, an exact selection in the slots
+# bracketed selection: spans from a sample, one gathering pass, an exact selection in the buffer
 # ---------------------------------------------------------------------------------------------
 
 #: Columns of the sample the spans are estimated from (all of them for smaller problems).
 SAMPLE_COLUMNS = 2048
 #: A rank's span covers this many standard deviations of the sample's estimate of it on each side.
 COVER = 5.0
-#: Slots per row: the spans' expected candidates plus this many standard deviations of their number
-#: (:func:`span_slots`); a row whose spans hold more falls back to the radix search.
-SLOT_MARGIN = 6.0
-#: Slots come in multiples of this (whole chunks of the search's reads).
-SLOT_CHUNK = 1024
-#: At most this many slot values (fp32, 512 MiB) at once: rows are gathered and searched in balanced chunks
-#: of row blocks (:func:`row_chunks`); 32768 rows of 5120 slots take two.
+#: Entries per row: the spans' expected candidates plus this many standard deviations of their number
+#: (:func:`buffer_length`); a row whose spans hold more falls back to the radix search.
+BUFFER_MARGIN = 6.0
+#: Entries come in multiples of this (whole chunks of the search's reads).
+BUFFER_CHUNK = 1024
+#: At most this many entry values (fp32, 512 MiB) at once: rows are gathered and searched in balanced chunks
+#: of row blocks (:func:`row_chunks`); 32768 rows of 5120 entries take two.
 SCRATCH_VALUES = 1 << 27
 #: The gathering pass's tile width at most (:func:`gather_config`).
 GATHER_BLOCK_N = 64
-#: Warps of the selection in the slots (one row per program).
+#: Warps of the selection in the buffer (one row per program).
 SELECT_WARPS = 2
 
 
@@ -182,21 +182,21 @@ def span_fill(columns, outer, inner, sample=SAMPLE_COLUMNS):
     return mean, var ** 0.5
 
 
-def span_slots(columns, outer, inner, sample=SAMPLE_COLUMNS):
-    """Slots per row (:func:`span_fill`'s mean plus ``SLOT_MARGIN`` standard deviations, in multiples of
-    ``SLOT_CHUNK``, at most the row's length rounded up): spans widen like ``M/√S``, and so do the slots
+def buffer_length(columns, outer, inner, sample=SAMPLE_COLUMNS):
+    """Entries per row (:func:`span_fill`'s mean plus ``BUFFER_MARGIN`` standard deviations, in multiples of
+    ``BUFFER_CHUNK``, at most the row's length rounded up): spans widen like ``M/√S``, and so do the buffers
     (5120 at 32768 columns, 9216 at 65536, for outer = inner = 0.1)."""
     mean, std = span_fill(columns, outer, inner, sample)
-    need = mean + SLOT_MARGIN * std
-    return SLOT_CHUNK * max(1, min(math.ceil(need / SLOT_CHUNK), math.ceil(max(1, columns) / SLOT_CHUNK)))
+    need = mean + BUFFER_MARGIN * std
+    return BUFFER_CHUNK * max(1, min(math.ceil(need / BUFFER_CHUNK), math.ceil(max(1, columns) / BUFFER_CHUNK)))
 
 
-def row_chunks(n, block_m, slots):
+def row_chunks(n, block_m, entries):
     """``[(first_block, blocks), ...]``: the gathering pass's launches over ``n`` rows in blocks of ``block_m``,
-    as few as keep each one's slots within ``SCRATCH_VALUES``, of equal sizes (a last, smaller chunk would
+    as few as keep each one's entries within ``SCRATCH_VALUES``, of equal sizes (a last, smaller chunk would
     leave most of the device idle)."""
     blocks = triton.cdiv(n, block_m)
-    per_launch = max(1, SCRATCH_VALUES // (slots * block_m))
+    per_launch = max(1, SCRATCH_VALUES // (entries * block_m))
     size = triton.cdiv(blocks, triton.cdiv(blocks, per_launch))
     return [(first, min(size, blocks - first)) for first in range(0, blocks, size)]
 
@@ -210,16 +210,16 @@ def gather_config(config):
 @triton.jit
 def _ring_gather_kernel(
     inputs, roles, sizes, SPANS, OUT, COUNTS, first_block,
-    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, SLOTS: tl.constexpr,
+    ROLE: tl.constexpr, NORMALIZE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BUFFER: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PIPELINE: tl.constexpr = False,
 ):
     """One pass over the tiles of row blocks ``first_block + program_id``: row ``i``'s candidate halves
     ``x`` (``tiles.tile_norms``) inside either span, ``SPANS[0, i] <= x < SPANS[1, i]`` (the top's) or
     ``SPANS[2, i] <= x < SPANS[3, i]`` (the bottom's; fp32 ``[4, N]``), written in column order to the row's
-    slots ``OUT[i - first_block·BLOCK_M, :]`` (fp32 ``[rows, SLOTS]``; those past ``SLOTS`` dropped), and
+    entries ``OUT[i - first_block·BLOCK_M, :]`` (fp32 ``[rows, BUFFER]``; those past ``BUFFER`` dropped), and
     ``COUNTS[:, i]`` (int32 ``[3, N]``): the candidates at or above ``SPANS[1, i]``, at or above
-    ``SPANS[3, i]``, and inside the spans (more than ``SLOTS``: the row is incomplete). A tile's slots are
-    its row's running count plus a prefix sum over the tile's row: no atomics, the same slots every run."""
+    ``SPANS[3, i]``, and inside the spans (more than ``BUFFER``: the row is incomplete). A tile's entries are
+    its row's running count plus a prefix sum over the tile's row: no atomics, the same entries every run."""
     Q, C, RQ, RC = inputs[0], inputs[1], inputs[2], inputs[3]
     N, M, M_TOTAL, D, stride_q, stride_c = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
     row0 = (tl.program_id(0) + first_block) * BLOCK_M
@@ -230,7 +230,7 @@ def _ring_gather_kernel(
     top_hi = tl.load(SPANS + N + rows, mask=row_mask, other=float("inf"))
     bottom_lo = tl.load(SPANS + 2 * N + rows, mask=row_mask, other=float("inf"))
     bottom_hi = tl.load(SPANS + 3 * N + rows, mask=row_mask, other=float("inf"))
-    slot_rows = OUT + (rows - first_block * BLOCK_M).to(tl.int64) * SLOTS
+    buffer_rows = OUT + (rows - first_block * BLOCK_M).to(tl.int64) * BUFFER
     above_top = tl.zeros((BLOCK_M,), dtype=tl.int32)
     above_bottom = tl.zeros((BLOCK_M,), dtype=tl.int32)
     filled = tl.zeros((BLOCK_M,), dtype=tl.int32)
@@ -261,8 +261,8 @@ def _ring_gather_kernel(
         # 1, 2, ... along the tile's row at the pairs taken: a product with the upper-triangular ones (exact
         # small integers in fp16 and fp32), in the layout of the tile itself
         place = tl.dot(inside.to(tl.float16), upper, out_dtype=tl.float32)
-        slot = filled[:, None] + (place + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 + 1)
-        tl.store(slot_rows[:, None] + slot, half, mask=inside & (slot < SLOTS))
+        entry = filled[:, None] + (place + 12582912.0).to(tl.int32, bitcast=True) - (0x4B400000 + 1)
+        tl.store(buffer_rows[:, None] + entry, half, mask=inside & (entry < BUFFER))
         filled += tl.sum(inside.to(tl.float32), axis=1).to(tl.int32)
     tl.store(COUNTS + rows, above_top, mask=row_mask)
     tl.store(COUNTS + N + rows, above_bottom, mask=row_mask)
@@ -270,7 +270,7 @@ def _ring_gather_kernel(
 
 
 @triton.jit
-def _slot_chunk(VALUES, c0, length, CHUNK: tl.constexpr, FULL: tl.constexpr, other):
+def _buffer_chunk(VALUES, c0, length, CHUNK: tl.constexpr, FULL: tl.constexpr, other):
     """``VALUES[c0 : c0 + CHUNK]`` (fp32), ``other`` from ``length`` on (``FULL``: a chunk wholly inside, loaded
     without a mask: contiguous, aligned, vector loads)."""
     at = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, CHUNK), CHUNK), CHUNK)
@@ -287,10 +287,10 @@ def _count_at_least(VALUES, length, x0, x1, CHUNK: tl.constexpr):
     lanes1 = tl.zeros((CHUNK,), dtype=tl.float32)
     full = length // CHUNK * CHUNK
     for c0 in tl.range(0, full, CHUNK, loop_unroll_factor=1):
-        v = _slot_chunk(VALUES, c0, length, CHUNK, True, 0.0)
+        v = _buffer_chunk(VALUES, c0, length, CHUNK, True, 0.0)
         lanes0 += (v >= x0).to(tl.float32)
         lanes1 += (v >= x1).to(tl.float32)
-    v = _slot_chunk(VALUES, full, length, CHUNK, False, float("-inf"))
+    v = _buffer_chunk(VALUES, full, length, CHUNK, False, float("-inf"))
     lanes0 += (v >= x0).to(tl.float32)
     lanes1 += (v >= x1).to(tl.float32)
     return tl.sum(lanes0, axis=0).to(tl.int32), tl.sum(lanes1, axis=0).to(tl.int32)
@@ -307,12 +307,12 @@ def _span_counts(VALUES, length, lo0, hi0, lo1, hi1, CHUNK: tl.constexpr):
     largest = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
     smallest = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
     for c0 in range(0, length, CHUNK):
-        v = _slot_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: neither counted nor extreme
+        v = _buffer_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: neither counted nor extreme
         at_lo0 += (v >= lo0).to(tl.float32)
         at_hi0 += (v >= hi0).to(tl.float32)
         at_lo1 += (v >= lo1).to(tl.float32)
         at_hi1 += (v >= hi1).to(tl.float32)
-        filled = v >= float("-inf")  # not the NaN past the slots
+        filled = v >= float("-inf")  # not the NaN past the buffer
         largest = tl.maximum(largest, tl.where(filled, v, float("-inf")))
         smallest = tl.minimum(smallest, tl.where(filled, v, float("inf")))
     return (tl.sum(at_lo0, axis=0).to(tl.int32), tl.sum(at_hi0, axis=0).to(tl.int32),
@@ -329,7 +329,7 @@ def _nearest(VALUES, length, below0, from0, below1, from1, CHUNK: tl.constexpr):
     best_below1 = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
     best_from1 = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
     for c0 in range(0, length, CHUNK):
-        v = _slot_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: never below nor at least
+        v = _buffer_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: never below nor at least
         best_below0 = tl.maximum(best_below0, tl.where(v < below0, v, float("-inf")))
         best_from0 = tl.minimum(best_from0, tl.where(v >= from0, v, float("inf")))
         best_below1 = tl.maximum(best_below1, tl.where(v < below1, v, float("-inf")))
@@ -340,7 +340,7 @@ def _nearest(VALUES, length, below0, from0, below1, from1, CHUNK: tl.constexpr):
 
 @triton.jit
 def _start(lo, hi, c_lo, c_hi, need, largest, smallest, ok):
-    """A search's first interval: no slot lies between the span's ends and the slots' extremes, so the
+    """A search's first interval: no entry lies between the span's ends and the buffer's extremes, so the
     interval may start from these (the same counts; an infinite end, e.g. a span open at the top, becomes
     finite). ``(lo, hi, key_lo, key_hi, active)``."""
     key_lo = order_key(tl.maximum(lo, smallest)).to(tl.int64)
@@ -363,7 +363,7 @@ def _pivot(lo, hi, c_lo, c_hi, need, key_lo, key_hi, halve, active):
 
 @triton.jit
 def _narrow(lo, hi, c_lo, c_hi, need, pivot, count, active):
-    """The interval after counting ``count`` slots at or above ``pivot``: ``(lo, hi, c_lo, c_hi, key_lo,
+    """The interval after counting ``count`` entries at or above ``pivot``: ``(lo, hi, c_lo, c_hi, key_lo,
     key_hi, still active)``."""
     reach = active & (count >= need)
     drop = active & (count < need)
@@ -379,34 +379,34 @@ def _narrow(lo, hi, c_lo, c_hi, need, pivot, count, active):
 
 @triton.jit
 def _settle(lo, c_lo, c_hi, need, below, above):
-    """The searched value: the largest slot below ``hi`` (``below``) if ``need - 1`` lie at or above ``hi``,
+    """The searched value: the largest entry below ``hi`` (``below``) if ``need - 1`` lie at or above ``hi``,
     the smallest at or above ``lo`` (``above``) if ``need`` lie at or above ``lo``, else ``lo`` itself (no
-    value lies strictly inside the interval: its slots all equal ``lo``)."""
+    value lies strictly inside the interval: its entries all equal ``lo``)."""
     return tl.where(c_hi + 1 == need, below, tl.where(c_lo == need, above, lo))
 
 
 @triton.jit
-def _slot_select_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, SLOTS: tl.constexpr,
+def _buffer_search_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, BUFFER: tl.constexpr,
                         CHUNK: tl.constexpr, PASSES=None):
-    """Row ``first_row + program_id``'s two values from its slots (``_ring_gather_kernel``'s, row
+    """Row ``first_row + program_id``'s two values from its buffer (``_ring_gather_kernel``'s, row
     ``program_id`` of ``VALUES``): for each span ``t`` (0: the top's, 1: the bottom's), the value of
     descending rank ``RANKS[t, i]`` (int32 ``[2, N]``) among the row's candidates, to ``OUT[t, i]``, and
     ``OUT[2, i]`` 1.0 if both were found (else 0.0: the row goes to the radix search).
 
-    With ``a`` candidates at or above the span's top (``COUNTS[t, i]``) and ``g`` of the slots, the rank is
-    the slots' ``need = rank - a + g + 1``-th largest if it lies in the span. Each search keeps an interval
-    ``[lo, hi)`` with at least ``need`` slots at or above ``lo`` and fewer at or above ``hi``, and splits it
-    at a value interpolated from those counts or, after a step that left more than half of its slots, at
-    the middle of its ``tiles.order_key`` keys; it ends when one slot settles it (``need - 1`` at or above
-    ``hi``: the largest slot below ``hi``; ``need`` at or above ``lo``: the smallest at or above it) or when no
-    value lies strictly inside (then ``lo`` itself). Both searches share every read of the slots: a pass
-    for the spans' counts, one per step, one for the settling slots. Exact, on the slots' own values.
-    ``PASSES`` (int32 ``[N]``, optional): the reads of the row's slots (what the static model charges)."""
+    With ``a`` candidates at or above the span's top (``COUNTS[t, i]``) and ``g`` of the buffer, the rank is
+    the buffer's ``need = rank - a + g + 1``-th largest if it lies in the span. Each search keeps an interval
+    ``[lo, hi)`` with at least ``need`` entries at or above ``lo`` and fewer at or above ``hi``, and splits it
+    at a value interpolated from those counts or, after a step that left more than half of its buffer, at
+    the middle of its ``tiles.order_key`` keys; it ends when one entry settles it (``need - 1`` at or above
+    ``hi``: the largest entry below ``hi``; ``need`` at or above ``lo``: the smallest at or above it) or when no
+    value lies strictly inside (then ``lo`` itself). Both searches share every read of the buffer: a pass
+    for the spans' counts, one per step, one for the settling entries. Exact, on the buffer's own values.
+    ``PASSES`` (int32 ``[N]``, optional): the reads of the row's buffer (what the static model charges)."""
     local = tl.program_id(0)
     row = first_row + local
-    values = VALUES + local.to(tl.int64) * SLOTS
+    values = VALUES + local.to(tl.int64) * BUFFER
     filled = tl.load(COUNTS + 2 * N + row)
-    length = tl.minimum(filled, SLOTS)
+    length = tl.minimum(filled, BUFFER)
     lo0 = tl.load(SPANS + row)
     hi0 = tl.load(SPANS + N + row)
     lo1 = tl.load(SPANS + 2 * N + row)
@@ -415,7 +415,7 @@ def _slot_select_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, SLOTS: 
     need0 = tl.load(RANKS + row) - tl.load(COUNTS + row) + c_hi0 + 1
     need1 = tl.load(RANKS + N + row) - tl.load(COUNTS + N + row) + c_hi1 + 1
     # each rank lies in its span
-    ok = (filled <= SLOTS) & (c_hi0 < need0) & (c_lo0 >= need0) & (c_hi1 < need1) & (c_lo1 >= need1)
+    ok = (filled <= BUFFER) & (c_hi0 < need0) & (c_lo0 >= need0) & (c_hi1 < need1) & (c_lo1 >= need1)
     lo0, hi0, key_lo0, key_hi0, active0 = _start(lo0, hi0, c_lo0, c_hi0, need0, largest, smallest, ok)
     lo1, hi1, key_lo1, key_hi1, active1 = _start(lo1, hi1, c_lo1, c_hi1, need1, largest, smallest, ok)
     halve0 = False
@@ -431,7 +431,7 @@ def _slot_select_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, SLOTS: 
                                                                     active0)
         lo1, hi1, c_lo1, c_hi1, key_lo1, key_hi1, active1 = _narrow(lo1, hi1, c_lo1, c_hi1, need1, pivot1, count1,
                                                                     active1)
-        # more than half of the slots left: the values are far from even there, halve the keys next
+        # more than half of the buffer left: the values are far from even there, halve the keys next
         halve0 = 2 * (c_lo0 - c_hi0) > before0
         halve1 = 2 * (c_lo1 - c_hi1) > before1
         passes += 1
@@ -468,26 +468,26 @@ def sample_spans(sample, count, rank):
     return torch.stack([lo, hi]).to(torch.float32)
 
 
-def select_in_slots(scratch, counts, spans, ranks, found, first_row, rows, slots, passes=None):
-    """:func:`_slot_select_kernel` over rows ``first_row .. first_row + rows`` (their slots: ``scratch``'s first
-    rows); ``passes`` (int32 ``[N]``): the reads of each row's slots, when given."""
-    _slot_select_kernel[(rows,)](scratch, counts, spans, ranks, found, first_row, counts.shape[1], SLOTS=slots,
-                                 CHUNK=min(SLOT_CHUNK, 256 * SELECT_WARPS), PASSES=passes,
-                                 num_warps=SELECT_WARPS)
+def search_buffer(scratch, counts, spans, ranks, found, first_row, rows, entries, passes=None):
+    """:func:`_buffer_search_kernel` over rows ``first_row .. first_row + rows`` (their entries: ``scratch``'s first
+    rows); ``passes`` (int32 ``[N]``): the reads of each row's buffer, when given."""
+    _buffer_search_kernel[(rows,)](scratch, counts, spans, ranks, found, first_row, counts.shape[1],
+                                   BUFFER=entries, CHUNK=min(BUFFER_CHUNK, 256 * SELECT_WARPS), PASSES=passes,
+                                   num_warps=SELECT_WARPS)
 
 
-def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, slots):
+def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, entries):
     """``(h_lo, h_hi, resolved)``: the halves of ranks ``rank_bottom`` and ``rank_top`` (int64 ``[N]``) for the
-    rows that one gathering pass and the selection in its slots resolve (bool ``resolved``); ``spans`` fp32
-    ``[4, N]``, the top rank's span ``[lo, hi)`` and the bottom's (e.g. :func:`sample_spans`), ``slots`` per
-    row (e.g. :func:`span_slots`).
+    rows that one gathering pass and the selection in its buffer resolve (bool ``resolved``); ``spans`` fp32
+    ``[4, N]``, the top rank's span ``[lo, hi)`` and the bottom's (e.g. :func:`sample_spans`), ``entries`` per
+    row (e.g. :func:`buffer_length`).
 
-    1. the gathering pass writes each row's candidates inside either span to its slots and counts those
+    1. the gathering pass writes each row's candidates inside either span to its buffer and counts those
        above each span;
-    2. the selection finds each rank among the slots (:func:`_slot_select_kernel`).
+    2. the selection finds each rank among the buffer (:func:`_buffer_search_kernel`).
 
     Exact on the tiles' halves: the spans only choose what is gathered; counts and values come from the
-    same tiles as the loss's. A row whose spans hold more than ``slots`` candidates, or whose rank lies
+    same tiles as the loss's. A row whose spans hold more than ``entries`` candidates, or whose rank lies
     outside its span, is not resolved (its values are then garbage). Rows go in chunks
     (:func:`row_chunks`)."""
     t = tiles
@@ -498,15 +498,15 @@ def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, slots):
     found = torch.empty((3, t.n), dtype=torch.float32, device=device)
     flags = t.constexprs()
     config = gather_config(config)
-    chunks = row_chunks(t.n, config.block_m, slots)
-    scratch = torch.empty((min(t.n, chunks[0][1] * config.block_m), slots), dtype=torch.float32, device=device)
+    chunks = row_chunks(t.n, config.block_m, entries)
+    scratch = torch.empty((min(t.n, chunks[0][1] * config.block_m), entries), dtype=torch.float32, device=device)
     for first, chunk_blocks in chunks:
         _ring_gather_kernel[(chunk_blocks,)](
             t.inputs, t.roles, t.sizes, spans, scratch, counts, first, ROLE=flags["ROLE"],
-            NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], SLOTS=slots,
+            NORMALIZE=flags["NORMALIZE"], INPUT_PRECISION=flags["INPUT_PRECISION"], BUFFER=entries,
             **config.kernel_kwargs(t.d), PIPELINE=pipelined(config, t.d),
         )
         first_row = first * config.block_m
         rows = min(t.n, first_row + chunk_blocks * config.block_m) - first_row
-        select_in_slots(scratch, counts, spans, ranks, found, first_row, rows, slots)
+        search_buffer(scratch, counts, spans, ranks, found, first_row, rows, entries)
     return found[1], found[0], found[2] > 0

@@ -1,5 +1,5 @@
 """The triton backend's Ring selection picks exactly the band a full sort picks on the same logit values:
-the bracketed selection (spans from a sample, a gathering pass, a search in its slots), its radix fallback
+the bracketed selection (spans from a sample, a gathering pass, a search in its buffer), its radix fallback
 and the radix search alone, with ties, empty rings, odd shapes, extra negatives and labels.
 
 The logits are fed through the kernels unchanged (``query = I``, ``keys = logitsᵀ``, no normalization:
@@ -95,11 +95,11 @@ def test_band_with_roles(roles, monkeypatch, seed):
 
 
 def test_overflowing_rows_fall_back_to_the_radix_search(monkeypatch, seed):
-    """With 4 slots most rows' spans overflow: the radix search takes them, the others stay."""
+    """With 4 entries most rows' spans overflow: the radix search takes them, the others stay."""
     n, m = 17, 40
     logits = _logits("ties", n, m)
     spec = _spec("positive", n, m)
-    monkeypatch.setattr(ring_select, "span_slots", lambda *args, **kwargs: 4)
+    monkeypatch.setattr(ring_select, "buffer_length", lambda *args, **kwargs: 4)
     monkeypatch.setattr(ring_select, "SAMPLE_COLUMNS", 8)  # a coarse estimate: wide spans
     v_lo, v_hi = _band(logits, m, spec, 0.7, 0.3, "bracketed", monkeypatch)
     s_lo, s_hi = _reference(logits, m, spec, 0.7, 0.3)
@@ -108,10 +108,10 @@ def test_overflowing_rows_fall_back_to_the_radix_search(monkeypatch, seed):
 
 @pytest.mark.parametrize("chunk", [1024, 16])
 def test_bracketed_selection_resolves_rows_itself(chunk, monkeypatch, seed):
-    """On continuous values every row is resolved by the gathering pass and the search in its slots (no
+    """On continuous values every row is resolved by the gathering pass and the search in its buffer (no
     fallback), exactly; also with a sample much smaller than the row (spans from estimates, not from the
-    values), and with slots and search chunks (16) much shorter than the row (full chunks and a part)."""
-    monkeypatch.setattr(ring_select, "SLOT_CHUNK", chunk)
+    values), and with entries and search chunks (16) much shorter than the row (full chunks and a part)."""
+    monkeypatch.setattr(ring_select, "BUFFER_CHUNK", chunk)
     n, m = 23, 600
     logits = _logits("continuous", n, m)
     spec = _spec("positive", n, m)
@@ -125,35 +125,35 @@ def test_bracketed_selection_resolves_rows_itself(chunk, monkeypatch, seed):
         candidate = pair_roles(torch.arange(n), cols, m, spec)[1]
         ordered = torch.where(candidate, logits[:, cols], float("-inf")).sort(dim=1, descending=True).values
         spans = torch.cat([ring_select.sample_spans(ordered, count, lo), ring_select.sample_spans(ordered, count, hi - 1)])
-        slots = ring_select.span_slots(m - 1, 0.2, 0.3, sample)
+        entries = ring_select.buffer_length(m - 1, 0.2, 0.3, sample)
         if chunk == 16 and sample == m:
-            assert slots < m // 2  # the spans, not the row
-        v_lo, v_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, spans, lo, hi - 1, slots)
+            assert entries < m // 2  # the spans, not the row
+        v_lo, v_hi, resolved = ring_select.ring_band_bracketed(tiles, cfg, spans, lo, hi - 1, entries)
         assert bool(resolved.all())
         s_lo, s_hi = _reference(logits, m, spec, 0.2, 0.3)
         assert torch.equal(v_lo, s_lo) and torch.equal(v_hi, s_hi)
 
 
-def _search(slot_rows, spans, above, ranks):
-    """The search in the slots (``ring_select.select_in_slots``) on given slots: ``slot_rows`` a list of 1-D
-    fp32 tensors (each row's filled slots), spans ``[4, N]``, ``above`` ``[2, N]`` (candidates at or above
+def _search(buffer_rows, spans, above, ranks):
+    """The search in the buffer (``ring_select.search_buffer``) on given entries: ``buffer_rows`` a list of 1-D
+    fp32 tensors (each row's filled entries), spans ``[4, N]``, ``above`` ``[2, N]`` (candidates at or above
     each span's top), ``ranks`` ``[2, N]``; ``(values [2, N], found [N], passes [N])``."""
-    n = len(slot_rows)
-    slots = 16 * max(1, max(r.numel() for r in slot_rows))
-    scratch = torch.full((n, slots), float("nan"))
-    for i, r in enumerate(slot_rows):
+    n = len(buffer_rows)
+    entries = 16 * max(1, max(r.numel() for r in buffer_rows))
+    scratch = torch.full((n, entries), float("nan"))
+    for i, r in enumerate(buffer_rows):
         scratch[i, :r.numel()] = r
-    counts = torch.cat([above, torch.tensor([[r.numel() for r in slot_rows]])]).to(torch.int32)
+    counts = torch.cat([above, torch.tensor([[r.numel() for r in buffer_rows]])]).to(torch.int32)
     found = torch.empty(3, n)
     passes = torch.zeros(n, dtype=torch.int32)
-    ring_select.select_in_slots(scratch, counts.contiguous(), spans.float().contiguous(),
-                                ranks.to(torch.int32).contiguous(), found, 0, n, slots, passes)
+    ring_select.search_buffer(scratch, counts.contiguous(), spans.float().contiguous(),
+                                ranks.to(torch.int32).contiguous(), found, 0, n, entries, passes)
     return found[:2], found[2] > 0, passes
 
 
 @pytest.mark.parametrize("values", ["continuous", "ties", "signed_zeros", "equal"])
-def test_search_in_the_slots_finds_every_rank_of_its_span(values, seed):
-    """Every rank inside a span, on slots of two spans in any order, with ties (at the ends too), signed
+def test_search_in_the_buffer_finds_every_rank_of_its_span(values, seed):
+    """Every rank inside a span, on entries of two spans in any order, with ties (at the ends too), signed
     zeros and a row of equal values: the value a full sort gives; ranks outside the span are not found."""
     m = 48
     row = {"continuous": torch.randn(m), "ties": torch.randint(-3, 4, (m,)).float() * 0.5,
@@ -165,10 +165,10 @@ def test_search_in_the_slots_finds_every_rank_of_its_span(values, seed):
                                                  (ordered[0], ordered[47], ordered[5], ordered[9])):
         spans = torch.tensor([top_lo, top_hi, bottom_lo, bottom_hi], dtype=torch.float32)
         inside = ((row >= spans[0]) & (row < spans[1])) | ((row >= spans[2]) & (row < spans[3]))
-        slot_row = row[inside][torch.randperm(int(inside.sum()))]  # the search takes them in any order
+        buffer_row = row[inside][torch.randperm(int(inside.sum()))]  # the search takes them in any order
         above = torch.stack([(row >= spans[1]).sum(), (row >= spans[3]).sum()])
         for top in range(m // 2):  # the top rank over the first half, the bottom one over every other rank
-            cases.append((slot_row, spans, above, top, (top * 2 + 1) % m))
+            cases.append((buffer_row, spans, above, top, (top * 2 + 1) % m))
     rows, spans, above, ranks = zip(*[(c[0], c[1], c[2], torch.tensor([c[3], c[4]])) for c in cases])
     found_values, found, passes = _search(list(rows), torch.stack(spans, 1), torch.stack(above, 1),
                                           torch.stack(ranks, 1))
@@ -209,23 +209,23 @@ def _span_occupancy(n, m, outer, inner):
 
 @pytest.mark.parametrize("m", [16384, 65536])
 @pytest.mark.parametrize("outer,inner", [(0.1, 0.1), (0.4, 0.25)])
-def test_span_slots_hold_the_spans(m, outer, inner, seed):
-    """The slots grow with the row so that the spans fit: their mean fill is ``span_fill``'s estimate
+def test_buffer_length_hold_the_spans(m, outer, inner, seed):
+    """The buffers grow with the row so that the spans fit: their mean fill is ``span_fill``'s estimate
     (within 15%), no row overflows, and every rank lies in its span."""
     filled, held = _span_occupancy(48, m, outer, inner)
-    slots = ring_select.span_slots(m - 1, outer, inner)
+    entries = ring_select.buffer_length(m - 1, outer, inner)
     mean = ring_select.span_fill(m - 1, outer, inner)[0]
     assert abs(filled.float().mean().item() - mean) <= 0.15 * mean
-    assert int(filled.max()) <= slots and bool(held.all())
+    assert int(filled.max()) <= entries and bool(held.all())
 
 
-def test_span_slots_at_the_edges():
+def test_buffer_length_at_the_edges():
     """Whole chunks, at least one, at most the row rounded up to a chunk, growing with the row."""
-    chunk = ring_select.SLOT_CHUNK
+    chunk = ring_select.BUFFER_CHUNK
     for columns, outer, inner in ((0, 0.1, 0.1), (1, 0.1, 0.1), (5, 0.0, 0.0), (2048, 1.0, 1.0), (1 << 24, 0.5, 0.5)):
-        slots = ring_select.span_slots(columns, outer, inner)
-        assert slots % chunk == 0 and chunk <= slots <= max(chunk, -(-columns // chunk) * chunk)
-    assert ring_select.span_slots(32768, 0.1, 0.1) < ring_select.span_slots(65536, 0.1, 0.1)
+        entries = ring_select.buffer_length(columns, outer, inner)
+        assert entries % chunk == 0 and chunk <= entries <= max(chunk, -(-columns // chunk) * chunk)
+    assert ring_select.buffer_length(32768, 0.1, 0.1) < ring_select.buffer_length(65536, 0.1, 0.1)
 
 
 def test_sample_spans_at_the_ends():

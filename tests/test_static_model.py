@@ -135,7 +135,7 @@ def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headli
 
 def test_per_opcode_throughputs_and_pipelines():
     """sm_90 throughputs from the programming guide's table: FFMA 4 warp-instructions per clock per SM,
-    MUFU one per 2 cycles, shuffles one per cycle; distinct pipelines overlap, the issue slots bound."""
+    MUFU one per 2 cycles, shuffles one per cycle; distinct pipelines overlap, the issue cycles bound."""
     from benchmarks.static.sass import sm_cycles
 
     assert sm_cycles({"FFMA": 4}, 4) == pytest.approx(4.0)
@@ -143,7 +143,7 @@ def test_per_opcode_throughputs_and_pipelines():
     assert sm_cycles({"SHFL": 4}, 4) == pytest.approx(16.0)
     assert sm_cycles({"FMNMX": 4}, 4) == pytest.approx(8.0)
     assert sm_cycles({"MUFU": 4, "FFMA": 16}, 4) == pytest.approx(32.0)  # XU and FMA overlap
-    assert sm_cycles({"MOV": 8}, 4) == pytest.approx(8.0)  # issue slots only
+    assert sm_cycles({"MOV": 8}, 4) == pytest.approx(8.0)  # issue cycles only
 
 
 def test_exposed_work_serializes_with_the_warpgroups_mma():
@@ -179,7 +179,7 @@ def test_every_k_step_is_counted():
     for ksteps in (1, 3):
         exposed, overlapped = stats.cycles(ksteps)
         assert exposed == pytest.approx(20.0)  # 20 FFMA × 4 warps at 4 per clock
-        assert overlapped == pytest.approx(ksteps * 10.0)  # 10 MOV × 4 warps at 4 issue slots per clock
+        assert overlapped == pytest.approx(ksteps * 10.0)  # 10 MOV × 4 warps at 4 issues per clock
         assert stats.per_tile(ksteps) == 30 + 10 * (ksteps - 1)
 
 

@@ -330,7 +330,7 @@ def test_augmentation_on_the_device_path_is_a_function_of_the_generator():
 
 @pytest.mark.parametrize("queue,batch", [(8, 3), (8, 8), (8, 21), (5, 13)])
 def test_moco_queue_is_a_fifo_even_when_a_batch_outnumbers_it(queue, batch):
-    """The queue after two batches equals writing every key one after another into the ring of slots."""
+    """The queue after two batches equals writing every key one after another into the ring buffer."""
     from types import SimpleNamespace
 
     from contrastive_ops.train.objectives import MoCo

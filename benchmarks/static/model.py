@@ -113,7 +113,7 @@ class KernelStats:
             f = self.plain_fraction
             p, g = self.plain.cycle_parts(ksteps), self.general.cycle_parts(ksteps)
             return tuple(f * a + (1 - f) * b for a, b in zip(p, g))
-        if not (self.tile_exposed or self.tile_overlapped):  # no opcode counts: one issue slot each
+        if not (self.tile_exposed or self.tile_overlapped):  # no opcode counts: one issue cycle each
             return 0.0, 0.0, self.warps * self.per_tile(ksteps) / 4.0
         # the tile's opcode counts are those outside its k-loop: each of its ksteps steps adds one step's
         throughput = (sm_cycles(self.tile_exposed, self.warps)

@@ -76,7 +76,7 @@ SM90_RESULTS_PER_CLOCK = {
 #: FP16x2 arithmetic and IMAD/IMUL; ALU integer, logic, compares and min/max, and the fast FP32→FP16
 #: conversion (F2FP); XU transcendentals (MUFU) and the other conversions; LSU the shuffles. Opcodes
 #: the table does not cover (moves, selects, loads and stores, branches, barriers, uniform-datapath
-#: ops) take an issue slot only.
+#: ops) take issue cycles only.
 OPCODE_PIPE = {
     **dict.fromkeys(("FFMA", "FADD", "FMUL", "FFMA2", "FADD2", "FMUL2"), ("fma", "fp32 add/mul/fma")),
     **dict.fromkeys(("HFMA2", "HADD2", "HMUL2"), ("fma", "fp32 add/mul/fma")),  # 2 results each: 128 per clock
@@ -105,7 +105,7 @@ def results_per_clock(opcode: str) -> int:
 
 def sm_cycles(ops: dict, warps: int) -> float:
     """SM cycles to execute ``ops`` (opcode → count per thread) for ``warps`` warps: the larger of the
-    issue slots (one warp-instruction per scheduler per clock) and the busiest pipeline, whose opcodes
+    issue cycles (one warp-instruction per scheduler per clock) and the busiest pipeline, whose opcodes
     cost 32 / (documented results per clock) cycles each; distinct pipelines overlap."""
     issue = warps * sum(n for op, n in ops.items() if op not in MMA_OPCODES) / ISSUE_PER_CLOCK
     pipes: dict = {}

@@ -32,7 +32,7 @@ from .model import (
     sort_alu_ops,
     workload,
 )
-from .ring_slots import slot_search
+from .ring_buffer import buffer_search
 from .sass import parse_sass, sass_stats, tool
 
 # the kernels must be decorated for compiling, not interpreting: before any Triton import
@@ -283,7 +283,7 @@ def row_products_used(w: Workload) -> bool:
 
 def ring_select_mode() -> str:
     """The triton backend's Ring selection as shipped: ``"bracketed"`` (spans from a sample, a gathering
-    pass, a search in its slots) where the kernels have it, else ``"radix"``."""
+    pass, a search in its buffer) where the kernels have it, else ``"radix"``."""
     from contrastive_ops.kernels import ring_select
 
     if not hasattr(ring_select, "ring_band_bracketed"):
@@ -298,10 +298,10 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
 
     Bracketed (``kernels.ring_select.ring_band_bracketed``): the halves of ``SAMPLE_COLUMNS`` columns by
     ``torch.mm`` and sorted per row (two spans per row from them), one gathering pass over the tiles that
-    writes the candidates inside the spans to each row's slots, and the search in the slots. The slots'
+    writes the candidates inside the spans to each row's buffer, and the search in the buffer. The buffer'
     fill and the search's reads per row are those of the selection's own search kernel on random unit
-    vectors of the workload's row length (``ring_slots.slot_search``). The radix search then runs only
-    for rows that the spans miss or whose slots overflow, charged here as none (none of the simulated rows
+    vectors of the workload's row length (``ring_buffer.buffer_search``). The radix search then runs only
+    for rows that the spans miss or whose entries overflow, charged here as none (none of the simulated rows
     at 4096, 32768 or 65536 columns; rows with many candidates tied at a span's end, or a sample far off
     the row's distribution, add up to one radix search of their row blocks)."""
     from contrastive_ops.kernels import ring_select as rs
@@ -317,37 +317,37 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     if mode == "radix":
         passes = 32 // w.ring_radix_bits
         stats = _stats(module, "_ring_select_kernel", w, f, {"RADIX_BITS": w.ring_radix_bits})
-        slots = device.sms * max(1, stats.ctas_per_sm(device))
+        resident = device.sms * max(1, stats.ctas_per_sm(device))
         return [Launch("ring select", stats, row_blocks, col_tiles * passes, ks_f,
-                       2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, slots) * passes,
+                       2.0 * n * mt * d * passes, inputs * cdiv(row_blocks, resident) * passes,
                        note=f"{passes} radix passes, each recomputing every tile")]
     s = min(mt, rs.SAMPLE_COLUMNS)
     out = [Launch(f"ring sample: {s} columns' halves (torch.mm), sorted per row (torch.sort)", None, 0, 0, 1,
                   2.0 * n * s * d, n * s * 4 * 3 + n * d * item, alu_ops=sort_alu_ops(n, s),
                   gemms=((n, s, d, 1, 4, False),), note="estimates only: the spans")]
-    search = slot_search(mt, *w.ring)
-    slots, fill = search["slots"], search["fill"]
+    search = buffer_search(mt, *w.ring)
+    entries, fill = search["entries"], search["fill"]
     g = rs.gather_config(f)
     plain = plain_fraction(w, g)
-    gather = _stats(module, "_ring_gather_kernel", w, g, {"SLOTS": slots}, plain_fraction=plain)
+    gather = _stats(module, "_ring_gather_kernel", w, g, {"BUFFER": entries}, plain_fraction=plain)
     resident = device.sms * max(1, gather.ctas_per_sm(device))
-    chunk = min(rs.SLOT_CHUNK, 256 * rs.SELECT_WARPS)
-    select = compile_stats(module, "_slot_select_kernel", w.dtype, (("SLOTS", slots), ("CHUNK", chunk)),
+    chunk = min(rs.BUFFER_CHUNK, 256 * rs.SELECT_WARPS)
+    select = compile_stats(module, "_buffer_search_kernel", w.dtype, (("BUFFER", entries), ("CHUNK", chunk)),
                            rs.SELECT_WARPS, 1)
-    # its k-loop counts each slot at the two searches' pivots: two compares (FSET) per slot and thread
+    # its k-loop counts each entry at the two searches' pivots: two compares (FSET) per entry and thread
     per_trip = max(1, select.kloop_overlapped.get("FSET", 0) // 2 * 32 * rs.SELECT_WARPS)
-    chunks = rs.row_chunks(n, g.block_m, slots)
+    chunks = rs.row_chunks(n, g.block_m, entries)
     for _first, blocks in chunks:  # a launch of each kind per chunk of row blocks
         rows = min(n, blocks * g.block_m)
         # the products: the tile's own and its prefix sums (the taken pairs times the upper-triangular ones)
         out.append(Launch("ring gather spans", gather, blocks, cdiv(mt, g.block_n), ks_f,
                           2.0 * rows * mt * d + 2.0 * rows * mt * g.block_n,
                           (rows * d * item + mt * d * item) * cdiv(blocks, resident) + rows * fill * 4 + 3 * rows * 4,
-                          note=f"one pass over the tiles ({len(chunks)} chunks of rows): {fill:.0f} of {slots} "
-                               "slots filled per row (mean)"))
-        out.append(Launch("ring search in the slots", select, rows, search["passes"], fill / per_trip, 0.0,
+                          note=f"one pass over the tiles ({len(chunks)} chunks of rows): {fill:.0f} of {entries} "
+                               "entries filled per row (mean)"))
+        out.append(Launch("ring search in the buffer", select, rows, search["passes"], fill / per_trip, 0.0,
                           rows * fill * 4 + 9 * rows * 4,
-                          note=f"{search['passes']:.1f} reads of a row's slots (mean; both ranks)"))
+                          note=f"{search['passes']:.1f} reads of a row's buffer (mean; both ranks)"))
     return out
 
 
@@ -440,13 +440,13 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
     extra_f = _row_products_switches(d) if row_products else {}
     fwd_stats = _stats("contrastive_ops.kernels.contrastive_fwd", "_contrastive_fwd_kernel", w, f, extra_f,
                        plain_fraction=plain_fraction(w, f))
-    slots = device.sms * max(1, fwd_stats.ctas_per_sm(device))
+    resident = device.sms * max(1, fwd_stats.ctas_per_sm(device))
     programs = min(row_blocks, device.sms) if w.switch("COLUMN_TERMS") else row_blocks
     partial_bytes = row_blocks * w.m * 16 * 2 if w.switch("COLUMN_TERMS") else 0
     operand_passes = 2 if row_products else 1  # Ĉ is read beside the raw columns
     out.append(Launch("forward" + (" + row products" if row_products else ""), fwd_stats, programs,
                       row_blocks / programs * col_tiles, ks_f, (4.0 if row_products else 2.0) * n * mt * d,
-                      n * d * item + operand_passes * mt * d * item * cdiv(row_blocks, slots) + partial_bytes
+                      n * d * item + operand_passes * mt * d * item * cdiv(row_blocks, resident) + partial_bytes
                       + (n * d * 4 if row_products else 0)))
     # backward
     registers = bwd.uses_registers(b, d) if hasattr(bwd, "uses_registers") else b.block_d_for(d) >= d
@@ -465,10 +465,10 @@ def launches(w: Workload, fwd_config, bwd_config, device: Device) -> list[Launch
         for name, kernel, programs, tiles, rows in passes[1:] if row_products else passes:
             stats = _stats("contrastive_ops.kernels.contrastive_bwd", kernel, w, b, extra,
                            plain_fraction=plain_fraction(w, b, columns_first=kernel.endswith("dc_kernel")))
-            slots = device.sms * max(1, stats.ctas_per_sm(device))
+            resident = device.sms * max(1, stats.ctas_per_sm(device))
             traffic = programs * tiles * 8.0 * rows * d if sliced else 0.0
             out.append(Launch(name, stats, programs, tiles, ks_b, 4.0 * n * mt * d,
-                              inputs * cdiv(programs, slots) + grads / 2 + traffic,
+                              inputs * cdiv(programs, resident) + grads / 2 + traffic,
                               note="fp32 rows read+written per tile" if sliced else "accumulators in registers"))
     else:
         out.extend(ds_chunk_launches(w, b, "backward", dq_products=not row_products))

@@ -103,7 +103,7 @@ _N_ROLES = len(ROLE_FIELDS)
 
 
 #: How the triton backend selects the Ring band: ``"bracketed"`` (default: spans from a sample, one gathering
-#: pass over the tiles, an exact selection in its slots, the radix search only for the rows they leave) or
+#: pass over the tiles, an exact selection in its buffer, the radix search only for the rows they leave) or
 #: ``"radix"`` (the radix search alone); ``CONTRASTIVE_OPS_RING_SELECT`` changes it.
 RING_SELECT_ENV = "CONTRASTIVE_OPS_RING_SELECT"
 
@@ -166,9 +166,9 @@ def _ring_band_impl(query, keys, extra, scale, *rest):
     rank_bottom = torch.where(nonempty, torch.where(mirror, count - hi, hi - 1), 0)
     if _ring_select_mode() == "bracketed":
         spans = _ring_sample_spans(tiles, spec, count, rank_top, rank_bottom)
-        slots = ring_select.span_slots(tiles.m_total, outer, inner)
+        entries = ring_select.buffer_length(tiles.m_total, outer, inner)
         fast_bottom, fast_top, resolved = ring_select.ring_band_bracketed(tiles, cfg, spans, rank_top, rank_bottom,
-                                                                          slots)
+                                                                          entries)
         # the radix search for the rows left over (rank -1: skipped; a row block of such rows does no pass)
         left = nonempty & ~resolved
         h_bottom, h_top = ring_select.ring_band(tiles, cfg, torch.where(left, rank_top, -1).to(torch.int32),

@@ -155,7 +155,7 @@ class MoCo(Objective):
 
             keys = gather_rows(keys, self.group, with_grad=False)
         size, n = self.queue.shape[0], keys.shape[0]
-        # FIFO: as if the n keys were written one after another; more keys than slots leave the last ones
+        # FIFO: as if the n keys were written one after another; more keys than places leave the last ones
         start = self.queue_ptr + max(n - size, 0)
         keys = keys[-size:]
         idx = (start + torch.arange(keys.shape[0], device=keys.device)) % size

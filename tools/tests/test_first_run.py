@@ -76,7 +76,7 @@ def test_cache_keys_are_the_jits_own_under_triton_3_6(tmp_path):
     assert result["odd"][1] > 0, result
 
 
-def test_dry_run_plan_fits_the_slot_with_a_fresh_cache(tmp_path, monkeypatch, capsys):
+def test_dry_run_plan_fits_the_time_limit_with_a_fresh_cache(tmp_path, monkeypatch, capsys):
     """The dry run's plan with a (made-up) fresh cache: every step predicted, the travel size checked,
     the last line the predicted total, within the limit."""
     from tools.gpu_run import first_run, triton_cache
