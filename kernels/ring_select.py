@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import pipelined
+from .config import interpreting, pipelined
 from .tiles import (
     HAS_GUIDE,
     HAS_LABELS,
@@ -155,8 +155,18 @@ BUFFER_CHUNK = 1024
 SCRATCH_VALUES = 1 << 27
 #: The gathering pass's tile width at most (:func:`gather_config`).
 GATHER_BLOCK_N = 64
-#: Warps of the selection in the buffer (one row per program).
+#: Warps of the selection in the buffer.
 SELECT_WARPS = 2
+#: Rows per program of the selection in the buffer (:func:`search_rows`): one on a GPU, where a row's warps
+#: read its buffer (more rows would wait for the one needing the most passes), many in Triton's interpreter,
+#: which runs the programs one after another and spends its time per operation, not per value.
+SEARCH_ROWS = 1
+SEARCH_ROWS_INTERPRETED = 32
+
+
+def search_rows():
+    """:data:`SEARCH_ROWS`, or :data:`SEARCH_ROWS_INTERPRETED` under ``TRITON_INTERPRET=1``."""
+    return SEARCH_ROWS_INTERPRETED if interpreting() else SEARCH_ROWS
 
 
 def _spread(q, present):
@@ -271,42 +281,49 @@ def _ring_gather_kernel(
 
 @triton.jit
 def _buffer_chunk(VALUES, c0, length, CHUNK: tl.constexpr, FULL: tl.constexpr, other):
-    """``VALUES[c0 : c0 + CHUNK]`` (fp32), ``other`` from ``length`` on (``FULL``: a chunk wholly inside, loaded
-    without a mask: contiguous, aligned, vector loads)."""
-    at = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, CHUNK), CHUNK), CHUNK)
+    """``VALUES[:, c0 : c0 + CHUNK]`` (fp32; ``VALUES`` ``[ROWS, 1]`` pointers to the rows' buffers), ``other`` from
+    each row's ``length`` (``[ROWS, 1]``) on (``FULL``: a chunk wholly inside every row, loaded without a mask:
+    contiguous, aligned, vector loads)."""
+    at = tl.max_contiguous(tl.multiple_of(c0 + tl.arange(0, CHUNK), CHUNK), CHUNK)[None, :]
     if FULL:
         return tl.load(VALUES + at)
     return tl.load(VALUES + at, mask=at < length, other=other)
 
 
 @triton.jit
-def _count_at_least(VALUES, length, x0, x1, CHUNK: tl.constexpr):
-    """How many of ``VALUES[:length]`` (fp32) are at least ``x0``, and at least ``x1``: the whole chunks, then
-    the part left."""
-    lanes0 = tl.zeros((CHUNK,), dtype=tl.float32)  # one sum per lane (exact: a few thousand at most)
-    lanes1 = tl.zeros((CHUNK,), dtype=tl.float32)
-    full = length // CHUNK * CHUNK
+def _count_at_least(VALUES, length, x0, x1, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+    """How many of each row's ``VALUES[:length]`` (fp32) are at least ``x0``, and at least ``x1`` (``[ROWS, 1]``
+    each): the chunks whole in every row, then the parts left. ``([ROWS], [ROWS])``."""
+    lanes0 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)  # one sum per lane (exact: a few thousand)
+    lanes1 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)
+    full = tl.min(length) // CHUNK * CHUNK
     for c0 in tl.range(0, full, CHUNK, loop_unroll_factor=1):
         v = _buffer_chunk(VALUES, c0, length, CHUNK, True, 0.0)
         lanes0 += (v >= x0).to(tl.float32)
         lanes1 += (v >= x1).to(tl.float32)
-    v = _buffer_chunk(VALUES, full, length, CHUNK, False, float("-inf"))
-    lanes0 += (v >= x0).to(tl.float32)
-    lanes1 += (v >= x1).to(tl.float32)
-    return tl.sum(lanes0, axis=0).to(tl.int32), tl.sum(lanes1, axis=0).to(tl.int32)
+    if ROWS == 1:  # less than a chunk left: straight code, no loop
+        v = _buffer_chunk(VALUES, full, length, CHUNK, False, float("-inf"))
+        lanes0 += (v >= x0).to(tl.float32)
+        lanes1 += (v >= x1).to(tl.float32)
+    else:
+        for c0 in range(full, tl.max(length), CHUNK):
+            v = _buffer_chunk(VALUES, c0, length, CHUNK, False, float("-inf"))
+            lanes0 += (v >= x0).to(tl.float32)
+            lanes1 += (v >= x1).to(tl.float32)
+    return tl.sum(lanes0, axis=1).to(tl.int32), tl.sum(lanes1, axis=1).to(tl.int32)
 
 
 @triton.jit
-def _span_counts(VALUES, length, lo0, hi0, lo1, hi1, CHUNK: tl.constexpr):
-    """``VALUES[:length]``'s (fp32) counts at or above ``lo0``, ``hi0``, ``lo1`` and ``hi1``, then its largest and
-    smallest (``-inf`` and ``+inf`` if none): one pass."""
-    at_lo0 = tl.zeros((CHUNK,), dtype=tl.float32)
-    at_hi0 = tl.zeros((CHUNK,), dtype=tl.float32)
-    at_lo1 = tl.zeros((CHUNK,), dtype=tl.float32)
-    at_hi1 = tl.zeros((CHUNK,), dtype=tl.float32)
-    largest = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
-    smallest = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
-    for c0 in range(0, length, CHUNK):
+def _span_counts(VALUES, length, lo0, hi0, lo1, hi1, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+    """Each row's ``VALUES[:length]`` (fp32) counts at or above ``lo0``, ``hi0``, ``lo1`` and ``hi1`` (``[ROWS, 1]``
+    each), then its largest and smallest (``-inf`` and ``+inf`` if none): one pass, ``[ROWS]`` each."""
+    at_lo0 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)
+    at_hi0 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)
+    at_lo1 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)
+    at_hi1 = tl.zeros((ROWS, CHUNK), dtype=tl.float32)
+    largest = tl.full((ROWS, CHUNK), float("-inf"), dtype=tl.float32)
+    smallest = tl.full((ROWS, CHUNK), float("inf"), dtype=tl.float32)
+    for c0 in range(0, tl.max(length), CHUNK):
         v = _buffer_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: neither counted nor extreme
         at_lo0 += (v >= lo0).to(tl.float32)
         at_hi0 += (v >= hi0).to(tl.float32)
@@ -315,27 +332,27 @@ def _span_counts(VALUES, length, lo0, hi0, lo1, hi1, CHUNK: tl.constexpr):
         filled = v >= float("-inf")  # not the NaN past the buffer
         largest = tl.maximum(largest, tl.where(filled, v, float("-inf")))
         smallest = tl.minimum(smallest, tl.where(filled, v, float("inf")))
-    return (tl.sum(at_lo0, axis=0).to(tl.int32), tl.sum(at_hi0, axis=0).to(tl.int32),
-            tl.sum(at_lo1, axis=0).to(tl.int32), tl.sum(at_hi1, axis=0).to(tl.int32), tl.max(largest, axis=0),
-            tl.min(smallest, axis=0))
+    return (tl.sum(at_lo0, axis=1).to(tl.int32), tl.sum(at_hi0, axis=1).to(tl.int32),
+            tl.sum(at_lo1, axis=1).to(tl.int32), tl.sum(at_hi1, axis=1).to(tl.int32), tl.max(largest, axis=1),
+            tl.min(smallest, axis=1))
 
 
 @triton.jit
-def _nearest(VALUES, length, below0, from0, below1, from1, CHUNK: tl.constexpr):
-    """The largest of ``VALUES[:length]`` below ``below0``, the smallest at least ``from0`` (and the same for
-    ``below1``, ``from1``): one pass (-inf and +inf where none)."""
-    best_below0 = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
-    best_from0 = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
-    best_below1 = tl.full((CHUNK,), float("-inf"), dtype=tl.float32)
-    best_from1 = tl.full((CHUNK,), float("inf"), dtype=tl.float32)
-    for c0 in range(0, length, CHUNK):
+def _nearest(VALUES, length, below0, from0, below1, from1, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+    """Each row's largest of ``VALUES[:length]`` below ``below0``, smallest at least ``from0`` (and the same for
+    ``below1``, ``from1``; ``[ROWS, 1]`` each): one pass (-inf and +inf where none), ``[ROWS]`` each."""
+    best_below0 = tl.full((ROWS, CHUNK), float("-inf"), dtype=tl.float32)
+    best_from0 = tl.full((ROWS, CHUNK), float("inf"), dtype=tl.float32)
+    best_below1 = tl.full((ROWS, CHUNK), float("-inf"), dtype=tl.float32)
+    best_from1 = tl.full((ROWS, CHUNK), float("inf"), dtype=tl.float32)
+    for c0 in range(0, tl.max(length), CHUNK):
         v = _buffer_chunk(VALUES, c0, length, CHUNK, False, float("nan"))  # NaN: never below nor at least
         best_below0 = tl.maximum(best_below0, tl.where(v < below0, v, float("-inf")))
         best_from0 = tl.minimum(best_from0, tl.where(v >= from0, v, float("inf")))
         best_below1 = tl.maximum(best_below1, tl.where(v < below1, v, float("-inf")))
         best_from1 = tl.minimum(best_from1, tl.where(v >= from1, v, float("inf")))
-    return (tl.max(best_below0, axis=0), tl.min(best_from0, axis=0), tl.max(best_below1, axis=0),
-            tl.min(best_from1, axis=0))
+    return (tl.max(best_below0, axis=1), tl.min(best_from0, axis=1), tl.max(best_below1, axis=1),
+            tl.min(best_from1, axis=1))
 
 
 @triton.jit
@@ -355,8 +372,9 @@ def _pivot(lo, hi, c_lo, c_hi, need, key_lo, key_hi, halve, active):
     between them), or with ``halve`` (or where that gives none inside) the middle of their order keys;
     ``+inf`` for an inactive search (its count is then ignored)."""
     middle = key_value(((key_lo + key_hi) >> 1).to(tl.uint32))
-    share = (need - c_hi - 0.5) / (c_lo - c_hi).to(tl.float32)  # the rank's place from hi down to lo
-    pivot = hi - share * (hi - lo)
+    # the rank's place from hi down to lo (an inactive search's ends may be infinite: kept out of the arithmetic)
+    share = (need - c_hi - 0.5) / tl.maximum(c_lo - c_hi, 1).to(tl.float32)
+    pivot = hi - share * (tl.where(active, hi, 0.0) - tl.where(active, lo, 0.0))
     pivot = tl.where(halve | ~((pivot > lo) & (pivot < hi)), middle, pivot)
     return tl.where(active, pivot, float("inf"))
 
@@ -386,12 +404,12 @@ def _settle(lo, c_lo, c_hi, need, below, above):
 
 
 @triton.jit
-def _buffer_search_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, BUFFER: tl.constexpr,
-                        CHUNK: tl.constexpr, PASSES=None):
-    """Row ``first_row + program_id``'s two values from its buffer (``_ring_gather_kernel``'s, row
-    ``program_id`` of ``VALUES``): for each span ``t`` (0: the top's, 1: the bottom's), the value of
-    descending rank ``RANKS[t, i]`` (int32 ``[2, N]``) among the row's candidates, to ``OUT[t, i]``, and
-    ``OUT[2, i]`` 1.0 if both were found (else 0.0: the row goes to the radix search).
+def _buffer_search_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, row_count, N, BUFFER: tl.constexpr,
+                          CHUNK: tl.constexpr, ROWS: tl.constexpr, PASSES=None):
+    """Row ``first_row + local``'s two values from its buffer (``_ring_gather_kernel``'s, row ``local`` of
+    ``VALUES``; ``ROWS`` rows per program, ``local < row_count``): for each span ``t`` (0: the top's, 1: the
+    bottom's), the value of descending rank ``RANKS[t, i]`` (int32 ``[2, N]``) among the row's candidates, to
+    ``OUT[t, i]``, and ``OUT[2, i]`` 1.0 if both were found (else 0.0: the row goes to the radix search).
 
     With ``a`` candidates at or above the span's top (``COUNTS[t, i]``) and ``g`` of the buffer, the rank is
     the buffer's ``need = rank - a + g + 1``-th largest if it lies in the span. Each search keeps an interval
@@ -401,30 +419,35 @@ def _buffer_search_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, BUFFE
     ``hi``: the largest entry below ``hi``; ``need`` at or above ``lo``: the smallest at or above it) or when no
     value lies strictly inside (then ``lo`` itself). Both searches share every read of the buffer: a pass
     for the spans' counts, one per step, one for the settling entries. Exact, on the buffer's own values.
-    ``PASSES`` (int32 ``[N]``, optional): the reads of the row's buffer (what the static model charges)."""
-    local = tl.program_id(0)
+    A program steps until its last row is settled; the others keep their values meanwhile. ``PASSES`` (int32
+    ``[N]``, optional): the reads of each row's buffer that its own search needs (what the static model
+    charges)."""
+    local = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    here = local < row_count
     row = first_row + local
-    values = VALUES + local.to(tl.int64) * BUFFER
-    filled = tl.load(COUNTS + 2 * N + row)
-    length = tl.minimum(filled, BUFFER)
-    lo0 = tl.load(SPANS + row)
-    hi0 = tl.load(SPANS + N + row)
-    lo1 = tl.load(SPANS + 2 * N + row)
-    hi1 = tl.load(SPANS + 3 * N + row)
-    c_lo0, c_hi0, c_lo1, c_hi1, largest, smallest = _span_counts(values, length, lo0, hi0, lo1, hi1, CHUNK)
-    need0 = tl.load(RANKS + row) - tl.load(COUNTS + row) + c_hi0 + 1
-    need1 = tl.load(RANKS + N + row) - tl.load(COUNTS + N + row) + c_hi1 + 1
+    values = (VALUES + local.to(tl.int64) * BUFFER)[:, None]
+    filled = tl.load(COUNTS + 2 * N + row, mask=here, other=0)
+    length = tl.minimum(filled, BUFFER)[:, None]
+    lo0 = tl.load(SPANS + row, mask=here, other=0.0)
+    hi0 = tl.load(SPANS + N + row, mask=here, other=0.0)
+    lo1 = tl.load(SPANS + 2 * N + row, mask=here, other=0.0)
+    hi1 = tl.load(SPANS + 3 * N + row, mask=here, other=0.0)
+    c_lo0, c_hi0, c_lo1, c_hi1, largest, smallest = _span_counts(values, length, lo0[:, None], hi0[:, None],
+                                                                 lo1[:, None], hi1[:, None], ROWS, CHUNK)
+    need0 = tl.load(RANKS + row, mask=here, other=0) - tl.load(COUNTS + row, mask=here, other=0) + c_hi0 + 1
+    need1 = tl.load(RANKS + N + row, mask=here, other=0) - tl.load(COUNTS + N + row, mask=here, other=0) + c_hi1 + 1
     # each rank lies in its span
-    ok = (filled <= BUFFER) & (c_hi0 < need0) & (c_lo0 >= need0) & (c_hi1 < need1) & (c_lo1 >= need1)
+    ok = here & (filled <= BUFFER) & (c_hi0 < need0) & (c_lo0 >= need0) & (c_hi1 < need1) & (c_lo1 >= need1)
     lo0, hi0, key_lo0, key_hi0, active0 = _start(lo0, hi0, c_lo0, c_hi0, need0, largest, smallest, ok)
     lo1, hi1, key_lo1, key_hi1, active1 = _start(lo1, hi1, c_lo1, c_hi1, need1, largest, smallest, ok)
-    halve0 = False
-    halve1 = False
-    passes = 2
-    while active0 | active1:
+    halve0 = tl.zeros((ROWS,), dtype=tl.int1)
+    halve1 = tl.zeros((ROWS,), dtype=tl.int1)
+    passes = tl.full((ROWS,), 2, dtype=tl.int32)
+    while tl.max((active0 | active1).to(tl.int32)) > 0:
+        passes += (active0 | active1).to(tl.int32)
         pivot0 = _pivot(lo0, hi0, c_lo0, c_hi0, need0, key_lo0, key_hi0, halve0, active0)
         pivot1 = _pivot(lo1, hi1, c_lo1, c_hi1, need1, key_lo1, key_hi1, halve1, active1)
-        count0, count1 = _count_at_least(values, length, pivot0, pivot1, CHUNK)
+        count0, count1 = _count_at_least(values, length, pivot0[:, None], pivot1[:, None], ROWS, CHUNK)
         before0 = c_lo0 - c_hi0
         before1 = c_lo1 - c_hi1
         lo0, hi0, c_lo0, c_hi0, key_lo0, key_hi0, active0 = _narrow(lo0, hi0, c_lo0, c_hi0, need0, pivot0, count0,
@@ -434,13 +457,13 @@ def _buffer_search_kernel(VALUES, COUNTS, SPANS, RANKS, OUT, first_row, N, BUFFE
         # more than half of the buffer left: the values are far from even there, halve the keys next
         halve0 = 2 * (c_lo0 - c_hi0) > before0
         halve1 = 2 * (c_lo1 - c_hi1) > before1
-        passes += 1
-    below0, above0, below1, above1 = _nearest(values, length, hi0, lo0, hi1, lo1, CHUNK)
-    tl.store(OUT + row, _settle(lo0, c_lo0, c_hi0, need0, below0, above0))
-    tl.store(OUT + N + row, _settle(lo1, c_lo1, c_hi1, need1, below1, above1))
-    tl.store(OUT + 2 * N + row, ok.to(tl.float32))
+    below0, above0, below1, above1 = _nearest(values, length, hi0[:, None], lo0[:, None], hi1[:, None],
+                                              lo1[:, None], ROWS, CHUNK)
+    tl.store(OUT + row, _settle(lo0, c_lo0, c_hi0, need0, below0, above0), mask=here)
+    tl.store(OUT + N + row, _settle(lo1, c_lo1, c_hi1, need1, below1, above1), mask=here)
+    tl.store(OUT + 2 * N + row, ok.to(tl.float32), mask=here)
     if PASSES is not None:
-        tl.store(PASSES + row, passes)
+        tl.store(PASSES + row, passes, mask=here)
 
 
 def sample_spans(sample, count, rank):
@@ -471,9 +494,10 @@ def sample_spans(sample, count, rank):
 def search_buffer(scratch, counts, spans, ranks, found, first_row, rows, entries, passes=None):
     """:func:`_buffer_search_kernel` over rows ``first_row .. first_row + rows`` (their entries: ``scratch``'s first
     rows); ``passes`` (int32 ``[N]``): the reads of each row's buffer, when given."""
-    _buffer_search_kernel[(rows,)](scratch, counts, spans, ranks, found, first_row, counts.shape[1],
-                                   BUFFER=entries, CHUNK=min(BUFFER_CHUNK, 256 * SELECT_WARPS), PASSES=passes,
-                                   num_warps=SELECT_WARPS)
+    per_program = search_rows()
+    _buffer_search_kernel[(triton.cdiv(rows, per_program),)](
+        scratch, counts, spans, ranks, found, first_row, rows, counts.shape[1], BUFFER=entries,
+        CHUNK=min(BUFFER_CHUNK, 256 * SELECT_WARPS), ROWS=per_program, PASSES=passes, num_warps=SELECT_WARPS)
 
 
 def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, entries):

@@ -60,9 +60,7 @@ def _measure(columns: int, outer: float, inner: float, d: int, rows: int, seed: 
     ranks = torch.stack([lo, hi - 1]).to(torch.int32).contiguous()
     found = torch.empty(3, rows)
     passes = torch.zeros(rows, dtype=torch.int32)
-    rs._buffer_search_kernel[(rows,)](
-        scratch, counts, spans, ranks, found, 0, rows, BUFFER=entries, CHUNK=min(rs.BUFFER_CHUNK, 256 * rs.SELECT_WARPS),
-        PASSES=passes)
+    rs.search_buffer(scratch, counts, spans, ranks, found, 0, rows, entries, passes=passes)
     exact = halves.sort(dim=1, descending=True).values
     resolved = found[2] > 0
     assert torch.equal(found[0][resolved], exact[resolved, lo[resolved]])

@@ -45,7 +45,7 @@ DTYPE_TYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
 # the groups of ``kernels.problem.GROUPS``, typed from that table
 FLAT_TYPES = {"X": "F", "DX": "F", "G": "*fp32", "R": "*fp32", "N": "i32", "D": "i32", "stride_x": "i32",
               "stride_g": "i32", "stride_dx": "i32", "COUNTS": "*i32", "FILLED": "*i32", "first_block": "i32",
-              "RANKS": "*i32", "first_row": "i32", "PASSES": "*i32"}
+              "RANKS": "*i32", "first_row": "i32", "row_count": "i32", "PASSES": "*i32"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     gather = _stats(module, "_ring_gather_kernel", w, g, {"BUFFER": entries}, plain_fraction=plain)
     resident = device.sms * max(1, gather.ctas_per_sm(device))
     chunk = min(rs.BUFFER_CHUNK, 256 * rs.SELECT_WARPS)
-    select = compile_stats(module, "_buffer_search_kernel", w.dtype, (("BUFFER", entries), ("CHUNK", chunk)),
+    select = compile_stats(module, "_buffer_search_kernel", w.dtype, (("BUFFER", entries), ("CHUNK", chunk), ("ROWS", rs.SEARCH_ROWS)),
                            rs.SELECT_WARPS, 1)
     # its k-loop counts each entry at the two searches' pivots: two compares (FSET) per entry and thread
     per_trip = max(1, select.kloop_overlapped.get("FSET", 0) // 2 * 32 * rs.SELECT_WARPS)
