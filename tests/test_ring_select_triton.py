@@ -152,9 +152,11 @@ def _search(buffer_rows, spans, above, ranks):
 
 
 @pytest.mark.parametrize("values", ["continuous", "ties", "signed_zeros", "equal"])
-def test_search_in_the_buffer_finds_every_rank_of_its_span(values, seed):
+def test_search_in_the_buffer_finds_every_rank_of_its_span(values, seed, monkeypatch):
     """Every rank inside a span, on entries of two spans in any order, with ties (at the ends too), signed
-    zeros and a row of equal values: the value a full sort gives; ranks outside the span are not found."""
+    zeros and a row of equal values: the value a full sort gives; ranks outside the span are not found.
+    The same values, verdicts and reads with one row per program (as on a GPU) as with many (rows of
+    several lengths in a program, the last program part-filled)."""
     m = 48
     row = {"continuous": torch.randn(m), "ties": torch.randint(-3, 4, (m,)).float() * 0.5,
            "signed_zeros": _logits("signed_zeros", 1, m)[0], "equal": torch.full((m,), 0.25)}[values]
@@ -170,8 +172,12 @@ def test_search_in_the_buffer_finds_every_rank_of_its_span(values, seed):
         for top in range(m // 2):  # the top rank over the first half, the bottom one over every other rank
             cases.append((buffer_row, spans, above, top, (top * 2 + 1) % m))
     rows, spans, above, ranks = zip(*[(c[0], c[1], c[2], torch.tensor([c[3], c[4]])) for c in cases])
-    found_values, found, passes = _search(list(rows), torch.stack(spans, 1), torch.stack(above, 1),
-                                          torch.stack(ranks, 1))
+    args = (list(rows), torch.stack(spans, 1), torch.stack(above, 1), torch.stack(ranks, 1))
+    assert len(rows) % ring_select.SEARCH_ROWS_INTERPRETED != 0
+    found_values, found, passes = _search(*args)
+    monkeypatch.setattr(ring_select, "SEARCH_ROWS_INTERPRETED", 1)
+    for many, one in zip((found_values, found, passes), _search(*args)):
+        assert torch.equal(many, one)
     for i, (_, span, _, top, bottom) in enumerate(cases):
         in_top = bool(span[0] <= ordered[top] < span[1])
         in_bottom = bool(span[2] <= ordered[bottom] < span[3])
