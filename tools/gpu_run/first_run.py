@@ -88,10 +88,10 @@ GPU_PLAN = Plan(
 TINY_PLAN = Plan(
     tiny=True, smoke_n=24, smoke_d=(13,), smoke_dtypes=("float32",), smoke_backends=("triton", "cuda"),
     groups=(
-        Group("clip", (32, 64), 16, ("triton", "chunked", "naive")),
-        Group("info_nce", (64,), 16, ("triton", "naive")),
+        Group("clip", (16, 32), 16, ("triton", "chunked", "naive")),
+        Group("info_nce", (32,), 16, ("triton", "naive")),
         Group("ring", (32,), 16, ("triton", "naive")),
-        Group("clip", (128,), 16, ("triton",), if_time_remains=True),
+        Group("clip", (64,), 16, ("triton",), if_time_remains=True),
     ),
     headline_dtype="float32",
     caps={"environment": 30, "build": 120, "smoke": 150, "headline": 150, "report": 30, "gpu tests": 60},
