@@ -146,8 +146,9 @@ def siglip_total(device: Device = GH200, bce: dict | None = None) -> tuple[list[
 ATTENTION_TOKENS, ATTENTION_HIDDEN = 16384, 2048  # FA3's benchmark: batch × seqlen = 16k, heads × d = 2048
 
 
-def attention(head_dim: int, seqlen: int = ATTENTION_TOKENS, device: Device = H100_SXM) -> list[dict]:
-    """Each launchable config of the tutorial's space: modeled ms and TFLOP/s (4·L²·d per head)."""
+def attention(head_dim: int, seqlen: int = ATTENTION_TOKENS, device: Device = H100_SXM, configs=None) -> list[dict]:
+    """Each launchable config of the tutorial's space (or of ``configs``): modeled ms and TFLOP/s (4·L²·d per
+    head)."""
     from .any_kernel import model_kernel
     from .public_kernels.attention import CONFIGS
 
@@ -159,7 +160,7 @@ def attention(head_dim: int, seqlen: int = ATTENTION_TOKENS, device: Device = H1
     flops = 4.0 * seqlen * seqlen * head_dim * heads * batch
     dram = 4.0 * batch * heads * seqlen * head_dim * 2  # Q, K, V read once (L2 serves the re-reads), O written
     out = []
-    for bm, bn, warps, stages in CONFIGS:
+    for bm, bn, warps, stages in configs or CONFIGS:
         r = model_kernel(("benchmarks.static.public_kernels.attention", "attention_fwd_kernel"), signature,
                          {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": bn,  # unit strides: the JIT's constants
                           "stride_qk": 1, "stride_kk": 1, "stride_vn": 1, "stride_on": 1},

@@ -17,6 +17,8 @@
 #   check             build, environment, GPU tests, compiled Triton tests
 #   bench [suite args]  build, then the benchmark suite (default: --sizes timeboxed)
 #   all [suite args]  both (needs more than 10 minutes)
+#   calibrate         the static model's calibration points timed on this GPU (benchmarks/static/device_points.py:
+#                     the attention tutorial's configs, siglip-kernel, its GEMMs) into device-points.json; no build
 #
 # e.g. bash tools/gpu_run/session.sh --time-limit 300 --out out bench --losses clip info_nce \
 #          --impls triton cuda inf_cl --n 1048576 --d 768 --dtypes bfloat16 --modes fwd_bwd --max-seconds 120
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
 done
 STAGE="${1:-all}"
 [ $# -gt 0 ] && shift
-case "$STAGE" in first|check|bench|all) ;; *) echo "usage: $0 [--time-limit S] [--out DIR] [first [--dry-run] [--tiny]|check|bench|all] [suite args]" >&2; exit 2 ;; esac
+case "$STAGE" in first|check|bench|all|calibrate) ;; *) echo "usage: $0 [--time-limit S] [--out DIR] [first [--dry-run] [--tiny]|check|bench|all|calibrate] [suite args]" >&2; exit 2 ;; esac
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
@@ -97,6 +99,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   else
     echo "peer wheels: install failed (see $LOG); peers will be skipped" | tee -a "$LOG"
   fi
+fi
+if [ "$STAGE" = calibrate ]; then  # public kernels and cuBLAS only: nothing of the package to build
+  step calibrate "$LIMIT_S" "$PY" -m benchmarks.static.device_points measure --out "$OUT" \
+    --time-limit $((LIMIT_S - SECONDS - 30))
+  status=$?
+  ls -la "$OUT"
+  exit $status
 fi
 CONTRASTIVE_OPS_BUILD_CUDA=1 CONTRASTIVE_OPS_CUDA_ARCHS="${CONTRASTIVE_OPS_CUDA_ARCHS:-90}" \
   step build 200 "$PY" -m pip install -q --no-deps --no-build-isolation -e . || { tail -30 "$LOG"; exit 1; }
