@@ -14,6 +14,12 @@ from helpers import assert_close_rel  # noqa: F401  (its home is helpers.py; som
 import tools  # noqa: F401  (an installed ``kernels`` before the root's kernels/ folder: tools.source_tree)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``long`` first (for every collected folder): pytest-xdist's workers take tests in this
+    order, and a long one collected last would keep one worker busy after the others ran out of work."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 def seed():
     """A fresh seed every run (printed, so a failure can be replayed with torch.manual_seed)."""

@@ -3,10 +3,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 REQUIRED = {"loss", "backend", "dtype", "n", "m", "d", "mode", "ms", "ms_p20", "ms_p80", "peak_mem_mib", "tflops",
             "matmul_tflops", "device", "torch", "triton", "commit", "timestamp", "status"}
 
 
+@pytest.mark.long
 def test_suite_writes_rows_plots_and_table(tmp_path):
     out = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "benchmarks.suite", "--n", "32", "64", "--d", "16", "--losses", "clip",

@@ -27,6 +27,7 @@ def report(tmp_path_factory):
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.long
 def test_every_half_precision_dot_is_wgmma(report):
     _, rows = report
     variants = [r for r in rows if "mma_count" in r]
@@ -96,6 +97,7 @@ def test_rows_only_losses_form_their_row_gradient_in_the_forward(report):
     assert info["forward + row products"]["mma"].startswith("wgmma")
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not __import__("contrastive_ops._build", fromlist=["x"]).find_nvcc(), reason="nvcc not found")
 def test_the_cuda_extensions_report_compiles_its_epilogues_and_models_the_headline():
     """The extension's section: every epilogue kernel compiled for sm_90a without spills and with

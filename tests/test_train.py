@@ -209,6 +209,7 @@ def test_evaluation_metrics_on_separable_and_random_features():
     assert np.bincount(labels[idx]).tolist() == [5, 5, 5, 5]
 
 
+@pytest.mark.long
 def test_experiment_compares_objectives_over_paired_seeds(tmp_path, capsys):
     from contrastive_ops.train import experiment
 

@@ -329,6 +329,7 @@ def test_the_chunk_route_holds_one_chunk(seed, monkeypatch):
     assert probe.largest <= bound, f"a tensor of {probe.largest} elements (N*M = {n * 2 * n})"
 
 
+@pytest.mark.long
 def test_custom_ops_pass_torch_library_opcheck(seed):
     """Schemas, fake (meta) implementations and the autograd registration, checked by PyTorch."""
     q, k, e = (torch.randn(n, 20, device=DEVICE, requires_grad=True) for n in (18, 18, 7))

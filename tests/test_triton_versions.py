@@ -16,6 +16,7 @@ SUBSET = ("every_loss_and_gradient_fp32 or row_products_of or test_ring or forwa
 
 @pytest.mark.skipif(not TRITON_36.is_dir() and os.environ.get("CONTRASTIVE_OPS_REQUIRE_TRITON") != "1",
                     reason=f"no Triton 3.6 at {TRITON_36} (tools/bootstrap.sh installs it)")
+@pytest.mark.long
 def test_interpreter_tests_under_triton_3_6():
     assert TRITON_36.is_dir(), f"CONTRASTIVE_OPS_REQUIRE_TRITON=1 but there is no Triton 3.6 at {TRITON_36}"
     root = Path(__file__).parent.parent

@@ -16,6 +16,7 @@ needs_triton_36 = pytest.mark.skipif(
     reason=f"no Triton 3.6 at {TRITON_36} (tools/bootstrap.sh installs it)")
 
 
+@pytest.mark.long
 def test_tiny_run_goes_end_to_end_and_writes_at_most_eight_files(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -40,6 +41,7 @@ def test_tiny_run_goes_end_to_end_and_writes_at_most_eight_files(tmp_path):
     assert report.count("| clip |") >= 2 and "interpreter" in report, report
 
 
+@pytest.mark.long
 @needs_triton_36
 def test_cache_keys_are_the_jits_own_under_triton_3_6(tmp_path):
     """Census + ahead-of-time compile of two losses, then Triton 3.6's own JIT path over the same calls
