@@ -176,7 +176,8 @@ def test_search_in_the_buffer_finds_every_rank_of_its_span(values, seed, monkeyp
     assert len(rows) % ring_select.SEARCH_ROWS_INTERPRETED != 0
     found_values, found, passes = _search(*args)
     monkeypatch.setattr(ring_select, "SEARCH_ROWS_INTERPRETED", 1)
-    for many, one in zip((found_values, found, passes), _search(*args)):
+    every_third = [a[:, ::3] for a in args[1:]]  # a third of the rows, of each span set (slow one per program)
+    for many, one in zip((found_values[:, ::3], found[::3], passes[::3]), _search(args[0][::3], *every_third)):
         assert torch.equal(many, one)
     for i, (_, span, _, top, bottom) in enumerate(cases):
         in_top = bool(span[0] <= ordered[top] < span[1])
