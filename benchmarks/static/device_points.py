@@ -96,6 +96,9 @@ def measure_attention(sizes: dict, device, deadline: float, configs=None) -> lis
             except OutOfResources as exc:
                 rows.append({**row, "status": f"not launchable: {exc}"})
                 continue
+            except Exception as exc:  # noqa: BLE001  (recorded: the other configs still run)
+                rows.append({**row, "status": f"failed: {type(exc).__name__}: {exc}"[:300]})
+                continue
             error = float((out[0, 0, :CHECKED_ROWS].float() - expected).abs().max() / expected.abs().max())
             if not error <= ATTENTION_TOLERANCE:
                 rows.append({**row, "status": f"wrong: relative error {error:.3g} on head 0's first rows"})
@@ -142,6 +145,20 @@ def measure_siglip(sizes: dict, device) -> list[dict]:
     if loss_fn is None:
         rows.append({"point": "siglip-kernel loss", "status": why})
         return rows
+    try:
+        rows += _time_siglip_kernel(loss_fn, bce, img, txt, sizes, device)
+    except Exception as exc:  # noqa: BLE001  (recorded: the attention points still run)
+        rows.append({"point": "siglip-kernel loss", "status": f"failed: {type(exc).__name__}: {exc}"[:300]})
+    return rows
+
+
+def _time_siglip_kernel(loss_fn, bce, img, txt, sizes: dict, device) -> list[dict]:
+    """siglip-kernel's BCE pass over every chunk, then its loss forward + backward."""
+    import torch
+
+    b, c = sizes["siglip_b"], sizes["chunk"]
+    chunks = math.ceil(b / c)
+    rows = []
     scale = torch.tensor(math.log(10.0), device=device)
     bias = torch.tensor(-10.0, device=device)
     state = {"logits": torch.matmul(img[:c], txt.T)}

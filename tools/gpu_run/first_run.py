@@ -5,8 +5,8 @@
     python -m tools.gpu_run.first_run dry-run [--tiny]         # on a CPU: the plan, predicted times, compile counts
 
 Steps, each capped in time and run in a process of its own, each writing into ``DIR`` as soon as
-it has a result (six files at most: ``session.log``, ``results.jsonl``, ``results.md``, one PNG per
-dtype × D of the timings, ``kernel-report.md``):
+it has a result (seven files at most: ``session.log``, ``results.jsonl``, ``results.md``, one PNG per
+dtype × D of the timings, ``kernel-report.md``, ``device-points.json``):
 
 1. ``environment``: GPU, driver, torch, triton, the matmul rates and the copy bandwidth;
 2. ``build``: the Python package (editable), then at once the CUDA extension for this GPU's own arch
@@ -20,7 +20,9 @@ dtype × D of the timings, ``kernel-report.md``):
    and one compile per kernel), the largest point last and only if time remains;
 5. ``report``: the tables and plots, the triton rows measured beside the model's figures (made on
    the CPU by the dry run and copied with the cache);
-6. ``gpu tests``: ``pytest -m gpu`` in whatever time is left.
+6. ``calibration``: the static model's calibration points timed on this GPU
+   (:mod:`benchmarks.static.device_points`), only in time the GPU tests can spare;
+7. ``gpu tests``: ``pytest -m gpu`` in whatever time is left.
 
 Every figure the dry run prints is a prediction: compile seconds are measured on this machine (Triton's
 ahead-of-time compile for sm_90a, on this machine's cores), kernel times come from the static kernel
@@ -41,6 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_TESTS_MIN_S = 60  # what the plan keeps for pytest -m gpu at least
+CALIBRATION_MIN_S = 30  # the calibration step runs only with this much time of its own
 LIMIT_S = 480  # the default time limit: a 10-minute allowance less the machine's start, the copies and a margin
 MODELED_FILE = "modeled.json"  # beside the Triton cache: the model's ms of each triton headline point
 TRAVEL_LIMIT_MIB = 64
@@ -82,7 +85,8 @@ GPU_PLAN = Plan(
         Group("clip", (1048576,), 768, ("triton",), if_time_remains=True),
     ),
     headline_dtype="bfloat16",
-    caps={"environment": 45, "build": 150, "smoke": 100, "headline": 190, "report": 30, "gpu tests": 120},
+    caps={"environment": 45, "build": 150, "smoke": 100, "headline": 190, "report": 30, "calibration": 75,
+          "gpu tests": 120},
 )
 # CPU: Triton in its interpreter (fp32: its bf16 tl.dot is broken), no cuda backend to run
 TINY_PLAN = Plan(
@@ -94,9 +98,10 @@ TINY_PLAN = Plan(
         Group("clip", (64,), 16, ("triton",), if_time_remains=True),
     ),
     headline_dtype="float32",
-    caps={"environment": 30, "build": 120, "smoke": 150, "headline": 150, "report": 30, "gpu tests": 60},
+    caps={"environment": 30, "build": 120, "smoke": 150, "headline": 150, "report": 30, "calibration": 60,
+          "gpu tests": 60},
 )
-STEPS = ("environment", "build", "smoke", "headline", "report", "gpu tests")
+STEPS = ("environment", "build", "smoke", "headline", "report", "calibration", "gpu tests")
 
 
 def plan(tiny: bool = False) -> Plan:
@@ -381,6 +386,21 @@ def step_report(p: Plan, out: Path) -> int:
     return 0
 
 
+def step_calibration(p: Plan, out: Path, cap_s: float) -> int:
+    """The static model's calibration points timed on this GPU (:mod:`benchmarks.static.device_points`:
+    the attention tutorial's configs, siglip-kernel and its GEMMs) into ``device-points.json``; compared
+    with the model afterwards, on any machine (``python -m benchmarks.static.device_points compare``)."""
+    from benchmarks.static import device_points
+
+    result = device_points.measure(out, time_limit_s=max(5.0, cap_s - 15.0), tiny=p.tiny)
+    for row in result["points"]:
+        what = f"{row['point']} {row.get('launch', '')}{row.get('head_dim', '')} {row.get('config', '')}".strip()
+        shown = f"{row['tflops']:.1f} TFLOP/s" if "tflops" in row else f"{row['ms']:.2f} ms" if "ms" in row else ""
+        print(f"calibration {what}: {row['status']} {shown}")
+    print("calibration points:", out / device_points.RESULTS_FILE)
+    return 0
+
+
 def measured_beside_modeled(bench: list[dict], modeled: dict) -> str:
     lines = ["# The triton backend: measured beside modeled", "",
              ("Modeled: the static kernel report (`python -m benchmarks.static`) with its H200 constants "
@@ -435,7 +455,9 @@ def run(p: Plan, out: Path, limit_s: float = LIMIT_S) -> int:
     for name in STEPS:
         left = limit_s - (time.monotonic() - start)
         cap = left if name == "gpu tests" else min(p.caps[name], left)
-        if cap < 5:
+        if name == "calibration":  # only in time the GPU tests can spare
+            cap = min(cap, left - GPU_TESTS_MIN_S)
+        if cap < 5 or (name == "calibration" and cap < CALIBRATION_MIN_S):
             print(f"=== {name}: not run ({left:.0f} s left of {limit_s:.0f})", flush=True)
             status = status or 124
             continue
@@ -471,6 +493,8 @@ def step(name: str, p: Plan, out: Path, cap_s: float) -> int:
         return step_headline(p, out, cap_s)
     if name == "report":
         return step_report(p, out)
+    if name == "calibration":
+        return step_calibration(p, out, cap_s)
     raise ValueError(f"step must be one of {STEPS[:-1]}, got {name!r}")
 
 
@@ -487,6 +511,7 @@ ASSUMED = {
     "peer_share": 0.5,  # inf-cl, memeff, siglip-kernel: this share of the matmul rate
     "naive_passes": 6,  # fp32 N × M passes of the naive loss (forward+backward), at the copy bandwidth
     "report_s": 10.0,
+    "calibration_s": 60.0,  # the attention tutorial's 12 configs × 2 head dims compiled (not in the cache) and timed
     "suite_start_s": 3.0,  # each sweep measures the matmul rates and the copy bandwidth first
     "torch_compile_s": 40.0,  # compiled_naive: torch.compile of the loss, once per size
     "peer_jit_s": 10.0,  # inf-cl, memeff, siglip-kernel: their own Triton kernels, compiled at first use
@@ -695,6 +720,8 @@ def dry_run(p: Plan, rebuild: bool = False, measure_build: bool = True, check_ke
     line("headline", min(p.caps["headline"], headline_s),
          "the sum above (triton and cuda: the static models; peers and naive: ASSUMED rates)")
     line("report", ASSUMED["report_s"], "tables, plots, measured beside modeled")
+    line("calibration", min(p.caps["calibration"], ASSUMED["calibration_s"]),
+         "assumed: the static model's calibration points timed (only in time the GPU tests can spare)")
     line("gpu tests", GPU_TESTS_MIN_S, f"at least this; they get whatever is left of the {LIMIT_S} s "
                                        f"({max(0.0, LIMIT_S - total - GPU_TESTS_MIN_S):.0f} s more predicted)")
     print(f"\nTriton compiles: {len(cache['records'])} distinct kernels, {compile_s:.0f} s measured on this machine "

@@ -12,7 +12,8 @@
 #                     the plan's Triton kernels for sm_90a into .triton-cache.tgz (needs Triton 3.6, the GPU
 #                     machines' version: tools/bootstrap.sh puts it in .venv/triton-3.6); --rebuild redoes it
 #   first             on the GPU machine, with .whl/ and .triton-cache.tgz copied beside the tree: every step
-#                     of tools/gpu_run/first_run.py (environment, build, smoke, headline, report, GPU tests)
+#                     of tools/gpu_run/first_run.py (environment, build, smoke, headline, report, calibration,
+#                     GPU tests)
 #   first --tiny      the same steps on a CPU at tiny sizes
 #   check             build, environment, GPU tests, compiled Triton tests
 #   bench [suite args]  build, then the benchmark suite (default: --sizes timeboxed)

@@ -26,9 +26,9 @@ def test_tiny_run_goes_end_to_end_and_writes_at_most_eight_files(tmp_path):
     assert proc.returncode == 0, log[-4000:]
     files = sorted(p.name for p in out.iterdir())
     assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8, files
-    assert {"session.log", "results.jsonl", "results.md", "kernel-report.md"} <= set(files), files
+    assert {"session.log", "results.jsonl", "results.md", "kernel-report.md", "device-points.json"} <= set(files), files
     assert any(f.endswith(".png") for f in files), files
-    for step in ("environment", "build", "smoke", "headline", "report", "gpu tests"):
+    for step in ("environment", "build", "smoke", "headline", "report", "calibration", "gpu tests"):
         assert f"=== {step}: exit 0" in log, (step, log[-4000:])
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     smoke = [r for r in rows if r.get("kind") == "smoke" and r["backend"] == "triton"]
