@@ -28,8 +28,10 @@ reference; the naive rows in fp16/bf16 (and fp32 under tf32) are that yardstick 
 and deterministic.
 
 Discontinuous selections are compared where every precision decides alike: the Ring band's
-boundaries are drawn at least 0.05 logits apart for the values as rounded to fp32, fp16 and bf16, and
-GISTEmbed's guide similarities sit far from its thresholds (class directions plus 1 % noise).
+boundaries are drawn at least 0.05 logits apart for the values as rounded to fp32, fp16 and bf16 (which
+needs rows of few candidates with wide cosines: the Ring case takes at most 64 rows and 32 extra
+negatives, its features in a random subspace of at most 16 of the D dimensions), and GISTEmbed's guide
+similarities sit far from its thresholds (class directions plus 1 % noise).
 
 Backends: those :func:`contrastive_ops.available_backends` lists for the device. Without a GPU the
 triton backend runs in Triton's interpreter (``TRITON_INTERPRET=1``, set here before the kernels
@@ -72,6 +74,10 @@ FP32_FLOOR = 1e-6  # added to twice PyTorch's own error when that is the fp32 bo
 HALF_FLOOR = 1e-3
 RING_MARGIN = 0.05  # logits at temperature 0.1: > 2x the logit error of bf16 (~0.02), >> fp32's
 RING_TEMPERATURE, RING_OUTER, RING_INNER = 0.1, 0.3, 0.1
+# More candidates per row, or cosines as narrow as in many dimensions, crowd a row's logits closer than
+# RING_MARGIN: the Ring case takes at most this many rows and extra negatives, its features in a random
+# subspace of at most RING_SPAN dimensions (every coordinate still nonzero)
+RING_MAX_ROWS, RING_MAX_EXTRA, RING_SPAN = 64, 32, 16
 
 BF16_INTERPRETER = "skipped: bf16 dot is wrong in Triton's interpreter"
 
@@ -175,14 +181,26 @@ def _gist_make(gen, s):
             Input("temperature", torch.tensor(0.1), scalar=True)]
 
 
+def _ring_make(gen, s: Shapes) -> list[Input]:
+    """The Ring case's inputs: ``s`` capped at :data:`RING_MAX_ROWS` rows and :data:`RING_MAX_EXTRA` extra
+    negatives, the features drawn in a random subspace of ``min(D, RING_SPAN)`` dimensions of the ``D``."""
+    span = min(s.d, RING_SPAN)
+    basis = torch.linalg.qr(_randn(gen, s.d, span))[0].T  # [span, D], orthonormal rows
+    make = _with_temperature(_features(("query", "n"), ("key", "n"), ("negatives", "r")), RING_TEMPERATURE)
+    inputs = make(gen, Shapes(min(s.n, RING_MAX_ROWS), min(s.r, RING_MAX_EXTRA), span))
+    return [Input(x.name, x.value @ basis, x.grad, x.scalar) if x.value.dim() == 2 else x for x in inputs]
+
+
 def _ring_separate(inputs: list[Input]) -> list[Input]:
-    """Redraw query rows until, for the values as drawn and as rounded to fp16 and bf16, both band
-    boundaries of every row (ranks lo-1 | lo and hi-1 | hi of its descending candidates) are at
-    least :data:`RING_MARGIN` logits apart, decided in float64 (row i of the query decides only row
-    i's band)."""
+    """Redraw query rows (in the span of the keys and negatives) until, for the values as drawn and as
+    rounded to fp16 and bf16, both band boundaries of every row (ranks lo-1 | lo and hi-1 | hi of its
+    descending candidates) are at least :data:`RING_MARGIN` logits apart, decided in float64 (row i of
+    the query decides only row i's band)."""
     by_name = {x.name: x for x in inputs}
     query = by_name["query"].value.clone()
     gen = torch.Generator().manual_seed(12345)
+    others = torch.cat([by_name["key"].value, by_name["negatives"].value])
+    basis = torch.linalg.svd(others, full_matrices=False).Vh[:min(RING_SPAN, *others.shape)]  # their row space
     for _ in range(200):
         bad = torch.zeros(query.shape[0], dtype=torch.bool)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -200,7 +218,7 @@ def _ring_separate(inputs: list[Input]) -> list[Input]:
                     bad |= (ordered[:, b - 1] - ordered[:, b]) < RING_MARGIN
         if not bad.any():
             return [Input(x.name, query, x.grad, x.scalar) if x.name == "query" else x for x in inputs]
-        query[bad] = torch.randn(int(bad.sum()), query.shape[1], generator=gen)
+        query[bad] = torch.randn(int(bad.sum()), basis.shape[0], generator=gen) @ basis
     raise RuntimeError("could not draw Ring inputs with separated band boundaries")
 
 
@@ -231,8 +249,7 @@ CASES: dict[str, Case] = {
         "dcl_loss", _with_temperature(_features(("z1", "n"), ("z2", "n")), 0.1),
         lambda t, b: co.dcl_loss(t["z1"], t["z2"], temperature=t["temperature"], reduction="none", backend=b)),
     "ring_info_nce": Case(
-        "ring_info_nce",
-        _with_temperature(_features(("query", "n"), ("key", "n"), ("negatives", "r")), RING_TEMPERATURE),
+        "ring_info_nce", _ring_make,
         lambda t, b: co.ring_info_nce(t["query"], t["key"], t["negatives"], temperature=t["temperature"],
                                       outer=RING_OUTER, inner=RING_INNER, reduction="none", backend=b),
         separate=_ring_separate),
