@@ -80,3 +80,30 @@ def test_compare_puts_each_measurement_beside_the_model(tmp_path):
                           r"([0-9.]+) \|", table)
     assert attention and abs(float(attention[2]) - int(attention[1]) / 400) < 0.01, table
     assert "| attention [128, 32, 4, 7] | not run | | |" in table, table
+
+
+def test_siglip_kernel_part_times_its_bce_pass_and_loss_with_gradients():
+    """The siglip-kernel part (its package needs a GPU to import) on stand-ins of its loss and BCE pass: the
+    loss is timed forward + backward (every input's gradient formed), the in-place pass on fresh logits."""
+    import torch
+
+    from benchmarks.static import device_points
+
+    seen = {"grads": 0, "fresh": True}
+    first = {}
+
+    def loss(img, txt, log_scale, bias, chunk_size=0):
+        assert img.requires_grad and txt.requires_grad and log_scale.requires_grad and bias.requires_grad
+        seen["grads"] += 1
+        return torch.sigmoid(img @ txt.T * log_scale.exp() + bias).sum()
+
+    def bce(logits, row_offset, b, return_scalar_grads=True, temperature=1.0, bias_val=0.0):
+        first.setdefault("logits", logits.clone())
+        seen["fresh"] &= torch.equal(logits, first["logits"])  # each call starts from the same raw logits
+        logits.mul_(temperature).add_(bias_val)
+
+    img, txt = (torch.nn.functional.normalize(torch.randn(256, 32), dim=1) for _ in range(2))
+    rows = device_points._time_siglip_kernel(loss, bce, img, txt, device_points.TINY, torch.device("cpu"))
+    assert [r["point"] for r in rows] == ["siglip-kernel BCE pass", "siglip-kernel loss"]
+    assert all(r["status"] == "ok" and r["ms"] >= 0 for r in rows) and rows[0]["chunks"] == 4
+    assert seen["fresh"] and seen["grads"] >= 2

@@ -21,7 +21,6 @@ import argparse
 import functools
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,26 +38,11 @@ FULL = {"tokens": ATTENTION_TOKENS, "hidden": ATTENTION_HIDDEN, "head_dims": (64
 
 
 def _timed_ms(fn, device, reps: int = 10, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` (CUDA events on a GPU)."""
-    import torch
+    """Median milliseconds of ``fn()`` (no gradients) over ``reps`` calls after ``warmup`` (CUDA events on a
+    GPU: :func:`benchmarks.measure.time_point`)."""
+    from benchmarks.measure import time_point
 
-    samples = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            samples.append(ms)
-    return statistics.median(samples)
+    return time_point(lambda _inputs: fn(), [{}], "fwd", device, reps, warmup)["ms"]
 
 
 def measure_attention(sizes: dict, device, deadline: float, configs=None) -> list[dict]:
@@ -156,6 +140,8 @@ def _time_siglip_kernel(loss_fn, bce, img, txt, sizes: dict, device) -> list[dic
     """siglip-kernel's BCE pass over every chunk, then its loss forward + backward."""
     import torch
 
+    from benchmarks.measure import time_point
+
     b, c = sizes["siglip_b"], sizes["chunk"]
     chunks = math.ceil(b / c)
     rows = []
@@ -171,11 +157,10 @@ def _time_siglip_kernel(loss_fn, bce, img, txt, sizes: dict, device) -> list[dic
     copy_ms = _timed_ms(lambda: state["logits"].copy_(fresh), device, sizes["reps"])
     rows.append({"point": "siglip-kernel BCE pass", "status": "ok", "chunks": chunks,
                  "ms": max(0.0, _timed_ms(bce_pass, device, sizes["reps"]) - copy_ms) * chunks})
-    leaves = [t.detach().clone().requires_grad_(True) for t in (img, txt, scale, bias)]
-
-    def loss_step():
-        torch.autograd.grad(loss_fn(*leaves, chunk_size=c), leaves)
-    ms = _timed_ms(loss_step, device, max(2, sizes["reps"] // 2))
+    leaves = {name: t.detach().clone().requires_grad_(True)
+              for name, t in zip(("img", "txt", "scale", "bias"), (img, txt, scale, bias))}
+    ms = time_point(lambda x: loss_fn(x["img"], x["txt"], x["scale"], x["bias"], chunk_size=c), [leaves], "fwd_bwd",
+                    device, max(2, sizes["reps"] // 2))["ms"]
     rows.append({"point": "siglip-kernel loss", "status": "ok", "ms": ms})
     return rows
 
