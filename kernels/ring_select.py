@@ -157,6 +157,8 @@ SCRATCH_VALUES = 1 << 27
 GATHER_BLOCK_N = 64
 #: Warps of the selection in the buffer.
 SELECT_WARPS = 2
+#: Entries of a row the search reads at once: 8 per thread of its warps.
+SEARCH_CHUNK = min(BUFFER_CHUNK, 256 * SELECT_WARPS)
 #: Rows per program of the selection in the buffer (:func:`search_rows`): one on a GPU, where a row's warps
 #: read its buffer (more rows would wait for the one needing the most passes), many in Triton's interpreter,
 #: which runs the programs one after another and spends its time per operation, not per value.
@@ -497,7 +499,7 @@ def search_buffer(scratch, counts, spans, ranks, found, first_row, rows, entries
     per_program = search_rows()
     _buffer_search_kernel[(triton.cdiv(rows, per_program),)](
         scratch, counts, spans, ranks, found, first_row, rows, counts.shape[1], BUFFER=entries,
-        CHUNK=min(BUFFER_CHUNK, 256 * SELECT_WARPS), ROWS=per_program, PASSES=passes, num_warps=SELECT_WARPS)
+        CHUNK=SEARCH_CHUNK, ROWS=per_program, PASSES=passes, num_warps=SELECT_WARPS)
 
 
 def ring_band_bracketed(tiles, config, spans, rank_top, rank_bottom, entries):

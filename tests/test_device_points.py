@@ -107,3 +107,12 @@ def test_siglip_kernel_part_times_its_bce_pass_and_loss_with_gradients():
     assert [r["point"] for r in rows] == ["siglip-kernel BCE pass", "siglip-kernel loss"]
     assert all(r["status"] == "ok" and r["ms"] >= 0 for r in rows) and rows[0]["chunks"] == 4
     assert seen["fresh"] and seen["grads"] >= 2
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "nan"])
+def test_a_time_limit_that_is_not_positive_is_refused_by_name(limit, capsys):
+    from benchmarks.static import device_points
+
+    with pytest.raises(SystemExit) as exc:
+        device_points.main(["measure", "--out", "unused", "--time-limit", limit, "--tiny"])
+    assert exc.value.code == 2 and "--time-limit must be a positive number of seconds" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def _variants():
     yield "ring gather spans bf16, labels", ring_select._ring_gather_kernel, "*bf16", {
         **{k: LABELS[k] for k in ("HAS_POS", "HAS_LABELS", "MASK_LABELS", "HAS_SELF", "KEY_NEGATIVES", "NORMALIZE")},
         "INPUT_PRECISION": "ieee", "BUFFER": 5120, "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": 128, "PIPELINE": True}, 8, 2
-    yield "ring search in the buffer", ring_select._buffer_search_kernel, "*fp32", {"BUFFER": 5120, "CHUNK": 512, "ROWS": 1}, 2, 1
+    yield "ring search in the buffer", ring_select._buffer_search_kernel, "*fp32", {
+        "BUFFER": 5120, "CHUNK": ring_select.SEARCH_CHUNK, "ROWS": ring_select.SEARCH_ROWS}, 2, 1
     yield "ring band in halves", band._half_band_kernel, "*fp32", {"NORMALIZE": True, "BLOCK": 128}, 4, 1
     yield "inverse norms bf16", normalize._inv_norm_kernel, "*bf16", {"EPS_": 1e-12, "BLOCK_ROWS": 8,
                                                                       "BLOCK_D": 256}, 4, 1

@@ -261,6 +261,8 @@ def main(argv=None) -> int:
     c.add_argument("results", type=Path)
     c.add_argument("--md", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
+    if args.command == "measure" and not args.time_limit > 0:
+        parser.error(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     if args.command == "measure":
         result = measure(args.out, args.time_limit, args.tiny)
         print(f"{sum(p['status'] == 'ok' for p in result['points'])} points measured: {args.out / RESULTS_FILE}")

@@ -298,7 +298,7 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
 
     Bracketed (``kernels.ring_select.ring_band_bracketed``): the halves of ``SAMPLE_COLUMNS`` columns by
     ``torch.mm`` and sorted per row (two spans per row from them), one gathering pass over the tiles that
-    writes the candidates inside the spans to each row's buffer, and the search in the buffer. The buffer'
+    writes the candidates inside the spans to each row's buffer, and the search in the buffer. The buffers'
     fill and the search's reads per row are those of the selection's own search kernel on random unit
     vectors of the workload's row length (``ring_buffer.buffer_search``). The radix search then runs only
     for rows that the spans miss or whose entries overflow, charged here as none (none of the simulated rows
@@ -331,9 +331,8 @@ def ring_launches(w: Workload, f, device: Device, mode: str | None = None) -> li
     plain = plain_fraction(w, g)
     gather = _stats(module, "_ring_gather_kernel", w, g, {"BUFFER": entries}, plain_fraction=plain)
     resident = device.sms * max(1, gather.ctas_per_sm(device))
-    chunk = min(rs.BUFFER_CHUNK, 256 * rs.SELECT_WARPS)
-    select = compile_stats(module, "_buffer_search_kernel", w.dtype, (("BUFFER", entries), ("CHUNK", chunk), ("ROWS", rs.SEARCH_ROWS)),
-                           rs.SELECT_WARPS, 1)
+    select = compile_stats(module, "_buffer_search_kernel", w.dtype,
+                           (("BUFFER", entries), ("CHUNK", rs.SEARCH_CHUNK), ("ROWS", rs.SEARCH_ROWS)), rs.SELECT_WARPS, 1)
     # its k-loop counts each entry at the two searches' pivots: two compares (FSET) per entry and thread
     per_trip = max(1, select.kloop_overlapped.get("FSET", 0) // 2 * 32 * rs.SELECT_WARPS)
     chunks = rs.row_chunks(n, g.block_m, entries)
